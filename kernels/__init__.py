@@ -1,0 +1,71 @@
+"""Selective-scan kernels with one public function per op and a backend switch.
+
+    selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_last_state=False)
+    selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False)
+
+The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``triton``)
+forces one; by default CUDA tensors use the fastest backend available for them and CPU tensors use ``torch``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .selective_scan import selective_scan_chunked, selective_scan_naive
+from .selective_state_update import selective_state_update_naive
+
+BACKEND_ENV = "MBA_SCAN_BACKEND"
+KNOWN_BACKENDS = ("naive", "torch", "triton")
+_SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
+_STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
+
+
+def available_backends() -> list[str]:
+    """Backends implemented in this installation."""
+    return list(_SCAN)
+
+
+def active_backend(device: torch.device | str = "cpu") -> str:
+    """The backend a call on tensors of `device` uses: ``MBA_SCAN_BACKEND`` if set, else the default."""
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced:
+        if forced not in KNOWN_BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a scan backend; choose one of {', '.join(KNOWN_BACKENDS)}")
+        if forced not in _SCAN:
+            raise RuntimeError(f"{BACKEND_ENV}={forced!r}: that backend is not available in this installation "
+                               f"(available: {', '.join(available_backends())})")
+        return forced
+    return "triton" if torch.device(device).type == "cuda" and "triton" in _SCAN else "torch"
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   initial_state=None, return_last_state=False):
+    """Selective scan (Mamba's S6 layer), differentiable in every tensor input.
+
+    Shapes: u, delta, z: (batch, dim, L); A: (dim, N) real or complex; B, C: (batch, N, L), grouped
+    (batch, G, N, L) with channel d in group d // (dim/G), or constant (dim, N); D, delta_bias: (dim,);
+    initial_state: (batch, dim, N).
+    Math: Δ = delta + delta_bias (softplus if `delta_softplus`); h_t = exp(Δ_t·A) ⊙ h_{t−1} + Δ_t·B_t·u_t, h_0 =
+    initial_state or 0; y_t = Σ_n h_t,n·C_t,n (2·Re(...) for complex A); out = (y + D·u)·silu(z).
+    The state and all accumulation are fp32 (fp64 for fp64 inputs) whatever the input dtype.
+    Returns out (batch, dim, L) in u's dtype, and with `return_last_state` also h_L (batch, dim, N) in fp32
+    (complex64 for complex A); gradients flow back through it too.
+    """
+    return _SCAN[active_backend(u.device)](u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                           delta_softplus=delta_softplus, initial_state=initial_state,
+                                           return_last_state=return_last_state)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """One token of the selective scan: updates `state` (batch, dim, N) in place, returns out (batch, dim).
+
+    x, dt, z: (batch, dim); A: (dim, N); B, C: (batch, N) or (batch, G, N); D, dt_bias: (dim,).
+    """
+    return _STATE_UPDATE[active_backend(x.device)](state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                                                   dt_softplus=dt_softplus)
+
+
+__all__ = ["selective_scan", "selective_state_update", "active_backend", "available_backends",
+           "selective_scan_naive", "selective_scan_chunked", "selective_state_update_naive"]

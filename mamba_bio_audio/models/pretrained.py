@@ -1,0 +1,63 @@
+"""save_pretrained / from_pretrained: a JSON config and safetensors weights, both written atomically."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..config import MambaConfig
+from ..io import atomic_path
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class PretrainedMixin:
+    """For models built as cls(config, **head_kwargs); `head_kwargs()` returns those extra arguments."""
+
+    def head_kwargs(self) -> dict:
+        return {}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config.json and model.safetensors under `directory` (created if missing). Each file appears
+        complete or not at all: it is written to a temporary name and renamed."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"architecture": type(self).__name__, **asdict(self.config), **self.head_kwargs()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_model(self, str(tmp), metadata={"format": "pt"})
+        with atomic_path(directory / CONFIG_NAME) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None):
+        """Load a model saved by `save_pretrained`. Raises FileNotFoundError / ValueError naming the file."""
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        config_file, weights_file = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for f in (config_file, weights_file):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f}: missing; a saved model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            meta = json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+        architecture = meta.pop("architecture", cls.__name__)
+        if architecture != cls.__name__:
+            raise ValueError(f"{config_file}: holds a {architecture}, not a {cls.__name__}")
+        config_fields = set(MambaConfig.__dataclass_fields__)
+        config = MambaConfig.from_dict({k: v for k, v in meta.items() if k in config_fields})
+        model = cls(config, **{k: v for k, v in meta.items() if k not in config_fields})
+        try:
+            load_model(model, str(weights_file), strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{weights_file}: does not match {config_file}: {err}") from None
+        return model.to(device=device, dtype=dtype)
