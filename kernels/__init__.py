@@ -3,6 +3,7 @@
     selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_last_state=False)
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False)
+    causal_conv1d(x, weight, bias=None, activation=None), causal_conv1d_update(x, conv_state, weight, ...)
 
 The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``triton``)
 forces one; by default CUDA tensors use the fastest backend available for them and CPU tensors use ``torch``.
@@ -13,6 +14,7 @@ import os
 
 import torch
 
+from .causal_conv1d import causal_conv1d_naive, causal_conv1d_update_naive
 from .selective_scan import selective_scan_chunked, selective_scan_naive
 from .selective_state_update import selective_state_update_naive
 
@@ -20,6 +22,8 @@ BACKEND_ENV = "MBA_SCAN_BACKEND"
 KNOWN_BACKENDS = ("naive", "torch", "triton")
 _SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
 _STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
+_CONV = {"naive": causal_conv1d_naive, "torch": causal_conv1d_naive}
+_CONV_UPDATE = {"naive": causal_conv1d_update_naive, "torch": causal_conv1d_update_naive}
 
 
 def available_backends() -> list[str]:
@@ -67,5 +71,16 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
                                                    dt_softplus=dt_softplus)
 
 
-__all__ = ["selective_scan", "selective_state_update", "active_backend", "available_backends",
+def causal_conv1d(x, weight, bias=None, activation=None):
+    """Causal depthwise conv1d: x (batch, channels, L), weight (channels, W), bias (channels,) -> (batch, channels, L),
+    then silu if activation == "silu"."""
+    return _CONV[active_backend(x.device)](x, weight, bias, activation)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """One conv step: x (batch, channels) enters conv_state (batch, channels, W) in place; returns (batch, channels)."""
+    return _CONV_UPDATE[active_backend(x.device)](x, conv_state, weight, bias, activation)
+
+
+__all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
            "selective_scan_naive", "selective_scan_chunked", "selective_state_update_naive"]

@@ -1,20 +1,22 @@
 """The CPU / fallback selective scan in plain PyTorch: chunked over L, no Python loop over tokens.
 
-The sequence is cut into chunks of T tokens that run one after another, carrying h, so working memory is
-O(batch·dim·N·T), never O(L·N). Inside a chunk the linear recurrence h_t = a_t ⊙ h_{t−1} + x_t (a_t = exp(Δ_t·A),
-x_t = Δ_t·u_t·B_t) is solved for all t at once, in one of two ways:
+The sequence is cut into segments of at most T tokens (`chunk_size`) that run one after another, carrying the
+state h, so working memory is O(batch·dim·N·T), never O(L·N). Inside a segment the linear recurrence
+h_t = a_t ⊙ h_{t−1} + x_t (a_t = exp(Δ_t·A), x_t = Δ_t·u_t·B_t) is solved for all t at once, in one of two ways:
 
-* cumulative sums (fast, used when it is safe): with S_t = Σ_{s≤t} Δ_s·A and a reference m = S_T / 2,
+* cumulative sums (fast): with S_t = Σ_{s≤t} Δ_s·A and a reference m = S_T / 2,
       h_t = exp(S_t − m) ⊙ (exp(m) ⊙ h_0 + Σ_{s≤t} exp(m − S_s) ⊙ x_s).
-  Every exponent stays within half the chunk's decay range R = max Σ_t |Δ_t|·|Re A|, so it is used only when
-  R ≤ 2·MAX_EXPONENT (no overflow in fp32); a chunk with steeper decays is halved and retried;
-* below MIN_SPLIT tokens, a log-depth (Hillis–Steele) scan on the pairs (a, x), composed as (a1, x1) then (a2, x2) = (a2·a1, a2·x1 + x2):
-  only products of decays and sums appear, stable for any Δ·|A|. Slower (log2 T passes).
+  Every exponent is bounded by the segment's decay range R = max over channels of Σ_t |Δ_t|·max_n |Re A|,
+  so this form is used only when R ≤ 2·MAX_EXPONENT (no overflow in fp32). A chunk with steeper decays is
+  halved until its pieces qualify. Forward and backward are written out by hand, with in-place ops;
+* below MIN_SPLIT tokens, a log-depth (Hillis–Steele) scan on the pairs (a, x), composed as
+  (a1, x1) then (a2, x2) = (a2·a1, a2·x1 + x2): only products of decays |a| ≤ 1 and sums appear, so it is
+  stable for any Δ·|A| (differentiated by autograd; only needed for Δ·|A| ≳ 15 per step).
 
-The backward is a custom autograd.Function: the forward keeps only the state at each chunk start
-(O(batch·dim·N·L/T)); the backward walks the chunks from last to first, recomputes each chunk with autograd from
-its start state and passes ∂L/∂h_start back to the previous chunk. Gradients reach every input, the initial state
-included, and flow in through the returned last state.
+The forward keeps only the state at each segment start (O(batch·dim·N·L/T)); the backward walks the segments
+from last to first, recomputes each one from its start state, and passes ∂L/∂h_start back to the previous one.
+Gradients reach every input, the initial state included, and flow in through the returned last state.
+Gradients of complex tensors follow PyTorch's convention (conjugate Wirtinger), as autograd on the naive loop.
 """
 from __future__ import annotations
 
@@ -29,6 +31,84 @@ MIN_SPLIT = 8
 MAX_EXPONENT = 60.0  # exp(60) ≈ 1e26: leaves fp32 room for |x| up to 1e12
 
 
+def _time_slice(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """The [start, end) part of a tensor whose last axis is time (or X itself if it is constant in time)."""
+    return X if X.shape[-1] == 1 else X[..., start:end]
+
+
+def plan_segments(dlt: torch.Tensor, A: torch.Tensor, chunk: int) -> list[tuple[int, int, bool]]:
+    """Cut [0, L) into (start, end, use_cumsum) segments: chunks of `chunk` tokens, halved while their decay range
+    is too large for the cumulative-sum form and longer than MIN_SPLIT. dlt: (batch, G, dim/G, L); A: (G, dim/G, N)."""
+    total = F.pad(dlt.abs().cumsum(-1), (1, 0))                # (batch, G, dim/G, L + 1)
+    rate = A.real.abs().amax(-1)                               # (G, dim/G)
+
+    def split(s: int, e: int):
+        fits = bool(((total[..., e] - total[..., s]) * rate).amax() <= 2 * MAX_EXPONENT)
+        if fits or e - s <= MIN_SPLIT:
+            return [(s, e, fits)]
+        half = (s + e) // 2
+        return split(s, half) + split(half, e)
+
+    length = dlt.shape[-1]
+    return [seg for s in range(0, length, chunk) for seg in split(s, min(s + chunk, length))]
+
+
+def _exp(z: torch.Tensor) -> torch.Tensor:
+    """exp, with complex inputs through polar form (several times faster than torch's complex exp on the CPU)."""
+    return torch.polar(torch.exp(z.real), z.imag) if z.is_complex() else torch.exp(z)
+
+
+def _relative_decays(dlt, A):
+    """exp(S_t − m), exp(m − S_t) (batch, G, dim/G, N, T) and exp(m) (batch, G, dim/G, N, 1), where
+    S_t = A·Σ_{s≤t} Δ_s (A is constant over the segment, so one cumulative sum over (batch, G, dim/G, T) does)
+    and m = S_T / 2."""
+    tau = dlt.cumsum(-1)
+    half = tau[..., -1:] / 2
+    exp_neg = _exp(A[..., None] * (half - tau)[..., None, :])
+    return torch.reciprocal(exp_neg), exp_neg, _exp(A[..., None] * half[..., None, :])
+
+
+def _cumsum_forward(u, dlt, A, B, C, h0):
+    """The cumulative-sum form (no autograd). Shapes as `log_depth_scan`. Returns y (batch, G, dim/G, T), h_T."""
+    exp_pos, exp_neg, exp_m = _relative_decays(dlt, A)
+    h = exp_neg.mul_(B).mul_((dlt * u)[..., None, :])          # exp(m − S_s)·x_s
+    h = h.cumsum_(-1).add_(exp_m * h0[..., None]).mul_(exp_pos)
+    return readout(h, C), h[..., -1].clone()
+
+
+def _reverse_cumsum(v: torch.Tensor) -> torch.Tensor:
+    return v.flip(-1).cumsum_(-1).flip(-1)
+
+
+def _real_like(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return grad.real if grad.is_complex() and not like.is_complex() else grad
+
+
+def _cumsum_backward(u, dlt, A, B, C, h0, dy, dh):
+    """Gradients of `_cumsum_forward` for output grads dy (batch, G, dim/G, T) and dh (batch, G, dim/G, N).
+
+    With the adjoint μ_t = Σ_{s≥t} conj(exp(S_s − S_t))·∂L/∂h_s (a reverse scan, done with the same reference m):
+    ∂x_t = μ_t, ∂(Δ_t·A) = conj(h_t − x_t)·μ_t, ∂h0 = conj(a_0)·μ_0, ∂C_t = conj(h_t)·∂y_t (summed over channels
+    sharing C). For complex A, y = 2·Re(Σ C·h), hence the factor 2. Returns (du, ddlt, dA, dB, dC, dh0)."""
+    dtu = dlt * u                                               # (batch, G, dim/G, T)
+    exp_pos, exp_neg, exp_m = _relative_decays(dlt, A)
+    x = B * dtu[..., None, :]                                   # (batch, G, dim/G, N, T)
+    h = (exp_neg * x).cumsum_(-1).add_(exp_m * h0[..., None]).mul_(exp_pos)
+    gy = 2 * dy if A.is_complex() else dy                       # (batch, G, dim/G, T), real
+    gh = C.conj() * gy[..., None, :]                            # ∂L/∂h_t, direct part
+    gh[..., -1] += dh
+    mu = _reverse_cumsum(gh.mul_(exp_pos.conj())).mul_(exp_neg.conj())
+    dC = (h.conj() * gy[..., None, :]).sum_to_size(C.shape)
+    dB = (mu * dtu[..., None, :]).sum_to_size(B.shape)
+    d_dtu = (mu * B.conj()).sum(-2).real if mu.is_complex() else (mu * B).sum(-2)
+    dh0 = _exp(dlt[..., None, 0] * A).conj() * mu[..., 0]
+    dP = mu.mul_(h.sub_(x).conj())                              # ∂(Δ_t·A), (batch, G, dim/G, N, T)
+    dA = (dP * dlt[..., None, :]).sum((0, -1))
+    d_dlt = (A.conj()[..., None, :] @ dP)[..., 0, :]            # Σ_n conj(A_n)·dP_n: (batch, G, dim/G, T)
+    d_dlt = d_dlt.real if d_dlt.is_complex() else d_dlt
+    return (d_dtu * dlt, d_dtu * u + d_dlt, dA, _real_like(dB, B), _real_like(dC, C), dh0)
+
+
 def _shift_right(x: torch.Tensor, k: int, fill: float) -> torch.Tensor:
     """x shifted by k along the last axis, the first k positions set to `fill` (real or complex x)."""
     if x.is_complex():
@@ -36,76 +116,54 @@ def _shift_right(x: torch.Tensor, k: int, fill: float) -> torch.Tensor:
     return F.pad(x[..., :-k], (k, 0), value=fill)
 
 
-def scan_chunk(u, dlt, A, B, C, h0):
-    """One chunk of the recurrence, differentiable, in the grouped layout of `common`.
+def log_depth_scan(u, dlt, A, B, C, h0):
+    """One segment by the Hillis–Steele scan, differentiable, in the grouped layout of `common`.
 
     u, dlt: (batch, G, dim/G, T); A: (G, dim/G, N); B, C: (batch, G, 1, N, T) or (1, G, dim/G, N, 1);
     h0: (batch, G, dim/G, N). Returns y (batch, G, dim/G, T) and h_T (batch, G, dim/G, N).
     """
-    length = u.shape[-1]
-    decay_range = (dlt.abs().sum(-1, keepdim=True) * A.real.abs()).amax()
-    if decay_range > 2 * MAX_EXPONENT and length > MIN_SPLIT:  # too steep for one cumulative sum: halve
-        half = length // 2
-        y1, h1 = scan_chunk(u[..., :half], dlt[..., :half], A, _time_slice(B, 0, half), _time_slice(C, 0, half), h0)
-        y2, h2 = scan_chunk(u[..., half:], dlt[..., half:], A, _time_slice(B, half, length),
-                            _time_slice(C, half, length), h1)
-        return torch.cat([y1, y2], dim=-1), h2
-    dA = dlt[..., None, :] * A[..., None]          # (batch, G, dim/G, N, T)
-    x = (dlt * u)[..., None, :] * B                # (batch, G, dim/G, N, T)
-    if decay_range <= 2 * MAX_EXPONENT:
-        S = torch.cumsum(dA, dim=-1)
-        m = S[..., -1:] / 2
-        h = torch.exp(S - m) * (torch.exp(m) * h0[..., None] + torch.cumsum(torch.exp(m - S) * x, dim=-1))
-    else:
-        h = _log_depth_scan(torch.exp(dA), x, h0)
-    return readout(h, C), h[..., -1]
-
-
-def _log_depth_scan(a, x, h0):
-    """h_t = a_t ⊙ h_{t−1} + x_t along the last axis for all t, h_{−1} = h0, in log2(T) passes."""
+    a = _exp(dlt[..., None, :] * A[..., None])                 # (batch, G, dim/G, N, T), |a| <= 1
+    x = (dlt * u)[..., None, :] * B
     step = 1
     while step < a.shape[-1]:
         x = x + a * _shift_right(x, step, 0.0)
         a = a * _shift_right(a, step, 1.0)
         step *= 2
-    return x + a * h0[..., None]                   # a now holds the decay from the chunk start
-
-
-def _time_slice(X: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    return X if X.shape[-1] == 1 else X[..., start:end]
+    h = x + a * h0[..., None]                                   # a now holds the decay from the segment start
+    return readout(h, C), h[..., -1]
 
 
 class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, dlt, A, B, C, h0, chunk: int):
-        length = u.shape[-1]
+        segments = plan_segments(dlt, A, chunk)
         y = torch.empty_like(u)
-        h = h0
-        starts = []
-        for s in range(0, length, chunk):
-            e = min(s + chunk, length)
+        h, starts = h0, []
+        for s, e, fits in segments:
             starts.append(h)
-            y[..., s:e], h = scan_chunk(u[..., s:e], dlt[..., s:e], A,
-                                        _time_slice(B, s, e), _time_slice(C, s, e), h)
+            args = (u[..., s:e], dlt[..., s:e], A, _time_slice(B, s, e), _time_slice(C, s, e), h)
+            y[..., s:e], h = _cumsum_forward(*args) if fits else log_depth_scan(*args)
         ctx.save_for_backward(u, dlt, A, B, C, torch.stack(starts))
-        ctx.chunk = chunk
+        ctx.segments = segments
         return y, h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh):
         u, dlt, A, B, C, starts = ctx.saved_tensors
-        chunk, length = ctx.chunk, u.shape[-1]
-        need = ctx.needs_input_grad
+        dy = dy.contiguous()  # often a transposed view; every segment reads a dense block of it
         du, ddlt = torch.zeros_like(u), torch.zeros_like(dlt)
         dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
-        for i in reversed(range(starts.shape[0])):
-            s, e = i * chunk, min((i + 1) * chunk, length)
-            with torch.enable_grad():
-                inputs = [X.detach().requires_grad_() for X in
-                          (u[..., s:e], dlt[..., s:e], A, _time_slice(B, s, e), _time_slice(C, s, e), starts[i])]
-                y_c, h_c = scan_chunk(*inputs)
-                g_u, g_dlt, g_A, g_B, g_C, dh = torch.autograd.grad((y_c, h_c), inputs, (dy[..., s:e], dh))
+        for i in reversed(range(len(ctx.segments))):
+            s, e, fits = ctx.segments[i]
+            args = (u[..., s:e], dlt[..., s:e], A, _time_slice(B, s, e), _time_slice(C, s, e), starts[i])
+            if fits:
+                grads = _cumsum_backward(*args, dy[..., s:e], dh)
+            else:
+                with torch.enable_grad():
+                    inputs = [X.detach().requires_grad_() for X in args]
+                    grads = torch.autograd.grad(log_depth_scan(*inputs), inputs, (dy[..., s:e], dh))
+            g_u, g_dlt, g_A, g_B, g_C, dh = grads
             du[..., s:e] = g_u
             ddlt[..., s:e] = g_dlt
             dA += g_A
@@ -114,8 +172,8 @@ class _ChunkedScan(torch.autograd.Function):
                     full += part
                 else:
                     full[..., s:e] = part
-        return (du if need[0] else None, ddlt if need[1] else None, dA if need[2] else None,
-                dB if need[3] else None, dC if need[4] else None, dh if need[5] else None, None)
+        need = ctx.needs_input_grad
+        return tuple(g if n else None for g, n in zip((du, ddlt, dA, dB, dC, dh), need)) + (None,)
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -89,13 +89,14 @@ def to_grouped(u, delta, A, B, C, initial_state, groups: int, dtype: torch.dtype
     cdtype = (torch.complex128 if dtype == torch.float64 else torch.complex64) if A.is_complex() else dtype
 
     def bc(X):
-        X = X.to(cdtype if X.is_complex() else dtype)
+        X = X.to(cdtype if X.is_complex() else dtype).contiguous()
         if X.dim() == 2:  # constant (dim, N)
             return X.reshape(1, groups, per_group, n_state, 1)
         return X.reshape(batch, groups, 1, n_state, length)
 
-    ug = u.to(dtype).reshape(batch, groups, per_group, length)
-    dg = delta.reshape(batch, groups, per_group, length)
+    # contiguous along L: every chunk then reads and writes dense blocks
+    ug = u.to(dtype).contiguous().reshape(batch, groups, per_group, length)
+    dg = delta.contiguous().reshape(batch, groups, per_group, length)
     Ag = A.to(cdtype).reshape(groups, per_group, n_state)
     if initial_state is None:
         h0 = torch.zeros(batch, groups, per_group, n_state, dtype=cdtype, device=u.device)

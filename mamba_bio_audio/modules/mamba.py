@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import selective_scan, selective_state_update
+from ..kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
 
 class Mamba(nn.Module):
@@ -28,6 +28,7 @@ class Mamba(nn.Module):
         self.layer_idx = layer_idx
         E, N, R = self.d_inner, d_state, self.dt_rank
         self.in_proj = in_proj if in_proj is not None else nn.Linear(d_model, 2 * E, bias=bias)
+        # Depthwise causal conv; nn.Conv1d holds the weights (E, 1, W) in the usual layout, causal_conv1d runs them.
         self.conv1d = nn.Conv1d(E, E, kernel_size=d_conv, groups=E, padding=d_conv - 1, bias=conv_bias)
         self.bc_width = 2 * N if complex_ssm else N  # complex B and C come as (real, imag) halves
         self.x_proj = nn.Linear(E, R + 2 * self.bc_width, bias=False)
@@ -78,7 +79,7 @@ class Mamba(nn.Module):
         if cache is not None:
             conv_state, ssm_state = cache.states[self.layer_idx]
             conv_state.copy_(F.pad(x, (self.d_conv - length, 0))[..., -self.d_conv:])  # last W inputs (b, E, W)
-        x = F.silu(self.conv1d(x)[..., :length])                            # causal conv: (b, E, L)
+        x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")  # (b, E, L)
         dt, B, C = self._split_x_proj(self.x_proj(x.transpose(1, 2)))     # (b, L, R), (b, L, N) x2
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)                 # (b, E, L); bias added in the scan
         y = selective_scan(x, dt, self.ssm_A(), B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
@@ -92,12 +93,7 @@ class Mamba(nn.Module):
     def step(self, hidden: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         """One token: hidden (b, d) -> (b, d); conv_state (b, E, W) and ssm_state (b, E, N) are updated in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                         # (b, E) each
-        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
-        conv_state[..., -1] = x
-        x = (conv_state * self.conv1d.weight[:, 0, :]).sum(-1)              # (b, E)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
+        x = causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         dt, B, C = self._split_x_proj(self.x_proj(x))                      # (b, R), (b, N) x2
         dt = dt @ self.dt_proj.weight.t()                                   # (b, E)
         y = selective_state_update(ssm_state, x, dt, self.ssm_A(), B, C, self.D.float(), z,
