@@ -19,14 +19,19 @@ class InferenceCache:
 
 def sample_next_token(logits: torch.Tensor, previous: torch.Tensor | None = None, temperature: float = 1.0,
                       top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                      allowed_token_ids: list[int] | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token per row. logits: (b, V) float; previous: (b, T) ids already in the sequence (for the
     repetition penalty). temperature 0 (or top_k 1) is greedy. Returns (b,) int64.
 
-    Order: repetition penalty (CTRL: positive logits of seen tokens divided by the penalty, negative multiplied),
-    temperature, then top-k, top-p (smallest set with cumulative probability ≥ top_p) and min-p (drop tokens
-    below min_p × the top probability) filters."""
+    Order: tokens outside `allowed_token_ids` (if given) removed; repetition penalty (CTRL: positive logits of
+    seen tokens divided by the penalty, negative ones multiplied); temperature; then the top-k, top-p (smallest
+    set with cumulative probability ≥ top_p) and min-p (drop tokens below min_p × the top probability) filters."""
     logits = logits.float().clone()
+    if allowed_token_ids is not None:
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        keep[torch.as_tensor(allowed_token_ids, device=logits.device)] = True
+        logits = logits.masked_fill(~keep, float("-inf"))
     if repetition_penalty != 1.0 and previous is not None:
         seen = torch.gather(logits, 1, previous)
         logits.scatter_(1, previous, torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty))
@@ -38,8 +43,8 @@ def sample_next_token(logits: torch.Tensor, previous: torch.Tensor | None = None
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep up to and including the crossing token
+        sorted_probs = sorted_logits.softmax(-1)
+        drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep up to and including the crossing token
         logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), float("-inf"))
     if min_p > 0.0:
         probs = logits.softmax(-1)
@@ -50,11 +55,12 @@ def sample_next_token(logits: torch.Tensor, previous: torch.Tensor | None = None
 @torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
-             eos_token_id: int | None = None) -> torch.Tensor:
+             eos_token_id: int | None = None, allowed_token_ids: list[int] | None = None) -> torch.Tensor:
     """Autoregressive sampling from a causal LM with a recurrent cache.
 
     input_ids: (b, T) int64 prompt (T ≥ 1). The prompt is consumed by one parallel forward (prefill); each new
-    token then costs one recurrent step, O(1) in the sequence length. Returns (b, T + max_new_tokens) ids
+    token then costs one recurrent step, O(1) in the sequence length. `allowed_token_ids` restricts sampling
+    (e.g. to the four bases). Returns (b, T + max_new_tokens) ids
     (rows that produced `eos_token_id` are padded with it from there on)."""
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
         raise ValueError(f"generate: input_ids must be (batch, T) with T >= 1, got {tuple(input_ids.shape)}")
@@ -66,7 +72,8 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
     sequence = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
-        token = sample_next_token(logits, sequence, temperature, top_k, top_p, min_p, repetition_penalty, generator)
+        token = sample_next_token(logits, sequence, temperature, top_k, top_p, min_p, repetition_penalty,
+                                  allowed_token_ids, generator)
         if eos_token_id is not None:
             token = torch.where(finished, torch.full_like(token, eos_token_id), token)
             finished |= token == eos_token_id
