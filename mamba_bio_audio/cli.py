@@ -32,6 +32,7 @@ class Command(NamedTuple):
 COMMANDS: list[Command] = [
     Command("info", "mamba_bio_audio.cli", "print versions, devices and the active scan backend"),
     Command("demo", "mamba_bio_audio.demo", "train a small Mamba LM on a real genome on the CPU and sample from it"),
+    Command("bench", "mamba_bio_audio.bench", "measure training throughput (tokens/s) of Mamba LMs on this machine"),
 ]
 
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.

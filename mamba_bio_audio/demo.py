@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.fasta or yeast_chromosome_path()
     name, sequence = read_first_record(path)
     tokenizer = DNATokenizer()
-    ids = tokenizer.encode(sequence, name=name)
+    ids = tokenizer.encode(sequence, name=f"{path}, record {name}")
     split = int(len(ids) * (1 - args.holdout))
     if split < args.seq_len + 1 or len(ids) - split < args.seq_len + 1:
         raise ValueError(f"{path}: record {name!r} ({len(ids)} bases) is too short for --seq-len {args.seq_len} "

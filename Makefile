@@ -1,0 +1,45 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install into it the first time,
+# and again only when pyproject.toml or setup.py change (stamp files inside .venv).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch and torchaudio are pinned to a pair known to work together here (pip takes both from the local disk).
+TORCH_PINS := torch==2.14.1 torchaudio==2.11.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+PYTEST_ARGS ?= -q -n 2 tests/
+DEMO_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test clean
+
+help:  ## list the targets
+	@echo "make demo    train a small Mamba LM on yeast chromosome I on the CPU (a few minutes), then sample from it"
+	@echo "make test    run the test suite (pytest, 2 workers)"
+	@echo "             options through DEMO_ARGS='--minutes 1' and PYTEST_ARGS='-q -x tests/test_cli.py'"
+	@echo "make clean   remove build artifacts and caches (keeps $(VENV))"
+	@echo "The first demo/test creates $(VENV) with $(PYTHON) and installs the project into it (several minutes)."
+
+demo: $(VENV)/.installed
+	$(BIN)/mba demo $(DEMO_ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The project and its runtime dependencies. The build requirements of pyproject.toml go into the venv too, so that
+# builds with --no-build-isolation (tests/test_package.py builds a wheel) work.
+$(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
+	$(PIP) install 'setuptools>=68' wheel $(TORCH_PINS)
+	$(PIP) install -e . $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -e '.[test]' $(TORCH_PINS)
+	touch $@
+
+clean:
+	rm -rf build dist .pytest_cache *.egg-info mamba_bio_audio.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
