@@ -80,20 +80,20 @@ def _reverse_cumsum(v: torch.Tensor) -> torch.Tensor:
     return v.flip(-1).cumsum_(-1).flip(-1)
 
 
-def _real_like(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return grad.real if grad.is_complex() and not like.is_complex() else grad
-
-
 def _cumsum_backward(u, dlt, A, B, C, h0, dy, dh):
     """Gradients of `_cumsum_forward` for output grads dy (batch, G, dim/G, T) and dh (batch, G, dim/G, N).
 
     With the adjoint μ_t = Σ_{s≥t} conj(exp(S_s − S_t))·∂L/∂h_s (a reverse scan, done with the same reference m):
-    ∂x_t = μ_t, ∂(Δ_t·A) = conj(h_t − x_t)·μ_t, ∂h0 = conj(a_0)·μ_0, ∂C_t = conj(h_t)·∂y_t (summed over channels
-    sharing C). For complex A, y = 2·Re(Σ C·h), hence the factor 2. Returns (du, ddlt, dA, dB, dC, dh0)."""
+    ∂x_t = μ_t, ∂(Δ_t·A) = conj(a_t·h_{t−1})·μ_t, ∂h0 = conj(a_0)·μ_0, ∂C_t = conj(h_t)·∂y_t (summed over the
+    channels sharing C). a_t·h_{t−1} is taken as exp(S_t − m)·W_{t−1} from the running sum W_t = exp(−S_t + m)·h_t,
+    never as h_t − x_t, which cancels catastrophically when a_t is small. For complex A, y = 2·Re(Σ C·h), hence the
+    factor 2. Returns (du, ddlt, dA, dB, dC, dh0)."""
     dtu = dlt * u                                               # (batch, G, dim/G, T)
     exp_pos, exp_neg, exp_m = _relative_decays(dlt, A)
-    x = B * dtu[..., None, :]                                   # (batch, G, dim/G, N, T)
-    h = (exp_neg * x).cumsum_(-1).add_(exp_m * h0[..., None]).mul_(exp_pos)
+    start = exp_m * h0[..., None]                               # W_{−1}: (batch, G, dim/G, N, 1)
+    W = (exp_neg * B).mul_(dtu[..., None, :]).cumsum_(-1).add_(start)
+    h = W * exp_pos                                             # (batch, G, dim/G, N, T)
+    decayed_prev = torch.cat([start, W[..., :-1]], dim=-1).mul_(exp_pos)  # a_t·h_{t−1}
     gy = 2 * dy if A.is_complex() else dy                       # (batch, G, dim/G, T), real
     gh = C.conj() * gy[..., None, :]                            # ∂L/∂h_t, direct part
     gh[..., -1] += dh
@@ -102,11 +102,11 @@ def _cumsum_backward(u, dlt, A, B, C, h0, dy, dh):
     dB = (mu * dtu[..., None, :]).sum_to_size(B.shape)
     d_dtu = (mu * B.conj()).sum(-2).real if mu.is_complex() else (mu * B).sum(-2)
     dh0 = _exp(dlt[..., None, 0] * A).conj() * mu[..., 0]
-    dP = mu.mul_(h.sub_(x).conj())                              # ∂(Δ_t·A), (batch, G, dim/G, N, T)
+    dP = mu.mul_(decayed_prev.conj())                           # ∂(Δ_t·A), (batch, G, dim/G, N, T)
     dA = (dP * dlt[..., None, :]).sum((0, -1))
     d_dlt = (A.conj()[..., None, :] @ dP)[..., 0, :]            # Σ_n conj(A_n)·dP_n: (batch, G, dim/G, T)
     d_dlt = d_dlt.real if d_dlt.is_complex() else d_dlt
-    return (d_dtu * dlt, d_dtu * u + d_dlt, dA, _real_like(dB, B), _real_like(dC, C), dh0)
+    return d_dtu * dlt, d_dtu * u + d_dlt, dA, dB, dC, dh0
 
 
 def _shift_right(x: torch.Tensor, k: int, fill: float) -> torch.Tensor:

@@ -33,33 +33,33 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> int:
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"selective_scan: A must be (dim={dim}, N), got {tuple(A.shape)}")
     n_state = A.shape[1]
-    groups = None
+    groups = set()
     for name, X in (("B", B), ("C", C)):
         if X.dim() == 2:
-            g = 0
             ok = X.shape == (dim, n_state)
         elif X.dim() == 3:
-            g = 1
             ok = X.shape == (batch, n_state, length)
+            groups.add(1)
         elif X.dim() == 4:
-            g = X.shape[1]
-            ok = X.shape == (batch, g, n_state, length) and g > 0 and dim % g == 0
+            ok = X.shape == (batch, X.shape[1], n_state, length) and X.shape[1] > 0 and dim % X.shape[1] == 0
+            groups.add(X.shape[1])
         else:
             ok = False
         if not ok:
             raise ValueError(
                 f"selective_scan: {name} must be (batch={batch}, N={n_state}, L={length}), grouped (batch, G, N, L) "
                 f"with G dividing dim={dim}, or constant (dim, N); got {tuple(X.shape)}")
-        if g and groups is not None and groups and g != groups:
-            raise ValueError(f"selective_scan: B and C use different group counts ({groups} vs {g})")
-        groups = g if g else (groups or 0)
+        if X.is_complex() and not A.is_complex():
+            raise ValueError(f"selective_scan: {name} is complex but A is real; complex B/C need a complex A")
+    if len(groups) > 1:
+        raise ValueError(f"selective_scan: B and C use different group counts {sorted(groups)}")
     for name, X in (("D", D), ("delta_bias", delta_bias)):
         if X is not None and X.shape != (dim,):
             raise ValueError(f"selective_scan: {name} must be (dim={dim},), got {tuple(X.shape)}")
     if initial_state is not None and initial_state.shape != (batch, dim, n_state):
         raise ValueError(f"selective_scan: initial_state must be (batch={batch}, dim={dim}, N={n_state}), "
                          f"got {tuple(initial_state.shape)}")
-    return groups or 1
+    return groups.pop() if groups else 1
 
 
 def discretize_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool,
@@ -89,7 +89,7 @@ def to_grouped(u, delta, A, B, C, initial_state, groups: int, dtype: torch.dtype
     cdtype = (torch.complex128 if dtype == torch.float64 else torch.complex64) if A.is_complex() else dtype
 
     def bc(X):
-        X = X.to(cdtype if X.is_complex() else dtype).contiguous()
+        X = X.to(cdtype).contiguous()
         if X.dim() == 2:  # constant (dim, N)
             return X.reshape(1, groups, per_group, n_state, 1)
         return X.reshape(batch, groups, 1, n_state, length)
