@@ -5,8 +5,9 @@
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False)
     causal_conv1d(x, weight, bias=None, activation=None), causal_conv1d_update(x, conv_state, weight, ...)
 
-The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``triton``)
-forces one; by default CUDA tensors use the fastest backend available for them and CPU tensors use ``torch``.
+The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``numba`` |
+``triton``) forces one. By default CUDA tensors use the fastest backend available for them, and CPU tensors use
+``numba`` (the recurrence compiled on the CPU) when numba is installed, else ``torch`` (chunked PyTorch).
 """
 from __future__ import annotations
 
@@ -16,14 +17,20 @@ import torch
 
 from .causal_conv1d import causal_conv1d_naive, causal_conv1d_update_naive
 from .selective_scan import selective_scan_chunked, selective_scan_naive
+from .selective_scan.numba_cpu import numba_available, selective_scan_numba
 from .selective_state_update import selective_state_update_naive
 
 BACKEND_ENV = "MBA_SCAN_BACKEND"
-KNOWN_BACKENDS = ("naive", "torch", "triton")
+KNOWN_BACKENDS = ("naive", "torch", "numba", "triton")
 _SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
 _STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
 _CONV = {"naive": causal_conv1d_naive, "torch": causal_conv1d_naive}
 _CONV_UPDATE = {"naive": causal_conv1d_update_naive, "torch": causal_conv1d_update_naive}
+if numba_available():  # the scan is compiled; one decoding step and the conv stay in PyTorch
+    _SCAN["numba"] = selective_scan_numba
+    _STATE_UPDATE["numba"] = selective_state_update_naive
+    _CONV["numba"] = causal_conv1d_naive
+    _CONV_UPDATE["numba"] = causal_conv1d_update_naive
 
 
 def available_backends() -> list[str]:
@@ -41,7 +48,9 @@ def active_backend(device: torch.device | str = "cpu") -> str:
             raise RuntimeError(f"{BACKEND_ENV}={forced!r}: that backend is not available in this installation "
                                f"(available: {', '.join(available_backends())})")
         return forced
-    return "triton" if torch.device(device).type == "cuda" and "triton" in _SCAN else "torch"
+    if torch.device(device).type == "cuda":
+        return "triton" if "triton" in _SCAN else "torch"
+    return "numba" if "numba" in _SCAN else "torch"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -83,4 +92,4 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
 
 
 __all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
-           "selective_scan_naive", "selective_scan_chunked", "selective_state_update_naive"]
+           "selective_scan_naive", "selective_scan_chunked", "selective_scan_numba", "selective_state_update_naive"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mamba_bio_audio import kernels
+from mamba_bio_audio.kernels.selective_scan.numba_cpu import numba_available
 from mamba_bio_audio.kernels import (active_backend, available_backends, causal_conv1d, causal_conv1d_update,
                                      selective_scan, selective_scan_chunked, selective_scan_naive,
                                      selective_state_update)
@@ -52,8 +53,26 @@ def call_all_ops():
     return args, out
 
 
+CPU_DEFAULT = "numba" if numba_available() else "torch"
+
+
 def test_available_backends():
-    assert set(available_backends()) == {"naive", "torch"}
+    assert set(available_backends()) == {"naive", "torch"} | ({"numba"} if numba_available() else set())
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+def test_numba_routes_to_the_compiled_scan(monkeypatch, spies):
+    monkeypatch.setenv(ENV, "numba")
+    assert active_backend() == "numba"
+    args, out = call_all_ops()
+    assert len(spies[("scan", "numba")]) == 1 and len(spies[("scan", "torch")]) == 0
+    assert torch.allclose(out, selective_scan_naive(**args), rtol=1e-9, atol=1e-12)
+
+
+def test_cpu_default_without_numba_is_torch(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delitem(kernels._SCAN, "numba", raising=False)
+    assert active_backend("cpu") == "torch"
 
 
 @pytest.mark.parametrize("value", ["naive", "NAIVE", " naive "])
@@ -84,16 +103,16 @@ def test_torch_backend_is_the_chunked_implementation():
 
 
 @pytest.mark.parametrize("value", [None, "", "  "])
-def test_unset_on_cpu_uses_torch(value, monkeypatch, spies):
+def test_unset_on_cpu_uses_the_cpu_default(value, monkeypatch, spies):
     if value is None:
         monkeypatch.delenv(ENV, raising=False)
     else:
         monkeypatch.setenv(ENV, value)
-    assert active_backend() == "torch"
-    assert active_backend("cpu") == "torch"
-    assert active_backend(torch.device("cpu")) == "torch"
+    assert active_backend() == CPU_DEFAULT
+    assert active_backend("cpu") == CPU_DEFAULT
+    assert active_backend(torch.device("cpu")) == CPU_DEFAULT
     call_all_ops()
-    assert len(spies[("scan", "torch")]) == 1 and len(spies[("scan", "naive")]) == 0
+    assert len(spies[("scan", CPU_DEFAULT)]) == 1 and len(spies[("scan", "naive")]) == 0
 
 
 def test_unset_on_cuda_without_triton_uses_torch(monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mamba_bio_audio import cli
+from mamba_bio_audio.kernels.selective_scan.numba_cpu import numba_available
 
 
 def mba(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -95,7 +96,7 @@ def test_info_reports_versions_device_and_torch_backend_on_cpu():
     assert rows["mamba_bio_audio"] == "0.1.0"
     for name in cli.OPTIONAL_PACKAGES:
         assert name in rows
-    assert rows["scan backend (cpu)"] == "torch"
+    assert rows["scan backend (cpu)"] == ("numba" if numba_available() else "torch")
     assert rows["MBA_SCAN_BACKEND"] == "(unset)"
     assert "torch" in rows["available backends"].split(", ")
     if not torch.cuda.is_available():
@@ -117,7 +118,7 @@ def test_info_reports_an_invalid_backend_env():
     assert "Traceback" not in result.stderr
     rows = info_rows(result.stdout)
     assert rows["scan backend (cpu)"].startswith("error: MBA_SCAN_BACKEND='bogus' is not a scan backend")
-    assert "naive, torch, triton" in rows["scan backend (cpu)"]
+    assert "naive, torch, numba, triton" in rows["scan backend (cpu)"]
     assert rows["torch"]  # the rest of the report is still there
 
 

