@@ -1,7 +1,8 @@
-"""`mba bench`: training throughput of Mamba language models on this machine (CPU or GPU).
+"""`mba bench`: speed of the selective scan backends and training throughput of Mamba LMs on this machine.
 
-Times full training steps (forward, backward, AdamW) on random DNA tokens after warm-up and prints
-tokens/s per model size, the numbers quoted in BENCHMARKS.md."""
+The scan table times `selective_scan` forward and forward+backward for every available backend (the naive loop
+excluded) at one shape; the model table times full training steps (forward, backward, AdamW) on random DNA tokens
+after warm-up and prints tokens/s per model size. These are the numbers quoted in BENCHMARKS.md."""
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per size (after 1 warm-up step)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--scan-shape", default="8x256x16x1024",
+                        help="batch x dim x N x L of the scan table (default: a 1M-parameter model's layer)")
 
 
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _median_seconds(fn, device, repeats: int) -> float:
+    import torch
+
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first call warms up (and compiles, for numba)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def scan_table(device, shape: list[int], repeats: int) -> None:
+    """selective_scan forward and forward+backward per backend, fp32, real A, variable B/C, z and D."""
+    import torch
+
+    from .kernels import _SCAN
+
+    batch, dim, n_state, length = shape
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(u=torch.randn(batch, dim, length, generator=g), delta=torch.randn(batch, dim, length, generator=g),
+                  A=-torch.rand(dim, n_state, generator=g) * n_state, B=torch.randn(batch, n_state, length, generator=g),
+                  C=torch.randn(batch, n_state, length, generator=g), D=torch.ones(dim),
+                  z=torch.randn(batch, dim, length, generator=g), delta_bias=torch.full((dim,), -4.0))
+    inputs = {k: v.to(device).requires_grad_() for k, v in inputs.items()}
+    print(f"\nselective_scan, batch {batch}, dim {dim}, N {n_state}, L {length}, fp32")
+    print(f"{'backend':>8} {'fwd ms':>9} {'fwd+bwd ms':>11} {'Mtokens·ch/s':>13}")
+    for name, fn in _SCAN.items():
+        if name == "naive" or (name == "numba" and device.type != "cpu"):
+            continue
+
+        def forward():
+            with torch.no_grad():
+                fn(**inputs, delta_softplus=True)
+
+        def forward_backward():
+            fn(**inputs, delta_softplus=True).sum().backward()
+
+        fwd, fwd_bwd = _median_seconds(forward, device, repeats), _median_seconds(forward_backward, device, repeats)
+        print(f"{name:>8} {fwd * 1e3:>9.1f} {fwd_bwd * 1e3:>11.1f} {batch * dim * length / fwd_bwd / 1e6:>13.1f}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from .kernels import active_backend
 
     device = torch.device(args.device)
-    print(f"device {device}, scan backend {active_backend(device)}, {torch.get_num_threads()} CPU threads, "
-          f"batch {args.batch_size} x {args.seq_len} tokens")
+    print(f"device {device}, default scan backend {active_backend(device)}, {torch.get_num_threads()} CPU threads")
+    scan_table(device, [int(v) for v in args.scan_shape.lower().split("x")], args.steps)
+    print(f"\ntraining steps, batch {args.batch_size} x {args.seq_len} tokens, default scan backend")
     print(f"{'d_model':>8} {'n_layer':>8} {'params':>9} {'step s':>8} {'tokens/s':>10}")
     for size in args.sizes.split(","):
         d_model, n_layer = (int(v) for v in size.lower().split("x"))
@@ -40,20 +90,14 @@ def run(args: argparse.Namespace) -> int:
         model = MambaLMHeadModel(MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=12)).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         ids = torch.randint(7, 11, (args.batch_size, args.seq_len + 1), device=device)
-        times = []
-        for step in range(args.steps + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+
+        def train_step():
             logits = model(ids[:, :-1])
             F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step:  # the first step warms up allocators and caches
-                times.append(time.perf_counter() - start)
-        step_time = sorted(times)[len(times) // 2]
+
+        step_time = _median_seconds(train_step, device, args.steps)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{d_model:>8} {n_layer:>8} {n_params / 1e6:>8.2f}M {step_time:>8.2f} "
               f"{args.batch_size * args.seq_len / step_time:>10,.0f}")

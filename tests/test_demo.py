@@ -30,6 +30,8 @@ def test_demo_reports_a_bad_fasta(tmp_path, capsys):
 
 
 def test_bench_prints_a_throughput_table(capsys):
-    assert main(["bench", "--sizes", "16x1", "--batch-size", "1", "--seq-len", "32", "--steps", "1"]) == 0
+    assert main(["bench", "--sizes", "16x1", "--batch-size", "1", "--seq-len", "32", "--steps", "1",
+                 "--scan-shape", "1x4x2x16"]) == 0
     text = capsys.readouterr().out
     assert "tokens/s" in text and text.strip().splitlines()[-1].split()[0] == "16"
+    assert "   torch " in text  # the scan table lists the chunked PyTorch backend
