@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .common import check_inputs, compute_dtype, discretize_delta, gate_output, readout, to_grouped
+from .common import readout, run_scan
 
 DEFAULT_CHUNK = 64
 MIN_SPLIT = 8
@@ -179,11 +179,5 @@ class _ChunkedScan(torch.autograd.Function):
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                            initial_state=None, return_last_state=False, chunk_size: int = DEFAULT_CHUNK):
     """Chunked PyTorch selective scan; same signature and semantics as `selective_scan`, plus `chunk_size`."""
-    groups = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    batch, dim, length = u.shape
-    dlt = discretize_delta(delta, delta_bias, delta_softplus, dtype)
-    ug, dg, Ag, Bg, Cg, h0 = to_grouped(u, dlt, A, B, C, initial_state, groups, dtype)
-    y, h_last = _ChunkedScan.apply(ug, dg, Ag, Bg, Cg, h0, chunk_size)
-    out = gate_output(y.reshape(batch, dim, length), u, D, z).to(u.dtype)
-    return (out, h_last.reshape(batch, dim, -1)) if return_last_state else out
+    return run_scan(lambda *grouped: _ChunkedScan.apply(*grouped, chunk_size), u, delta, A, B, C, D, z, delta_bias,
+                    delta_softplus, initial_state, return_last_state)

@@ -109,3 +109,18 @@ def readout(h: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """y = Σ_n C_n h_n over the state axis (-2), or 2·Re of it for a complex state."""
     y = (h * C).sum(-2)
     return 2 * y.real if y.is_complex() else y
+
+
+def run_scan(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state):
+    """The frame every implementation shares: checks, Δ, the grouped layout, then `core` for the recurrence, then
+    the D skip and the z gate.
+
+    core(u, Δ, A, B, C, h0) -> (y, h_L) works in the grouped layout (module docstring); y is real (2·Re already
+    taken for complex A). Returns out (batch, dim, L) in u's dtype [, h_L (batch, dim, N)]."""
+    groups = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    batch, dim, length = u.shape
+    dlt = discretize_delta(delta, delta_bias, delta_softplus, dtype)
+    y, h_last = core(*to_grouped(u, dlt, A, B, C, initial_state, groups, dtype))
+    out = gate_output(y.reshape(batch, dim, length), u, D, z).to(u.dtype)
+    return (out, h_last.reshape(batch, dim, -1)) if return_last_state else out

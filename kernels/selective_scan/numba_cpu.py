@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from .common import check_inputs, compute_dtype, discretize_delta, gate_output, to_grouped
+from .common import run_scan
 
 DEFAULT_CHUNK = 64
 
@@ -136,6 +137,7 @@ class _NumbaScan(torch.autograd.Function):
         return (2 * y.real if y.is_complex() else y), h
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, dh):
         _, backward_kernel = _compile()
         u, dlt, A, B, C, starts = ctx.saved_tensors
@@ -165,11 +167,5 @@ def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     `selective_scan`, plus `chunk_size` (tokens per segment)."""
     if u.device.type != "cpu":
         raise ValueError(f"selective_scan_numba runs on CPU tensors, got {u.device}")
-    groups = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    batch, dim, length = u.shape
-    dlt = discretize_delta(delta, delta_bias, delta_softplus, dtype)
-    ug, dg, Ag, Bg, Cg, h0 = to_grouped(u, dlt, A, B, C, initial_state, groups, dtype)
-    y, h_last = _NumbaScan.apply(ug, dg, Ag.contiguous(), Bg, Cg, h0, chunk_size)
-    out = gate_output(y.reshape(batch, dim, length), u, D, z).to(u.dtype)
-    return (out, h_last.reshape(batch, dim, -1)) if return_last_state else out
+    return run_scan(lambda u, dlt, A, B, C, h0: _NumbaScan.apply(u, dlt, A.contiguous(), B, C, h0, chunk_size),
+                    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
