@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import MambaConfig, MambaLMHeadModel
     from .dna import DNATokenizer, markov_baseline
+    from .kernels import active_backend
     from .optim import parameter_groups, warmup_cosine
 
     torch.manual_seed(args.seed)
@@ -106,12 +108,13 @@ def run(args: argparse.Namespace) -> int:
     model = MambaLMHeadModel(config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: Mamba d_model={args.d_model} n_layer={args.n_layer}, {n_params / 1e6:.2f}M parameters; "
-          f"scan backend: torch (CPU, {torch.get_num_threads()} threads)")
+          f"scan backend: {active_backend('cpu')} (CPU, {torch.get_num_threads()} threads)")
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(args.seed)
     budget = args.minutes * 60
     start, step, tokens = time.time(), 0, 0
-    bar = tqdm(total=100, desc="training", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(total=100, desc="training", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]",
+               mininterval=1.0 if sys.stderr.isatty() else 15.0)  # a log file gets a line every 15 s
     while True:
         progress = max(step / args.max_steps, (time.time() - start) / budget)
         if progress >= 1:
