@@ -18,6 +18,7 @@ import torch
 from .causal_conv1d import causal_conv1d_naive, causal_conv1d_update_naive
 from .selective_scan import selective_scan_chunked, selective_scan_naive
 from .selective_scan.numba_cpu import numba_available, selective_scan_numba
+from .selective_scan.triton_support import triton_available
 from .selective_state_update import selective_state_update_naive
 
 BACKEND_ENV = "MBA_SCAN_BACKEND"
@@ -26,6 +27,13 @@ _SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
 _STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
 _CONV = {"naive": causal_conv1d_naive, "torch": causal_conv1d_naive}
 _CONV_UPDATE = {"naive": causal_conv1d_update_naive, "torch": causal_conv1d_update_naive}
+if triton_available():  # the fused scan; one decoding step and the conv stay in PyTorch for now
+    from .selective_scan.fused import selective_scan_fused
+
+    _SCAN["triton"] = selective_scan_fused
+    _STATE_UPDATE["triton"] = selective_state_update_naive
+    _CONV["triton"] = causal_conv1d_naive
+    _CONV_UPDATE["triton"] = causal_conv1d_update_naive
 if numba_available():  # the scan is compiled; one decoding step and the conv stay in PyTorch
     _SCAN["numba"] = selective_scan_numba
     _STATE_UPDATE["numba"] = selective_state_update_naive

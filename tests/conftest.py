@@ -7,6 +7,10 @@ import zlib
 import pytest
 import torch
 
+# Without a GPU the Triton kernels run in Triton's interpreter; this must be set before they are imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Under pytest-xdist every worker would otherwise start one intra-op thread per core: cap the total at the core count.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 if _workers > 1:

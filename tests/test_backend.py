@@ -6,6 +6,10 @@ import torch
 
 from mamba_bio_audio import kernels
 from mamba_bio_audio.kernels.selective_scan.numba_cpu import numba_available
+from mamba_bio_audio.kernels.selective_scan.triton_support import triton_available
+
+if triton_available():
+    from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
 from mamba_bio_audio.kernels import (active_backend, available_backends, causal_conv1d, causal_conv1d_update,
                                      selective_scan, selective_scan_chunked, selective_scan_naive,
                                      selective_state_update)
@@ -57,7 +61,8 @@ CPU_DEFAULT = "numba" if numba_available() else "torch"
 
 
 def test_available_backends():
-    assert set(available_backends()) == {"naive", "torch"} | ({"numba"} if numba_available() else set())
+    expected = {"naive", "torch"} | ({"numba"} if numba_available() else set())
+    assert set(available_backends()) == expected | ({"triton"} if triton_available() else set())
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed")
@@ -118,8 +123,15 @@ def test_unset_on_cpu_uses_the_cpu_default(value, monkeypatch, spies):
 def test_unset_on_cuda_without_triton_uses_torch(monkeypatch):
     """Without a triton backend registered, CUDA tensors fall back to torch (no tensor needed to ask)."""
     monkeypatch.delenv(ENV, raising=False)
-    assert "triton" not in kernels._SCAN
+    monkeypatch.delitem(kernels._SCAN, "triton", raising=False)
     assert active_backend("cuda") == "torch"
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton (and CUDA or TRITON_INTERPRET=1)")
+def test_unset_on_cuda_with_triton_uses_triton(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert kernels._SCAN["triton"] is selective_scan_fused
+    assert active_backend("cuda") == "triton"
 
 
 def test_forced_backend_overrides_device(monkeypatch):
@@ -141,6 +153,8 @@ def test_unknown_backend_raises_value_error_naming_variable(value, monkeypatch):
 
 def test_triton_unavailable_raises_runtime_error(monkeypatch):
     monkeypatch.setenv(ENV, "triton")
+    for table in (kernels._SCAN, kernels._STATE_UPDATE, kernels._CONV, kernels._CONV_UPDATE):
+        monkeypatch.delitem(table, "triton", raising=False)
     assert "triton" not in available_backends()
     with pytest.raises(RuntimeError, match=ENV) as info:
         active_backend()

@@ -1,0 +1,319 @@
+"""Fused selective scan in Triton (real A): discretisation, scan, readout, D skip and z gate in one kernel.
+
+One program owns (batch row, block of BLOCK_D channels of one B/C group) and walks L in tiles of BLOCK_T tokens.
+A tile loads u, Δ, z as [BLOCK_D, BLOCK_T] and B, C as [N, BLOCK_T] once for all the block's channels, forms
+a = exp2(Δ·A·log2 e) and x = Δ·u·B as [BLOCK_D, N, BLOCK_T], solves h_t = a_t h_{t−1} + x_t with
+`tl.associative_scan` and carries h in registers to the next tile: the (batch, dim, L, N) states never reach
+memory. Only the state at each tile start is written (for the backward).
+
+The backward walks the tiles from last to first. It recomputes the tile's states from the saved start state,
+the states one token earlier (h_{t−1}, from loads shifted by one token: a_t·h_{t−1} is never taken as h_t − x_t,
+which cancels when a_t is small), and the adjoint μ_t = C_t·∂y_t + a_{t+1}·μ_{t+1} with a reverse scan, carrying
+a·μ between tiles. Gradients of B and C shared by several channel blocks are summed with atomic adds.
+Offsets are int64 (batch·dim·L can pass 2^31).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .chunked import selective_scan_chunked
+from .common import check_inputs
+
+
+@triton.jit
+def _combine(a1, x1, a2, x2):
+    """(a1, x1) then (a2, x2): h ↦ a2·(a1·h + x1) + x2."""
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               t_lo, t_hi):
+    """u and Δ of one tile as fp32 [BLOCK_D, BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
+    valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
+    mask = mask_d[:, None] & valid[None, :]
+    offs = rows[:, None] * L + t[None, :]
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return u, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _load_bc(ptr, row_bc, n_state, t, offs_n, mask_n, L, CONST: tl.constexpr, const_offs, const_mask, t_lo, t_hi):
+    """B or C for a tile as fp32: [1, N, BLOCK_T] (variable; row_bc = batch·G + group, int64) or [BLOCK_D, N, 1]
+    (constant (dim, N))."""
+    if CONST:
+        return tl.load(ptr + const_offs, mask=const_mask, other=0.0).to(tl.float32)[:, :, None]
+    valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
+    offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
+    return tl.load(ptr + offs, mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
+
+
+@triton.jit
+def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hstart_ptr,
+                dim, L, n_state, n_groups, dim_per_group, n_tiles,
+                B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    pid_b = tl.program_id(0).to(tl.int64)
+    d0 = tl.program_id(1) * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_d, mask_n = offs_d < dim, offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    rows = pid_b * dim + offs_d                                   # (BLOCK_D,) int64 rows of (batch·dim)
+    row_bc = pid_b * n_groups + d0 // dim_per_group               # the block's B/C row (one group per block)
+    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]         # (dim, N) parameters
+    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0) * 1.4426950408889634  # A·log2 e
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+    state_offs = rows[:, None] * n_state + offs_n[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_offs, mask=mask_dn, other=0.0)
+    else:
+        h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    last = (offs_t == BLOCK_T - 1)[None, None, :]
+    for k in range(n_tiles):
+        t0 = k * BLOCK_T
+        tl.store(hstart_ptr + (rows[:, None] * n_tiles + k) * n_state + offs_n[None, :], h, mask=mask_dn)
+        t = t0 + offs_t
+        u, dt = _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t0 + BLOCK_T)
+        Bt = _load_bc(B_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t0 + BLOCK_T)
+        Ct = _load_bc(C_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t0 + BLOCK_T)
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])            # (BLOCK_D, N, BLOCK_T)
+        x = (dt * u)[:, None, :] * Bt
+        a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
+        hs = a_cum * h[:, :, None] + x_cum                        # states of the tile
+        y = tl.sum(hs * Ct, axis=1)                               # (BLOCK_D, BLOCK_T)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=2)               # padding steps are identities: last = h_end
+        out = y + Dv[:, None] * u
+        io = rows[:, None] * L + t[None, :]
+        mask_io = mask_d[:, None] & (t < L)[None, :]
+        if HAS_Z:
+            z = tl.load(z_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
+            out = out * z * tl.sigmoid(z)
+        tl.store(out_ptr + io, out.to(out_ptr.dtype.element_ty), mask=mask_io)
+    tl.store(hlast_ptr + state_offs, h, mask=mask_dn)
+
+
+@triton.jit
+def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hstart_ptr, dout_ptr, dhlast_ptr,
+                du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+                dim, L, n_state, n_groups, dim_per_group, n_tiles,
+                B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Per program: du, dΔ (raw delta), dz for its rows; dA, dD, dbias, dh0 per (batch, channel) row (summed over
+    the batch by the caller); dB, dC accumulated atomically into fp32 buffers (per batch row if constant)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    d0 = tl.program_id(1) * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_T)
+    mask_d, mask_n = offs_d < dim, offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    rows = pid_b * dim + offs_d
+    row_bc = pid_b * n_groups + d0 // dim_per_group
+    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]
+    A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0)
+    A2 = A * 1.4426950408889634
+    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
+    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
+    state_offs = rows[:, None] * n_state + offs_n[None, :]
+    if HAS_DHLAST:
+        carry = tl.load(dhlast_ptr + state_offs, mask=mask_dn, other=0.0)  # a_{t0+T}·μ_{t0+T} seen from the tile
+    else:
+        carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dB_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dC_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], tl.float32)
+    first = (offs_t == 0)[None, None, :]
+    for j in range(n_tiles):
+        k = n_tiles - 1 - j
+        t0 = k * BLOCK_T
+        t1 = t0 + BLOCK_T
+        t = t0 + offs_t
+        h_start = tl.load(hstart_ptr + (rows[:, None] * n_tiles + k) * n_state + offs_n[None, :], mask=mask_dn,
+                          other=0.0)
+        # this tile (t), one token earlier (t − 1, for h_{t−1}) and one later (t + 1, for a_{t+1})
+        u, dt = _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
+        u_p, dt_p = _load_tile(u_ptr, dt_ptr, bias, rows, t - 1, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
+        _, dt_n = _load_tile(u_ptr, dt_ptr, bias, rows, t + 1, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
+        Bt = _load_bc(B_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
+        Bp = _load_bc(B_ptr, row_bc, n_state, t - 1, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
+        Ct = _load_bc(C_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t1)
+        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        a_p = tl.exp2(dt_p[:, None, :] * A2[:, :, None])
+        a_n = tl.exp2(dt_n[:, None, :] * A2[:, :, None])        # a_{t+1}; 1 at the tile's last step
+        x = (dt * u)[:, None, :] * Bt
+        x_p = (dt_p * u_p)[:, None, :] * Bp
+        ap_cum, xp_cum = tl.associative_scan((a_p, x_p), axis=2, combine_fn=_combine)
+        h_prev = ap_cum * h_start[:, :, None] + xp_cum            # h_{t−1}
+        hs = a * h_prev + x                                       # h_t
+        io = rows[:, None] * L + t[None, :]
+        mask_io = mask_d[:, None] & (t < L)[None, :]
+        dout = tl.load(dout_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
+        y = tl.sum(hs * Ct, axis=1)
+        if HAS_Z:
+            z = tl.load(z_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(z)
+            pre = y + Dv[:, None] * u
+            tl.store(dz_ptr + io, dout * pre * sig * (1.0 + z * (1.0 - sig)), mask=mask_io)
+            go = dout * z * sig
+        else:
+            go = dout
+        g_h = go[:, None, :] * Ct                                 # ∂L/∂h_t, direct part
+        n_cum, mu = tl.associative_scan((a_n, g_h), axis=2, combine_fn=_combine, reverse=True)
+        mu = mu + n_cum * carry[:, :, None]                       # μ_t
+        carry = tl.sum(tl.where(first, a * mu, 0.0), axis=2)      # a_{t0}·μ_{t0} for the previous tile
+        dtu = dt * u
+        dP = mu * a * h_prev                                      # ∂(Δ_t·A)
+        dA_acc += tl.sum(dP * dt[:, None, :], axis=2)
+        d_dtu = tl.sum(mu * Bt, axis=1)                           # (BLOCK_D, BLOCK_T)
+        ddt = d_dtu * u + tl.sum(dP * A[:, :, None], axis=1)
+        tl.store(du_ptr + io, d_dtu * dt + Dv[:, None] * go, mask=mask_io)
+        if HAS_D:
+            dD_acc += tl.sum(tl.where(mask_io, go * u, 0.0), axis=1)
+        if SOFTPLUS:
+            raw = tl.load(dt_ptr + io, mask=mask_io, other=0.0).to(tl.float32) + bias[:, None]
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(mask_io, ddt, 0.0)
+        tl.store(ddt_ptr + io, ddt, mask=mask_io)
+        if HAS_BIAS:
+            dbias_acc += tl.sum(ddt, axis=1)
+        gB = mu * dtu[:, None, :]                                 # ∂B per channel
+        gC = hs * go[:, None, :]
+        if B_CONST:
+            dB_const += tl.sum(gB, axis=2)
+        else:
+            offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
+            tl.atomic_add(dB_ptr + offs, tl.sum(gB, axis=0), mask=mask_n[:, None] & (t < L)[None, :])
+        if C_CONST:
+            dC_const += tl.sum(gC, axis=2)
+        else:
+            offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
+            tl.atomic_add(dC_ptr + offs, tl.sum(gC, axis=0), mask=mask_n[:, None] & (t < L)[None, :])
+    tl.store(dh0_ptr + state_offs, carry, mask=mask_dn)
+    tl.store(dA_ptr + state_offs, dA_acc, mask=mask_dn)
+    if B_CONST:
+        tl.store(dB_ptr + state_offs, dB_const, mask=mask_dn)
+    if C_CONST:
+        tl.store(dC_ptr + state_offs, dC_const, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + rows, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + rows, dbias_acc, mask=mask_d)
+
+
+def _block_d(dim_per_group: int, cap: int) -> int:
+    """Channels per program: a power of two ≤ cap dividing the group's channel count (one group per block)."""
+    block = 1
+    while block * 2 <= cap and dim_per_group % (block * 2) == 0:
+        block *= 2
+    return block
+
+
+def _launch_config(batch, dim, n_state, L, groups):
+    block_n = triton.next_power_of_2(n_state)
+    block_t = max(8, min(32, triton.next_power_of_2(L)))
+    block_d = _block_d(dim // groups, max(1, 2048 // (block_n * block_t)))
+    return block_d, block_n, block_t, triton.cdiv(L, block_t)
+
+
+class _FusedScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus: bool, groups: int):
+        batch, dim, L = u.shape
+        n_state = A.shape[1]
+        u, delta = u.contiguous(), delta.contiguous()
+        z = z.contiguous() if z is not None else None
+        A32 = A.float().contiguous()
+        B = B.contiguous() if B.dim() > 2 else B.float().contiguous()
+        C = C.contiguous() if C.dim() > 2 else C.float().contiguous()
+        D32 = D.float().contiguous() if D is not None else None
+        bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
+        h0 = initial_state.float().contiguous() if initial_state is not None else None
+        block_d, block_n, block_t, n_tiles = _launch_config(batch, dim, n_state, L, groups)
+        out = torch.empty_like(u)
+        h_last = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+        h_start = torch.empty(batch, dim, n_tiles, n_state, device=u.device, dtype=torch.float32)
+        dummy = h_last
+        grid = (batch, triton.cdiv(dim, block_d))
+        _fwd_kernel[grid](u, delta, z if z is not None else u, A32, B, C, D32 if D is not None else dummy,
+                          bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out, h_last,
+                          h_start, dim, L, n_state, groups, dim // groups, n_tiles,
+                          B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D is not None, HAS_Z=z is not None,
+                          HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None,
+                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
+        ctx.save_for_backward(u, delta, z, A32, B, C, D32, bias32, h_start)
+        ctx.meta = (softplus, groups, block_d, block_n, block_t, n_tiles)
+        ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
+                          initial_state is not None)
+        return out, h_last
+
+    @staticmethod
+    def backward(ctx, dout, dh_last):
+        u, delta, z, A32, B, C, D32, bias32, h_start = ctx.saved_tensors
+        softplus, groups, block_d, block_n, block_t, n_tiles = ctx.meta
+        A_dtype, D_dtype, bias_dtype, has_h0 = ctx.input_meta
+        batch, dim, L = u.shape
+        n_state = A32.shape[1]
+        f32 = dict(device=u.device, dtype=torch.float32)
+        du, ddelta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
+        dz = torch.empty(u.shape, **f32) if z is not None else None
+        d_rows = torch.empty(batch, dim, n_state, **f32)  # dA per batch row
+        dB = torch.zeros(B.shape, **f32) if B.dim() > 2 else torch.empty(batch, dim, n_state, **f32)
+        dC = torch.zeros(C.shape, **f32) if C.dim() > 2 else torch.empty(batch, dim, n_state, **f32)
+        dD = torch.empty(batch, dim, **f32) if D32 is not None else None
+        dbias = torch.empty(batch, dim, **f32) if bias32 is not None else None
+        dh0 = torch.empty(batch, dim, n_state, **f32)
+        dummy = dh0
+        grid = (batch, triton.cdiv(dim, block_d))
+        _bwd_kernel[grid](u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
+                          bias32 if bias32 is not None else dummy, h_start, dout.contiguous(),
+                          dh_last.contiguous() if dh_last is not None else dummy,
+                          du, ddelta, dz if dz is not None else du, d_rows, dB, dC,
+                          dD if dD is not None else dummy, dbias if dbias is not None else dummy, dh0,
+                          dim, L, n_state, groups, dim // groups, n_tiles,
+                          B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
+                          HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
+                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
+        if B.dim() == 2:
+            dB = dB.sum(0)
+        if C.dim() == 2:
+            dC = dC.sum(0)
+        return (du.to(u.dtype), ddelta.to(delta.dtype), d_rows.sum(0).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.sum(0).to(D_dtype) if dD is not None else None, dz.to(z.dtype) if dz is not None else None,
+                dbias.sum(0).to(bias_dtype) if dbias is not None else None, dh0 if has_h0 else None, None, None)
+
+
+def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         initial_state=None, return_last_state=False):
+    """Selective scan with the fused Triton kernels (CUDA tensors, or any device under TRITON_INTERPRET=1); same
+    signature and semantics as `selective_scan`. Complex A is not fused yet: it runs the chunked PyTorch scan."""
+    if A.is_complex():
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                      return_last_state)
+    groups = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if B.dim() == 3:
+        B = B[:, None]
+    if C.dim() == 3:
+        C = C[:, None]
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        raise ValueError("selective_scan: B and C use different group counts")
+    out, h_last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, groups)
+    return (out, h_last) if return_last_state else out

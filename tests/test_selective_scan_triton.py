@@ -1,0 +1,54 @@
+"""The fused Triton scan (real A) against the token-by-token loop in float64: output, last state, every gradient.
+
+Without a GPU this runs in Triton's interpreter (set up in conftest), at small shapes. Reuses the case generator
+and comparison of test_selective_scan."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mamba_bio_audio.kernels.selective_scan.triton_support import triton_available
+from test_selective_scan import BC_KINDS, TOL, check_against_naive, full_extras, make_case
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="needs triton (and CUDA or TRITON_INTERPRET=1)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fused(**kw):
+    from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
+
+    on_device = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    out = selective_scan_fused(**on_device)
+    if isinstance(out, tuple):
+        return tuple(o.cpu() for o in out)
+    return out.cpu()
+
+
+
+
+@pytest.mark.parametrize("bc", list(BC_KINDS))
+@pytest.mark.parametrize("regime", ["small", "steep"])
+@pytest.mark.parametrize("extras", ["bare", "full"])
+def test_fused_fp32_matches_naive(bc, regime, extras):
+    opts = full_extras() if extras == "full" else {}
+    case = make_case(length=45, regime=regime, bc=bc, dtype=torch.float32, **opts)
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+@pytest.mark.parametrize("length", [1, 8, 33])
+def test_fused_odd_lengths_and_single_options(length):
+    for opts in ({"z": True}, {"D": True}, {"bias": True, "softplus": True}, {"init": True}):
+        case = make_case(length=length, regime="small", bc="grouped", dtype=torch.float32, **opts)
+        check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+def test_fused_bf16_inputs():
+    case = make_case(length=40, regime="small", bc="var", dtype=torch.bfloat16, **full_extras())
+    out, h = fused(**case, return_last_state=True)
+    assert out.dtype == torch.bfloat16 and h.dtype == torch.float32
+    check_against_naive(case, TOL[torch.bfloat16], 16, fn=fused)
+
+
+def test_complex_A_runs_the_chunked_scan():
+    case = make_case(length=20, regime="small", bc="var", complex_a=True, dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
