@@ -11,12 +11,15 @@ PYTEST_ARGS ?= -q -n 2 tests/
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test clean
+.PHONY: help demo test bench test-gpu clean
 
 help:  ## list the targets
 	@echo "make demo    train a small Mamba LM on yeast chromosome I on the CPU (a few minutes), then sample from it"
 	@echo "make test    run the test suite (pytest, 2 workers)"
 	@echo "             options through DEMO_ARGS='--minutes 1' and PYTEST_ARGS='-q -x tests/test_cli.py'"
+	@echo "make bench   GPU: selective-scan timings against the reference CUDA kernel (BENCHMARKS.md)"
+	@echo "make test-gpu GPU: the Triton and CUDA tests at GPU shapes"
+	@echo "             on a machine with the project already installed: make bench RUN_PY=python3"
 	@echo "make clean   remove build artifacts and caches (keeps $(VENV))"
 	@echo "The first demo/test creates $(VENV) with $(PYTHON) and installs the project into it (several minutes)."
 
@@ -39,6 +42,15 @@ $(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -e '.[test]' $(TORCH_PINS)
 	touch $@
+
+# GPU targets: they run with the interpreter that has the project (RUN_PY), without creating .venv.
+RUN_PY ?= $(BIN)/python
+
+bench:
+	$(RUN_PY) -m mamba_bio_audio.kernels.bench
+
+test-gpu:
+	$(RUN_PY) -m pytest -q tests/test_selective_scan_triton.py tests/test_cuda.py
 
 clean:
 	rm -rf build dist .pytest_cache *.egg-info mamba_bio_audio.egg-info

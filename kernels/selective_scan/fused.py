@@ -53,11 +53,13 @@ def _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS: tl.constexpr, 
 def _load_bc(ptr, row_bc, n_state, t, offs_n, mask_n, L, CONST: tl.constexpr, const_offs, const_mask, t_lo, t_hi):
     """B or C for a tile as fp32: [1, N, BLOCK_T] (variable; row_bc = batch·G + group, int64) or [BLOCK_D, N, 1]
     (constant (dim, N))."""
-    if CONST:
-        return tl.load(ptr + const_offs, mask=const_mask, other=0.0).to(tl.float32)[:, :, None]
-    valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
-    offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
-    return tl.load(ptr + offs, mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
+    if CONST:  # (one return: the compiler wants the same return type on every path, constexpr or not)
+        X = tl.load(ptr + const_offs, mask=const_mask, other=0.0).to(tl.float32)[:, :, None]
+    else:
+        valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
+        offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
+        X = tl.load(ptr + offs, mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
+    return X
 
 
 @triton.jit
@@ -227,11 +229,21 @@ def _block_d(dim_per_group: int, cap: int) -> int:
     return block
 
 
-def _launch_config(batch, dim, n_state, L, groups):
+# Tile shapes: tokens per tile (shared by both kernels: the backward starts from the forward's tile-start states),
+# and per kernel (elements of one [BLOCK_D, N, BLOCK_T] tile, num_warps).
+TOKENS_PER_TILE = 32
+TILE = {"fwd": (1024, 4), "bwd": (1024, 4)}  # best of a small sweep on an H100 (BENCHMARKS.md)
+
+
+def _tile_tokens(L: int) -> int:
+    return max(8, min(TOKENS_PER_TILE, triton.next_power_of_2(L)))
+
+
+def _launch_config(kind, dim, n_state, block_t, groups):
+    """BLOCK_D, BLOCK_N, num_warps for one kernel."""
+    elements, warps = TILE[kind]
     block_n = triton.next_power_of_2(n_state)
-    block_t = max(8, min(32, triton.next_power_of_2(L)))
-    block_d = _block_d(dim // groups, max(1, 2048 // (block_n * block_t)))
-    return block_d, block_n, block_t, triton.cdiv(L, block_t)
+    return _block_d(dim // groups, max(1, elements // (block_n * block_t))), block_n, warps
 
 
 class _FusedScan(torch.autograd.Function):
@@ -247,7 +259,9 @@ class _FusedScan(torch.autograd.Function):
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        block_d, block_n, block_t, n_tiles = _launch_config(batch, dim, n_state, L, groups)
+        block_t = _tile_tokens(L)
+        n_tiles = triton.cdiv(L, block_t)
+        block_d, block_n, warps = _launch_config("fwd", dim, n_state, block_t, groups)
         out = torch.empty_like(u)
         h_last = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
         h_start = torch.empty(batch, dim, n_tiles, n_state, device=u.device, dtype=torch.float32)
@@ -258,9 +272,9 @@ class _FusedScan(torch.autograd.Function):
                           h_start, dim, L, n_state, groups, dim // groups, n_tiles,
                           B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D is not None, HAS_Z=z is not None,
                           HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None,
-                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
+                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps)
         ctx.save_for_backward(u, delta, z, A32, B, C, D32, bias32, h_start)
-        ctx.meta = (softplus, groups, block_d, block_n, block_t, n_tiles)
+        ctx.meta = (softplus, groups, block_t, n_tiles)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
                           initial_state is not None)
         return out, h_last
@@ -268,7 +282,7 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dh_last):
         u, delta, z, A32, B, C, D32, bias32, h_start = ctx.saved_tensors
-        softplus, groups, block_d, block_n, block_t, n_tiles = ctx.meta
+        softplus, groups, block_t, n_tiles = ctx.meta
         A_dtype, D_dtype, bias_dtype, has_h0 = ctx.input_meta
         batch, dim, L = u.shape
         n_state = A32.shape[1]
@@ -282,6 +296,7 @@ class _FusedScan(torch.autograd.Function):
         dbias = torch.empty(batch, dim, **f32) if bias32 is not None else None
         dh0 = torch.empty(batch, dim, n_state, **f32)
         dummy = dh0
+        block_d, block_n, warps = _launch_config("bwd", dim, n_state, block_t, groups)
         grid = (batch, triton.cdiv(dim, block_d))
         _bwd_kernel[grid](u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
                           bias32 if bias32 is not None else dummy, h_start, dout.contiguous(),
@@ -291,7 +306,7 @@ class _FusedScan(torch.autograd.Function):
                           dim, L, n_state, groups, dim // groups, n_tiles,
                           B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                           HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
-                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t)
+                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps)
         if B.dim() == 2:
             dB = dB.sum(0)
         if C.dim() == 2:

@@ -1,0 +1,99 @@
+"""GPU benchmark of the selective scan against the reference CUDA kernel's H100 figures.
+
+    python -m mamba_bio_audio.kernels.bench [--reference ../shared/reference/h100_selective_scan_reference.json]
+
+For each configuration of the reference table: fwd and fwd+bwd ms (median of triton.testing.do_bench) of the
+fused Triton scan and of the chunked PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias,
+softplus, B and C shared by all channels; the HBM floor of the forward (bytes it must move over the copy bandwidth
+measured in the same run) and the ratio to the reference kernel's time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+CONFIGS = [(1, 1024, 16, 2 ** 11, False), (1, 1024, 16, 2 ** 13, False), (1, 1024, 16, 2 ** 15, False),
+           (1, 1024, 16, 2 ** 17, False), (1, 1024, 16, 2 ** 19, False), (8, 2048, 16, 2048, True),
+           (8, 2048, 16, 8192, True), (4, 1536, 16, 2 ** 16, True), (1, 256, 16, 2 ** 20, True),
+           (1, 512, 16, 2 ** 20, True)]
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write)."""
+    import triton
+
+    x = torch.empty(2 ** 28, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: y.copy_(x))
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def make_inputs(batch, dim, n_state, length, with_z):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    inputs = dict(u=torch.randn(batch, dim, length, generator=g, **bf),
+                  delta=torch.randn(batch, dim, length, generator=g, **bf),
+                  A=-torch.rand(dim, n_state, device="cuda", generator=g) * n_state,
+                  B=torch.randn(batch, 1, n_state, length, generator=g, **bf),
+                  C=torch.randn(batch, 1, n_state, length, generator=g, **bf),
+                  D=torch.ones(dim, device="cuda"), delta_bias=torch.full((dim,), -4.0, device="cuda"),
+                  z=torch.randn(batch, dim, length, generator=g, **bf) if with_z else None)
+    return inputs
+
+
+def time_scan(fn, inputs) -> tuple[float, float]:
+    import triton
+
+    leaves = {k: (v.requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    with torch.no_grad():
+        fwd = triton.testing.do_bench(lambda: fn(**leaves, delta_softplus=True))
+    out = fn(**leaves, delta_softplus=True)
+    dout = torch.randn_like(out)
+    del out
+
+    def fwd_bwd():
+        fn(**leaves, delta_softplus=True).backward(dout)
+
+    return fwd, triton.testing.do_bench(fwd_bwd, grad_to_none=[v for v in leaves.values() if v is not None])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path,
+                        default=Path(__file__).resolve().parents[1].parent / "shared/reference/h100_selective_scan_reference.json")
+    parser.add_argument("--torch-max-len", type=int, default=2 ** 15)
+    args = parser.parse_args(argv)
+    from .selective_scan.chunked import selective_scan_chunked
+    from .selective_scan.fused import selective_scan_fused
+
+    reference = {}
+    if args.reference.is_file():
+        for row in json.loads(args.reference.read_text())["rows"]:
+            if row["op"] == "cuda_selective_scan":
+                reference[(row["B"], row["D"], row["N"], row["L"])] = row
+    bandwidth = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    print("| batch | dim | L | z | triton fwd ms | triton fwd+bwd ms | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms "
+          "| fwd / ref | fwd+bwd / ref | hbm floor fwd ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for batch, dim, n_state, length, with_z in CONFIGS:
+        inputs = make_inputs(batch, dim, n_state, length, with_z)
+        fwd, fwd_bwd = time_scan(selective_scan_fused, inputs)
+        torch_fb = time_scan(selective_scan_chunked, inputs)[1] if length <= args.torch_max_len else float("nan")
+        moved = batch * dim * length * 2 * (3 + with_z) + 2 * batch * n_state * length * 2
+        floor = moved / bandwidth * 1e3
+        ref = reference.get((batch, dim, n_state, length), {})
+        ref_f, ref_fb = ref.get("fwd_ms", float("nan")), ref.get("fwdbwd_ms", float("nan"))
+        print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {fwd:.3f} | {fwd_bwd:.3f} | "
+              f"{torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | {fwd / ref_f:.2f} | {fwd_bwd / ref_fb:.2f} | {floor:.3f} |",
+              flush=True)
+        del inputs
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
