@@ -27,11 +27,12 @@ _SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
 _STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
 _CONV = {"naive": causal_conv1d_naive, "torch": causal_conv1d_naive}
 _CONV_UPDATE = {"naive": causal_conv1d_update_naive, "torch": causal_conv1d_update_naive}
-if triton_available():  # the fused scan; one decoding step and the conv stay in PyTorch for now
+if triton_available():  # the fused scan and decoding step; the conv stays in PyTorch for now
     from .selective_scan.fused import selective_scan_fused
+    from .selective_state_update.fused import selective_state_update_fused
 
     _SCAN["triton"] = selective_scan_fused
-    _STATE_UPDATE["triton"] = selective_state_update_naive
+    _STATE_UPDATE["triton"] = selective_state_update_fused
     _CONV["triton"] = causal_conv1d_naive
     _CONV_UPDATE["triton"] = causal_conv1d_update_naive
 if numba_available():  # the scan is compiled; one decoding step and the conv stay in PyTorch
@@ -79,13 +80,15 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                                            return_last_state=return_last_state)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           state_batch_indices=None):
     """One token of the selective scan: updates `state` (batch, dim, N) in place, returns out (batch, dim).
 
     x, dt, z: (batch, dim); A: (dim, N); B, C: (batch, N) or (batch, G, N); D, dt_bias: (dim,).
+    state_batch_indices (batch,) int64: rows of a larger cache state (cache_size, dim, N) to use and update.
     """
     return _STATE_UPDATE[active_backend(x.device)](state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
-                                                   dt_softplus=dt_softplus)
+                                                   dt_softplus=dt_softplus, state_batch_indices=state_batch_indices)
 
 
 def causal_conv1d(x, weight, bias=None, activation=None):

@@ -6,14 +6,22 @@ import torch
 from ..selective_scan.common import discretize_delta, gate_output, readout
 
 
-def selective_state_update_naive(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def selective_state_update_naive(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                 state_batch_indices=None):
     """Advance `state` by one token in place and return that token's output.
 
     state: (batch, dim, N) fp32 (complex64 for complex A), updated in place; x, dt, z: (batch, dim);
     A: (dim, N); B, C: (batch, N) or grouped (batch, G, N); D, dt_bias: (dim,).
+    state_batch_indices: optional (batch,) int64; row i of the inputs then uses state[state_batch_indices[i]] of a
+    larger cache state (cache_size, dim, N), and only those rows change.
     h = exp(Δ·A) ⊙ h + Δ·B·x;  y = Σ_n C_n h_n (2·Re for complex);  out = (y + D·x)·silu(z).
     Returns out (batch, dim) in x's dtype.
     """
+    if state_batch_indices is not None:
+        rows = state[state_batch_indices]
+        out = selective_state_update_naive(rows, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        state[state_batch_indices] = rows
+        return out
     batch, dim, n_state = state.shape
     if x.shape != (batch, dim) or dt.shape != (batch, dim) or A.shape != (dim, n_state):
         raise ValueError(f"selective_state_update: expected state (batch, dim, N), x and dt (batch, dim), A (dim, N); "

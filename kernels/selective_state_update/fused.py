@@ -1,0 +1,79 @@
+"""One decoding step of the selective scan in Triton (real A): the state is read, advanced and written in place by
+one program per (batch row, block of channels); the output is gated in the same kernel."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..selective_scan.fused import _block_d, _softplus
+from .naive import selective_state_update_naive
+
+
+@triton.jit
+def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr,
+                         dim, n_state, n_groups, dim_per_group,
+                         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                         HAS_IDX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_b = tl.program_id(0).to(tl.int64)
+    d0 = tl.program_id(1) * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d, mask_n = offs_d < dim, offs_n < n_state
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    if HAS_IDX:
+        state_row = tl.load(idx_ptr + pid_b).to(tl.int64)
+    else:
+        state_row = pid_b
+    state_offs = (state_row * dim + offs_d)[:, None] * n_state + offs_n[None, :]
+    h = tl.load(state_ptr + state_offs, mask=mask_dn, other=0.0)
+    io = pid_b * dim + offs_d
+    x = tl.load(x_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0)
+    bc = (pid_b * n_groups + d0 // dim_per_group) * n_state + offs_n
+    B = tl.load(B_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
+    h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * B[None, :]
+    tl.store(state_ptr + state_offs, h, mask=mask_dn)
+    out = tl.sum(h * C[None, :], axis=1)
+    if HAS_D:
+        out += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
+        out = out * z * tl.sigmoid(z)
+    tl.store(out_ptr + io, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def selective_state_update_fused(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                 state_batch_indices=None):
+    """Same contract as `selective_state_update_naive` (real A in Triton; complex A, or a state that is not a
+    contiguous fp32 tensor, goes to the PyTorch step)."""
+    if A.is_complex() or state.dtype != torch.float32 or not state.is_contiguous():
+        return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    batch, dim = x.shape
+    n_state = A.shape[1]
+    if dt.shape != (batch, dim) or A.shape != (dim, n_state) or state.shape[1:] != (dim, n_state):
+        raise ValueError(f"selective_state_update: expected state (cache, dim, N), x and dt (batch, dim), A (dim, N); "
+                         f"got state {tuple(state.shape)}, x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}")
+    if state_batch_indices is None and state.shape[0] != batch:
+        raise ValueError(f"selective_state_update: state has {state.shape[0]} rows for a batch of {batch}")
+    groups = 1 if B.dim() == 2 else B.shape[1]
+    out = torch.empty_like(x)
+    block_d = _block_d(dim // groups, 16)
+    block_n = triton.next_power_of_2(n_state)
+    A32 = A.float().contiguous()
+    dummy = A32
+    _state_update_kernel[(batch, triton.cdiv(dim, block_d))](
+        state, x.contiguous(), dt.contiguous(), A32, B.contiguous(), C.contiguous(),
+        D.float().contiguous() if D is not None else dummy, z.contiguous() if z is not None else x,
+        dt_bias.float().contiguous() if dt_bias is not None else dummy, out,
+        state_batch_indices if state_batch_indices is not None else x,
+        dim, n_state, groups, dim // groups,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+        HAS_IDX=state_batch_indices is not None, BLOCK_D=block_d, BLOCK_N=block_n)
+    return out
