@@ -27,14 +27,15 @@ _SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
 _STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
 _CONV = {"naive": causal_conv1d_naive, "torch": causal_conv1d_naive}
 _CONV_UPDATE = {"naive": causal_conv1d_update_naive, "torch": causal_conv1d_update_naive}
-if triton_available():  # the fused scan and decoding step; the conv stays in PyTorch for now
+if triton_available():  # fused scan, decoding step and conv
     from .selective_scan.fused import selective_scan_fused
+    from .causal_conv1d.fused import causal_conv1d_fused, causal_conv1d_update_fused
     from .selective_state_update.fused import selective_state_update_fused
 
     _SCAN["triton"] = selective_scan_fused
     _STATE_UPDATE["triton"] = selective_state_update_fused
-    _CONV["triton"] = causal_conv1d_naive
-    _CONV_UPDATE["triton"] = causal_conv1d_update_naive
+    _CONV["triton"] = causal_conv1d_fused
+    _CONV_UPDATE["triton"] = causal_conv1d_update_fused
 if numba_available():  # the scan is compiled; one decoding step and the conv stay in PyTorch
     _SCAN["numba"] = selective_scan_numba
     _STATE_UPDATE["numba"] = selective_state_update_naive
