@@ -4,6 +4,7 @@
                    initial_state=None, return_last_state=False)
     selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False)
     causal_conv1d(x, weight, bias=None, activation=None), causal_conv1d_update(x, conv_state, weight, ...)
+    add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True)
 
 The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``numba`` |
 ``triton``) forces one. By default CUDA tensors use the fastest backend available for them, and CPU tensors use
@@ -16,6 +17,7 @@ import os
 import torch
 
 from .causal_conv1d import causal_conv1d_naive, causal_conv1d_update_naive
+from .rmsnorm import add_rmsnorm_naive
 from .selective_scan import selective_scan_chunked, selective_scan_naive
 from .selective_scan.numba_cpu import numba_available, selective_scan_numba
 from .selective_scan.triton_support import triton_available
@@ -27,20 +29,24 @@ _SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
 _STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
 _CONV = {"naive": causal_conv1d_naive, "torch": causal_conv1d_naive}
 _CONV_UPDATE = {"naive": causal_conv1d_update_naive, "torch": causal_conv1d_update_naive}
-if triton_available():  # fused scan, decoding step and conv
+_NORM = {"naive": add_rmsnorm_naive, "torch": add_rmsnorm_naive}
+if triton_available():  # fused scan, decoding step, conv and add + RMSNorm
     from .selective_scan.fused import selective_scan_fused
     from .causal_conv1d.fused import causal_conv1d_fused, causal_conv1d_update_fused
+    from .rmsnorm.fused import add_rmsnorm_fused
     from .selective_state_update.fused import selective_state_update_fused
 
     _SCAN["triton"] = selective_scan_fused
     _STATE_UPDATE["triton"] = selective_state_update_fused
     _CONV["triton"] = causal_conv1d_fused
     _CONV_UPDATE["triton"] = causal_conv1d_update_fused
+    _NORM["triton"] = add_rmsnorm_fused
 if numba_available():  # the scan is compiled; one decoding step and the conv stay in PyTorch
     _SCAN["numba"] = selective_scan_numba
     _STATE_UPDATE["numba"] = selective_state_update_naive
     _CONV["numba"] = causal_conv1d_naive
     _CONV_UPDATE["numba"] = causal_conv1d_update_naive
+    _NORM["numba"] = add_rmsnorm_naive
 
 
 def available_backends() -> list[str]:
@@ -103,5 +109,11 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     return _CONV_UPDATE[active_backend(x.device)](x, conv_state, weight, bias, activation)
 
 
-__all__ = ["causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
+def add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
+    """residual_out = x + residual (fp32 if asked); y = RMSNorm(residual_out)·weight in x's dtype.
+    x, residual: (..., dim); weight: (dim,). Returns (y, residual_out)."""
+    return _NORM[active_backend(x.device)](x, residual, weight, eps, residual_in_fp32)
+
+
+__all__ = ["add_rmsnorm", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
            "selective_scan_naive", "selective_scan_chunked", "selective_scan_numba", "selective_state_update_naive"]

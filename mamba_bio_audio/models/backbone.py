@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import MambaConfig
 from ..generation import InferenceCache
+from ..kernels import add_rmsnorm
 from ..modules import BiMamba, Block, Mamba, RMSNorm
 
 
@@ -54,8 +55,7 @@ class MambaBackbone(nn.Module):
         residual = None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual, cache=cache)
-        residual = hidden + residual
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return add_rmsnorm(hidden, residual, self.norm_f.weight, self.norm_f.eps, self.config.residual_in_fp32)[0]
 
     def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> InferenceCache:
         if self.config.bidirectional:

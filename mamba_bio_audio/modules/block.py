@@ -3,14 +3,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels import add_rmsnorm
 from .norm import RMSNorm
 
 
 class Block(nn.Module):
     """Pre-norm residual block: residual ← hidden + residual; hidden ← mixer(RMSNorm(residual)).
 
-    Returning (hidden, residual) separately lets the next block fuse the add with its norm, and keeps the residual
-    stream in fp32 (`residual_in_fp32`) whatever the compute dtype."""
+    Returning (hidden, residual) separately lets the next block fuse the add with its norm (`add_rmsnorm`, one
+    Triton kernel on the GPU), and keeps the residual stream in fp32 (`residual_in_fp32`) whatever the compute
+    dtype."""
 
     def __init__(self, dim: int, mixer: nn.Module, norm_eps: float = 1e-5, residual_in_fp32: bool = True):
         super().__init__()
@@ -20,8 +22,5 @@ class Block(nn.Module):
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None, cache=None):
         """hidden, residual: (b, L, d) -> (hidden, residual), both (b, L, d); residual fp32 if asked."""
-        residual = hidden if residual is None else hidden + residual
-        if self.residual_in_fp32:
-            residual = residual.float()
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), cache=cache)
-        return hidden, residual
+        hidden, residual = add_rmsnorm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
+        return self.mixer(hidden, cache=cache), residual

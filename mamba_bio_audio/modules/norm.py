@@ -1,6 +1,8 @@
 import torch
 from torch import nn
 
+from ..kernels import add_rmsnorm
+
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x²) + eps) · weight, computed in fp32, returned in x's dtype. x: (..., dim)."""
@@ -11,6 +13,4 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return add_rmsnorm(x, None, self.weight, self.eps, residual_in_fp32=False)[0]
