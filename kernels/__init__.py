@@ -2,7 +2,8 @@
 
     selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_last_state=False)
-    selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False)
+    selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           state_batch_indices=None)
     causal_conv1d(x, weight, bias=None, activation=None), causal_conv1d_update(x, conv_state, weight, ...)
     add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True)
 
@@ -25,28 +26,23 @@ from .selective_state_update import selective_state_update_naive
 
 BACKEND_ENV = "MBA_SCAN_BACKEND"
 KNOWN_BACKENDS = ("naive", "torch", "numba", "triton")
-_SCAN = {"naive": selective_scan_naive, "torch": selective_scan_chunked}
-_STATE_UPDATE = {"naive": selective_state_update_naive, "torch": selective_state_update_naive}
-_CONV = {"naive": causal_conv1d_naive, "torch": causal_conv1d_naive}
-_CONV_UPDATE = {"naive": causal_conv1d_update_naive, "torch": causal_conv1d_update_naive}
-_NORM = {"naive": add_rmsnorm_naive, "torch": add_rmsnorm_naive}
+# Every backend implements every op; where a backend has no kernel of its own for an op it uses the PyTorch one.
+_PYTORCH_OPS = dict(scan=selective_scan_chunked, state_update=selective_state_update_naive, conv=causal_conv1d_naive,
+                    conv_update=causal_conv1d_update_naive, norm=add_rmsnorm_naive)
+_BACKENDS = {"naive": {**_PYTORCH_OPS, "scan": selective_scan_naive}, "torch": _PYTORCH_OPS}
 if triton_available():  # fused scan, decoding step, conv and add + RMSNorm
-    from .selective_scan.fused import selective_scan_fused
     from .causal_conv1d.fused import causal_conv1d_fused, causal_conv1d_update_fused
     from .rmsnorm.fused import add_rmsnorm_fused
+    from .selective_scan.fused import selective_scan_fused
     from .selective_state_update.fused import selective_state_update_fused
 
-    _SCAN["triton"] = selective_scan_fused
-    _STATE_UPDATE["triton"] = selective_state_update_fused
-    _CONV["triton"] = causal_conv1d_fused
-    _CONV_UPDATE["triton"] = causal_conv1d_update_fused
-    _NORM["triton"] = add_rmsnorm_fused
-if numba_available():  # the scan is compiled; one decoding step and the conv stay in PyTorch
-    _SCAN["numba"] = selective_scan_numba
-    _STATE_UPDATE["numba"] = selective_state_update_naive
-    _CONV["numba"] = causal_conv1d_naive
-    _CONV_UPDATE["numba"] = causal_conv1d_update_naive
-    _NORM["numba"] = add_rmsnorm_naive
+    _BACKENDS["triton"] = dict(scan=selective_scan_fused, state_update=selective_state_update_fused,
+                               conv=causal_conv1d_fused, conv_update=causal_conv1d_update_fused, norm=add_rmsnorm_fused)
+if numba_available():  # the scan is compiled; the other ops are PyTorch
+    _BACKENDS["numba"] = {**_PYTORCH_OPS, "scan": selective_scan_numba}
+# one dispatch table per op: backend name -> implementation
+_SCAN, _STATE_UPDATE, _CONV, _CONV_UPDATE, _NORM = (
+    {name: ops[op] for name, ops in _BACKENDS.items()} for op in ("scan", "state_update", "conv", "conv_update", "norm"))
 
 
 def available_backends() -> list[str]:

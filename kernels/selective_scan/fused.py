@@ -63,21 +63,29 @@ def _load_bc(ptr, row_bc, n_state, t, offs_n, mask_n, L, CONST: tl.constexpr, co
 
 
 @triton.jit
+def _program_block(dim, n_state, n_groups, dim_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's (batch row, channel block): offsets, masks, int64 rows of (batch·dim), the block's B/C row
+    (batch·G + group: a block never straddles groups) and the offsets of (dim, N) parameters."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    d0 = tl.program_id(1) * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d, mask_n = offs_d < dim, offs_n < n_state
+    rows = pid_b * dim + offs_d
+    row_bc = pid_b * n_groups + d0 // dim_per_group
+    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]
+    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :], rows, row_bc, dn_offs
+
+
+@triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hstart_ptr,
                 dim, L, n_state, n_groups, dim_per_group, n_tiles,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    pid_b = tl.program_id(0).to(tl.int64)
-    d0 = tl.program_id(1) * BLOCK_D
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, rows, row_bc, dn_offs = _program_block(
+        dim, n_state, n_groups, dim_per_group, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
-    mask_d, mask_n = offs_d < dim, offs_n < n_state
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    rows = pid_b * dim + offs_d                                   # (BLOCK_D,) int64 rows of (batch·dim)
-    row_bc = pid_b * n_groups + d0 // dim_per_group               # the block's B/C row (one group per block)
-    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]         # (dim, N) parameters
     A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0) * 1.4426950408889634  # A·log2 e
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
     Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
@@ -119,16 +127,9 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """Per program: du, dΔ (raw delta), dz for its rows; dA, dD, dbias, dh0 per (batch, channel) row (summed over
     the batch by the caller); dB, dC accumulated atomically into fp32 buffers (per batch row if constant)."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    d0 = tl.program_id(1) * BLOCK_D
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n, mask_dn, rows, row_bc, dn_offs = _program_block(
+        dim, n_state, n_groups, dim_per_group, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
-    mask_d, mask_n = offs_d < dim, offs_n < n_state
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    rows = pid_b * dim + offs_d
-    row_bc = pid_b * n_groups + d0 // dim_per_group
-    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]
     A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0)
     A2 = A * 1.4426950408889634
     bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
