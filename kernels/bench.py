@@ -60,12 +60,56 @@ def time_scan(fn, inputs) -> tuple[float, float]:
     return fwd, triton.testing.do_bench(fwd_bwd, grad_to_none=[v for v in leaves.values() if v is not None])
 
 
+def model_level() -> None:
+    """A Mamba layer's fwd+bwd throughput and peak memory, and one training step of a 6-layer, d_model 128 DNA model
+    at L = 2^20, batch 1 (bf16 autocast, default backends)."""
+    import triton
+
+    from mamba_bio_audio import MambaConfig, MambaLMHeadModel
+    from mamba_bio_audio.modules import Mamba
+
+    print("\n| model-level (bf16 autocast) | ms | tokens/s | peak memory GiB |\n|---|---|---|---|")
+    layer = Mamba(1024).cuda()
+    x = torch.randn(8, 2048, 1024, device="cuda", requires_grad=True)
+
+    def layer_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().sum().backward()
+
+    torch.cuda.reset_peak_memory_stats()
+    ms = triton.testing.do_bench(layer_step, grad_to_none=[x])
+    print(f"| Mamba layer d_model 1024, batch 8 × 2048, fwd+bwd | {ms:.2f} | {8 * 2048 / ms * 1e3:,.0f} | "
+          f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f} |", flush=True)
+    del layer, x
+    model = MambaLMHeadModel(MambaConfig(d_model=128, n_layer=6, vocab_size=12)).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(7, 11, (1, 2 ** 20 + 1), device="cuda")
+
+    def train_step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids[:, :-1])
+        torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    train_step()
+    torch.cuda.reset_peak_memory_stats()
+    ms = triton.testing.do_bench(train_step, warmup=1, rep=1)
+    print(f"| DNA LM 6 × d_model 128 (0.6M params), batch 1 × 2^20, training step | {ms:.1f} | "
+          f"{2 ** 20 / ms * 1e3:,.0f} | {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path,
                         default=Path(__file__).resolve().parents[1].parent / "shared/reference/h100_selective_scan_reference.json")
     parser.add_argument("--torch-max-len", type=int, default=2 ** 15)
+    parser.add_argument("--only-models", action="store_true", help="skip the scan table")
     args = parser.parse_args(argv)
+    if args.only_models:
+        model_level()
+        return 0
     from .selective_scan.chunked import selective_scan_chunked
     from .selective_scan.fused import selective_scan_fused
 
@@ -92,6 +136,7 @@ def main(argv=None) -> int:
               flush=True)
         del inputs
         torch.cuda.empty_cache()
+    model_level()
     return 0
 
 
