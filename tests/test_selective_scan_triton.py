@@ -1,4 +1,4 @@
-"""The fused Triton scan (real A) against the token-by-token loop in float64: output, last state, every gradient.
+"""The fused Triton scan (real and complex A) against the token-by-token loop in float64: output, last state, every gradient.
 
 Without a GPU this runs in Triton's interpreter (set up in conftest), at small shapes. Reuses the case generator
 and comparison of test_selective_scan."""
@@ -49,6 +49,17 @@ def test_fused_bf16_inputs():
     check_against_naive(case, TOL[torch.bfloat16], 16, fn=fused)
 
 
-def test_complex_A_runs_the_chunked_scan():
-    case = make_case(length=20, regime="small", bc="var", complex_a=True, dtype=torch.float32, **full_extras())
+@pytest.mark.parametrize("bc", ["var", "grouped", "const", "var_const"])
+@pytest.mark.parametrize("regime", ["small", "steep"])
+@pytest.mark.parametrize("extras", ["bare", "full"])
+def test_fused_complex_A_matches_naive(bc, regime, extras):
+    opts = full_extras() if extras == "full" else {}
+    case = make_case(length=45, regime=regime, bc=bc, complex_a=True, dtype=torch.float32, **opts)
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+@pytest.mark.parametrize("length", [1, 33])
+def test_fused_complex_A_with_real_B_C(length):
+    case = make_case(length=length, regime="small", bc="var", complex_a=True, real_bc=True, dtype=torch.float32,
+                     **full_extras())
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
