@@ -63,3 +63,40 @@ def test_fused_complex_A_with_real_B_C(length):
     case = make_case(length=length, regime="small", bc="var", complex_a=True, real_bc=True, dtype=torch.float32,
                      **full_extras())
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+def test_fused_fp16_inputs():
+    case = make_case(length=40, regime="small", bc="grouped", dtype=torch.float16, **full_extras())
+    out, h = fused(**case, return_last_state=True)
+    assert out.dtype == torch.float16 and h.dtype == torch.float32
+    check_against_naive(case, TOL[torch.bfloat16], 16, fn=fused)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2 ** 30,
+                    reason="needs a GPU with 40 GiB")
+def test_fused_offsets_past_2_31():
+    """batch·dim·L = 2^31 (and ·N far beyond): the last channels live past 2^31 elements. Channels are independent
+    (B and C shared), so they must match the same channels scanned on their own, forward and backward."""
+    from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    dim, length, n = 2048, 2 ** 20, 16
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    u = torch.randn(1, dim, length, generator=g, **bf)
+    delta = torch.randn(1, dim, length, generator=g, **bf)
+    A = -torch.rand(dim, n, device="cuda", generator=g) * n
+    B = torch.randn(1, n, length, generator=g, **bf)
+    C = torch.randn(1, n, length, generator=g, **bf)
+    bias = torch.full((dim,), -4.0, device="cuda")
+    tail = slice(dim - 8, dim)
+    u_tail = u[:, tail].clone().requires_grad_()
+    out_tail, h_tail = selective_scan_fused(u_tail, delta[:, tail].clone(), A[tail], B, C, delta_bias=bias[tail],
+                                            delta_softplus=True, return_last_state=True)
+    u.requires_grad_()
+    out, h = selective_scan_fused(u, delta, A, B, C, delta_bias=bias, delta_softplus=True, return_last_state=True)
+    assert torch.equal(out[:, tail], out_tail) and torch.equal(h[:, tail], h_tail)
+    weight = torch.randn(1, 8, length, generator=g, device="cuda")
+    (out[:, tail].float() * weight).sum().backward()
+    (out_tail.float() * weight).sum().backward()
+    assert torch.equal(u.grad[:, tail], u_tail.grad)
+    assert u.grad[:, : dim - 8].abs().max() == 0
