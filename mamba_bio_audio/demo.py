@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
           f"   (on training bases: {mamba_train:.3f})")
     for order, bits in markov.items():
         print(f"  Markov order {order:<2d}{'  <- best' if order == best_order else '':9s}          {bits:.3f}")
-    verdict = "beats" if mamba_heldout < markov[best_order] else "does not beat"
-    print(f"  Mamba {verdict} the best Markov baseline by {markov[best_order] - mamba_heldout:+.3f} bits/base")
+    margin = markov[best_order] - mamba_heldout
+    leader = "Mamba is better" if margin > 0 else "the Markov model is at least as good"
+    print(f"  best Markov − Mamba: {margin:+.4f} bits/base ({leader})")
 
     prompt = heldout_ids[:64]
     bases = [tokenizer.A_ID, tokenizer.C_ID, tokenizer.G_ID, tokenizer.T_ID]

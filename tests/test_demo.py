@@ -13,7 +13,7 @@ def test_demo_trains_scores_samples_and_saves(tmp_path, capsys):
     assert code == 0
     assert "NC_001133.9: 230,218 bases" in text
     assert "trained 3 steps" in text
-    assert "Markov order 3" in text and "<- best" in text
+    assert "Markov order 3" in text and "<- best" in text and "best Markov − Mamba:" in text
     sampled = text.split("held-out prompt")[1].split("model saved")[0]
     bases = "".join(line.strip() for line in sampled.splitlines()[1:])
     assert len(bases) == 120 and set(bases) <= set("ACGT")
