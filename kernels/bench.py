@@ -4,12 +4,15 @@
 
 For each configuration of the reference table: fwd and fwd+bwd ms (median of triton.testing.do_bench) of the
 fused Triton scan and of the chunked PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias,
-softplus, B and C shared by all channels; the HBM floor of the forward (bytes it must move over the copy bandwidth
-measured in the same run) and the ratio to the reference kernel's time.
+softplus, B and C shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes
+it must move over the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate
+measured in the same run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same
+lengths, and the model-level figures.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -29,6 +32,54 @@ def copy_bandwidth() -> float:
     y = torch.empty_like(x)
     ms = triton.testing.do_bench(lambda: y.copy_(x))
     return 2 * x.numel() / (ms * 1e-3)
+
+
+@functools.cache
+def _exp_rate_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def exp_chain(out_ptr, n_iter, BLOCK: tl.constexpr):
+        """BLOCK independent chains x ← exp2(−x) per program (8 per thread at 4 warps: enough to fill the pipes)."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = offs.to(tl.float32) * 1e-9
+        for _ in range(n_iter):
+            x = tl.exp2(-x)
+        tl.store(out_ptr + offs, x)
+
+    return exp_chain
+
+
+def exp_rate() -> float:
+    """exp2 evaluations per second that a Triton kernel reaches on this GPU (every SM busy)."""
+    import triton
+
+    block, n_iter = 1024, 4096
+    programs = 16 * torch.cuda.get_device_properties(0).multi_processor_count
+    out = torch.empty(programs * block, device="cuda")
+    kernel = _exp_rate_kernel()
+    ms = triton.testing.do_bench(lambda: kernel[(programs,)](out, n_iter, BLOCK=block, num_warps=4))
+    return programs * block * n_iter / (ms * 1e-3)
+
+
+def sdpa_rows(lengths) -> None:
+    """FlashAttention-2 through torch SDPA, causal, batch 1, 16 heads of 64, bf16: fwd and fwd+bwd ms."""
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    print("\n| FlashAttention-2 (SDPA, causal, 16 × 64, bf16) L | fwd ms | fwd+bwd ms |\n|---|---|---|")
+    for length in lengths:
+        q, k, v = (torch.randn(1, 16, length, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        attend = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            with torch.no_grad():
+                fwd = triton.testing.do_bench(attend)
+            dout = torch.randn_like(q)
+            fwd_bwd = triton.testing.do_bench(lambda: attend().backward(dout), grad_to_none=[q, k, v])
+        print(f"| {length} | {fwd:.3f} | {fwd_bwd:.3f} |", flush=True)
+        del q, k, v
 
 
 def make_inputs(batch, dim, n_state, length, with_z):
@@ -118,24 +169,27 @@ def main(argv=None) -> int:
         for row in json.loads(args.reference.read_text())["rows"]:
             if row["op"] == "cuda_selective_scan":
                 reference[(row["B"], row["D"], row["N"], row["L"])] = row
-    bandwidth = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    bandwidth, exps_per_s = copy_bandwidth(), exp_rate()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
+          f"exp2 rate {exps_per_s / 1e12:.2f} T/s")
     print("| batch | dim | L | z | triton fwd ms | triton fwd+bwd ms | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms "
-          "| fwd / ref | fwd+bwd / ref | hbm floor fwd ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| fwd / ref | fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, dim, n_state, length, with_z in CONFIGS:
         inputs = make_inputs(batch, dim, n_state, length, with_z)
         fwd, fwd_bwd = time_scan(selective_scan_fused, inputs)
         torch_fb = time_scan(selective_scan_chunked, inputs)[1] if length <= args.torch_max_len else float("nan")
         moved = batch * dim * length * 2 * (3 + with_z) + 2 * batch * n_state * length * 2
         floor = moved / bandwidth * 1e3
+        exp_floor = batch * dim * length * n_state / exps_per_s * 1e3
         ref = reference.get((batch, dim, n_state, length), {})
         ref_f, ref_fb = ref.get("fwd_ms", float("nan")), ref.get("fwdbwd_ms", float("nan"))
         print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {fwd:.3f} | {fwd_bwd:.3f} | "
-              f"{torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | {fwd / ref_f:.2f} | {fwd_bwd / ref_fb:.2f} | {floor:.3f} |",
-              flush=True)
+              f"{torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | {fwd / ref_f:.2f} | {fwd_bwd / ref_fb:.2f} | {floor:.3f} | "
+              f"{exp_floor:.3f} | {fwd / max(floor, exp_floor):.1f} |", flush=True)
         del inputs
         torch.cuda.empty_cache()
+    sdpa_rows([2 ** 11, 2 ** 13, 2 ** 15, 2 ** 17])
     model_level()
     return 0
 

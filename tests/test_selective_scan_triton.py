@@ -42,6 +42,43 @@ def test_fused_odd_lengths_and_single_options(length):
         check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 16 tokens, L split into 3 chunks: several tiles and chunks per call at test sizes (sequence
+    parallelism: summaries, folding, carries across tiles and chunks)."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (16, 4), "bwd": (16, 4)})
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", "3")
+
+
+@pytest.mark.parametrize("bc", list(BC_KINDS))
+@pytest.mark.parametrize("regime", ["small", "steep"])
+def test_fused_chunked_sequence_matches_naive(small_tiles, bc, regime):
+    case = make_case(length=90, regime=regime, bc=bc, dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+@pytest.mark.parametrize("length", [1, 17, 40])
+def test_fused_chunked_sequence_bare_and_short(small_tiles, length):
+    case = make_case(length=length, regime="small", bc="grouped", dtype=torch.float32)
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+def test_fused_chunk_count_does_not_change_the_result(monkeypatch):
+    """Sequence parallelism changes the order of operations only: 1 chunk and 4 chunks agree to rounding."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (16, 4), "bwd": (16, 4)})
+    case = make_case(length=64, regime="small", bc="var", dtype=torch.float32, **full_extras())
+    results = []
+    for chunks in ("1", "4"):
+        monkeypatch.setenv("MBA_SCAN_CHUNKS", chunks)
+        results.append(fused(**case, return_last_state=True))
+    for one, four in zip(results[0], results[1]):
+        assert (one - four).norm() <= 1e-5 * one.norm()
+
+
 def test_fused_bf16_inputs():
     case = make_case(length=40, regime="small", bc="var", dtype=torch.bfloat16, **full_extras())
     out, h = fused(**case, return_last_state=True)

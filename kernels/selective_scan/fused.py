@@ -1,454 +1,320 @@
-"""Fused selective scan in Triton: discretisation, scan, readout, D skip and z gate in one kernel.
+"""Fused selective scan in Triton (real A): discretisation, scan, readout, D skip and z gate in one kernel.
 
-One program owns (batch row, block of BLOCK_D channels of one B/C group) and walks L in tiles of BLOCK_T tokens.
-A tile loads u, Δ, z as [BLOCK_D, BLOCK_T] and B, C as [N, BLOCK_T] once for all the block's channels, forms
-a = exp2(Δ·A·log2 e) and x = Δ·u·B as [BLOCK_D, N, BLOCK_T], solves h_t = a_t h_{t−1} + x_t with
-`tl.associative_scan` and carries h in registers to the next tile: the (batch, dim, L, N) states never reach
-memory. Only the state at each tile start is written (for the backward).
+Layout (that of the reference CUDA kernel). One program owns one (batch row, channel, chunk of L) and walks its
+chunk in tiles of BLOCK_T tokens (a few thousand: 8 to 16 per thread). A tile loads u, Δ (and z) once, then loops
+over the N states: for state n it loads B[n], C[n] over the tile, forms a = exp2(Δ·A_n·log2 e) and x = Δ·u·B_n,
+scans along the tile with `tl.associative_scan` and adds C_n·h into the output. One state at a time makes the
+output a running sum (no reduction over N), and every per-state value (A_n, the carried state) is a scalar, so
+all tensors share one layout. The state at each tile start goes to memory: it carries the scan from tile to tile
+and is all the backward keeps (O(L/BLOCK_T·N) per channel, nothing of size L·N). B and C are read by every
+channel's program (from L2: a (batch, G, N, L) tensor is small next to u).
 
-The backward walks the tiles from last to first. It recomputes the tile's states from the saved start state,
-the states one token earlier (h_{t−1}, from loads shifted by one token: a_t·h_{t−1} is never taken as h_t − x_t,
-which cancels when a_t is small), and the adjoint μ_t = C_t·∂y_t + a_{t+1}·μ_{t+1} with a reverse scan, carrying
-a·μ between tiles. Gradients of B and C shared by several channel blocks are summed with atomic adds.
-Offsets are int64 (batch·dim·L can pass 2^31). Complex A (with complex B, C and state) has its own pair of
-kernels working on separate real and imaginary planes, with the same structure.
+Sequence parallelism. When batch·dim programs cannot fill the GPU, L is split into chunks run by different
+programs: a summary pass computes, per chunk, the end state from a zero start, s_c = Σ_t exp(A·(S_end − S_t))·x_t,
+and the chunk's ΣΔ (from within-tile cumulative sums: one exp per token and state, no scan, no output); then every
+chunk folds the summaries of the chunks before it, H ← exp(A·ΣΔ_c)·H + s_c, and runs the full pass from its start.
+
+Backward, per tile from last to first: recompute h_t from the saved tile start (scan over (a_t, x_t)); the adjoint
+λ_t = go_t·C_t + a_{t+1}·λ_{t+1} by a reverse scan over (a_{t+1}, go_t·C_t) (Δ loaded one token ahead);
+a_t·h_{t−1} = h_t − x_t (its rounding error is at most ε·|x_t|, small next to the λ·x/Δ term of the same
+gradient; the reference CUDA kernel does the same). The carry between tiles and chunks is ν = a_t·λ_t at the
+tile start; a chunk's summary for the backward is ν at its start from a zero carry, Σ_t exp(A·S_t)·go_t·C_t with
+S the cumulative Δ from the chunk start. dB and dC of shared B/C are summed with atomic adds; per-channel parameter
+gradients are written per (batch row, channel, chunk) and summed by the caller. Offsets are int64.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 from .common import check_inputs
+from .fused_complex import _FusedScanComplex
+from .triton_tiles import LOG2E, _combine, _softplus
 
 
 @triton.jit
-def _combine(a1, x1, a2, x2):
-    """(a1, x1) then (a2, x2): h ↦ a2·(a1·h + x1) + x2."""
-    return a1 * a2, a2 * x1 + x2
+def _channel(dim, n_groups, dim_per_group):
+    """This program's channel d, its int64 row of (batch·dim) and its B/C row (batch·G + group)."""
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1)
+    return d, b * dim + d, b * n_groups + d // dim_per_group
 
 
 @triton.jit
-def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
-
-
-@triton.jit
-def _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               t_lo, t_hi):
-    """u and Δ of one tile as fp32 [BLOCK_D, BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
+def _load_seq(u_ptr, dt_ptr, bias, row, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, t_lo, t_hi):
+    """u and Δ of one channel over a tile as fp32 [BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
     valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
-    mask = mask_d[:, None] & valid[None, :]
-    offs = rows[:, None] * L + t[None, :]
-    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + row * L + t, mask=valid, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + row * L + t, mask=valid, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        dt += bias[:, None]
+        dt += bias
     if SOFTPLUS:
         dt = _softplus(dt)
-    return u, tl.where(mask, dt, 0.0)
+    return u, tl.where(valid, dt, 0.0)
 
 
 @triton.jit
-def _load_bc(ptr, row_bc, n_state, t, offs_n, mask_n, L, CONST: tl.constexpr, const_offs, const_mask, t_lo, t_hi):
-    """B or C for a tile as fp32: [1, N, BLOCK_T] (variable; row_bc = batch·G + group, int64) or [BLOCK_D, N, 1]
-    (constant (dim, N))."""
-    if CONST:  # (one return: the compiler wants the same return type on every path, constexpr or not)
-        X = tl.load(ptr + const_offs, mask=const_mask, other=0.0).to(tl.float32)[:, :, None]
+def _load_state_row(ptr, row_bc, d, n, n_state, t, L, CONST: tl.constexpr):
+    """B or C of state n over a tile, fp32 [BLOCK_T]: variable (batch, G, N, L) or constant (dim, N)."""
+    if CONST:
+        X = tl.load(ptr + d * n_state + n).to(tl.float32) + tl.zeros(t.shape, tl.float32)
     else:
-        valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
-        offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
-        X = tl.load(ptr + offs, mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
+        X = tl.load(ptr + (row_bc * n_state + n) * L + t, mask=t < L, other=0.0).to(tl.float32)
     return X
 
 
 @triton.jit
-def _program_block(dim, n_state, n_groups, dim_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """This program's (batch row, channel block): offsets, masks, int64 rows of (batch·dim), the block's B/C row
-    (batch·G + group: a block never straddles groups) and the offsets of (dim, N) parameters."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    d0 = tl.program_id(1) * BLOCK_D
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d, mask_n = offs_d < dim, offs_n < n_state
-    rows = pid_b * dim + offs_d
-    row_bc = pid_b * n_groups + d0 // dim_per_group
-    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]
-    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :], rows, row_bc, dn_offs
+def _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chunks, c_first, n_fold,
+                 step: tl.constexpr):
+    """Apply n_fold chunk summaries c_first, c_first + step, … to the states H [BLOCK_N]: H ← exp2(A2·ΣΔ_c)·H + s_c."""
+    for j in range(0, n_fold):
+        c = c_first + j * step
+        s = tl.load(sum_ptr + (row * n_chunks + c) * n_state + offs_n, mask=mask_n, other=0.0)
+        H = tl.exp2(A2 * tl.load(dtsum_ptr + row * n_chunks + c)) * H + s
+    return H
+
+
+@triton.jit
+def _update(X, offs_n, n, value):
+    """X [BLOCK_N] with element n replaced by the scalar value."""
+    return tl.where(offs_n == n, value, X)
+
+
+@triton.jit
+def _element(X, offs_n, n):
+    return tl.sum(tl.where(offs_n == n, X, 0.0), axis=0)
 
 
 @triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hstart_ptr,
-                dim, L, n_state, n_groups, dim_per_group, n_tiles,
+                sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    offs_d, offs_n, mask_d, mask_n, mask_dn, rows, row_bc, dn_offs = _program_block(
-        dim, n_state, n_groups, dim_per_group, BLOCK_D, BLOCK_N)
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
+    tile-start states (the carry between tiles goes through them), last state."""
+    d, row, row_bc = _channel(dim, n_groups, dim_per_group)
+    chunk = tl.program_id(2)
+    n_chunks = tl.num_programs(2)
+    k0 = chunk * tiles_per_chunk
+    k1 = tl.minimum(k0 + tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
-    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0) * 1.4426950408889634  # A·log2 e
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-    state_offs = rows[:, None] * n_state + offs_n[None, :]
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_offs, mask=mask_dn, other=0.0)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < n_state
+    is_last = offs_t == BLOCK_T - 1
+    A2 = tl.load(A_ptr + d * n_state + offs_n, mask=mask_n, other=0.0) * LOG2E      # A·log2 e, [BLOCK_N]
+    bias = tl.load(bias_ptr + d) if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + d) if HAS_D else 0.0
+    if HAS_H0 and not SUMMARY:
+        H = tl.load(h0_ptr + row * n_state + offs_n, mask=mask_n, other=0.0)
     else:
-        h = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    last = (offs_t == BLOCK_T - 1)[None, None, :]
-    for k in range(n_tiles):
+        H = tl.zeros([BLOCK_N], tl.float32)
+    if not SUMMARY:
+        H = _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chunks, 0, chunk, 1)
+        tl.store(hstart_ptr + (row * n_tiles + k0) * n_state + offs_n, H, mask=mask_n)
+        tl.debug_barrier()
+    dt_acc = tl.zeros([BLOCK_T], tl.float32)
+    for k in range(k0, k1):
         t0 = k * BLOCK_T
-        tl.store(hstart_ptr + (rows[:, None] * n_tiles + k) * n_state + offs_n[None, :], h, mask=mask_dn)
         t = t0 + offs_t
-        u, dt = _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t0 + BLOCK_T)
-        Bt = _load_bc(B_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t0 + BLOCK_T)
-        Ct = _load_bc(C_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t0 + BLOCK_T)
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])            # (BLOCK_D, N, BLOCK_T)
-        x = (dt * u)[:, None, :] * Bt
-        a_cum, x_cum = tl.associative_scan((a, x), axis=2, combine_fn=_combine)
-        hs = a_cum * h[:, :, None] + x_cum                        # states of the tile
-        y = tl.sum(hs * Ct, axis=1)                               # (BLOCK_D, BLOCK_T)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=2)               # padding steps are identities: last = h_end
-        out = y + Dv[:, None] * u
-        io = rows[:, None] * L + t[None, :]
-        mask_io = mask_d[:, None] & (t < L)[None, :]
-        if HAS_Z:
-            z = tl.load(z_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
-            out = out * z * tl.sigmoid(z)
-        tl.store(out_ptr + io, out.to(out_ptr.dtype.element_ty), mask=mask_io)
-    tl.store(hlast_ptr + state_offs, h, mask=mask_dn)
+        u, dt = _load_seq(u_ptr, dt_ptr, bias, row, t, L, HAS_BIAS, SOFTPLUS, t0, t0 + BLOCK_T)
+        dtu = dt * u
+        if SUMMARY:  # end state = Σ_t exp(A·Σ_{r>t} Δ_r)·x_t over the tile, then carried: no scan, no output
+            S_tile = tl.sum(dt, axis=0)
+            rest = tl.maximum(S_tile - tl.cumsum(dt, axis=0), 0.0)
+            dt_acc += dt
+            for n in range(n_state):
+                A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
+                Bn = _load_state_row(B_ptr, row_bc, d, n, n_state, t, L, B_CONST)
+                h_end = tl.sum(tl.exp2(rest * A2n) * dtu * Bn, axis=0)
+                H = _update(H, offs_n, n, tl.exp2(A2n * S_tile) * _element(H, offs_n, n) + h_end)
+        else:
+            y = tl.zeros([BLOCK_T], tl.float32)
+            B_next = _load_state_row(B_ptr, row_bc, d, 0, n_state, t, L, B_CONST)
+            C_next = _load_state_row(C_ptr, row_bc, d, 0, n_state, t, L, C_CONST)
+            for n in range(n_state):
+                A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
+                Bn, Cn = B_next, C_next  # state n + 1's rows load while state n computes
+                n_next = tl.minimum(n + 1, n_state - 1)
+                B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, t, L, B_CONST)
+                C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, t, L, C_CONST)
+                h_in = tl.load(hstart_ptr + (row * n_tiles + k) * n_state + n)
+                a_cum, x_cum = tl.associative_scan((tl.exp2(dt * A2n), dtu * Bn), axis=0, combine_fn=_combine)
+                h = a_cum * h_in + x_cum                                              # h_t
+                y += h * Cn
+                # the tile's last state (padding steps are identities) starts the next tile or is the last state;
+                # the next chunk's start is written by that chunk
+                tl.store(hstart_ptr + (row * n_tiles + k + 1) * n_state + n + 0 * offs_t, h,
+                         mask=is_last & (k + 1 < k1))
+                tl.store(hlast_ptr + row * n_state + n + 0 * offs_t, h, mask=is_last & (k + 1 == n_tiles))
+            out = y + Dv * u
+            mask_t = t < L
+            if HAS_Z:
+                z = tl.load(z_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
+                out = out * z * tl.sigmoid(z)
+            tl.store(out_ptr + row * L + t, out.to(out_ptr.dtype.element_ty), mask=mask_t)
+            tl.debug_barrier()  # the next tile reads the start states written above by other threads
+    if SUMMARY:
+        tl.store(sum_ptr + (row * n_chunks + chunk) * n_state + offs_n, H, mask=mask_n)
+        tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=0))
 
 
 @triton.jit
 def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hstart_ptr, dout_ptr, dhlast_ptr,
-                du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-                dim, L, n_state, n_groups, dim_per_group, n_tiles,
+                sum_ptr, dtsum_ptr, nu_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Per program: du, dΔ (raw delta), dz for its rows; dA, dD, dbias, dh0 per (batch, channel) row (summed over
-    the batch by the caller); dB, dC accumulated atomically into fp32 buffers (per batch row if constant)."""
-    offs_d, offs_n, mask_d, mask_n, mask_dn, rows, row_bc, dn_offs = _program_block(
-        dim, n_state, n_groups, dim_per_group, BLOCK_D, BLOCK_N)
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, SUMMARY: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One (batch row, channel, chunk of L). SUMMARY: ν at the chunk start from a zero carry, and its ΣΔ.
+    Otherwise: du, dΔ (raw delta), dz for the chunk's tokens; dA, dD, dbias (and dB, dC if constant) per (batch
+    row, channel, chunk); dB, dC (variable) accumulated atomically into fp32 buffers; ν at the chunk start in nu
+    (the carry between tiles goes through it; chunk 0's is dh0)."""
+    d, row, row_bc = _channel(dim, n_groups, dim_per_group)
+    chunk = tl.program_id(2)
+    n_chunks = tl.num_programs(2)
+    k0 = chunk * tiles_per_chunk
+    k1 = tl.minimum(k0 + tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
-    A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0)
-    A2 = A * 1.4426950408889634
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-    state_offs = rows[:, None] * n_state + offs_n[None, :]
-    if HAS_DHLAST:
-        carry = tl.load(dhlast_ptr + state_offs, mask=mask_dn, other=0.0)  # a_{t0+T}·μ_{t0+T} seen from the tile
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < n_state
+    A2 = tl.load(A_ptr + d * n_state + offs_n, mask=mask_n, other=0.0) * LOG2E
+    bias = tl.load(bias_ptr + d) if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + d) if HAS_D else 0.0
+    chunk_offs = (row * n_chunks + chunk) * n_state + offs_n
+    if HAS_DHLAST and not SUMMARY:
+        NU = tl.load(dhlast_ptr + row * n_state + offs_n, mask=mask_n, other=0.0)   # ν entering after the chunk
     else:
-        carry = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dB_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dC_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], tl.float32)
-    first = (offs_t == 0)[None, None, :]
-    for j in range(n_tiles):
-        k = n_tiles - 1 - j
+        NU = tl.zeros([BLOCK_N], tl.float32)
+    if not SUMMARY:
+        NU = _fold_chunks(NU, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chunks, n_chunks - 1,
+                          n_chunks - 1 - chunk, -1)
+        tl.store(nu_ptr + chunk_offs, NU, mask=mask_n)
+        tl.debug_barrier()
+    dA_acc = tl.zeros([BLOCK_N], tl.float32)
+    dB_acc = tl.zeros([BLOCK_N], tl.float32)                                        # constant B, C
+    dC_acc = tl.zeros([BLOCK_N], tl.float32)
+    dt_acc = tl.zeros([BLOCK_T], tl.float32)
+    dD_acc = tl.zeros([BLOCK_T], tl.float32)
+    dbias_acc = tl.zeros([BLOCK_T], tl.float32)
+    for j in range(0, k1 - k0):
+        k = k1 - 1 - j
         t0 = k * BLOCK_T
         t1 = t0 + BLOCK_T
         t = t0 + offs_t
-        h_start = tl.load(hstart_ptr + (rows[:, None] * n_tiles + k) * n_state + offs_n[None, :], mask=mask_dn,
-                          other=0.0)
-        # this tile (t), one token earlier (t − 1, for h_{t−1}) and one later (t + 1, for a_{t+1})
-        u, dt = _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
-        u_p, dt_p = _load_tile(u_ptr, dt_ptr, bias, rows, t - 1, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
-        _, dt_n = _load_tile(u_ptr, dt_ptr, bias, rows, t + 1, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
-        Bt = _load_bc(B_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Bp = _load_bc(B_ptr, row_bc, n_state, t - 1, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Ct = _load_bc(C_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t1)
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        a_p = tl.exp2(dt_p[:, None, :] * A2[:, :, None])
-        a_n = tl.exp2(dt_n[:, None, :] * A2[:, :, None])        # a_{t+1}; 1 at the tile's last step
-        x = (dt * u)[:, None, :] * Bt
-        x_p = (dt_p * u_p)[:, None, :] * Bp
-        ap_cum, xp_cum = tl.associative_scan((a_p, x_p), axis=2, combine_fn=_combine)
-        h_prev = ap_cum * h_start[:, :, None] + xp_cum            # h_{t−1}
-        hs = a * h_prev + x                                       # h_t
-        io = rows[:, None] * L + t[None, :]
-        mask_io = mask_d[:, None] & (t < L)[None, :]
-        dout = tl.load(dout_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
-        y = tl.sum(hs * Ct, axis=1)
+        mask_t = t < L
+        u, dt = _load_seq(u_ptr, dt_ptr, bias, row, t, L, HAS_BIAS, SOFTPLUS, t0, t1)
+        dout = tl.load(dout_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_Z:
-            z = tl.load(z_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
             sig = tl.sigmoid(z)
-            pre = y + Dv[:, None] * u
-            tl.store(dz_ptr + io, dout * pre * sig * (1.0 + z * (1.0 - sig)), mask=mask_io)
-            go = dout * z * sig
+            go = dout * z * sig                                                     # ∂L/∂(y + D·u)
         else:
             go = dout
-        g_h = go[:, None, :] * Ct                                 # ∂L/∂h_t, direct part
-        n_cum, mu = tl.associative_scan((a_n, g_h), axis=2, combine_fn=_combine, reverse=True)
-        mu = mu + n_cum * carry[:, :, None]                       # μ_t
-        carry = tl.sum(tl.where(first, a * mu, 0.0), axis=2)      # a_{t0}·μ_{t0} for the previous tile
-        dtu = dt * u
-        dP = mu * a * h_prev                                      # ∂(Δ_t·A)
-        dA_acc += tl.sum(dP * dt[:, None, :], axis=2)
-        d_dtu = tl.sum(mu * Bt, axis=1)                           # (BLOCK_D, BLOCK_T)
-        ddt = d_dtu * u + tl.sum(dP * A[:, :, None], axis=1)
-        tl.store(du_ptr + io, d_dtu * dt + Dv[:, None] * go, mask=mask_io)
-        if HAS_D:
-            dD_acc += tl.sum(tl.where(mask_io, go * u, 0.0), axis=1)
-        if SOFTPLUS:
-            raw = tl.load(dt_ptr + io, mask=mask_io, other=0.0).to(tl.float32) + bias[:, None]
-            ddt = ddt * tl.sigmoid(raw)
-        ddt = tl.where(mask_io, ddt, 0.0)
-        tl.store(ddt_ptr + io, ddt, mask=mask_io)
-        if HAS_BIAS:
-            dbias_acc += tl.sum(ddt, axis=1)
-        gB = mu * dtu[:, None, :]                                 # ∂B per channel
-        gC = hs * go[:, None, :]
-        if B_CONST:
-            dB_const += tl.sum(gB, axis=2)
+        if SUMMARY:  # ν_{t0} = Σ_t exp(A·Σ_{r≤t} Δ_r)·go_t·C_t + exp(A·ΣΔ)·ν_{t1}
+            S = tl.cumsum(dt, axis=0)
+            S_tile = tl.sum(dt, axis=0)
+            dt_acc += dt
+            for n in range(n_state):
+                A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
+                Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, t, L, C_CONST)
+                nu_start = tl.sum(tl.exp2(S * A2n) * go * Cn, axis=0)
+                NU = _update(NU, offs_n, n, tl.exp2(A2n * S_tile) * _element(NU, offs_n, n) + nu_start)
         else:
-            offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
-            tl.atomic_add(dB_ptr + offs, tl.sum(gB, axis=0), mask=mask_n[:, None] & (t < L)[None, :])
-        if C_CONST:
-            dC_const += tl.sum(gC, axis=2)
-        else:
-            offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
-            tl.atomic_add(dC_ptr + offs, tl.sum(gC, axis=0), mask=mask_n[:, None] & (t < L)[None, :])
-    tl.store(dh0_ptr + state_offs, carry, mask=mask_dn)
-    tl.store(dA_ptr + state_offs, dA_acc, mask=mask_dn)
-    if B_CONST:
-        tl.store(dB_ptr + state_offs, dB_const, mask=mask_dn)
-    if C_CONST:
-        tl.store(dC_ptr + state_offs, dC_const, mask=mask_dn)
-    if HAS_D:
-        tl.store(dD_ptr + rows, dD_acc, mask=mask_d)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + rows, dbias_acc, mask=mask_d)
-
-
-@triton.jit
-def _combine_complex(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
-    """(a1, x1) then (a2, x2) for complex a, x held as (real, imaginary) pairs: (a2·a1, a2·x1 + x2)."""
-    return (ar2 * ar1 - ai2 * ai1, ar2 * ai1 + ai2 * ar1,
-            ar2 * xr1 - ai2 * xi1 + xr2, ar2 * xi1 + ai2 * xr1 + xi2)
-
-
-@triton.jit
-def _complex_decay(dt, Ar2, Ai):
-    """a = exp(Δ·A) for complex A = Ar + i·Ai (Ar2 = Ar·log2 e): (real, imaginary), each (BLOCK_D, N, BLOCK_T)."""
-    mag = tl.exp2(dt[:, None, :] * Ar2[:, :, None])
-    angle = dt[:, None, :] * Ai[:, :, None]
-    return mag * tl.cos(angle), mag * tl.sin(angle)
-
-
-@triton.jit
-def _fwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr_ptr, Ci_ptr, D_ptr, bias_ptr,
-                        h0r_ptr, h0i_ptr, out_ptr, hlr_ptr, hli_ptr, hsr_ptr, hsi_ptr,
-                        dim, L, n_state, n_groups, dim_per_group, n_tiles,
-                        B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    """`_fwd_kernel` for complex A, B, C and state, every complex tensor passed as separate real and imaginary
-    planes; y = 2·Re(Σ_n C_n·h_n)."""
-    offs_d, offs_n, mask_d, mask_n, mask_dn, rows, row_bc, dn_offs = _program_block(
-        dim, n_state, n_groups, dim_per_group, BLOCK_D, BLOCK_N)
-    offs_t = tl.arange(0, BLOCK_T)
-    Ar2 = tl.load(Ar_ptr + dn_offs, mask=mask_dn, other=0.0) * 1.4426950408889634
-    Ai = tl.load(Ai_ptr + dn_offs, mask=mask_dn, other=0.0)
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-    state_offs = rows[:, None] * n_state + offs_n[None, :]
-    if HAS_H0:
-        hr = tl.load(h0r_ptr + state_offs, mask=mask_dn, other=0.0)
-        hi = tl.load(h0i_ptr + state_offs, mask=mask_dn, other=0.0)
+            _, dt_next = _load_seq(u_ptr, dt_ptr, bias, row, t + 1, L, HAS_BIAS, SOFTPLUS, t0, t1)
+            dtu = dt * u
+            y = tl.zeros([BLOCK_T], tl.float32)
+            lam_B = tl.zeros([BLOCK_T], tl.float32)                                 # Σ_n λ·B
+            lam_AhA = tl.zeros([BLOCK_T], tl.float32)                               # Σ_n λ·a·h_{t−1}·A
+            B_next = _load_state_row(B_ptr, row_bc, d, 0, n_state, t, L, B_CONST)
+            C_next = _load_state_row(C_ptr, row_bc, d, 0, n_state, t, L, C_CONST)
+            for n in range(n_state):
+                An = tl.load(A_ptr + d * n_state + n)
+                A2n = An * LOG2E
+                Bn, Cn = B_next, C_next
+                n_next = tl.minimum(n + 1, n_state - 1)
+                B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, t, L, B_CONST)
+                C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, t, L, C_CONST)
+                h_in = tl.load(hstart_ptr + (row * n_tiles + k) * n_state + n)
+                nu_in = tl.load(nu_ptr + (row * n_chunks + chunk) * n_state + n)
+                a = tl.exp2(dt * A2n)
+                x = dtu * Bn
+                a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
+                h = a_cum * h_in + x_cum
+                y += h * Cn
+                a_next = tl.exp2(dt_next * A2n)                                      # a_{t+1}; 1 at the tile end
+                p_cum, lam = tl.associative_scan((a_next, go * Cn), axis=0, combine_fn=_combine, reverse=True)
+                lam += p_cum * nu_in                                                # λ_t
+                tl.store(nu_ptr + (row * n_chunks + chunk) * n_state + n + 0 * offs_t, a * lam, mask=offs_t == 0)
+                lam_B += lam * Bn
+                dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
+                lam_AhA += dP * An
+                dA_acc = _update(dA_acc, offs_n, n, _element(dA_acc, offs_n, n) + tl.sum(dP * dt, axis=0))
+                if B_CONST:
+                    dB_acc = _update(dB_acc, offs_n, n, _element(dB_acc, offs_n, n) + tl.sum(lam * dtu, axis=0))
+                else:
+                    tl.atomic_add(dB_ptr + (row_bc * n_state + n) * L + t, lam * dtu, mask=mask_t, sem="relaxed")
+                if C_CONST:
+                    dC_acc = _update(dC_acc, offs_n, n, _element(dC_acc, offs_n, n) + tl.sum(h * go, axis=0))
+                else:
+                    tl.atomic_add(dC_ptr + (row_bc * n_state + n) * L + t, h * go, mask=mask_t, sem="relaxed")
+            if HAS_Z:
+                tl.store(dz_ptr + row * L + t, dout * (y + Dv * u) * sig * (1.0 + z * (1.0 - sig)), mask=mask_t)
+            tl.store(du_ptr + row * L + t, lam_B * dt + Dv * go, mask=mask_t)
+            ddt = lam_B * u + lam_AhA
+            if SOFTPLUS:
+                raw = tl.load(dt_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32) + bias
+                ddt = ddt * tl.sigmoid(raw)
+            ddt = tl.where(mask_t, ddt, 0.0)
+            tl.store(ddt_ptr + row * L + t, ddt, mask=mask_t)
+            dD_acc += go * u
+            dbias_acc += ddt
+            tl.debug_barrier()  # the previous tile reads the carries written above by other threads
+    if SUMMARY:
+        tl.store(sum_ptr + chunk_offs, NU, mask=mask_n)
+        tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=0))
     else:
-        hr = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-        hi = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    last = (offs_t == BLOCK_T - 1)[None, None, :]
-    for k in range(n_tiles):
-        t0 = k * BLOCK_T
-        t1 = t0 + BLOCK_T
-        start_offs = (rows[:, None] * n_tiles + k) * n_state + offs_n[None, :]
-        tl.store(hsr_ptr + start_offs, hr, mask=mask_dn)
-        tl.store(hsi_ptr + start_offs, hi, mask=mask_dn)
-        t = t0 + offs_t
-        u, dt = _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
-        Br = _load_bc(Br_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Bi = _load_bc(Bi_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Cr = _load_bc(Cr_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t1)
-        Ci = _load_bc(Ci_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t1)
-        ar, ai = _complex_decay(dt, Ar2, Ai)
-        dtu = (dt * u)[:, None, :]
-        acr, aci, xcr, xci = tl.associative_scan((ar, ai, dtu * Br, dtu * Bi), axis=2, combine_fn=_combine_complex)
-        hsr = acr * hr[:, :, None] - aci * hi[:, :, None] + xcr
-        hsi = acr * hi[:, :, None] + aci * hr[:, :, None] + xci
-        y = 2.0 * tl.sum(Cr * hsr - Ci * hsi, axis=1)
-        hr = tl.sum(tl.where(last, hsr, 0.0), axis=2)
-        hi = tl.sum(tl.where(last, hsi, 0.0), axis=2)
-        out = y + Dv[:, None] * u
-        io = rows[:, None] * L + t[None, :]
-        mask_io = mask_d[:, None] & (t < L)[None, :]
-        if HAS_Z:
-            z = tl.load(z_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
-            out = out * z * tl.sigmoid(z)
-        tl.store(out_ptr + io, out.to(out_ptr.dtype.element_ty), mask=mask_io)
-    tl.store(hlr_ptr + state_offs, hr, mask=mask_dn)
-    tl.store(hli_ptr + state_offs, hi, mask=mask_dn)
-
-
-@triton.jit
-def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr_ptr, Ci_ptr, D_ptr, bias_ptr,
-                        hsr_ptr, hsi_ptr, dout_ptr, dhr_ptr, dhi_ptr,
-                        du_ptr, ddt_ptr, dz_ptr, dAr_ptr, dAi_ptr, dBr_ptr, dBi_ptr, dCr_ptr, dCi_ptr, dD_ptr,
-                        dbias_ptr, dh0r_ptr, dh0i_ptr,
-                        dim, L, n_state, n_groups, dim_per_group, n_tiles,
-                        B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr,
-                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    """`_bwd_kernel` for complex A, B, C, in PyTorch's conjugate convention: with g = 2·∂y (real),
-    μ_t = conj(C_t)·g_t + conj(a_{t+1})·μ_{t+1}; ∂(Δ·A) = μ·conj(a_t·h_{t−1}); ∂B = μ·Δu; ∂C = conj(h)·g;
-    ∂(Δu) = Re Σ μ·conj(B); ∂Δ += Re Σ ∂(Δ·A)·conj(A); ∂h0 = conj(a_0)·μ_0."""
-    offs_d, offs_n, mask_d, mask_n, mask_dn, rows, row_bc, dn_offs = _program_block(
-        dim, n_state, n_groups, dim_per_group, BLOCK_D, BLOCK_N)
-    offs_t = tl.arange(0, BLOCK_T)
-    Ar = tl.load(Ar_ptr + dn_offs, mask=mask_dn, other=0.0)
-    Ai = tl.load(Ai_ptr + dn_offs, mask=mask_dn, other=0.0)
-    Ar2 = Ar * 1.4426950408889634
-    bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0) if HAS_BIAS else tl.zeros([BLOCK_D], tl.float32)
-    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) if HAS_D else tl.zeros([BLOCK_D], tl.float32)
-    state_offs = rows[:, None] * n_state + offs_n[None, :]
-    if HAS_DHLAST:
-        cr = tl.load(dhr_ptr + state_offs, mask=mask_dn, other=0.0)
-        ci = tl.load(dhi_ptr + state_offs, mask=mask_dn, other=0.0)
-    else:
-        cr = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-        ci = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dAr_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dAi_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dBr_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dBi_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dCr_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dCi_const = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], tl.float32)
-    first = (offs_t == 0)[None, None, :]
-    for j in range(n_tiles):
-        k = n_tiles - 1 - j
-        t0 = k * BLOCK_T
-        t1 = t0 + BLOCK_T
-        t = t0 + offs_t
-        start_offs = (rows[:, None] * n_tiles + k) * n_state + offs_n[None, :]
-        h0r = tl.load(hsr_ptr + start_offs, mask=mask_dn, other=0.0)
-        h0i = tl.load(hsi_ptr + start_offs, mask=mask_dn, other=0.0)
-        u, dt = _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
-        u_p, dt_p = _load_tile(u_ptr, dt_ptr, bias, rows, t - 1, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
-        _, dt_n = _load_tile(u_ptr, dt_ptr, bias, rows, t + 1, mask_d, L, HAS_BIAS, SOFTPLUS, t0, t1)
-        Br = _load_bc(Br_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Bi = _load_bc(Bi_ptr, row_bc, n_state, t, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Bpr = _load_bc(Br_ptr, row_bc, n_state, t - 1, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Bpi = _load_bc(Bi_ptr, row_bc, n_state, t - 1, offs_n, mask_n, L, B_CONST, dn_offs, mask_dn, t0, t1)
-        Cr = _load_bc(Cr_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t1)
-        Ci = _load_bc(Ci_ptr, row_bc, n_state, t, offs_n, mask_n, L, C_CONST, dn_offs, mask_dn, t0, t1)
-        ar, ai = _complex_decay(dt, Ar2, Ai)
-        apr, api = _complex_decay(dt_p, Ar2, Ai)
-        anr, ani = _complex_decay(dt_n, Ar2, Ai)
-        dtu_p = (dt_p * u_p)[:, None, :]
-        pcr, pci, xpr, xpi = tl.associative_scan((apr, api, dtu_p * Bpr, dtu_p * Bpi), axis=2,
-                                                 combine_fn=_combine_complex)
-        hpr = pcr * h0r[:, :, None] - pci * h0i[:, :, None] + xpr   # h_{t−1}
-        hpi = pcr * h0i[:, :, None] + pci * h0r[:, :, None] + xpi
-        dtu = dt * u
-        decr = ar * hpr - ai * hpi                                 # a_t·h_{t−1}
-        deci = ar * hpi + ai * hpr
-        hr = decr + dtu[:, None, :] * Br                           # h_t
-        hi = deci + dtu[:, None, :] * Bi
-        io = rows[:, None] * L + t[None, :]
-        mask_io = mask_d[:, None] & (t < L)[None, :]
-        dout = tl.load(dout_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
-        y = 2.0 * tl.sum(Cr * hr - Ci * hi, axis=1)
-        if HAS_Z:
-            z = tl.load(z_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(z)
-            tl.store(dz_ptr + io, dout * (y + Dv[:, None] * u) * sig * (1.0 + z * (1.0 - sig)), mask=mask_io)
-            go = dout * z * sig
-        else:
-            go = dout
-        g2 = (2.0 * go)[:, None, :]
-        ncr, nci, mr, mi = tl.associative_scan((anr, -ani, Cr * g2, -Ci * g2), axis=2,
-                                               combine_fn=_combine_complex, reverse=True)
-        mr = mr + ncr * cr[:, :, None] - nci * ci[:, :, None]      # μ_t (carry entering from the next tile)
-        mi = mi + ncr * ci[:, :, None] + nci * cr[:, :, None]
-        cr = tl.sum(tl.where(first, ar * mr + ai * mi, 0.0), axis=2)  # conj(a_{t0})·μ_{t0}
-        ci = tl.sum(tl.where(first, ar * mi - ai * mr, 0.0), axis=2)
-        dPr = mr * decr + mi * deci                                # μ·conj(a_t·h_{t−1})
-        dPi = mi * decr - mr * deci
-        dAr_acc += tl.sum(dPr * dt[:, None, :], axis=2)
-        dAi_acc += tl.sum(dPi * dt[:, None, :], axis=2)
-        d_dtu = tl.sum(mr * Br + mi * Bi, axis=1)
-        ddt = d_dtu * u + tl.sum(dPr * Ar[:, :, None] + dPi * Ai[:, :, None], axis=1)
-        tl.store(du_ptr + io, d_dtu * dt + Dv[:, None] * go, mask=mask_io)
-        if HAS_D:
-            dD_acc += tl.sum(tl.where(mask_io, go * u, 0.0), axis=1)
-        if SOFTPLUS:
-            raw = tl.load(dt_ptr + io, mask=mask_io, other=0.0).to(tl.float32) + bias[:, None]
-            ddt = ddt * tl.sigmoid(raw)
-        ddt = tl.where(mask_io, ddt, 0.0)
-        tl.store(ddt_ptr + io, ddt, mask=mask_io)
-        if HAS_BIAS:
-            dbias_acc += tl.sum(ddt, axis=1)
-        gBr = mr * dtu[:, None, :]
-        gBi = mi * dtu[:, None, :]
-        gCr = hr * g2
-        gCi = -hi * g2
-        bc_offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
-        bc_mask = mask_n[:, None] & (t < L)[None, :]
+        tl.store(dA_ptr + chunk_offs, dA_acc, mask=mask_n)
         if B_CONST:
-            dBr_const += tl.sum(gBr, axis=2)
-            dBi_const += tl.sum(gBi, axis=2)
-        else:
-            tl.atomic_add(dBr_ptr + bc_offs, tl.sum(gBr, axis=0), mask=bc_mask)
-            tl.atomic_add(dBi_ptr + bc_offs, tl.sum(gBi, axis=0), mask=bc_mask)
+            tl.store(dB_ptr + chunk_offs, dB_acc, mask=mask_n)
         if C_CONST:
-            dCr_const += tl.sum(gCr, axis=2)
-            dCi_const += tl.sum(gCi, axis=2)
-        else:
-            tl.atomic_add(dCr_ptr + bc_offs, tl.sum(gCr, axis=0), mask=bc_mask)
-            tl.atomic_add(dCi_ptr + bc_offs, tl.sum(gCi, axis=0), mask=bc_mask)
-    tl.store(dh0r_ptr + state_offs, cr, mask=mask_dn)
-    tl.store(dh0i_ptr + state_offs, ci, mask=mask_dn)
-    tl.store(dAr_ptr + state_offs, dAr_acc, mask=mask_dn)
-    tl.store(dAi_ptr + state_offs, dAi_acc, mask=mask_dn)
-    if B_CONST:
-        tl.store(dBr_ptr + state_offs, dBr_const, mask=mask_dn)
-        tl.store(dBi_ptr + state_offs, dBi_const, mask=mask_dn)
-    if C_CONST:
-        tl.store(dCr_ptr + state_offs, dCr_const, mask=mask_dn)
-        tl.store(dCi_ptr + state_offs, dCi_const, mask=mask_dn)
-    if HAS_D:
-        tl.store(dD_ptr + rows, dD_acc, mask=mask_d)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + rows, dbias_acc, mask=mask_d)
+            tl.store(dC_ptr + chunk_offs, dC_acc, mask=mask_n)
+        if HAS_D:
+            tl.store(dD_ptr + row * n_chunks + chunk, tl.sum(dD_acc, axis=0))
+        if HAS_BIAS:
+            tl.store(dbias_ptr + row * n_chunks + chunk, tl.sum(dbias_acc, axis=0))
 
 
-def _block_d(dim_per_group: int, cap: int) -> int:
-    """Channels per program: a power of two ≤ cap dividing the group's channel count (one group per block)."""
-    block = 1
-    while block * 2 <= cap and dim_per_group % (block * 2) == 0:
-        block *= 2
-    return block
+# Launch shapes per pass: (tokens per tile, warps). Both passes use the same tile (the backward starts from the
+# forward's tile-start states). L is split into chunks when batch·dim programs cannot fill the GPU;
+# MBA_SCAN_CHUNKS forces the number of chunks.
+# Best of a sweep on an H100 (BENCHMARKS.md): 1024 tokens per tile, 4 warps forward, 2 backward. L is split into
+# chunks when batch·dim programs are fewer than 4 per SM, aiming at 16 per SM; MBA_SCAN_CHUNKS forces the count.
+SHAPES = {"fwd": (1024, 4), "bwd": (1024, 2)}
+PROGRAMS_PER_SM = 16
+MIN_TILES_PER_CHUNK = 2
 
 
-# Tile shapes: tokens per tile (shared by both kernels: the backward starts from the forward's tile-start states),
-# and per kernel (elements of one [BLOCK_D, N, BLOCK_T] tile, num_warps).
-TOKENS_PER_TILE = 32
-TILE = {"fwd": (1024, 4), "bwd": (1024, 4)}  # best of a small sweep on an H100 (BENCHMARKS.md)
-
-
-def _tile_tokens(L: int) -> int:
-    return max(8, min(TOKENS_PER_TILE, triton.next_power_of_2(L)))
-
-
-def _launch_config(kind, dim, n_state, block_t, groups):
-    """BLOCK_D, BLOCK_N, num_warps for one kernel."""
-    elements, warps = TILE[kind]
-    block_n = triton.next_power_of_2(n_state)
-    return _block_d(dim // groups, max(1, elements // (block_n * block_t))), block_n, warps
+def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
+    """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass."""
+    block_t, warps = SHAPES[kind]
+    block_t = min(block_t, max(16, triton.next_power_of_2(L)))
+    n_tiles = triton.cdiv(L, block_t)
+    programs = batch * dim
+    wanted = PROGRAMS_PER_SM * (torch.cuda.get_device_properties(device).multi_processor_count
+                                if device.type == "cuda" else 132)
+    forced = os.environ.get("MBA_SCAN_CHUNKS")
+    if forced:
+        n_chunks = max(1, min(int(forced), n_tiles))
+    elif programs >= wanted // 4:
+        n_chunks = 1
+    else:
+        n_chunks = max(1, min(triton.cdiv(wanted, programs), n_tiles // MIN_TILES_PER_CHUNK))
+    tiles_per_chunk = triton.cdiv(n_tiles, n_chunks)
+    return block_t, warps, n_tiles, tiles_per_chunk, triton.cdiv(n_tiles, tiles_per_chunk)
 
 
 class _FusedScan(torch.autograd.Function):
@@ -464,22 +330,26 @@ class _FusedScan(torch.autograd.Function):
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        block_t = _tile_tokens(L)
-        n_tiles = triton.cdiv(L, block_t)
-        block_d, block_n, warps = _launch_config("fwd", dim, n_state, block_t, groups)
+        block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
+        f32 = dict(device=u.device, dtype=torch.float32)
         out = torch.empty_like(u)
-        h_last = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
-        h_start = torch.empty(batch, dim, n_tiles, n_state, device=u.device, dtype=torch.float32)
+        h_last = torch.empty(batch, dim, n_state, **f32)
+        h_start = torch.empty(batch, dim, n_tiles, n_state, **f32)
+        chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
+        chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
         dummy = h_last
-        grid = (batch, triton.cdiv(dim, block_d))
-        _fwd_kernel[grid](u, delta, z if z is not None else u, A32, B, C, D32 if D is not None else dummy,
-                          bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out, h_last,
-                          h_start, dim, L, n_state, groups, dim // groups, n_tiles,
-                          B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D is not None, HAS_Z=z is not None,
-                          HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None,
-                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps)
+        args = (u, delta, z if z is not None else u, A32, B, C, D32 if D is not None else dummy,
+                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out, h_last, h_start,
+                chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
+        flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D is not None, HAS_Z=z is not None,
+                     HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None,
+                     BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
+        grid = (batch, dim, n_chunks)
+        if n_chunks > 1:
+            _fwd_kernel[grid](*args, SUMMARY=True, **flags)
+        _fwd_kernel[grid](*args, SUMMARY=False, **flags)
         ctx.save_for_backward(u, delta, z, A32, B, C, D32, bias32, h_start)
-        ctx.meta = (softplus, groups, block_t, n_tiles)
+        ctx.meta = (softplus, groups)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
                           initial_state is not None)
         return out, h_last
@@ -487,117 +357,45 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dh_last):
         u, delta, z, A32, B, C, D32, bias32, h_start = ctx.saved_tensors
-        softplus, groups, block_t, n_tiles = ctx.meta
+        softplus, groups = ctx.meta
         A_dtype, D_dtype, bias_dtype, has_h0 = ctx.input_meta
         batch, dim, L = u.shape
         n_state = A32.shape[1]
+        block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device)
+        assert n_tiles == h_start.shape[2], "forward and backward must use the same tokens per tile"
         f32 = dict(device=u.device, dtype=torch.float32)
+        per_chunk = (batch, dim, n_chunks, n_state)
         du, ddelta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
         dz = torch.empty(u.shape, **f32) if z is not None else None
-        d_rows = torch.empty(batch, dim, n_state, **f32)  # dA per batch row
-        dB = torch.zeros(B.shape, **f32) if B.dim() > 2 else torch.empty(batch, dim, n_state, **f32)
-        dC = torch.zeros(C.shape, **f32) if C.dim() > 2 else torch.empty(batch, dim, n_state, **f32)
-        dD = torch.empty(batch, dim, **f32) if D32 is not None else None
-        dbias = torch.empty(batch, dim, **f32) if bias32 is not None else None
-        dh0 = torch.empty(batch, dim, n_state, **f32)
-        dummy = dh0
-        block_d, block_n, warps = _launch_config("bwd", dim, n_state, block_t, groups)
-        grid = (batch, triton.cdiv(dim, block_d))
-        _bwd_kernel[grid](u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
-                          bias32 if bias32 is not None else dummy, h_start, dout.contiguous(),
-                          dh_last.contiguous() if dh_last is not None else dummy,
-                          du, ddelta, dz if dz is not None else du, d_rows, dB, dC,
-                          dD if dD is not None else dummy, dbias if dbias is not None else dummy, dh0,
-                          dim, L, n_state, groups, dim // groups, n_tiles,
-                          B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
-                          HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
-                          BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps)
+        dA = torch.empty(per_chunk, **f32)
+        dB = torch.zeros(B.shape, **f32) if B.dim() > 2 else torch.empty(per_chunk, **f32)
+        dC = torch.zeros(C.shape, **f32) if C.dim() > 2 else torch.empty(per_chunk, **f32)
+        dD = torch.empty(batch, dim, n_chunks, **f32) if D32 is not None else None
+        dbias = torch.empty(batch, dim, n_chunks, **f32) if bias32 is not None else None
+        nu = torch.empty(per_chunk, **f32)  # ν at each chunk start (chunk 0's is ∂L/∂h0)
+        chunk_sum = torch.empty(per_chunk, **f32)
+        chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
+        dummy = nu
+        args = (u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
+                bias32 if bias32 is not None else dummy, h_start, dout.contiguous(),
+                dh_last.contiguous() if dh_last is not None else dummy, chunk_sum, chunk_dt, nu,
+                du, ddelta, dz if dz is not None else du, dA, dB, dC,
+                dD if dD is not None else dummy, dbias if dbias is not None else dummy,
+                dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
+        flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
+                     HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
+                     BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
+        grid = (batch, dim, n_chunks)
+        if n_chunks > 1:
+            _bwd_kernel[grid](*args, SUMMARY=True, **flags)
+        _bwd_kernel[grid](*args, SUMMARY=False, **flags)
         if B.dim() == 2:
-            dB = dB.sum(0)
+            dB = dB.sum((0, 2))
         if C.dim() == 2:
-            dC = dC.sum(0)
-        return (du.to(u.dtype), ddelta.to(delta.dtype), d_rows.sum(0).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.sum(0).to(D_dtype) if dD is not None else None, dz.to(z.dtype) if dz is not None else None,
-                dbias.sum(0).to(bias_dtype) if dbias is not None else None, dh0 if has_h0 else None, None, None)
-
-
-def _planes(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary planes of a (possibly real) tensor, fp32, contiguous."""
-    X = X.to(torch.complex64)
-    return X.real.contiguous(), X.imag.contiguous()
-
-
-class _FusedScanComplex(torch.autograd.Function):
-    """`_FusedScan` for complex A (complex B, C and state; real B or C are promoted)."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus: bool, groups: int):
-        batch, dim, L = u.shape
-        n_state = A.shape[1]
-        u, delta = u.contiguous(), delta.contiguous()
-        z = z.contiguous() if z is not None else None
-        (Ar, Ai), (Br, Bi), (Cr, Ci) = _planes(A), _planes(B), _planes(C)
-        D32 = D.float().contiguous() if D is not None else None
-        bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
-        h0r, h0i = _planes(initial_state) if initial_state is not None else (None, None)
-        block_t = _tile_tokens(L)
-        n_tiles = triton.cdiv(L, block_t)
-        block_d, block_n, warps = _launch_config("fwd", dim, n_state, block_t, groups)
-        f32 = dict(device=u.device, dtype=torch.float32)
-        out = torch.empty_like(u)
-        hlr, hli = torch.empty(batch, dim, n_state, **f32), torch.empty(batch, dim, n_state, **f32)
-        hsr, hsi = (torch.empty(batch, dim, n_tiles, n_state, **f32) for _ in range(2))
-        dummy = hlr
-        _fwd_kernel_complex[(batch, triton.cdiv(dim, block_d))](
-            u, delta, z if z is not None else u, Ar, Ai, Br, Bi, Cr, Ci, D32 if D32 is not None else dummy,
-            bias32 if bias32 is not None else dummy, h0r if h0r is not None else dummy,
-            h0i if h0i is not None else dummy, out, hlr, hli, hsr, hsi, dim, L, n_state, groups, dim // groups,
-            n_tiles, B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
-            HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0r is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps)
-        ctx.save_for_backward(u, delta, z, Ar, Ai, Br, Bi, Cr, Ci, D32, bias32, hsr, hsi)
-        ctx.meta = (softplus, groups, block_t, n_tiles, B.dtype, C.dtype, D is not None and D.dtype,
-                    delta_bias is not None and delta_bias.dtype, initial_state is not None and initial_state.dtype)
-        return out, torch.complex(hlr, hli)
-
-    @staticmethod
-    def backward(ctx, dout, dh_last):
-        u, delta, z, Ar, Ai, Br, Bi, Cr, Ci, D32, bias32, hsr, hsi = ctx.saved_tensors
-        softplus, groups, block_t, n_tiles, B_dtype, C_dtype, D_dtype, bias_dtype, h0_dtype = ctx.meta
-        batch, dim, L = u.shape
-        n_state = Ar.shape[1]
-        f32 = dict(device=u.device, dtype=torch.float32)
-        du, ddelta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
-        dz = torch.empty(u.shape, **f32) if z is not None else None
-        rows_state = (batch, dim, n_state)
-        dAr, dAi, dh0r, dh0i = (torch.empty(rows_state, **f32) for _ in range(4))
-        bc_grad = lambda X: torch.zeros(X.shape, **f32) if X.dim() > 2 else torch.empty(rows_state, **f32)  # noqa: E731
-        dBr, dBi, dCr, dCi = bc_grad(Br), bc_grad(Bi), bc_grad(Cr), bc_grad(Ci)
-        dD = torch.empty(batch, dim, **f32) if D32 is not None else None
-        dbias = torch.empty(batch, dim, **f32) if bias32 is not None else None
-        dhr, dhi = _planes(dh_last) if dh_last is not None else (None, None)
-        dummy = dh0r
-        block_d, block_n, warps = _launch_config("bwd", dim, n_state, block_t, groups)
-        _bwd_kernel_complex[(batch, triton.cdiv(dim, block_d))](
-            u, delta, z if z is not None else u, Ar, Ai, Br, Bi, Cr, Ci, D32 if D32 is not None else dummy,
-            bias32 if bias32 is not None else dummy, hsr, hsi, dout.contiguous(),
-            dhr if dhr is not None else dummy, dhi if dhi is not None else dummy,
-            du, ddelta, dz if dz is not None else du, dAr, dAi, dBr, dBi, dCr, dCi,
-            dD if dD is not None else dummy, dbias if dbias is not None else dummy, dh0r, dh0i,
-            dim, L, n_state, groups, dim // groups, n_tiles,
-            B_CONST=Br.dim() == 2, C_CONST=Cr.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
-            HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dhr is not None,
-            BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, num_warps=warps)
-
-        def gathered(re, im, dtype, const):
-            g = torch.complex(re.sum(0), im.sum(0)) if const else torch.complex(re, im)
-            return g if dtype.is_complex else g.real.to(dtype)
-
-        return (du.to(u.dtype), ddelta.to(delta.dtype), torch.complex(dAr.sum(0), dAi.sum(0)),
-                gathered(dBr, dBi, B_dtype, Br.dim() == 2), gathered(dCr, dCi, C_dtype, Cr.dim() == 2),
-                dD.sum(0).to(D_dtype) if dD is not None else None, dz.to(z.dtype) if dz is not None else None,
-                dbias.sum(0).to(bias_dtype) if dbias is not None else None,
-                torch.complex(dh0r, dh0i).to(h0_dtype) if h0_dtype else None, None, None)
+            dC = dC.sum((0, 2))
+        return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum((0, 2)).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.sum((0, 2)).to(D_dtype) if dD is not None else None, dz.to(z.dtype) if dz is not None else None,
+                dbias.sum((0, 2)).to(bias_dtype) if dbias is not None else None, nu[:, :, 0] if has_h0 else None, None, None)
 
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

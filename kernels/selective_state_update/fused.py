@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..selective_scan.fused import _block_d, _softplus
+from ..selective_scan.triton_tiles import _block_d, _softplus
 from .naive import selective_state_update_naive
 
 

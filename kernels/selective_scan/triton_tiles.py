@@ -1,0 +1,82 @@
+"""Triton building blocks shared by the fused scans (real and complex A) and the decoding step: the scan's combine
+operator, softplus, and tile loads with the masks that turn out-of-range tokens into identity steps (Δ = 0)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2 e)
+
+
+@triton.jit
+def _combine(a1, x1, a2, x2):
+    """(a1, x1) then (a2, x2): h ↦ a2·(a1·h + x1) + x2."""
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               t_lo, t_hi):
+    """u and Δ of one tile as fp32 [BLOCK_D, BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
+    valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
+    mask = mask_d[:, None] & valid[None, :]
+    offs = rows[:, None] * L + t[None, :]
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return u, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _load_bc(ptr, row_bc, n_state, t, offs_n, mask_n, L, CONST: tl.constexpr, const_offs, const_mask, t_lo, t_hi):
+    """B or C for a tile as fp32: [1, N, BLOCK_T] (variable; row_bc = batch·G + group, int64) or [BLOCK_D, N, 1]
+    (constant (dim, N))."""
+    if CONST:  # (one return: the compiler wants the same return type on every path, constexpr or not)
+        X = tl.load(ptr + const_offs, mask=const_mask, other=0.0).to(tl.float32)[:, :, None]
+    else:
+        valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
+        offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
+        X = tl.load(ptr + offs, mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
+    return X
+
+
+@triton.jit
+def _program_block(dim, n_state, n_groups, dim_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's (batch row, channel block): offsets, masks, int64 rows of (batch·dim), the block's B/C row
+    (batch·G + group: a block never straddles groups) and the offsets of (dim, N) parameters."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    d0 = tl.program_id(1) * BLOCK_D
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d, mask_n = offs_d < dim, offs_n < n_state
+    rows = pid_b * dim + offs_d
+    row_bc = pid_b * n_groups + d0 // dim_per_group
+    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]
+    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :], rows, row_bc, dn_offs
+
+
+@triton.jit
+def _load_bc_row(ptr, row_bc, n, n_state, t, offs_d, mask_d, L, CONST: tl.constexpr):
+    """State n of B or C for a [BLOCK_D, BLOCK_T] tile, fp32: [1, BLOCK_T] (variable, row_bc = batch·G + group) or
+    [BLOCK_D, 1] (constant (dim, N)); zero outside [0, L)."""
+    if CONST:
+        X = tl.load(ptr + offs_d * n_state + n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    else:
+        X = tl.load(ptr + (row_bc * n_state + n) * L + t, mask=(t >= 0) & (t < L), other=0.0).to(tl.float32)[None, :]
+    return X
+
+
+def _block_d(dim_per_group: int, cap: int) -> int:
+    """Channels per program: a power of two ≤ cap dividing the group's channel count (one group per block)."""
+    block = 1
+    while block * 2 <= cap and dim_per_group % (block * 2) == 0:
+        block *= 2
+    return block
