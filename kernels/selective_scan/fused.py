@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
-from .triton_tiles import LOG2E, _combine, _softplus
+from .triton_tiles import LOG2E, _combine, _mul_rn, _softplus
 
 
 @triton.jit
@@ -168,7 +168,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
                 dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, SUMMARY: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: ν at the chunk start from a zero carry, and its ΣΔ.
     Otherwise: du, dΔ (raw delta), dz for the chunk's tokens; dA, dD, dbias (and dB, dC if constant) per (batch
     row, channel, chunk); dB, dC (variable) accumulated atomically into fp32 buffers; ν at the chunk start in nu
@@ -241,7 +241,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
                 h_in = tl.load(hstart_ptr + (row * n_tiles + k) * n_state + n)
                 nu_in = tl.load(nu_ptr + (row * n_chunks + chunk) * n_state + n)
                 a = tl.exp2(dt * A2n)
-                x = dtu * Bn
+                x = _mul_rn(dtu, Bn, PTX)  # not fused into h − x below: exact 0 where h_{t−1} = 0
                 a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum
                 y += h * Cn
@@ -301,7 +301,9 @@ MIN_TILES_PER_CHUNK = 2
 def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass."""
     block_t, warps = SHAPES[kind]
-    block_t = min(block_t, max(16, triton.next_power_of_2(L)))
+    # at least one token per thread of the widest pass (reductions over replicated short tiles went wrong on an
+    # H100), the same in both passes
+    block_t = min(block_t, max(32 * max(w for _, w in SHAPES.values()), triton.next_power_of_2(L)))
     n_tiles = triton.cdiv(L, block_t)
     programs = batch * dim
     wanted = PROGRAMS_PER_SM * (torch.cuda.get_device_properties(device).multi_processor_count
@@ -384,6 +386,7 @@ class _FusedScan(torch.autograd.Function):
                 dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
+                     PTX=os.environ.get("TRITON_INTERPRET", "0") != "1",
                      BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
         if n_chunks > 1:

@@ -80,3 +80,16 @@ def _block_d(dim_per_group: int, cap: int) -> int:
     while block * 2 <= cap and dim_per_group % (block * 2) == 0:
         block *= 2
     return block
+
+
+@triton.jit
+def _mul_rn(x, y, PTX: tl.constexpr):
+    """x·y (fp32) rounded on its own, never fused into a later add or subtract, so that (x·y + 0) − x·y is exactly 0.
+    PTX: on a GPU (inline mul.rn); otherwise (the interpreter) a plain product, which numpy never fuses."""
+    if PTX:
+        r = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=r,r,r", [x, y], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        r = x * y
+    return r
+
