@@ -262,14 +262,15 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
                 else:
                     tl.atomic_add(dC_ptr + (row_bc * n_state + n) * L + t, h * go, mask=mask_t, sem="relaxed")
             if HAS_Z:
-                tl.store(dz_ptr + row * L + t, dout * (y + Dv * u) * sig * (1.0 + z * (1.0 - sig)), mask=mask_t)
-            tl.store(du_ptr + row * L + t, lam_B * dt + Dv * go, mask=mask_t)
+                dz = dout * (y + Dv * u) * sig * (1.0 + z * (1.0 - sig))
+                tl.store(dz_ptr + row * L + t, dz.to(dz_ptr.dtype.element_ty), mask=mask_t)
+            tl.store(du_ptr + row * L + t, (lam_B * dt + Dv * go).to(du_ptr.dtype.element_ty), mask=mask_t)
             ddt = lam_B * u + lam_AhA
             if SOFTPLUS:
                 raw = tl.load(dt_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32) + bias
                 ddt = ddt * tl.sigmoid(raw)
             ddt = tl.where(mask_t, ddt, 0.0)
-            tl.store(ddt_ptr + row * L + t, ddt, mask=mask_t)
+            tl.store(ddt_ptr + row * L + t, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_t)
             dD_acc += go * u
             dbias_acc += ddt
             tl.debug_barrier()  # the previous tile reads the carries written above by other threads
@@ -292,9 +293,12 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
 # forward's tile-start states). L is split into chunks when batch·dim programs cannot fill the GPU;
 # MBA_SCAN_CHUNKS forces the number of chunks.
 # Best of a sweep on an H100 (BENCHMARKS.md): 1024 tokens per tile, 4 warps forward, 2 backward. L is split into
-# chunks when batch·dim programs are fewer than 4 per SM, aiming at 16 per SM; MBA_SCAN_CHUNKS forces the count.
+# chunks when batch·dim programs are fewer than 3 per SM (at 512 programs on 132 SMs one chunk was faster, at 256
+# nine chunks were 1.2x faster, at 128 eight were 2.4x faster), aiming at 16 programs per SM. MBA_SCAN_CHUNKS
+# forces the count.
 SHAPES = {"fwd": (1024, 4), "bwd": (1024, 2)}
 PROGRAMS_PER_SM = 16
+SPLIT_BELOW_PER_SM = 3
 MIN_TILES_PER_CHUNK = 2
 
 
@@ -306,15 +310,14 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     block_t = min(block_t, max(32 * max(w for _, w in SHAPES.values()), triton.next_power_of_2(L)))
     n_tiles = triton.cdiv(L, block_t)
     programs = batch * dim
-    wanted = PROGRAMS_PER_SM * (torch.cuda.get_device_properties(device).multi_processor_count
-                                if device.type == "cuda" else 132)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
     forced = os.environ.get("MBA_SCAN_CHUNKS")
     if forced:
         n_chunks = max(1, min(int(forced), n_tiles))
-    elif programs >= wanted // 4:
+    elif programs >= SPLIT_BELOW_PER_SM * sms:
         n_chunks = 1
     else:
-        n_chunks = max(1, min(triton.cdiv(wanted, programs), n_tiles // MIN_TILES_PER_CHUNK))
+        n_chunks = max(1, min(triton.cdiv(PROGRAMS_PER_SM * sms, programs), n_tiles // MIN_TILES_PER_CHUNK))
     tiles_per_chunk = triton.cdiv(n_tiles, n_chunks)
     return block_t, warps, n_tiles, tiles_per_chunk, triton.cdiv(n_tiles, tiles_per_chunk)
 
@@ -367,8 +370,9 @@ class _FusedScan(torch.autograd.Function):
         assert n_tiles == h_start.shape[2], "forward and backward must use the same tokens per tile"
         f32 = dict(device=u.device, dtype=torch.float32)
         per_chunk = (batch, dim, n_chunks, n_state)
-        du, ddelta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
-        dz = torch.empty(u.shape, **f32) if z is not None else None
+        # du, dΔ, dz in the inputs' dtypes, written once by the kernel (fp32 inside)
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dz = torch.empty_like(z) if z is not None else None
         dA = torch.empty(per_chunk, **f32)
         dB = torch.zeros(B.shape, **f32) if B.dim() > 2 else torch.empty(per_chunk, **f32)
         dC = torch.zeros(C.shape, **f32) if C.dim() > 2 else torch.empty(per_chunk, **f32)
@@ -396,8 +400,8 @@ class _FusedScan(torch.autograd.Function):
             dB = dB.sum((0, 2))
         if C.dim() == 2:
             dC = dC.sum((0, 2))
-        return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum((0, 2)).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.sum((0, 2)).to(D_dtype) if dD is not None else None, dz.to(z.dtype) if dz is not None else None,
+        return (du, ddelta, dA.sum((0, 2)).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
+                dD.sum((0, 2)).to(D_dtype) if dD is not None else None, dz,
                 dbias.sum((0, 2)).to(bias_dtype) if dbias is not None else None, nu[:, :, 0] if has_h0 else None, None, None)
 
 
