@@ -89,13 +89,14 @@ def _element(X, offs_n, n):
 
 
 @triton.jit
-def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, hlast_ptr, hstart_ptr,
-                sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
+def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, pre_ptr, hlast_ptr,
+                hstart_ptr, sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
-    tile-start states (the carry between tiles goes through them), last state."""
+    tile-start states (the carry between tiles goes through them), last state, and with SAVE_PRE the output before
+    the z gate (for dz in the backward)."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
     chunk = tl.program_id(2)
     n_chunks = tl.num_programs(2)
@@ -153,6 +154,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
             out = y + Dv * u
             mask_t = t < L
             if HAS_Z:
+                if SAVE_PRE:
+                    tl.store(pre_ptr + row * L + t, out.to(pre_ptr.dtype.element_ty), mask=mask_t)
                 z = tl.load(z_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
                 out = out * z * tl.sigmoid(z)
             tl.store(out_ptr + row * L + t, out.to(out_ptr.dtype.element_ty), mask=mask_t)
@@ -163,7 +166,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
 
 
 @triton.jit
-def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hstart_ptr, dout_ptr, dhlast_ptr,
+def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hstart_ptr, dout_ptr, dhlast_ptr,
                 sum_ptr, dtsum_ptr, nu_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                 dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
@@ -198,8 +201,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
     dB_acc = tl.zeros([BLOCK_N], tl.float32)                                        # constant B, C
     dC_acc = tl.zeros([BLOCK_N], tl.float32)
     dt_acc = tl.zeros([BLOCK_T], tl.float32)
-    dD_acc = tl.zeros([BLOCK_T], tl.float32)
-    dbias_acc = tl.zeros([BLOCK_T], tl.float32)
+    dD_acc = tl.sum(dt_acc, axis=0)                                                 # scalars, 0
+    dbias_acc = tl.sum(dt_acc, axis=0)
     for j in range(0, k1 - k0):
         k = k1 - 1 - j
         t0 = k * BLOCK_T
@@ -212,6 +215,10 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
             z = tl.load(z_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
             sig = tl.sigmoid(z)
             go = dout * z * sig                                                     # ∂L/∂(y + D·u)
+            if not SUMMARY:  # dz from the forward's output before the gate
+                pre = tl.load(pre_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
+                dz = dout * pre * sig * (1.0 + z * (1.0 - sig))
+                tl.store(dz_ptr + row * L + t, dz.to(dz_ptr.dtype.element_ty), mask=mask_t)
         else:
             go = dout
         if SUMMARY:  # ν_{t0} = Σ_t exp(A·Σ_{r≤t} Δ_r)·go_t·C_t + exp(A·ΣΔ)·ν_{t1}
@@ -226,7 +233,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
         else:
             _, dt_next = _load_seq(u_ptr, dt_ptr, bias, row, t + 1, L, HAS_BIAS, SOFTPLUS, t0, t1)
             dtu = dt * u
-            y = tl.zeros([BLOCK_T], tl.float32)
             lam_B = tl.zeros([BLOCK_T], tl.float32)                                 # Σ_n λ·B
             lam_AhA = tl.zeros([BLOCK_T], tl.float32)                               # Σ_n λ·a·h_{t−1}·A
             B_next = _load_state_row(B_ptr, row_bc, d, 0, n_state, t, L, B_CONST)
@@ -244,7 +250,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
                 x = _mul_rn(dtu, Bn, PTX)  # not fused into h − x below: exact 0 where h_{t−1} = 0
                 a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum
-                y += h * Cn
                 a_next = tl.exp2(dt_next * A2n)                                      # a_{t+1}; 1 at the tile end
                 p_cum, lam = tl.associative_scan((a_next, go * Cn), axis=0, combine_fn=_combine, reverse=True)
                 lam += p_cum * nu_in                                                # λ_t
@@ -261,9 +266,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
                     dC_acc = _update(dC_acc, offs_n, n, _element(dC_acc, offs_n, n) + tl.sum(h * go, axis=0))
                 else:
                     tl.atomic_add(dC_ptr + (row_bc * n_state + n) * L + t, h * go, mask=mask_t, sem="relaxed")
-            if HAS_Z:
-                dz = dout * (y + Dv * u) * sig * (1.0 + z * (1.0 - sig))
-                tl.store(dz_ptr + row * L + t, dz.to(dz_ptr.dtype.element_ty), mask=mask_t)
+            u = tl.load(u_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)  # again: fewer live registers
             tl.store(du_ptr + row * L + t, (lam_B * dt + Dv * go).to(du_ptr.dtype.element_ty), mask=mask_t)
             ddt = lam_B * u + lam_AhA
             if SOFTPLUS:
@@ -271,8 +274,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
                 ddt = ddt * tl.sigmoid(raw)
             ddt = tl.where(mask_t, ddt, 0.0)
             tl.store(ddt_ptr + row * L + t, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_t)
-            dD_acc += go * u
-            dbias_acc += ddt
+            dD_acc += tl.sum(go * u, axis=0)
+            dbias_acc += tl.sum(ddt, axis=0)
             tl.debug_barrier()  # the previous tile reads the carries written above by other threads
     if SUMMARY:
         tl.store(sum_ptr + chunk_offs, NU, mask=mask_n)
@@ -284,9 +287,9 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hsta
         if C_CONST:
             tl.store(dC_ptr + chunk_offs, dC_acc, mask=mask_n)
         if HAS_D:
-            tl.store(dD_ptr + row * n_chunks + chunk, tl.sum(dD_acc, axis=0))
+            tl.store(dD_ptr + row * n_chunks + chunk, dD_acc)
         if HAS_BIAS:
-            tl.store(dbias_ptr + row * n_chunks + chunk, tl.sum(dbias_acc, axis=0))
+            tl.store(dbias_ptr + row * n_chunks + chunk, dbias_acc)
 
 
 # Launch shapes per pass: (tokens per tile, warps). Both passes use the same tile (the backward starts from the
@@ -338,22 +341,25 @@ class _FusedScan(torch.autograd.Function):
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
         f32 = dict(device=u.device, dtype=torch.float32)
         out = torch.empty_like(u)
+        save_pre = z is not None and any(ctx.needs_input_grad)
+        pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
         h_last = torch.empty(batch, dim, n_state, **f32)
         h_start = torch.empty(batch, dim, n_tiles, n_state, **f32)
         chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
         chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
         dummy = h_last
         args = (u, delta, z if z is not None else u, A32, B, C, D32 if D is not None else dummy,
-                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out, h_last, h_start,
+                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
+                pre if pre is not None else out, h_last, h_start,
                 chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D is not None, HAS_Z=z is not None,
-                     HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None,
+                     HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
                      BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
         if n_chunks > 1:
             _fwd_kernel[grid](*args, SUMMARY=True, **flags)
         _fwd_kernel[grid](*args, SUMMARY=False, **flags)
-        ctx.save_for_backward(u, delta, z, A32, B, C, D32, bias32, h_start)
+        ctx.save_for_backward(u, delta, z, pre, A32, B, C, D32, bias32, h_start)
         ctx.meta = (softplus, groups)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
                           initial_state is not None)
@@ -361,7 +367,7 @@ class _FusedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dh_last):
-        u, delta, z, A32, B, C, D32, bias32, h_start = ctx.saved_tensors
+        u, delta, z, pre, A32, B, C, D32, bias32, h_start = ctx.saved_tensors
         softplus, groups = ctx.meta
         A_dtype, D_dtype, bias_dtype, has_h0 = ctx.input_meta
         batch, dim, L = u.shape
@@ -382,7 +388,8 @@ class _FusedScan(torch.autograd.Function):
         chunk_sum = torch.empty(per_chunk, **f32)
         chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
         dummy = nu
-        args = (u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
+        args = (u, delta, z if z is not None else u, pre if pre is not None else u, A32, B, C,
+                D32 if D32 is not None else dummy,
                 bias32 if bias32 is not None else dummy, h_start, dout.contiguous(),
                 dh_last.contiguous() if dh_last is not None else dummy, chunk_sum, chunk_dt, nu,
                 du, ddelta, dz if dz is not None else du, dA, dB, dC,
