@@ -138,3 +138,12 @@ def test_fused_offsets_past_2_31(monkeypatch):
     (out_tail.float() * weight).sum().backward()
     assert torch.equal(u.grad[:, tail], u_tail.grad)
     assert u.grad[:, : dim - 8].abs().max() == 0
+
+
+def test_fused_inference_keeps_nothing_for_backward():
+    """Without autograd the forward skips the pre-gate output it keeps for dz; the output is the same."""
+    case = make_case(length=40, regime="small", bc="var", dtype=torch.float32, **full_extras())
+    with torch.no_grad():
+        inference = fused(**case)
+    training = fused(**{k: (v.clone().requires_grad_() if isinstance(v, torch.Tensor) else v) for k, v in case.items()})
+    assert training.requires_grad and torch.equal(inference, training.detach())

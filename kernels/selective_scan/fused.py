@@ -327,7 +327,8 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus: bool, groups: int):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus: bool, groups: int,
+                save_pre: bool):
         batch, dim, L = u.shape
         n_state = A.shape[1]
         u, delta = u.contiguous(), delta.contiguous()
@@ -341,7 +342,6 @@ class _FusedScan(torch.autograd.Function):
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
         f32 = dict(device=u.device, dtype=torch.float32)
         out = torch.empty_like(u)
-        save_pre = z is not None and any(ctx.needs_input_grad)
         pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
         h_last = torch.empty(batch, dim, n_state, **f32)
         h_start = torch.empty(batch, dim, n_tiles, n_state, **f32)
@@ -409,7 +409,8 @@ class _FusedScan(torch.autograd.Function):
             dC = dC.sum((0, 2))
         return (du, ddelta, dA.sum((0, 2)).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.sum((0, 2)).to(D_dtype) if dD is not None else None, dz,
-                dbias.sum((0, 2)).to(bias_dtype) if dbias is not None else None, nu[:, :, 0] if has_h0 else None, None, None)
+                dbias.sum((0, 2)).to(bias_dtype) if dbias is not None else None, nu[:, :, 0] if has_h0 else None,
+                None, None, None)
 
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -423,6 +424,12 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         C = C[:, None]
     if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
         raise ValueError("selective_scan: B and C use different group counts")
-    scan = _FusedScanComplex if A.is_complex() else _FusedScan
-    out, h_last = scan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, groups)
+    if A.is_complex():
+        out, h_last = _FusedScanComplex.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
+                                              groups)
+    else:  # the output before the z gate is kept only when a backward can follow
+        save_pre = z is not None and torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+        out, h_last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, groups,
+                                       save_pre)
     return (out, h_last) if return_last_state else out
