@@ -89,14 +89,14 @@ def _element(X, offs_n, n):
 
 
 @triton.jit
-def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, pre_ptr, hlast_ptr,
+def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, pre_ptr,
                 hstart_ptr, sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
                 SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
-    tile-start states (the carry between tiles goes through them), last state, and with SAVE_PRE the output before
-    the z gate (for dz in the backward)."""
+    tile-start states (the carry between tiles goes through them; entry n_tiles is the last state), and with
+    SAVE_PRE the output before the z gate (for dz in the backward)."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
     chunk = tl.program_id(2)
     n_chunks = tl.num_programs(2)
@@ -115,7 +115,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
         H = tl.zeros([BLOCK_N], tl.float32)
     if not SUMMARY:
         H = _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chunks, 0, chunk, 1)
-        tl.store(hstart_ptr + (row * n_tiles + k0) * n_state + offs_n, H, mask=mask_n)
+        tl.store(hstart_ptr + (row * (n_tiles + 1) + k0) * n_state + offs_n, H, mask=mask_n)
         tl.debug_barrier()
     dt_acc = tl.zeros([BLOCK_T], tl.float32)
     for k in range(k0, k1):
@@ -142,16 +142,17 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 n_next = tl.minimum(n + 1, n_state - 1)
                 B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, t, L, B_CONST)
                 C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, t, L, C_CONST)
-                h_in = tl.load(hstart_ptr + (row * n_tiles + k) * n_state + n)
+                h_in = tl.load(hstart_ptr + (row * (n_tiles + 1) + k) * n_state + n)
                 a_cum, x_cum = tl.associative_scan((tl.exp2(dt * A2n), dtu * Bn), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum                                              # h_t
                 y += h * Cn
                 # the tile's last state (padding steps are identities) starts the next tile or is the last state;
                 # the next chunk's start is written by that chunk
-                tl.store(hstart_ptr + (row * n_tiles + k + 1) * n_state + n + 0 * offs_t, h,
-                         mask=is_last & (k + 1 < k1))
-                tl.store(hlast_ptr + row * n_state + n + 0 * offs_t, h, mask=is_last & (k + 1 == n_tiles))
-            out = y + Dv * u
+                tl.store(hstart_ptr + (row * (n_tiles + 1) + k + 1) * n_state + n + 0 * offs_t, h,
+                         mask=is_last & ((k + 1 < k1) | (k + 1 == n_tiles)))
+            if HAS_D:  # u again: fewer live registers through the loop over states
+                y += Dv * tl.load(u_ptr + row * L + t, mask=t < L, other=0.0).to(tl.float32)
+            out = y
             mask_t = t < L
             if HAS_Z:
                 if SAVE_PRE:
@@ -244,7 +245,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 n_next = tl.minimum(n + 1, n_state - 1)
                 B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, t, L, B_CONST)
                 C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, t, L, C_CONST)
-                h_in = tl.load(hstart_ptr + (row * n_tiles + k) * n_state + n)
+                h_in = tl.load(hstart_ptr + (row * (n_tiles + 1) + k) * n_state + n)
                 nu_in = tl.load(nu_ptr + (row * n_chunks + chunk) * n_state + n)
                 a = tl.exp2(dt * A2n)
                 x = _mul_rn(dtu, Bn, PTX)  # not fused into h − x below: exact 0 where h_{t−1} = 0
@@ -343,14 +344,13 @@ class _FusedScan(torch.autograd.Function):
         f32 = dict(device=u.device, dtype=torch.float32)
         out = torch.empty_like(u)
         pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
-        h_last = torch.empty(batch, dim, n_state, **f32)
-        h_start = torch.empty(batch, dim, n_tiles, n_state, **f32)
+        h_start = torch.empty(batch, dim, n_tiles + 1, n_state, **f32)  # tile starts, then the last state
         chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
         chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
-        dummy = h_last
+        dummy = chunk_dt
         args = (u, delta, z if z is not None else u, A32, B, C, D32 if D is not None else dummy,
                 bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
-                pre if pre is not None else out, h_last, h_start,
+                pre if pre is not None else out, h_start,
                 chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
@@ -363,7 +363,7 @@ class _FusedScan(torch.autograd.Function):
         ctx.meta = (softplus, groups)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
                           initial_state is not None)
-        return out, h_last
+        return out, h_start[:, :, n_tiles].clone()
 
     @staticmethod
     def backward(ctx, dout, dh_last):
@@ -373,7 +373,7 @@ class _FusedScan(torch.autograd.Function):
         batch, dim, L = u.shape
         n_state = A32.shape[1]
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device)
-        assert n_tiles == h_start.shape[2], "forward and backward must use the same tokens per tile"
+        assert n_tiles + 1 == h_start.shape[2], "forward and backward must use the same tokens per tile"
         f32 = dict(device=u.device, dtype=torch.float32)
         per_chunk = (batch, dim, n_chunks, n_state)
         # du, dΔ, dz in the inputs' dtypes, written once by the kernel (fp32 inside)
