@@ -33,6 +33,7 @@ COMMANDS: list[Command] = [
     Command("info", "mamba_bio_audio.cli", "print versions, devices and the active scan backend"),
     Command("demo", "mamba_bio_audio.demo", "train a small Mamba LM on a real genome on the CPU and sample from it"),
     Command("bench", "mamba_bio_audio.bench", "measure training throughput (tokens/s) of Mamba LMs on this machine"),
+    Command("data", "mamba_bio_audio.data_recipes.cli", "prepare data: index a FASTA"),
 ]
 
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.
