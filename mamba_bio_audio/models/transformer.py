@@ -1,0 +1,131 @@
+"""Transformer++ language model: the baseline of the Mamba paper's DNA and audio comparisons.
+
+Pre-norm decoder blocks (RMSNorm → causal self-attention with rotary position embeddings through
+`scaled_dot_product_attention` → residual; RMSNorm → SwiGLU MLP → residual), a final RMSNorm and an LM head tied to
+the embedding. A Transformer++ block has about twice the parameters of a Mamba block, so a size-matched baseline
+has half as many blocks as the Mamba model (`TransformerConfig.matching`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..modules.norm import RMSNorm
+
+
+@dataclass
+class TransformerConfig:
+    """d_model: width; n_layer: blocks; n_head: attention heads (head size d_model / n_head, even for RoPE);
+    mlp_hidden: SwiGLU hidden width (default 8/3·d_model rounded up to a multiple of 8); vocab padded to a multiple
+    of `pad_vocab_size_multiple` for the weights, logits returned for `vocab_size`."""
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 2
+    vocab_size: int = 12
+    mlp_hidden: int | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    pad_vocab_size_multiple: int = 8
+
+    def __post_init__(self):
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_head} heads of even size")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = (8 * self.d_model // 3 + 7) // 8 * 8
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def matching(cls, d_model: int, n_mamba_layers: int, vocab_size: int = 12) -> "TransformerConfig":
+        """The size-matched baseline of a Mamba model: same width, half the blocks, heads of 64 (fewer, wider heads
+        below width 128)."""
+        return cls(d_model=d_model, n_layer=max(1, n_mamba_layers // 2), n_head=max(1, d_model // 64),
+                   vocab_size=vocab_size)
+
+
+def rotary_tables(length: int, head_dim: int, base: float, device, dtype=torch.float32):
+    """cos, sin of the rotary angles, each (length, head_dim / 2): angle[t, i] = t · base^(−2i / head_dim)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x[..., :h/2], x[..., h/2:]) of x (batch, heads, L, h) by the angles of cos, sin (L, h/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.rope_base = config.rope_base
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, L, d_model) → (batch, L, d_model), causal."""
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, width // self.n_head).permute(2, 0, 3, 1, 4)
+        cos, sin = rotary_tables(length, width // self.n_head, self.rope_base, x.device, q.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)                   # (batch, heads, L, head)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(config.d_model, 2 * config.mlp_hidden, bias=False)
+        self.down = nn.Linear(config.mlp_hidden, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate) * up)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TransformerLM(nn.Module):
+    """Transformer++ LM: forward(input_ids (batch, L) int64) → logits (batch, L, vocab_size)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.embedding.weight
+        self.apply(self._init_weights)
+        for layer in self.layers:  # GPT-2 style: residual projections scaled by 1/sqrt(2·n_layer)
+            for weight in (layer.attn.out.weight, layer.mlp.down.weight):
+                nn.init.normal_(weight, std=0.02 / (2 * config.n_layer) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embedding(input_ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(self.norm_f(x))[..., : self.config.vocab_size]
