@@ -1,0 +1,101 @@
+"""DNA pretraining pipeline on the CPU: metrics, the length warm-up, atomic checkpoints and exact resume mid-epoch."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("pysam")
+L = pytest.importorskip("lightning")
+
+from mamba_bio_audio.pipelines.dna_pretrain import (  # noqa: E402
+    AtomicCheckpointIO, DNALanguageModel, DNAPretrainData, EpochSampler, SequenceLengthWarmup, next_base_loss)
+from test_dna_data import random_genome, write_fasta  # noqa: E402
+
+TINY = {"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}
+
+
+@pytest.fixture
+def genome(tmp_path):
+    return write_fasta(tmp_path / "g.fa", random_genome(7, lengths=(6000, 3000)))
+
+
+class Recorder(L.Callback):
+    """First input id sums of every training batch, with the step and shape."""
+
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batches.append((trainer.global_step, tuple(batch["input_ids"].shape), int(batch["input_ids"].sum())))
+
+
+def trainer(tmp_path, max_steps, callbacks=(), **kw):
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True,
+                     plugins=[AtomicCheckpointIO()], callbacks=list(callbacks), default_root_dir=tmp_path,
+                     reload_dataloaders_every_n_epochs=1, **kw)
+
+
+def test_next_base_loss_ignores_n_and_padding():
+    logits = torch.randn(2, 5, 12)
+    labels = torch.tensor([[7, 8, -100, 9, 10], [-100, -100, 7, 7, 8]])
+    total, count = next_base_loss(logits, labels)
+    keep = labels != -100
+    expected = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
+    assert count == 7 and torch.allclose(total, expected)
+
+
+def test_epoch_sampler_order_depends_on_seed_and_epoch_and_skips():
+    full = list(EpochSampler(50, seed=1, epoch=3, shuffle=True))
+    assert sorted(full) == list(range(50))
+    assert list(EpochSampler(50, seed=1, epoch=3, shuffle=True, skip=20)) == full[20:]
+    assert full != list(EpochSampler(50, seed=1, epoch=4, shuffle=True))
+
+
+def test_validation_and_test_report_bits_per_base(genome, tmp_path):
+    data = DNAPretrainData(str(genome), seq_len=64, batch_size=8, split_fractions=(0.8, 0.1, 0.1))
+    model = DNALanguageModel(config=TINY, lr=1e-3)
+    results = trainer(tmp_path, 2).test(model, datamodule=data, verbose=False)[0]
+    assert math.isclose(results["test/bits_per_base"], results["test/loss"] / math.log(2), rel_tol=1e-5)
+    assert math.isclose(results["test/perplexity"], math.exp(results["test/loss"]), rel_tol=1e-5)
+    assert 3.0 < results["test/bits_per_base"] < 4.0  # an untrained model over 12 tokens: about log2(12) = 3.58
+
+
+def test_length_warmup_doubles_the_length_and_keeps_tokens_per_step(genome, tmp_path):
+    data = DNAPretrainData(str(genome), seq_len=256, batch_size=2, split_fractions=(0.8, 0.1, 0.1))
+    recorder = Recorder()
+    warmup = SequenceLengthWarmup(start_len=64, epochs_per_stage=1)
+    trainer(tmp_path, 40, [warmup, recorder], max_epochs=4).fit(DNALanguageModel(config=TINY), datamodule=data)
+    shapes = []
+    for _, shape, _ in recorder.batches:
+        if not shapes or shapes[-1] != shape:
+            shapes.append(shape)
+    assert shapes == [(8, 64), (4, 128), (2, 256)]  # every step 512 tokens
+
+
+def test_resume_mid_epoch_continues_exactly(genome, tmp_path):
+    """An interrupted run resumed from a mid-epoch checkpoint trains on the same batches, with the same step and
+    learning rate, and ends with the same parameters as the uninterrupted run."""
+    def data():
+        return DNAPretrainData(str(genome), seq_len=128, batch_size=4, split_fractions=(0.8, 0.1, 0.1))
+
+    torch.manual_seed(0)
+    full_recorder = Recorder()
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7,
+                                                      save_top_k=-1, filename="{step}")
+    full = DNALanguageModel(config=TINY, lr=3e-3)
+    trainer(tmp_path, 20, [full_recorder, checkpoints]).fit(full, datamodule=data())
+    steps_per_epoch = (int(0.8 * 6000) // 128 + int(0.8 * 3000) // 128) // 4
+    assert 7 % steps_per_epoch != 0  # the checkpoint is mid-epoch
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step=14.ckpt", "step=7.ckpt"]
+
+    torch.manual_seed(123)  # a different initialisation: everything must come from the checkpoint
+    resumed_recorder = Recorder()
+    resumed = DNALanguageModel(config=TINY, lr=3e-3)
+    trainer(tmp_path / "again", 20, [resumed_recorder]).fit(resumed, datamodule=data(),
+                                                             ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
+    assert resumed_recorder.batches == full_recorder.batches[7:]
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
