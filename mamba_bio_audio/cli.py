@@ -9,6 +9,9 @@ and is registered with one line in `COMMANDS`. A module is imported only when it
 own --help is asked for), so `mba --help` and `mba info` stay fast and work even if another subcommand's module is
 broken. A group of subcommands (`mba data ...`) is one module whose `add_arguments` adds its own subparsers.
 
+A subcommand that forwards further options to another parser (`mba dna pretrain` to LightningCLI) sets the default
+`_pass_through=True`; it receives the options it does not know as `args.extra`.
+
 Exit codes: 0 success; 1 an error reported by the subcommand (a ValueError or file error raised from `run`, printed
 as one line on stderr); 2 a usage error (unknown subcommand or option, or no subcommand at all); 130 interrupted.
 """
@@ -33,7 +36,8 @@ COMMANDS: list[Command] = [
     Command("info", "mamba_bio_audio.cli", "print versions, devices and the active scan backend"),
     Command("demo", "mamba_bio_audio.demo", "train a small Mamba LM on a real genome on the CPU and sample from it"),
     Command("bench", "mamba_bio_audio.bench", "measure training throughput (tokens/s) of Mamba LMs on this machine"),
-    Command("data", "mamba_bio_audio.data_recipes.cli", "prepare data: index a FASTA"),
+    Command("data", "mamba_bio_audio.data_recipes.cli", "prepare data: index a FASTA, genome recipes"),
+    Command("dna", "mamba_bio_audio.pipelines.cli", "DNA pipelines: pretraining"),
 ]
 
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.
@@ -167,9 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "_pass_through", False):  # only commands that forward options accept them
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # --help, --version (0) and usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else 2
+    args.extra = extra
     run_command: Callable[[argparse.Namespace], int] | None = getattr(args, "_run", None)
     if run_command is None:  # only options, no subcommand
         parser.print_usage(sys.stderr)

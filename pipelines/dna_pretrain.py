@@ -242,3 +242,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+def build_cli(args: list[str], run_dir: str = "runs/dna"):
+    """LightningCLI over DNALanguageModel and DNAPretrainData with the pipeline's defaults, not run: the caller fits
+    and tests (`mba dna pretrain`).
+
+    Defaults (each can be overridden by --trainer.*, --checkpoint.*, --length_warmup.* or the YAML, and all are
+    saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping 1.0; last and best
+    (valid bits per base) checkpoints in RUN/checkpoints, written atomically; CSV and TensorBoard logs in RUN; the
+    length warm-up (a no-op when seq_len ≤ 1024); dataloaders rebuilt every epoch."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    class DNAPretrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")
+            parser.set_defaults({
+                "checkpoint.dirpath": os.path.join(run_dir, "checkpoints"), "checkpoint.monitor": "valid/bits_per_base",
+                "checkpoint.mode": "min", "checkpoint.save_last": True, "checkpoint.filename": "best-{step}",
+                "trainer.default_root_dir": run_dir,
+                "trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+                "trainer.gradient_clip_val": 1.0,
+                "trainer.reload_dataloaders_every_n_epochs": 1,
+                "trainer.plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}],
+                "trainer.logger": [
+                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": run_dir,
+                                                                                         "name": "logs"}},
+                    {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                     "init_args": {"save_dir": run_dir, "name": "tensorboard"}}],
+            })
+
+    return DNAPretrainCLI(DNALanguageModel, DNAPretrainData, run=False, args=args, seed_everything_default=0,
+                          save_config_kwargs={"overwrite": True})

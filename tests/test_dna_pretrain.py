@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,32 @@ def test_resume_mid_epoch_continues_exactly(genome, tmp_path):
     assert resumed_recorder.batches == full_recorder.batches[7:]
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_mba_dna_pretrain_writes_a_run_and_resumes(genome, tmp_path):
+    from mamba_bio_audio.cli import main
+
+    run = tmp_path / "run"
+    common = ["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out", str(run),
+              "--model.config", '{"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}',
+              "--trainer.val_check_interval", "3", "--data.max_eval_windows", "8", "--trainer.enable_progress_bar",
+              "false"]
+    assert main(common + ["--max-steps", "6"]) == 0
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("best-step=") for name in checkpoints)
+    metrics = (run / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "valid/bits_per_base" in metrics and "test/bits_per_base" in metrics
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert main(common + ["--max-steps", "9", "--resume", str(run / "checkpoints" / "last.ckpt")]) == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /
+                                                           "dna_pretrain").glob("*.yaml")))
+def test_paper_configs_parse_and_build(name):
+    from mamba_bio_audio.pipelines.dna_pretrain import build_cli
+
+    path = Path(__file__).parents[1] / "pipelines" / "configs" / "dna_pretrain" / name
+    cli = build_cli(["--config", str(path)], run_dir="/tmp/unused")
+    assert cli.datamodule.hparams.fasta.endswith("hg38.ml.fa.gz") and cli.trainer.max_steps > 0
+    assert cli.model.hparams.arch in name
