@@ -149,6 +149,39 @@ def model_level() -> None:
     ms = triton.testing.do_bench(train_step, warmup=1, rep=1)
     print(f"| DNA LM 6 × d_model 128 (0.6M params), batch 1 × 2^20, training step | {ms:.1f} | "
           f"{2 ** 20 / ms * 1e3:,.0f} | {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} |", flush=True)
+    del model, optimizer, ids
+    context_scaling()
+
+
+def context_scaling() -> None:
+    """Training steps of the 6-layer, d_model 128 DNA LM at L = 2^10 … 2^20 with 2^20 tokens per step (batch
+    2^20 / L): time, tokens/s and peak memory (bf16 autocast, AdamW)."""
+    import triton
+
+    from mamba_bio_audio import MambaConfig, MambaLMHeadModel
+
+    print("\n| 6 × 128 DNA LM, 2^20 tokens per step | batch × L | step ms | tokens/s | peak memory GiB |\n"
+          "|---|---|---|---|---|")
+    for log_len in range(10, 21, 2):
+        length, batch = 2 ** log_len, 2 ** (20 - log_len)
+        model = MambaLMHeadModel(MambaConfig(d_model=128, n_layer=6, vocab_size=12)).cuda()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        ids = torch.randint(7, 11, (batch, length + 1), device="cuda")
+
+        def train_step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(ids[:, :-1])
+            torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        train_step()
+        torch.cuda.reset_peak_memory_stats()
+        ms = triton.testing.do_bench(train_step, warmup=1, rep=1)
+        print(f"| L = 2^{log_len} | {batch} × {length} | {ms:.1f} | {2 ** 20 / ms * 1e3:,.0f} | "
+              f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f} |", flush=True)
+        del model, optimizer, ids
+        torch.cuda.empty_cache()
 
 
 def main(argv=None) -> int:
