@@ -2,6 +2,8 @@
 
     mba dna pretrain --config FILE [--trainer.max_steps 100 ...]
     mba dna pretrain --fasta GENOME [--bed INTERVALS] --seq-len 1024 --model-size 1.4M --max-steps N
+    mba dna evaluate --ckpt CKPT --fasta GENOME [--bed INTERVALS] [--split test | --region CHR:START-END]
+    mba dna generate --ckpt CKPT --prompt ACGT... --length N [--out FILE.fa]
 
 Configuration goes through LightningCLI: a YAML file (see pipelines/configs/) and/or --data.*, --model.*,
 --trainer.* options after the direct ones; `--print-config` shows the resolved configuration.
@@ -27,6 +29,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain.add_argument("--resume", help="checkpoint to resume from (step, learning rate and data position)")
     pretrain.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
     pretrain.set_defaults(_task=_pretrain, _pass_through=True)  # other options go to LightningCLI
+
+    evaluate = tasks.add_parser("evaluate", help="bits per base of a checkpoint on a split or a region",
+                                description=_evaluate.__doc__)
+    evaluate.add_argument("--ckpt", required=True, help="a checkpoint of `mba dna pretrain`")
+    evaluate.add_argument("--fasta", required=True)
+    evaluate.add_argument("--bed", help="intervals with a split column (else chromosomes are cut 90/5/5)")
+    place = evaluate.add_mutually_exclusive_group()
+    place.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    place.add_argument("--region", help="CHR:START-END (0-based, end exclusive) instead of a split")
+    evaluate.add_argument("--seq-len", type=int, help="window length (default: the checkpoint's)")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.set_defaults(_task=_evaluate)
+
+    generate = tasks.add_parser("generate", help="sample DNA from a checkpoint, written as FASTA",
+                                description=_generate.__doc__)
+    generate.add_argument("--ckpt", required=True)
+    generate.add_argument("--prompt", required=True, help="DNA to continue (A/C/G/T/N, any case)")
+    generate.add_argument("--length", type=int, required=True, help="bases to add")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", help="FASTA file to write (default: standard output)")
+    generate.add_argument("--name", default="generated", help="FASTA record name")
+    generate.set_defaults(_task=_generate)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,3 +81,99 @@ def _pretrain(args: argparse.Namespace) -> int:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Bits per base (and perplexity) of a checkpoint on a split of a genome, or on one region, in windows of the
+    checkpoint's training length (N and off-chromosome targets ignored)."""
+    import lightning as L
+
+    from mamba_bio_audio.dna.windows import Interval
+
+    from .dna_pretrain import DNALanguageModel, DNAPretrainData
+
+    model = DNALanguageModel.load_from_checkpoint(args.ckpt, map_location="cpu")
+    seq_len = args.seq_len or _checkpoint_seq_len(args.ckpt)
+    data = DNAPretrainData(args.fasta, seq_len=seq_len, batch_size=args.batch_size, bed=args.bed)
+    data.setup()
+    split = args.split
+    if args.region:
+        chrom, start, end = _region(args.region)
+        if chrom not in data.chrom_lengths or end > data.chrom_lengths[chrom]:
+            raise ValueError(f"--region {args.region}: not within {args.fasta} "
+                             f"({chrom} is {data.chrom_lengths.get(chrom, 'not a record')})")
+        data.select({"test": [Interval(chrom, start, end)]})
+        split = "test"
+    elif split != "test":
+        data.select({"test": data.intervals(split)})
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        precision="bf16-mixed" if _cuda() else "32-true")
+    result = trainer.test(model, datamodule=data, verbose=False)[0]
+    where = args.region or f"the {split} split"
+    print(f"{args.fasta}, {where}, windows of {seq_len}: {result['test/bits_per_base']:.4f} bits/base "
+          f"(perplexity {result['test/perplexity']:.4f})")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """Continue a DNA prompt with a Mamba checkpoint (recurrent decoding, one step per base; only A/C/G/T are
+    sampled) and write prompt + continuation as one FASTA record (atomically when --out is given)."""
+    import sys
+
+    import torch
+
+    from mamba_bio_audio.dna import DNATokenizer
+    from mamba_bio_audio.io import atomic_path
+
+    from .dna_pretrain import DNALanguageModel
+
+    if args.length < 1:
+        raise ValueError(f"--length must be positive, got {args.length}")
+    model = DNALanguageModel.load_from_checkpoint(args.ckpt, map_location="cpu").model.eval()
+    if not hasattr(model, "allocate_inference_cache"):
+        raise ValueError(f"{args.ckpt}: generation needs a Mamba checkpoint (this one is a Transformer++)")
+    tokenizer = DNATokenizer()
+    prompt = tokenizer.encode(args.prompt.strip(), name="--prompt")[None]
+    device = "cuda" if _cuda() else "cpu"
+    with torch.no_grad():
+        ids = model.to(device).generate(prompt.to(device), args.length, temperature=args.temperature,
+                                        top_k=args.top_k, seed=args.seed,
+                                        allowed_token_ids=[DNATokenizer.A_ID + i for i in range(4)])
+    sequence = tokenizer.decode(ids[0])
+    record = f">{args.name} prompt={len(args.prompt.strip())} generated={args.length}\n" + "".join(
+        sequence[i:i + 60] + "\n" for i in range(0, len(sequence), 60))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(record)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(record)
+    return 0
+
+
+def _region(text: str) -> tuple[str, int, int]:
+    try:
+        chrom, span = text.rsplit(":", 1)
+        start, end = (int(x.replace(",", "")) for x in span.split("-"))
+    except ValueError:
+        raise ValueError(f"--region must look like CHR:START-END, got {text!r}") from None
+    if not 0 <= start < end:
+        raise ValueError(f"--region {text}: empty or negative interval")
+    return chrom, start, end
+
+
+def _checkpoint_seq_len(path: str) -> int:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    seq_len = state.get("datamodule_hyper_parameters", {}).get("seq_len")
+    if seq_len is None:
+        raise ValueError(f"{path}: no training length stored; give --seq-len")
+    return int(seq_len)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+

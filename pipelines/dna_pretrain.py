@@ -84,7 +84,7 @@ class DNAPretrainData(L.LightningDataModule):
         from mamba_bio_audio.dna.fasta import open_fasta
 
         handle = open_fasta(self.fasta)
-        lengths = dict(zip(handle.references, handle.lengths))
+        self.chrom_lengths = lengths = dict(zip(handle.references, handle.lengths))
         hp = self.hparams
         if hp.bed:
             self._intervals = read_bed(hp.bed, lengths)
@@ -92,6 +92,14 @@ class DNAPretrainData(L.LightningDataModule):
             self._intervals = split_chromosomes(lengths, names=hp.split_names)
         else:
             self._intervals = split_chromosomes(lengths, fractions=tuple(hp.split_fractions))
+
+    def intervals(self, split: str) -> list:
+        """The intervals of a split (after `setup`)."""
+        return list(self._intervals[split])
+
+    def select(self, intervals: dict) -> None:
+        """Replace the intervals of the given splits (e.g. evaluate on one region as the test split)."""
+        self._intervals = {**self._intervals, **intervals}
 
     def current_shape(self) -> tuple[int, int]:
         """(seq_len, batch_size) of training at the trainer's current epoch."""

@@ -120,6 +120,30 @@ def test_mba_dna_pretrain_writes_a_run_and_resumes(genome, tmp_path):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
 
 
+def test_mba_dna_evaluate_and_generate(genome, tmp_path, capsys):
+    from mamba_bio_audio.cli import main
+
+    run = tmp_path / "run"
+    assert main(["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out", str(run),
+                 "--model.config", '{"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}',
+                 "--max-steps", "3", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "2"]) == 0
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    assert main(["dna", "evaluate", "--ckpt", ckpt, "--fasta", str(genome)]) == 0
+    assert main(["dna", "evaluate", "--ckpt", ckpt, "--fasta", str(genome), "--region", "chr2:100-900"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "bits/base" in line]
+    assert "the test split, windows of 64" in lines[0] and "chr2:100-900, windows of 64" in lines[1]
+    assert all(3.0 < float(line.split(": ")[1].split()[0]) < 4.0 for line in lines)
+    assert main(["dna", "evaluate", "--ckpt", ckpt, "--fasta", str(genome), "--region", "chr2:100-9000"]) == 1
+    assert "not within" in capsys.readouterr().err
+    out = tmp_path / "gen.fa"
+    assert main(["dna", "generate", "--ckpt", ckpt, "--prompt", "acgtNACG", "--length", "100", "--out", str(out)]) == 0
+    header, *body = out.read_text().splitlines()
+    sequence = "".join(body)
+    assert header.startswith(">generated") and len(sequence) == 108 and sequence.startswith("ACGTNACG")
+    assert set(sequence[8:]) <= set("ACGT")
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /
                                                            "dna_pretrain").glob("*.yaml")))
 def test_paper_configs_parse_and_build(name):
