@@ -193,3 +193,23 @@ def test_workers_open_their_own_handles_and_agree(tmp_path):
     loader = torch.utils.data.DataLoader(data, batch_size=8, num_workers=2)
     parallel = torch.cat([batch["input_ids"].flatten() for batch in loader])
     assert len(windows) == 5000 // 128 + 3000 // 128 and torch.equal(serial, parallel)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b">chr1\nACGT\n>\nACGT\n", r"bad\.fa:3: header without a record name"),
+    (b">chr1\n>chr2\nACGT\n", r"bad\.fa:1: record 'chr1' has no sequence"),
+])
+def test_open_fasta_refuses_what_faidx_lets_through(tmp_path, content, message):
+    """samtools indexes a nameless header (as record '') and silently drops an empty record: open_fasta does not."""
+    path = tmp_path / "bad.fa"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        open_fasta(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.fa"]
+
+
+def test_header_count_across_block_boundaries(tmp_path):
+    from mamba_bio_audio.dna.fasta import _count_headers
+
+    path = write_fasta(tmp_path / "g.fa", random_genome(8, lengths=(70, 5, 130, 61)), width=7)
+    assert all(_count_headers(path, block) == 4 for block in (1, 2, 3, 7, 64, 1 << 20))

@@ -69,7 +69,24 @@ def ensure_index(path: str | Path) -> list[Path]:
         except pysam.SamtoolsError as error:
             validate_fasta(path)  # raises a precise error for the usual problems
             raise ValueError(f"{path}: samtools could not index it ({error})") from None
+        # faidx accepts a header without a name and drops a record without sequence: catch both before the index
+        # is kept (one pass counting headers; the line-by-line check only when something is off)
+        names = [line.split("\t", 1)[0] for line in Path(temporaries[0]).read_text().splitlines()]
+        if "" in names or len(names) != _count_headers(path):
+            validate_fasta(path)
+            raise ValueError(f"{path}: {len(names)} records indexed but the file has {_count_headers(path)} headers")
     return targets
+
+
+def _count_headers(path: Path, block: int = 1 << 22) -> int:
+    """Lines starting with '>' (read in blocks: seconds for a gigabyte)."""
+    opener = gzip.open if compression(path) != "plain" else open
+    count, previous = 0, b"\n"
+    with opener(path, "rb") as handle:
+        while chunk := handle.read(block):
+            count += chunk.count(b"\n>") + (previous == b"\n" and chunk[:1] == b">")
+            previous = chunk[-1:]
+    return count
 
 
 def _text_lines(path: Path):
