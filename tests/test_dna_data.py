@@ -179,7 +179,7 @@ def test_reverse_complement_augmentation(tmp_path):
     windows = [Window("chr1", 100)]
     plain = GenomeWindows(path, windows, seq_len=50)
     flipped = GenomeWindows(path, windows, seq_len=50, rc_prob=1.0)
-    ids = plain.tokens("chr1", 100, 51)
+    ids, _ = plain.tokens("chr1", 100, 51)
     rc = DNATokenizer.reverse_complement(ids)
     assert torch.equal(flipped[0]["input_ids"], rc[:-1]) and not torch.equal(rc[:-1], plain[0]["input_ids"])
 
@@ -213,3 +213,16 @@ def test_header_count_across_block_boundaries(tmp_path):
 
     path = write_fasta(tmp_path / "g.fa", random_genome(8, lengths=(70, 5, 130, 61)), width=7)
     assert all(_count_headers(path, block) == 4 for block in (1, 2, 3, 7, 64, 1 << 20))
+
+
+def test_soft_mask_channel_follows_lowercase_and_reverse_complement(tmp_path):
+    records = random_genome(9)
+    path = write_fasta(tmp_path / "g.fa", records)
+    seq = records["chr1"][200:251]
+    expected = torch.tensor([c.islower() for c in seq])
+    item = GenomeWindows(path, [Window("chr1", 200)], seq_len=50, soft_mask=True)[0]
+    assert torch.equal(item["soft_mask"], expected[:-1]) and expected.any() and not expected.all()
+    assert torch.equal(item["input_ids"], DNATokenizer().encode(seq.upper())[:-1])
+    flipped = GenomeWindows(path, [Window("chr1", 200)], seq_len=50, soft_mask=True, rc_prob=1.0)[0]
+    assert torch.equal(flipped["soft_mask"], expected.flip(0)[:-1])
+    assert "soft_mask" not in GenomeWindows(path, [Window("chr1", 200)], seq_len=50)[0]

@@ -108,17 +108,20 @@ class GenomeWindows(torch.utils.data.Dataset):
     """Next-base prediction samples from an indexed FASTA.
 
     Item i is a dict of int64 tensors `input_ids` (seq_len,) and `labels` (seq_len,): bases start … start + L − 1
-    and their successors, labels −100 where the successor is N or off the chromosome. With `rc_prob` > 0 the
-    sample is reverse-complemented with that probability (torch's RNG: seeded per worker by the DataLoader).
+    and their successors, labels −100 where the successor is N or off the chromosome. Lowercase (soft-masked,
+    usually repeats) bases are read as their uppercase ids; with `soft_mask=True` the item also holds a bool
+    `soft_mask` (seq_len,), True at lowercase input bases. With `rc_prob` > 0 the sample is reverse-complemented
+    with that probability (torch's RNG: seeded per worker by the DataLoader), its mask flipped with it.
     Each process opens its own FASTA handle on first use, so DataLoader workers do not share one."""
 
     def __init__(self, fasta: str | Path, windows: list[Window], seq_len: int, rc_prob: float = 0.0,
-                 tokenizer: DNATokenizer | None = None):
+                 tokenizer: DNATokenizer | None = None, soft_mask: bool = False):
         self.fasta = Path(fasta)
         self.windows = windows
         self.seq_len = seq_len
         self.rc_prob = rc_prob
         self.tokenizer = tokenizer or DNATokenizer()
+        self.soft_mask = soft_mask
         self._handle, self._handle_pid, self._lengths = None, None, None
 
     def __len__(self) -> int:
@@ -135,23 +138,31 @@ class GenomeWindows(torch.utils.data.Dataset):
             self._lengths = dict(zip(self._handle.references, self._handle.lengths))
         return self._handle
 
-    def tokens(self, chrom: str, start: int, length: int) -> torch.Tensor:
-        """(length,) int64 ids of bases start … start + length − 1 of chrom; [PAD] off the chromosome."""
+    def tokens(self, chrom: str, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(length,) int64 ids of bases start … start + length − 1 of chrom ([PAD] off the chromosome) and the
+        (length,) bool soft mask (True at lowercase bases)."""
         fasta = self._fasta()
         if chrom not in self._lengths:
             raise ValueError(f"{self.fasta}: no record {chrom!r}")
         lo, hi = max(start, 0), min(start + length, self._lengths[chrom])
         ids = torch.full((length,), DNATokenizer.PAD_ID, dtype=torch.int64)
+        mask = torch.zeros(length, dtype=torch.bool)
         if hi > lo:
             name = f"{self.fasta}: {chrom}:{lo}-{hi}"
-            ids[lo - start:hi - start] = self.tokenizer.encode(fasta.fetch(chrom, lo, hi), name=name)
-        return ids
+            text = fasta.fetch(chrom, lo, hi)
+            ids[lo - start:hi - start] = self.tokenizer.encode(text, name=name)
+            if self.soft_mask:
+                mask[lo - start:hi - start] = DNATokenizer.soft_mask(text, name=name)
+        return ids, mask
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         chrom, start = self.windows[index]
-        ids = self.tokens(chrom, start, self.seq_len + 1)
+        ids, mask = self.tokens(chrom, start, self.seq_len + 1)
         if self.rc_prob > 0 and torch.rand(()) < self.rc_prob:
-            ids = DNATokenizer.reverse_complement(ids)
+            ids, mask = DNATokenizer.reverse_complement(ids), mask.flip(0)
         labels = ids[1:].clone()
         labels[(labels == DNATokenizer.N_ID) | (labels == DNATokenizer.PAD_ID)] = IGNORE_INDEX
-        return {"input_ids": ids[:-1], "labels": labels}
+        item = {"input_ids": ids[:-1], "labels": labels}
+        if self.soft_mask:
+            item["soft_mask"] = mask[:-1]
+        return item
