@@ -175,11 +175,12 @@ class SequenceLengthWarmup(L.Callback):
 
 class DNALanguageModel(L.LightningModule):
     """Next-base LM. `arch` "mamba" or "transformer"; `model_size` one of the paper's sizes (models.DNA_MODEL_SIZES)
-    or `config` (a dict of MambaConfig / TransformerConfig fields) for anything else."""
+    or `config` (a dict of MambaConfig / TransformerConfig fields) for anything else; `gradient_checkpointing`
+    recomputes each block in the backward (for the longest contexts)."""
 
     def __init__(self, arch: str = "mamba", model_size: str | None = "1.4M", config: dict | None = None,
                  lr: float = 8e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup: float = 0.1, final_lr_ratio: float = 0.1):
+                 warmup: float = 0.1, final_lr_ratio: float = 0.1, gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters()
         if arch == "mamba":
@@ -194,6 +195,7 @@ class DNALanguageModel(L.LightningModule):
             self.model = TransformerLM(cfg)
         else:
             raise ValueError(f"arch must be 'mamba' or 'transformer', got {arch!r}")
+        (self.model.backbone if arch == "mamba" else self.model).gradient_checkpointing = gradient_checkpointing
         self._eval_sums: dict[str, list[torch.Tensor]] = {}
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

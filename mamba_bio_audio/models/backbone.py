@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import MambaConfig
@@ -46,15 +47,23 @@ class MambaBackbone(nn.Module):
             Block(config.d_model, build_mixer(config, i), config.norm_eps, config.residual_in_fp32)
             for i in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.gradient_checkpointing = False  # training option: recompute each block in the backward
         init_weights(self, config.n_layer)
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 cache: InferenceCache | None = None) -> torch.Tensor:
-        """input_ids (b, L) int64, or inputs_embeds (b, L, d) -> hidden states (b, L, d) after the final norm."""
+        """input_ids (b, L) int64, or inputs_embeds (b, L, d) -> hidden states (b, L, d) after the final norm.
+
+        With `gradient_checkpointing` set (and grad enabled, no cache), each block keeps only its inputs and is run
+        again in the backward: activation memory per block drops to its input, at about one more forward."""
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None
         for layer in self.layers:
-            hidden, residual = layer(hidden, residual, cache=cache)
+            if recompute:
+                hidden, residual = torch.utils.checkpoint.checkpoint(layer, hidden, residual, use_reentrant=False)
+            else:
+                hidden, residual = layer(hidden, residual, cache=cache)
         return add_rmsnorm(hidden, residual, self.norm_f.weight, self.norm_f.eps, self.config.residual_in_fp32)[0]
 
     def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> InferenceCache:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..modules.norm import RMSNorm
@@ -114,6 +115,7 @@ class TransformerLM(nn.Module):
         self.norm_f = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.embedding.weight
+        self.gradient_checkpointing = False  # training option: recompute each block in the backward
         self.apply(self._init_weights)
         for layer in self.layers:  # GPT-2 style: residual projections scaled by 1/sqrt(2·n_layer)
             for weight in (layer.attn.out.weight, layer.mlp.down.weight):
@@ -126,6 +128,7 @@ class TransformerLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embedding(input_ids)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x)
+            x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
         return self.lm_head(self.norm_f(x))[..., : self.config.vocab_size]
