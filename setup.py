@@ -14,4 +14,5 @@ for folder, name in MAPPED_FOLDERS.items():
     package_dir[name] = folder
     packages += [name] + [f"{name}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=package_dir, package_data={"mamba_bio_audio": ["configs/*.yaml"]})
+setup(packages=packages, package_dir=package_dir,
+      package_data={"mamba_bio_audio": ["configs/*.yaml"], "mamba_bio_audio.pipelines": ["configs/*/*.yaml"]})

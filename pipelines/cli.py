@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     pretrain = tasks.add_parser("pretrain", help="next-base pretraining on an indexed FASTA",
                                 description=_pretrain.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pretrain.add_argument("--config", help="YAML file of data, model and trainer settings (LightningCLI format)")
+    pretrain.add_argument("--config", help="YAML file of data, model and trainer settings (LightningCLI format), or "
+                                           "the name of a shipped one (pipelines/configs/dna_pretrain/NAME.yaml)")
     pretrain.add_argument("--fasta", help="genome FASTA (plain or bgzip; indexed when needed)")
     pretrain.add_argument("--bed", help="intervals with a train/valid/test column (else chromosomes are cut 90/5/5)")
     pretrain.add_argument("--seq-len", type=int, help="training length in bases")
@@ -68,7 +69,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     direct = {"data.fasta": args.fasta, "data.bed": args.bed, "data.seq_len": args.seq_len,
               "data.batch_size": args.batch_size, "model.model_size": args.model_size, "model.arch": args.arch,
               "trainer.max_steps": args.max_steps}
-    cli_args = ["--config", args.config] if args.config else []
+    cli_args = ["--config", str(shipped_config("dna_pretrain", args.config))] if args.config else []
     for key, value in direct.items():
         if value is not None:
             cli_args += [f"--{key}", str(value)]
@@ -176,4 +177,18 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def shipped_config(pipeline: str, name: str):
+    """`name` if it is a file, else the shipped configs/PIPELINE/NAME[.yaml]; ValueError listing the shipped ones."""
+    from pathlib import Path
+
+    if Path(name).is_file():
+        return Path(name)
+    folder = Path(__file__).resolve().parent / "configs" / pipeline
+    for candidate in (folder / name, folder / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ValueError(f"--config {name}: no such file and no shipped config of that name (shipped: {shipped})")
 

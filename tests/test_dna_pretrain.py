@@ -153,3 +153,15 @@ def test_paper_configs_parse_and_build(name):
     cli = build_cli(["--config", str(path)], run_dir="/tmp/unused")
     assert cli.datamodule.hparams.fasta.endswith("hg38.ml.fa.gz") and cli.trainer.max_steps > 0
     assert cli.model.hparams.arch in name
+
+
+def test_shipped_configs_are_found_by_name(tmp_path):
+    from mamba_bio_audio.pipelines.cli import shipped_config
+
+    assert shipped_config("dna_pretrain", "hg38_mamba_1.4M_L1024").name == "hg38_mamba_1.4M_L1024.yaml"
+    assert shipped_config("dna_pretrain", "hg38_mamba_6x128_L1048576.yaml").is_file()
+    own = tmp_path / "mine.yaml"
+    own.write_text("data: {}\n")
+    assert shipped_config("dna_pretrain", str(own)) == own
+    with pytest.raises(ValueError, match=r"no shipped config of that name \(shipped: hg38_mamba_0\.26M_L1024, "):
+        shipped_config("dna_pretrain", "hg38_mamba_2M")

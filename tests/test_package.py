@@ -98,6 +98,7 @@ def test_wheel_holds_only_the_mamba_bio_audio_namespace(tmp_path):
     for folder, name in MAPPED.items():
         assert f"{name.replace('.', '/')}/__init__.py" in names
     assert "mamba_bio_audio/cli.py" in names
+    assert "mamba_bio_audio/pipelines/configs/dna_pretrain/hg38_mamba_1.4M_L1024.yaml" in names
     with zipfile.ZipFile(wheel) as archive:
         for top_level in [n for n in names if n.endswith(".dist-info/top_level.txt")]:
             assert archive.read(top_level).decode().split() == ["mamba_bio_audio"]
