@@ -3,7 +3,6 @@
 Every output is written under a temporary name and renamed, FASTA files as bgzip with their .fai/.gzi index."""
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import shutil
 from pathlib import Path
@@ -42,14 +41,10 @@ def package_data(package: str, name: str) -> Path:
 
 def write_bgzip_fasta(source: Path, target: Path) -> list[Path]:
     """Copy a plain or gzip FASTA to `target` as bgzip (reading a gzip source checks its CRC), then index it."""
-    from pysam.libcbgzf import BGZFile
+    from mamba_bio_audio.dna.fasta import ensure_index, write_bgzip
 
-    from mamba_bio_audio.dna.fasta import compression, ensure_index
-
-    opener = gzip.open if compression(source) != "plain" else open
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp, opener(source, "rb") as reader, BGZFile(str(tmp), "wb") as writer:
-        shutil.copyfileobj(reader, writer, 1 << 22)
+    write_bgzip(source, target)
     return [target, *ensure_index(target)]
 
 

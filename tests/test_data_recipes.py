@@ -104,16 +104,20 @@ def test_download_checks_the_digest_and_names_the_url(tmp_path, payload):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_hg38_recipe_end_to_end_on_small_files(tmp_path, capsys):
-    records = random_genome(5, lengths=(3000, 2048))
+def run_hg38_recipe(tmp_path, records, bed):
+    """`mba data hg38` against a local server holding `records` as a gzip FASTA and `bed`; its exit code."""
     write_fasta(tmp_path / "src.fa.gz", records, compress="gzip")
-    bed = b"chr1\t0\t1024\ttrain\nchr1\t1024\t2048\tvalid\nchr2\t0\t1024\ttest\nchr2\t1024\t2048\ttrain\n"
     server = Server({"hg38.ml.fa.gz": (tmp_path / "src.fa.gz").read_bytes(), "sequences_human.bed": bed})
     try:
-        code = main(["data", "hg38", "--dest", str(tmp_path / "hg38"), "--base-url", server.url])
+        return main(["data", "hg38", "--dest", str(tmp_path / "hg38"), "--base-url", server.url])
     finally:
         server.close()
-    assert code == 0
+
+
+def test_hg38_recipe_end_to_end_on_small_files(tmp_path, capsys):
+    records = random_genome(5, lengths=(3000, 2048))
+    bed = b"chr1\t0\t1024\ttrain\nchr1\t1024\t2048\tvalid\nchr2\t0\t1024\ttest\nchr2\t1024\t2048\ttrain\n"
+    assert run_hg38_recipe(tmp_path, records, bed) == 0
     assert "intervals: train 2, valid 1, test 1" in capsys.readouterr().out
     fasta_path = tmp_path / "hg38" / "hg38.ml.fa.gz"
     assert compression(fasta_path) == "bgzf"
@@ -124,14 +128,8 @@ def test_hg38_recipe_end_to_end_on_small_files(tmp_path, capsys):
 
 
 def test_hg38_recipe_rejects_a_bed_that_does_not_fit_the_genome(tmp_path, capsys):
-    write_fasta(tmp_path / "src.fa.gz", random_genome(6, lengths=(500,)), compress="gzip")
-    server = Server({"hg38.ml.fa.gz": (tmp_path / "src.fa.gz").read_bytes(),
-                     "sequences_human.bed": b"chr1\t0\t400\ttrain\nchr2\t0\t10\ttest\n"})
-    try:
-        code = main(["data", "hg38", "--dest", str(tmp_path / "hg38"), "--base-url", server.url])
-    finally:
-        server.close()
-    assert code == 1
+    bed = b"chr1\t0\t400\ttrain\nchr2\t0\t10\ttest\n"
+    assert run_hg38_recipe(tmp_path, random_genome(6, lengths=(500,)), bed) == 1
     assert "sequences_human.bed:2: chromosome 'chr2' is not in the FASTA" in capsys.readouterr().err
 
 

@@ -89,6 +89,23 @@ def _element(X, offs_n, n):
 
 
 @triton.jit
+def _chunk_tiles(tiles_per_chunk, n_tiles):
+    """This program's chunk of L (program axis 2), the number of chunks and its tiles k0 … k1 − 1."""
+    chunk = tl.program_id(2)
+    k0 = chunk * tiles_per_chunk
+    return chunk, tl.num_programs(2), k0, tl.minimum(k0 + tiles_per_chunk, n_tiles)
+
+
+@triton.jit
+def _carry_through_tile(H, E, S_tile, w, A_ptr, d, n, n_state, offs_n):
+    """Carry state n of H [BLOCK_N] through one tile without a scan (the summary passes):
+    H_n ← exp2(A2·S_tile)·H_n + Σ_t exp2(A2·E_t)·w_t, with A2 = A[d, n]·log2 e."""
+    A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
+    inside = tl.sum(tl.exp2(E * A2n) * w, axis=0)
+    return _update(H, offs_n, n, tl.exp2(A2n * S_tile) * _element(H, offs_n, n) + inside)
+
+
+@triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, pre_ptr,
                 hstart_ptr, sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
@@ -98,10 +115,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
     tile-start states (the carry between tiles goes through them; entry n_tiles is the last state), and with
     SAVE_PRE the output before the z gate (for dz in the backward)."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
-    chunk = tl.program_id(2)
-    n_chunks = tl.num_programs(2)
-    k0 = chunk * tiles_per_chunk
-    k1 = tl.minimum(k0 + tiles_per_chunk, n_tiles)
+    chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n_state
@@ -128,10 +142,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
             rest = tl.maximum(S_tile - tl.cumsum(dt, axis=0), 0.0)
             dt_acc += dt
             for n in range(n_state):
-                A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
                 Bn = _load_state_row(B_ptr, row_bc, d, n, n_state, t, L, B_CONST)
-                h_end = tl.sum(tl.exp2(rest * A2n) * dtu * Bn, axis=0)
-                H = _update(H, offs_n, n, tl.exp2(A2n * S_tile) * _element(H, offs_n, n) + h_end)
+                H = _carry_through_tile(H, rest, S_tile, dtu * Bn, A_ptr, d, n, n_state, offs_n)
         else:
             y = tl.zeros([BLOCK_T], tl.float32)
             B_next = _load_state_row(B_ptr, row_bc, d, 0, n_state, t, L, B_CONST)
@@ -178,10 +190,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     row, channel, chunk); dB, dC (variable) accumulated atomically into fp32 buffers; ν at the chunk start in nu
     (the carry between tiles goes through it; chunk 0's is dh0)."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
-    chunk = tl.program_id(2)
-    n_chunks = tl.num_programs(2)
-    k0 = chunk * tiles_per_chunk
-    k1 = tl.minimum(k0 + tiles_per_chunk, n_tiles)
+    chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n_state
@@ -227,10 +236,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
             S_tile = tl.sum(dt, axis=0)
             dt_acc += dt
             for n in range(n_state):
-                A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
                 Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, t, L, C_CONST)
-                nu_start = tl.sum(tl.exp2(S * A2n) * go * Cn, axis=0)
-                NU = _update(NU, offs_n, n, tl.exp2(A2n * S_tile) * _element(NU, offs_n, n) + nu_start)
+                NU = _carry_through_tile(NU, S, S_tile, go * Cn, A_ptr, d, n, n_state, offs_n)
         else:
             _, dt_next = _load_seq(u_ptr, dt_ptr, bias, row, t + 1, L, HAS_BIAS, SOFTPLUS, t0, t1)
             dtu = dt * u

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import os
+import shutil
 from pathlib import Path
 
 from ..io import atomic_path
@@ -72,26 +72,30 @@ def ensure_index(path: str | Path) -> list[Path]:
         # faidx accepts a header without a name and drops a record without sequence: catch both before the index
         # is kept (one pass counting headers; the line-by-line check only when something is off)
         names = [line.split("\t", 1)[0] for line in Path(temporaries[0]).read_text().splitlines()]
-        if "" in names or len(names) != _count_headers(path):
+        headers = _count_headers(path)
+        if "" in names or len(names) != headers:
             validate_fasta(path)
-            raise ValueError(f"{path}: {len(names)} records indexed but the file has {_count_headers(path)} headers")
+            raise ValueError(f"{path}: {len(names)} records indexed but the file has {headers} headers")
     return targets
 
 
 def _count_headers(path: Path, block: int = 1 << 22) -> int:
     """Lines starting with '>' (read in blocks: seconds for a gigabyte)."""
-    opener = gzip.open if compression(path) != "plain" else open
     count, previous = 0, b"\n"
-    with opener(path, "rb") as handle:
+    with open_bytes(path) as handle:
         while chunk := handle.read(block):
             count += chunk.count(b"\n>") + (previous == b"\n" and chunk[:1] == b">")
             previous = chunk[-1:]
     return count
 
 
+def open_bytes(path: str | Path):
+    """A binary reader of a plain, gzip or bgzip file, decompressed."""
+    return (gzip.open if compression(path) != "plain" else open)(path, "rb")
+
+
 def _text_lines(path: Path):
-    opener = gzip.open if compression(path) != "plain" else open
-    with opener(path, "rb") as handle:
+    with open_bytes(path) as handle:
         yield from handle
 
 
@@ -152,13 +156,18 @@ def validate_fasta(path: str | Path) -> dict[str, int]:
 def recompress_and_index(path: str | Path) -> list[Path]:
     """`mba data index`: rewrite a gzip FASTA as bgzip under the same name (same content), then index it; a plain
     or bgzip FASTA is only indexed. Returns the index files."""
-    from pysam.libcbgzf import BGZFile
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such FASTA file")
     if compression(path) == "gzip":
-        with atomic_path(path) as tmp, gzip.open(path, "rb") as source, BGZFile(str(tmp), "wb") as target:
-            while block := source.read(1 << 22):
-                target.write(block)
+        write_bgzip(path, path)
     return ensure_index(path)
+
+
+def write_bgzip(source: str | Path, target: str | Path) -> None:
+    """Copy a plain, gzip or bgzip file to `target` as bgzip, under a temporary name then renamed (`source` may be
+    `target`: it is read to the end before the rename). Reading gzip checks its CRC."""
+    from pysam.libcbgzf import BGZFile
+
+    with atomic_path(target) as tmp, open_bytes(source) as reader, BGZFile(str(tmp), "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 22)
