@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--scan-shape", default="8x256x16x1024",
                         help="batch x dim x N x L of the scan table (default: a 1M-parameter model's layer)")
+    parser.add_argument("--loading", metavar="FASTA",
+                        help="instead: the DNA pretraining data loader's windows/s on this genome, per worker count")
+    parser.add_argument("--workers", default="0,1,2,4", help="worker counts of the --loading table (default 0,1,2,4)")
+    parser.add_argument("--batches", type=int, default=50, help="batches timed per worker count of --loading")
 
 
 def _cuda() -> bool:
@@ -72,7 +76,40 @@ def scan_table(device, shape: list[int], repeats: int) -> None:
         print(f"{name:>8} {fwd * 1e3:>9.1f} {fwd_bwd * 1e3:>11.1f} {batch * dim * length / fwd_bwd / 1e6:>13.1f}")
 
 
+def loading_table(fasta: str, seq_len: int, batch_size: int, workers: list[int], batches: int) -> None:
+    """Training batches of DNAPretrainData (shuffled windows read through pysam, tokenized, labelled) per second with
+    0, 1, 2, … DataLoader workers: time to the first batch (worker start-up, paid every epoch since loaders are
+    rebuilt each epoch) and the steady rate over the next `batches` batches."""
+    from .pipelines.dna_pretrain import DNAPretrainData
+
+    print(f"\nDNA training loader, {fasta}, batch {batch_size} x {seq_len} bases, {batches} batches timed")
+    print(f"{'workers':>8} {'first batch s':>14} {'batches/s':>10} {'Mbases/s':>9} {'speed-up':>9}")
+    base = None
+    for count in workers:
+        data = DNAPretrainData(fasta, seq_len=seq_len, batch_size=batch_size, num_workers=count,
+                               split_fractions=(1.0, 0.0, 0.0))
+        data.setup()
+        loader = iter(data.train_dataloader())
+        start = time.perf_counter()
+        next(loader)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        done = 0
+        for done, _ in enumerate(loader, 1):
+            if done == batches:
+                break
+        rate = done / (time.perf_counter() - start)
+        base = base or rate
+        print(f"{count:>8} {first:>14.2f} {rate:>10.1f} {rate * batch_size * seq_len / 1e6:>9.2f} "
+              f"{rate / base:>8.2f}x")
+        del loader
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.loading:
+        loading_table(args.loading, args.seq_len, args.batch_size, [int(v) for v in args.workers.split(",")],
+                      args.batches)
+        return 0
     import torch
     import torch.nn.functional as F
 

@@ -4,6 +4,7 @@
     mba dna pretrain --fasta GENOME [--bed INTERVALS] --seq-len 1024 --model-size 1.4M --max-steps N
     mba dna evaluate --ckpt CKPT --fasta GENOME [--bed INTERVALS] [--split test | --region CHR:START-END]
     mba dna generate --ckpt CKPT --prompt ACGT... --length N [--out FILE.fa]
+    mba dna context-sweep --fasta GENOME --lengths 1024,4096,16384,65536 --seeds 0,1,2 [--parallel 3]
 
 Configuration goes through LightningCLI: a YAML file (see pipelines/configs/) and/or --data.*, --model.*,
 --trainer.* options after the direct ones; `--print-config` shows the resolved configuration.
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     place.add_argument("--region", help="CHR:START-END (0-based, end exclusive) instead of a split")
     evaluate.add_argument("--seq-len", type=int, help="window length (default: the checkpoint's)")
     evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--scored-len", type=int,
+                          help="score only the last N targets of each window, the windows ending every N bases, the "
+                               "rest of each window being context (compares lengths on the same bases)")
     evaluate.set_defaults(_task=_evaluate)
 
     generate = tasks.add_parser("generate", help="sample DNA from a checkpoint, written as FASTA",
@@ -54,6 +58,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--out", help="FASTA file to write (default: standard output)")
     generate.add_argument("--name", default="generated", help="FASTA record name")
     generate.set_defaults(_task=_generate)
+
+    sweep = tasks.add_parser("context-sweep", help="held-out bits per base against training length, with a plot",
+                             description=_context_sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("--fasta", required=True, help="genome FASTA (plain or bgzip; indexed when needed)")
+    sweep.add_argument("--lengths", type=_int_list, default=[1024, 4096, 16384, 65536],
+                       help="comma-separated training lengths (default 1024,4096,16384,65536)")
+    sweep.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    sweep.add_argument("--tokens-per-step", type=int, default=65536,
+                       help="batch × length of every run (a multiple of every length; default 65536)")
+    sweep.add_argument("--max-steps", type=int, default=400, help="optimizer steps of every run (default 400)")
+    sweep.add_argument("--scored-len", type=int, default=1024,
+                       help="targets scored at the end of each valid/test window (default 1024)")
+    sweep.add_argument("--d-model", type=int, default=128)
+    sweep.add_argument("--n-layer", type=int, default=6)
+    sweep.add_argument("--parallel", type=int, default=1, help="runs at a time (small models can share a GPU)")
+    sweep.add_argument("--out", default="runs/context-sweep", help="folder of the runs, results.csv and the plot")
+    sweep.set_defaults(_task=_context_sweep, _pass_through=True)  # other options go to every run's LightningCLI
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +116,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     model = DNALanguageModel.load_from_checkpoint(args.ckpt, map_location="cpu")
     seq_len = args.seq_len or _checkpoint_seq_len(args.ckpt)
-    data = DNAPretrainData(args.fasta, seq_len=seq_len, batch_size=args.batch_size, bed=args.bed)
+    data = DNAPretrainData(args.fasta, seq_len=seq_len, batch_size=args.batch_size, bed=args.bed,
+                           eval_scored_len=args.scored_len)
     data.setup()
     split = args.split
     if args.region:
@@ -111,7 +133,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                         precision="bf16-mixed" if _cuda() else "32-true")
     result = trainer.test(model, datamodule=data, verbose=False)[0]
     where = args.region or f"the {split} split"
-    print(f"{args.fasta}, {where}, windows of {seq_len}: {result['test/bits_per_base']:.4f} bits/base "
+    scored = f", last {args.scored_len} scored" if args.scored_len else ""
+    print(f"{args.fasta}, {where}, windows of {seq_len}{scored}: {result['test/bits_per_base']:.4f} bits/base "
           f"(perplexity {result['test/perplexity']:.4f})")
     return 0
 
@@ -150,6 +173,38 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(record)
     return 0
+
+
+def _context_sweep(args: argparse.Namespace) -> int:
+    """Train the same Mamba at several context lengths and seeds on one genome for the same tokens, score every run
+    on the same held-out bases (the last --scored-len targets of windows ending at the same places), and write
+    results.csv and context_scaling.png in --out. Runs already finished there are reused. Options this command does
+    not know (--data.split_fractions ..., --trainer.* ...) are passed to every run's `mba dna pretrain`."""
+    from pathlib import Path
+
+    from .dna_context_sweep import summarise, sweep
+
+    try:
+        rows = sweep(args.fasta, args.lengths, args.seeds, args.tokens_per_step, args.max_steps, args.scored_len,
+                     args.d_model, args.n_layer, Path(args.out), args.parallel, args.extra)
+    except RuntimeError as err:
+        print(f"mba dna context-sweep: {err}")
+        return 1
+    print(f"{'length':>9} {'seeds':>5} {'test bits/base':>15} {'s.e.':>7}")
+    for row in summarise(rows):
+        print(f"{row['seq_len']:>9} {row['seeds']:>5} {row['mean']:>15.4f} {row['sem']:>7.4f}")
+    print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'context_scaling.png'}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
 
 
 def _region(text: str) -> tuple[str, int, int]:

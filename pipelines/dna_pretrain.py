@@ -64,14 +64,16 @@ class DNAPretrainData(L.LightningDataModule):
     {"train": [...], "valid": [...], "test": [...]}), or consecutive position fractions of every chromosome
     (`split_fractions`, default 0.9/0.05/0.05). A `SequenceLengthWarmup` callback, when present, sets the training
     length and batch per epoch (the Trainer must reload dataloaders every epoch). `max_eval_windows` caps the
-    valid/test windows (evenly spaced) to keep evaluation short. `soft_mask` adds each batch's lowercase-base mask
+    valid/test windows (evenly spaced) to keep evaluation short. `eval_scored_len` scores only the last
+    eval_scored_len targets of each valid/test window, the windows ending at the same places whatever seq_len is
+    (see `tile`): runs at different lengths are then compared on the same bases. `soft_mask` adds each batch's lowercase-base mask
     (`soft_mask`, bool) for losses or analyses that weigh repeats differently; the LM itself ignores it."""
 
     def __init__(self, fasta: str, seq_len: int = 1024, batch_size: int = 16, bed: str | None = None,
                  split_names: dict[str, list[str]] | None = None,
                  split_fractions: tuple[float, float, float] | None = (0.9, 0.05, 0.05),
                  eval_batch_size: int | None = None, num_workers: int = 0, rc_prob: float = 0.0, seed: int = 0,
-                 max_eval_windows: int | None = None, soft_mask: bool = False):
+                 max_eval_windows: int | None = None, eval_scored_len: int | None = None, soft_mask: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.fasta = fasta
@@ -109,13 +111,15 @@ class DNAPretrainData(L.LightningDataModule):
         return self.seq_len, self.batch_size
 
     def _dataset(self, split: str, seq_len: int, rc_prob: float = 0.0) -> GenomeWindows:
-        windows = tile(self._intervals[split], seq_len)
+        scored_len = None if split == "train" else self.hparams.eval_scored_len
+        windows = tile(self._intervals[split], seq_len, scored_len)
         if not windows:
             raise ValueError(f"{self.fasta}: the {split} split has no sequence")
         if split != "train" and self.hparams.max_eval_windows and len(windows) > self.hparams.max_eval_windows:
             step = len(windows) / self.hparams.max_eval_windows
             windows = [windows[int(i * step)] for i in range(self.hparams.max_eval_windows)]
-        return GenomeWindows(self.fasta, windows, seq_len, rc_prob=rc_prob, soft_mask=self.hparams.soft_mask)
+        return GenomeWindows(self.fasta, windows, seq_len, rc_prob=rc_prob, soft_mask=self.hparams.soft_mask,
+                             scored_len=scored_len)
 
     def _loader(self, dataset, batch_size: int, sampler, train: bool = False) -> torch.utils.data.DataLoader:
         """Training drops the last partial batch (every step has the same tokens); evaluation keeps it."""

@@ -141,6 +141,30 @@ def test_tile_covers_long_intervals_and_anchors_short_ones():
     assert [w for w in windows if w.chrom == "chr2"] == [Window("chr2", 50), Window("chr2", 80 - 64)]
 
 
+def test_scored_windows_score_the_same_bases_at_every_length(tmp_path):
+    records = random_genome(5, lengths=(3000,))
+    path = write_fasta(tmp_path / "g.fa", records)
+    region = [Interval("chr1", 1000, 1700)]
+    scored = {}
+    for seq_len in (32, 256, 1024):  # 1024 reaches back past the chromosome start: padding, never scored
+        windows = tile(region, seq_len, scored_len=32)
+        data = GenomeWindows(path, windows, seq_len=seq_len, scored_len=32)
+        positions, labels = [], []
+        for (chrom, start), item in zip(windows, data):
+            assert (item["labels"][:seq_len - 32] == IGNORE_INDEX).all()
+            positions += range(start + seq_len - 32 + 1, start + seq_len + 1)  # the targets' chromosome positions
+            labels.append(item["labels"][seq_len - 32:])
+        scored[seq_len] = (positions, torch.cat(labels))
+    positions, labels = scored[32]
+    assert positions == list(range(1001, 1001 + 700 // 32 * 32))  # consecutive pieces, each target once
+    want = DNATokenizer().encode(records["chr1"][1001:1001 + len(positions)].upper())
+    want[want == DNATokenizer.N_ID] = IGNORE_INDEX
+    assert torch.equal(labels, want)
+    assert all(scored[n][0] == positions and torch.equal(scored[n][1], labels) for n in (256, 1024))
+    with pytest.raises(ValueError, match="scored_len must be in 1 … seq_len"):
+        tile(region, 16, scored_len=32)
+
+
 def test_split_chromosomes_by_name_and_by_fraction():
     lengths = {"chr1": 1000, "chr2": 500, "chrX": 200}
     by_name = split_chromosomes(lengths, names={"train": ["chr1", "chrX"], "test": ["chr2"]})
@@ -226,3 +250,12 @@ def test_soft_mask_channel_follows_lowercase_and_reverse_complement(tmp_path):
     flipped = GenomeWindows(path, [Window("chr1", 200)], seq_len=50, soft_mask=True, rc_prob=1.0)[0]
     assert torch.equal(flipped["soft_mask"], expected.flip(0)[:-1])
     assert "soft_mask" not in GenomeWindows(path, [Window("chr1", 200)], seq_len=50)[0]
+
+
+def test_mba_bench_loading_times_each_worker_count(tmp_path, capsys):
+    path = write_fasta(tmp_path / "g.fa.gz", random_genome(6, lengths=(20000,)), compress="bgzf")
+    assert main(["bench", "--loading", str(path), "--workers", "0,2", "--batches", "5", "--seq-len", "64",
+                 "--batch-size", "4"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["0", "2"] and rows[0][-1] == "1.00x"
+    assert all(float(row[2]) > 0 for row in rows)

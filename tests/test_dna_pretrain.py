@@ -134,6 +134,9 @@ def test_mba_dna_evaluate_and_generate(genome, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "bits/base" in line]
     assert "the test split, windows of 64" in lines[0] and "chr2:100-900, windows of 64" in lines[1]
     assert all(3.0 < float(line.split(": ")[1].split()[0]) < 4.0 for line in lines)
+    assert main(["dna", "evaluate", "--ckpt", ckpt, "--fasta", str(genome), "--seq-len", "256", "--scored-len",
+                 "64"]) == 0
+    assert "windows of 256, last 64 scored" in capsys.readouterr().out
     assert main(["dna", "evaluate", "--ckpt", ckpt, "--fasta", str(genome), "--region", "chr2:100-9000"]) == 1
     assert "not within" in capsys.readouterr().err
     out = tmp_path / "gen.fa"
@@ -142,6 +145,34 @@ def test_mba_dna_evaluate_and_generate(genome, tmp_path, capsys):
     sequence = "".join(body)
     assert header.startswith(">generated") and len(sequence) == 108 and sequence.startswith("ACGTNACG")
     assert set(sequence[8:]) <= set("ACGT")
+
+
+def test_mba_dna_context_sweep_scores_every_length_on_the_same_bases(genome, tmp_path, capsys):
+    from mamba_bio_audio.cli import main
+    from mamba_bio_audio.pipelines.dna_context_sweep import read_run_metrics
+
+    out = tmp_path / "sweep"
+    args = ["dna", "context-sweep", "--fasta", str(genome), "--lengths", "32,128", "--seeds", "0,1",
+            "--tokens-per-step", "256", "--max-steps", "2", "--scored-len", "32", "--d-model", "16", "--n-layer", "1",
+            "--parallel", "2", "--out", str(out), "--data.split_fractions", "[0.8, 0.1, 0.1]",
+            "--data.max_eval_windows", "4", "--trainer.val_check_interval", "2"]
+    assert main(args) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "seq_len,seed,test_bits_per_base,best_valid_bits_per_base,wall_s" and len(rows) == 5
+    assert (out / "context_scaling.png").read_bytes()[:4] == b"\x89PNG"
+    config = (out / "L128-seed1" / "logs" / "version_0" / "config.yaml").read_text()
+    assert "eval_scored_len: 32" in config and "batch_size: 2" in config and "seed_everything: 1" in config
+    first = read_run_metrics(out / "L128-seed1")
+    assert 3.0 < first["test_bits_per_base"] < 4.0
+    capsys.readouterr()
+    before = (out / "L32-seed0" / "result.json").stat().st_mtime_ns
+    assert main(args) == 0  # finished runs are reused, not repeated
+    assert (out / "L32-seed0" / "result.json").stat().st_mtime_ns == before
+    assert "wrote" in capsys.readouterr().out
+    assert main(args[:-2] + ["--lengths", "16"]) == 1  # shorter than the scored targets
+    assert "at least --scored-len" in capsys.readouterr().err
+    assert main(args + ["--max-steps", "3"]) == 1  # the same folder, other settings: not silently reused
+    assert "holds a finished run with other settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /

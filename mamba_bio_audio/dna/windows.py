@@ -87,14 +87,24 @@ def split_chromosomes(chrom_lengths: dict[str, int], names: dict[str, list[str]]
     return by_split
 
 
-def tile(intervals: list[Interval], seq_len: int) -> list[Window]:
+def tile(intervals: list[Interval], seq_len: int, scored_len: int | None = None) -> list[Window]:
     """Windows of seq_len input bases for a list of intervals.
 
     An interval at least seq_len long is cut into ⌊length / seq_len⌋ consecutive windows from its start (an epoch
     reads every base of it but a tail shorter than one window); a shorter interval gives one window starting at it
-    and one ending at it, both extending along the chromosome (padding where they leave it)."""
+    and one ending at it, both extending along the chromosome (padding where they leave it).
+
+    With `scored_len` (evaluation at a fixed set of targets, see GenomeWindows.scored_len) the interval is cut into
+    ⌊length / scored_len⌋ consecutive pieces instead, and each window ends where its piece ends, its first
+    seq_len − scored_len bases reaching back along the chromosome as context: every seq_len gives windows whose last
+    scored_len positions are the same, so models of different context lengths are scored on the same bases."""
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
+    if scored_len is not None:
+        if not 1 <= scored_len <= seq_len:
+            raise ValueError(f"scored_len must be in 1 … seq_len ({seq_len}), got {scored_len}")
+        return [Window(chrom, s - (seq_len - scored_len))
+                for chrom, start, end in intervals for s in range(start, end - scored_len + 1, scored_len)]
     windows = []
     for chrom, start, end in intervals:
         if end - start >= seq_len:
@@ -112,13 +122,18 @@ class GenomeWindows(torch.utils.data.Dataset):
     usually repeats) bases are read as their uppercase ids; with `soft_mask=True` the item also holds a bool
     `soft_mask` (seq_len,), True at lowercase input bases. With `rc_prob` > 0 the sample is reverse-complemented
     with that probability (torch's RNG: seeded per worker by the DataLoader), its mask flipped with it.
+    With `scored_len` only the last scored_len labels count (the others are −100): the earlier bases are context
+    (windows from `tile(..., scored_len=...)`).
     Each process opens its own FASTA handle on first use, so DataLoader workers do not share one."""
 
     def __init__(self, fasta: str | Path, windows: list[Window], seq_len: int, rc_prob: float = 0.0,
-                 tokenizer: DNATokenizer | None = None, soft_mask: bool = False):
+                 tokenizer: DNATokenizer | None = None, soft_mask: bool = False, scored_len: int | None = None):
+        if scored_len is not None and not 1 <= scored_len <= seq_len:
+            raise ValueError(f"scored_len must be in 1 … seq_len ({seq_len}), got {scored_len}")
         self.fasta = Path(fasta)
         self.windows = windows
         self.seq_len = seq_len
+        self.scored_len = scored_len
         self.rc_prob = rc_prob
         self.tokenizer = tokenizer or DNATokenizer()
         self.soft_mask = soft_mask
@@ -162,6 +177,8 @@ class GenomeWindows(torch.utils.data.Dataset):
             ids, mask = DNATokenizer.reverse_complement(ids), mask.flip(0)
         labels = ids[1:].clone()
         labels[(labels == DNATokenizer.N_ID) | (labels == DNATokenizer.PAD_ID)] = IGNORE_INDEX
+        if self.scored_len is not None:
+            labels[:self.seq_len - self.scored_len] = IGNORE_INDEX
         item = {"input_ids": ids[:-1], "labels": labels}
         if self.soft_mask:
             item["soft_mask"] = mask[:-1]
