@@ -110,7 +110,7 @@ class DNAPretrainData(L.LightningDataModule):
             return self.length_schedule.stage(self.trainer.current_epoch)
         return self.seq_len, self.batch_size
 
-    def _dataset(self, split: str, seq_len: int, rc_prob: float = 0.0) -> GenomeWindows:
+    def _dataset(self, split: str, seq_len: int, rc_prob: float = 0.0, rc_seed: int = 0) -> GenomeWindows:
         scored_len = None if split == "train" else self.hparams.eval_scored_len
         windows = tile(self._intervals[split], seq_len, scored_len)
         if not windows:
@@ -119,7 +119,7 @@ class DNAPretrainData(L.LightningDataModule):
             step = len(windows) / self.hparams.max_eval_windows
             windows = [windows[int(i * step)] for i in range(self.hparams.max_eval_windows)]
         return GenomeWindows(self.fasta, windows, seq_len, rc_prob=rc_prob, soft_mask=self.hparams.soft_mask,
-                             scored_len=scored_len)
+                             scored_len=scored_len, rc_seed=rc_seed)
 
     def _loader(self, dataset, batch_size: int, sampler, train: bool = False) -> torch.utils.data.DataLoader:
         """Training drops the last partial batch (every step has the same tokens); evaluation keeps it."""
@@ -128,7 +128,6 @@ class DNAPretrainData(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         seq_len, batch_size = self.current_shape()
-        dataset = self._dataset("train", seq_len, self.hparams.rc_prob)
         epoch, skip = 0, 0
         if self.trainer is not None:
             epoch = self.trainer.current_epoch
@@ -136,6 +135,7 @@ class DNAPretrainData(L.LightningDataModule):
             if loop.restarting:  # resumed mid-epoch: skip the batches already trained on (a checkpoint taken at the
                 # end of a batch counts it as processed, not yet completed)
                 skip = loop.epoch_loop.batch_progress.current.processed * batch_size
+        dataset = self._dataset("train", seq_len, self.hparams.rc_prob, rc_seed=self.hparams.seed * 100_003 + epoch)
         sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, shuffle=True, skip=skip)
         return self._loader(dataset, batch_size, sampler, train=True)
 

@@ -206,6 +206,17 @@ def test_reverse_complement_augmentation(tmp_path):
     ids, _ = plain.tokens("chr1", 100, 51)
     rc = DNATokenizer.reverse_complement(ids)
     assert torch.equal(flipped[0]["input_ids"], rc[:-1]) and not torch.equal(rc[:-1], plain[0]["input_ids"])
+    windows = [Window("chr1", s) for s in range(0, 900, 50)]
+
+    def flips(rc_seed):
+        half = GenomeWindows(path, windows, seq_len=50, rc_prob=0.5, rc_seed=rc_seed)
+        return [not torch.equal(half[i]["input_ids"], plain.tokens(*windows[i], 50)[0]) for i in range(len(windows))]
+
+    torch.manual_seed(0)
+    first = flips(3)
+    torch.manual_seed(1)
+    assert flips(3) == first and 0 < sum(first) < len(first)  # a function of (rc_seed, index), not of torch's RNG
+    assert flips(4) != first
 
 
 def test_workers_open_their_own_handles_and_agree(tmp_path):

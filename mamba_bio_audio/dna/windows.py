@@ -8,6 +8,7 @@ loss (label −100).
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import NamedTuple
 
@@ -121,20 +122,23 @@ class GenomeWindows(torch.utils.data.Dataset):
     and their successors, labels −100 where the successor is N or off the chromosome. Lowercase (soft-masked,
     usually repeats) bases are read as their uppercase ids; with `soft_mask=True` the item also holds a bool
     `soft_mask` (seq_len,), True at lowercase input bases. With `rc_prob` > 0 the sample is reverse-complemented
-    with that probability (torch's RNG: seeded per worker by the DataLoader), its mask flipped with it.
+    with that probability, its mask flipped with it; whether item i is flipped is a function of (`rc_seed`, i) alone,
+    so it does not depend on worker count or order and a resumed run flips exactly what the interrupted one would
+    have (give each epoch its own rc_seed for fresh draws).
     With `scored_len` only the last scored_len labels count (the others are −100): the earlier bases are context
     (windows from `tile(..., scored_len=...)`).
     Each process opens its own FASTA handle on first use, so DataLoader workers do not share one."""
 
     def __init__(self, fasta: str | Path, windows: list[Window], seq_len: int, rc_prob: float = 0.0,
-                 tokenizer: DNATokenizer | None = None, soft_mask: bool = False, scored_len: int | None = None):
+                 tokenizer: DNATokenizer | None = None, soft_mask: bool = False, scored_len: int | None = None,
+                 rc_seed: int = 0):
         if scored_len is not None and not 1 <= scored_len <= seq_len:
             raise ValueError(f"scored_len must be in 1 … seq_len ({seq_len}), got {scored_len}")
         self.fasta = Path(fasta)
         self.windows = windows
         self.seq_len = seq_len
         self.scored_len = scored_len
-        self.rc_prob = rc_prob
+        self.rc_prob, self.rc_seed = rc_prob, rc_seed
         self.tokenizer = tokenizer or DNATokenizer()
         self.soft_mask = soft_mask
         self._handle, self._handle_pid, self._lengths = None, None, None
@@ -173,7 +177,7 @@ class GenomeWindows(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         chrom, start = self.windows[index]
         ids, mask = self.tokens(chrom, start, self.seq_len + 1)
-        if self.rc_prob > 0 and torch.rand(()) < self.rc_prob:
+        if self.rc_prob > 0 and random.Random(self.rc_seed * 2**40 + index).random() < self.rc_prob:
             ids, mask = DNATokenizer.reverse_complement(ids), mask.flip(0)
         labels = ids[1:].clone()
         labels[(labels == DNATokenizer.N_ID) | (labels == DNATokenizer.PAD_ID)] = IGNORE_INDEX
