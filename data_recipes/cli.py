@@ -6,6 +6,9 @@
                                            FASTA plus its GFF annotation (offline)
     mba data hg38 --dest DIR               the HG38 recipe of HyenaDNA and the Mamba paper: genome (bgzip,
                                            indexed) and sequences_human.bed, resumable download
+    mba data great-apes --dest DIR         the five UCSC great-ape assemblies of the species task (resumable,
+                                           MD5-checked, bgzip, indexed)
+    mba data simulate-apes --dest DIR      an offline stand-in: five genomes evolved along the great-ape tree
 """
 from __future__ import annotations
 
@@ -35,6 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hg38.add_argument("--dest", required=True, help="output folder (an interrupted download resumes there)")
     hg38.add_argument("--base-url", default=HG38_BASE_URL, help="where hg38.ml.fa.gz and sequences_human.bed are")
     hg38.set_defaults(_recipe=_hg38)
+
+    from .apes import UCSC_BASE_URL
+
+    apes = recipes.add_parser("great-apes", help="download hg38, panTro6, panPan3, gorGor6, ponAbe3 from UCSC",
+                              description=_great_apes.__doc__)
+    apes.add_argument("--dest", required=True, help="output folder (an interrupted download resumes there)")
+    apes.add_argument("--base-url", default=UCSC_BASE_URL, help="the goldenPath folder holding ASSEMBLY/bigZips/")
+    apes.set_defaults(_recipe=_great_apes)
+
+    simulate = recipes.add_parser("simulate-apes", help="five simulated great-ape genomes (offline stand-in)",
+                                  description=_simulate_apes.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    simulate.add_argument("--dest", required=True, help="output folder")
+    simulate.add_argument("--source", default="fruitfly", help="PyPI chromosome the ancestor is built from")
+    simulate.add_argument("--scale", type=int, default=8_000,
+                          help="bases per hg38 megabase (default 8000: chr1 ≈ 2 Mb, a genome ≈ 25 Mb)")
+    simulate.add_argument("--te-rate", type=float, default=20.0,
+                          help="transposable-element insertions per Mb per 1%% of branch length (default 20)")
+    simulate.add_argument("--chromosomes", help="comma-separated hg38 names without 'chr' (default: 1-22, X, Y)")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.set_defaults(_recipe=_simulate_apes)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,3 +103,28 @@ def _hg38(args: argparse.Namespace) -> int:
     print("intervals: " + ", ".join(f"{split} {count:,}" for split, count in counts.items()))
     return 0
 
+
+
+def _great_apes(args: argparse.Namespace) -> int:
+    """Download the UCSC goldenPath assemblies of the great-ape species task into DEST as human.fa.gz,
+    chimpanzee.fa.gz, bonobo.fa.gz, gorilla.fa.gz and orangutan.fa.gz (hg38, panTro6, panPan3, gorGor6, ponAbe3):
+    each resumable, checked against the MD5 in the assembly's md5sum.txt, then rewritten as bgzip and indexed."""
+    from .apes import great_apes
+
+    for path in great_apes(args.dest, args.base_url):
+        print(f"wrote {path}")
+    return 0
+
+
+def _simulate_apes(args: argparse.Namespace) -> int:
+    """Write DEST/{human,chimpanzee,bonobo,gorilla,orangutan}.fa.gz (bgzip, indexed) and DEST/simulation.json:
+    genomes evolved from a common ancestor (built from a real chromosome) along the great-ape tree with realistic
+    divergences, lineage-specific substitution spectra, small indels and lineage-specific transposable-element
+    insertions. The model is described in mamba_bio_audio/data_recipes/apes.py."""
+    from .apes import simulate_apes
+
+    chromosomes = [c.strip() for c in args.chromosomes.split(",")] if args.chromosomes else None
+    for path in simulate_apes(args.dest, source=args.source, scale=args.scale, te_rate=args.te_rate,
+                              chromosomes=chromosomes, seed=args.seed):
+        print(f"wrote {path}")
+    return 0

@@ -8,13 +8,14 @@ import urllib.request
 from pathlib import Path
 
 
-def download(url: str, dest: str | Path, *, sha256: str | None = None, progress: bool = True,
+def download(url: str, dest: str | Path, *, checksum: tuple[str, str] | None = None, progress: bool = True,
              timeout: float = 60.0, block: int = 1 << 20) -> Path:
     """Download `url` to `dest` and return `dest`; an existing `dest` is kept as it is.
 
     Bytes go to DEST.part. A .part left by an interrupted run is resumed with an HTTP Range request (a server that
     ignores Range sends the whole file, which then replaces the .part). The finished .part must have the size the
-    server announced (Content-Length / Content-Range) and, when `sha256` is given, that digest; only then is it
+    server announced (Content-Length / Content-Range) and, when `checksum` = (algorithm, hex digest) is given, e.g.
+    ("sha256", ...) or ("md5", ...), that digest; only then is it
     renamed to `dest`, so `dest` never holds a partial file. Errors name the URL and what differed."""
     from tqdm import tqdm
 
@@ -30,7 +31,7 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # the .part is already complete (or longer than the file): start over
             part.unlink()
-            return download(url, dest, sha256=sha256, progress=progress, timeout=timeout, block=block)
+            return download(url, dest, checksum=checksum, progress=progress, timeout=timeout, block=block)
         raise OSError(f"{url}: HTTP {error.code} {error.reason}") from None
     except urllib.error.URLError as error:
         raise OSError(f"{url}: {error.reason}") from None
@@ -48,14 +49,15 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, progress:
     size = part.stat().st_size
     if total is not None and size != total:
         raise OSError(f"{url}: got {size:,} of {total:,} bytes; run again to resume from {part}")
-    if sha256 is not None:
-        digest = hashlib.sha256()
+    if checksum is not None:
+        algorithm, expected = checksum
+        digest = hashlib.new(algorithm)
         with open(part, "rb") as handle:
             while chunk := handle.read(block):
                 digest.update(chunk)
-        if digest.hexdigest() != sha256.lower():
+        if digest.hexdigest() != expected.lower():
             part.unlink()
-            raise ValueError(f"{url}: SHA-256 {digest.hexdigest()} does not match the expected {sha256}; "
+            raise ValueError(f"{url}: {algorithm} {digest.hexdigest()} does not match the expected {expected}; "
                              f"the download was removed")
     os.replace(part, dest)
     return dest

@@ -71,7 +71,7 @@ def test_download_resumes_a_partial_file(tmp_path, payload, ranges):
     try:
         (tmp_path / "f.bin.part").write_bytes(payload[:300_000])
         path = download(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False,
-                        sha256=hashlib.sha256(payload).hexdigest())
+                        checksum=("sha256", hashlib.sha256(payload).hexdigest()))
     finally:
         server.close()
     assert path.read_bytes() == payload and not (tmp_path / "f.bin.part").exists()
@@ -95,8 +95,8 @@ def test_interrupted_download_keeps_the_part_and_never_the_final_name(tmp_path, 
 def test_download_checks_the_digest_and_names_the_url(tmp_path, payload):
     server = Server({"f.bin": payload})
     try:
-        with pytest.raises(ValueError, match=r"f\.bin: SHA-256 .* does not match"):
-            download(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False, sha256="0" * 64)
+        with pytest.raises(ValueError, match=r"f\.bin: sha256 .* does not match"):
+            download(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False, checksum=("sha256", "0" * 64))
         with pytest.raises(OSError, match=r"missing\.bin: HTTP 404"):
             download(f"{server.url}/missing.bin", tmp_path / "m.bin", progress=False)
     finally:
