@@ -6,25 +6,24 @@
     DNALanguageModel       LightningModule: a Mamba or Transformer++ LM; AdamW (β 0.9/0.95, no weight decay on A_log,
                            D, norms, biases), linear warm-up then cosine decay per step; loss, perplexity and bits per
                            base (N and padding ignored).
-    SequenceLengthWarmup   Callback: the training length starts at 2^10 and doubles every k epochs up to the target,
-                           the batch shrinking so that tokens per step stay constant.
-    AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
+    build_cli              the pipeline's LightningCLI (`mba dna pretrain`).
+
+The length warm-up, atomic checkpoints, the resumable sampler and the optimizer are shared (pipelines/common.py).
 """
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mamba_bio_audio import MambaLMHeadModel
 from mamba_bio_audio.dna.windows import IGNORE_INDEX, GenomeWindows, read_bed, split_chromosomes, tile
-from mamba_bio_audio.io import atomic_path
 from mamba_bio_audio.models import TransformerLM, dna_mamba_config, dna_transformer_config
-from mamba_bio_audio.optim import parameter_groups, warmup_cosine
+
+from .common import (  # noqa: F401  (AtomicCheckpointIO, SequenceLengthWarmup: part of this pipeline's API)
+    AtomicCheckpointIO, EpochSampler, LengthScheduledData, SequenceLengthWarmup, adamw_cosine)
+from .common import build_cli as _build_cli
 
 LN2 = math.log(2.0)
 
@@ -38,26 +37,7 @@ def next_base_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return total, (labels != IGNORE_INDEX).sum()
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Indices 0 … n−1 in an order fixed by (seed, epoch) (or in order without shuffling), starting after the first
-    `skip` of them: a resumed epoch continues where the interrupted one stopped."""
-
-    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool, skip: int = 0):
-        self.n, self.seed, self.epoch, self.shuffle, self.skip = n, seed, epoch, shuffle, skip
-
-    def _order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-
-    def __iter__(self):
-        return iter(self._order()[self.skip:].tolist())
-
-    def __len__(self) -> int:
-        return max(0, self.n - self.skip)
-
-
-class DNAPretrainData(L.LightningDataModule):
+class DNAPretrainData(LengthScheduledData):
     """Windows of `seq_len` bases from `fasta` for train/valid/test.
 
     Splits: a BED file with a split column (`bed`), or chromosomes listed per split (`split_names`, e.g.
@@ -78,7 +58,6 @@ class DNAPretrainData(L.LightningDataModule):
         self.save_hyperparameters()
         self.fasta = fasta
         self.seq_len, self.batch_size = seq_len, batch_size
-        self.length_schedule: SequenceLengthWarmup | None = None
         self._intervals = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -104,12 +83,6 @@ class DNAPretrainData(L.LightningDataModule):
         """Replace the intervals of the given splits (e.g. evaluate on one region as the test split)."""
         self._intervals = {**self._intervals, **intervals}
 
-    def current_shape(self) -> tuple[int, int]:
-        """(seq_len, batch_size) of training at the trainer's current epoch."""
-        if self.length_schedule is not None and self.trainer is not None:
-            return self.length_schedule.stage(self.trainer.current_epoch)
-        return self.seq_len, self.batch_size
-
     def _dataset(self, split: str, seq_len: int, rc_prob: float = 0.0, rc_seed: int = 0) -> GenomeWindows:
         scored_len = None if split == "train" else self.hparams.eval_scored_len
         windows = tile(self._intervals[split], seq_len, scored_len)
@@ -128,13 +101,7 @@ class DNAPretrainData(L.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         seq_len, batch_size = self.current_shape()
-        epoch, skip = 0, 0
-        if self.trainer is not None:
-            epoch = self.trainer.current_epoch
-            loop = self.trainer.fit_loop
-            if loop.restarting:  # resumed mid-epoch: skip the batches already trained on (a checkpoint taken at the
-                # end of a batch counts it as processed, not yet completed)
-                skip = loop.epoch_loop.batch_progress.current.processed * batch_size
+        epoch, skip = self.epoch_and_skip(batch_size)
         dataset = self._dataset("train", seq_len, self.hparams.rc_prob, rc_seed=self.hparams.seed * 100_003 + epoch)
         sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, shuffle=True, skip=skip)
         return self._loader(dataset, batch_size, sampler, train=True)
@@ -148,33 +115,6 @@ class DNAPretrainData(L.LightningDataModule):
         dataset = self._dataset("test", self.seq_len)
         return self._loader(dataset, self.hparams.eval_batch_size or self.batch_size,
                             EpochSampler(len(dataset), 0, 0, shuffle=False))
-
-
-class SequenceLengthWarmup(L.Callback):
-    """Training length start_len·2^⌊epoch / epochs_per_stage⌋, capped at the data module's seq_len; the batch is
-    batch_size·seq_len / length (at least 1), so tokens per step stay constant. Logs `seq_len` every epoch."""
-
-    def __init__(self, start_len: int = 1024, epochs_per_stage: int = 2):
-        if start_len < 1 or epochs_per_stage < 1:
-            raise ValueError("start_len and epochs_per_stage must be positive")
-        self.start_len, self.epochs_per_stage = start_len, epochs_per_stage
-        self.target_len = self.target_batch = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        data = trainer.datamodule
-        if not isinstance(data, DNAPretrainData):
-            raise TypeError("SequenceLengthWarmup needs a DNAPretrainData data module")
-        if stage == "fit" and trainer.reload_dataloaders_every_n_epochs != 1:
-            raise ValueError("SequenceLengthWarmup needs Trainer(reload_dataloaders_every_n_epochs=1)")
-        self.target_len, self.target_batch = data.seq_len, data.batch_size
-        data.length_schedule = self
-
-    def stage(self, epoch: int) -> tuple[int, int]:
-        length = min(self.target_len, self.start_len * 2 ** (epoch // self.epochs_per_stage))
-        return length, max(1, self.target_batch * self.target_len // length)
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.log("seq_len", float(self.stage(trainer.current_epoch)[0]), on_epoch=True, on_step=False)
 
 
 class DNALanguageModel(L.LightningModule):
@@ -238,56 +178,12 @@ class DNALanguageModel(L.LightningModule):
         self._eval_end("test")
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(parameter_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(min(step / total, 1.0), hp.warmup, hp.final_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints (local paths) written to a temporary name and renamed: a crash never leaves a truncated
-    checkpoint under the final name."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+        return adamw_cosine(self, self.model)
 
 
 def build_cli(args: list[str], run_dir: str = "runs/dna"):
-    """LightningCLI over DNALanguageModel and DNAPretrainData with the pipeline's defaults, not run: the caller fits
-    and tests (`mba dna pretrain`).
+    """LightningCLI over DNALanguageModel and DNAPretrainData with the toolkit's defaults (common.build_cli), best
+    checkpoint by validation bits per base, not run: the caller fits and tests (`mba dna pretrain`)."""
+    return _build_cli(DNALanguageModel, DNAPretrainData, args, run_dir, monitor="valid/bits_per_base", mode="min")
 
-    Defaults (each can be overridden by --trainer.*, --checkpoint.*, --length_warmup.* or the YAML, and all are
-    saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping 1.0; last and best
-    (valid bits per base) checkpoints in RUN/checkpoints, written atomically; CSV and TensorBoard logs in RUN; the
-    length warm-up (a no-op when seq_len ≤ 1024); dataloaders rebuilt every epoch."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
 
-    class DNAPretrainCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")
-            parser.set_defaults({
-                "checkpoint.dirpath": os.path.join(run_dir, "checkpoints"), "checkpoint.monitor": "valid/bits_per_base",
-                "checkpoint.mode": "min", "checkpoint.save_last": True, "checkpoint.filename": "best-{step}",
-                "trainer.default_root_dir": run_dir,
-                "trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
-                "trainer.gradient_clip_val": 1.0,
-                "trainer.reload_dataloaders_every_n_epochs": 1,
-                "trainer.plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}],
-                "trainer.logger": [
-                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": run_dir,
-                                                                                         "name": "logs"}},
-                    {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                     "init_args": {"save_dir": run_dir, "name": "tensorboard"}}],
-            })
-
-    return DNAPretrainCLI(DNALanguageModel, DNAPretrainData, run=False, args=args, seed_everything_default=0,
-                          save_config_kwargs={"overwrite": True})

@@ -1,0 +1,157 @@
+"""Pieces every Lightning pipeline of the toolkit shares.
+
+    EpochSampler           indices in an order fixed by (seed, epoch), skipping those a resumed epoch already used.
+    LengthScheduledData    LightningDataModule base: training (length, batch) per epoch from a length schedule, and
+                           the number of samples to skip when a run resumes mid-epoch.
+    SequenceLengthWarmup   Callback: the training length doubles every k epochs up to the target, the batch
+                           shrinking so that tokens per step stay constant.
+    AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
+    adamw_cosine           AdamW (no weight decay on A_log, D, norms, biases) with linear warm-up then cosine decay.
+    build_cli              a LightningCLI with the toolkit's defaults (checkpoints, logs, precision, warm-up).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mamba_bio_audio.io import atomic_path
+from mamba_bio_audio.optim import parameter_groups, warmup_cosine
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices 0 … n−1 in an order fixed by (seed, epoch) (or in order without shuffling), starting after the first
+    `skip` of them: a resumed epoch continues where the interrupted one stopped."""
+
+    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool, skip: int = 0):
+        self.n, self.seed, self.epoch, self.shuffle, self.skip = n, seed, epoch, shuffle, skip
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+
+    def __iter__(self):
+        return iter(self._order()[self.skip:].tolist())
+
+    def __len__(self) -> int:
+        return max(0, self.n - self.skip)
+
+
+class LengthScheduledData(L.LightningDataModule):
+    """Base of data modules whose training length can follow a `SequenceLengthWarmup` (set as `length_schedule`;
+    the Trainer must then rebuild dataloaders every epoch). Subclasses set `seq_len` and `batch_size`."""
+
+    seq_len: int
+    batch_size: int
+    length_schedule: "SequenceLengthWarmup | None" = None
+
+    def current_shape(self) -> tuple[int, int]:
+        """(seq_len, batch_size) of training at the trainer's current epoch."""
+        if self.length_schedule is not None and self.trainer is not None:
+            return self.length_schedule.stage(self.trainer.current_epoch)
+        return self.seq_len, self.batch_size
+
+    def epoch_and_skip(self, batch_size: int) -> tuple[int, int]:
+        """The current epoch and, for a run resumed mid-epoch, how many samples of it were already trained on (a
+        checkpoint taken at the end of a batch counts it as processed)."""
+        if self.trainer is None:
+            return 0, 0
+        loop = self.trainer.fit_loop
+        skip = loop.epoch_loop.batch_progress.current.processed * batch_size if loop.restarting else 0
+        return self.trainer.current_epoch, skip
+
+
+class SequenceLengthWarmup(L.Callback):
+    """Training length start_len·2^⌊epoch / epochs_per_stage⌋, capped at the data module's seq_len; the batch is
+    batch_size·seq_len / length (at least 1), so tokens per step stay constant. Logs `seq_len` every epoch."""
+
+    def __init__(self, start_len: int = 1024, epochs_per_stage: int = 2):
+        if start_len < 1 or epochs_per_stage < 1:
+            raise ValueError("start_len and epochs_per_stage must be positive")
+        self.start_len, self.epochs_per_stage = start_len, epochs_per_stage
+        self.target_len = self.target_batch = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        data = trainer.datamodule
+        if not isinstance(data, LengthScheduledData):
+            raise TypeError("SequenceLengthWarmup needs a LengthScheduledData data module")
+        if stage == "fit" and trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError("SequenceLengthWarmup needs Trainer(reload_dataloaders_every_n_epochs=1)")
+        self.target_len, self.target_batch = data.seq_len, data.batch_size
+        data.length_schedule = self
+
+    def stage(self, epoch: int) -> tuple[int, int]:
+        length = min(self.target_len, self.start_len * 2 ** (epoch // self.epochs_per_stage))
+        return length, max(1, self.target_batch * self.target_len // length)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("seq_len", float(self.stage(trainer.current_epoch)[0]), on_epoch=True, on_step=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints (local paths) written to a temporary name and renamed: a crash never leaves a truncated
+    checkpoint under the final name."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def adamw_cosine(module: L.LightningModule, model: torch.nn.Module) -> dict:
+    """configure_optimizers for a module with hparams lr, weight_decay, betas, warmup, final_lr_ratio: AdamW over
+    `model` (no weight decay on A_log, D, norms and biases), linear warm-up over `warmup` of the steps, cosine decay
+    to final_lr_ratio·lr, stepped every optimizer step."""
+    hp = module.hparams
+    optimizer = torch.optim.AdamW(parameter_groups(model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(min(step / total, 1.0), hp.warmup, hp.final_lr_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: str, mode: str,
+              links: tuple[tuple[str, str], ...] = (), warmup_defaults: dict | None = None):
+    """LightningCLI over `model_class` and `data_class` with the toolkit's defaults, not run: the caller fits and
+    tests.
+
+    Defaults (each can be overridden by --trainer.*, --checkpoint.*, --length_warmup.* or the YAML, and all are
+    saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping 1.0; last and best
+    (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically; CSV and TensorBoard logs in RUN; the
+    length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders rebuilt
+    every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
+    the model's init argument `target` at instantiation (e.g. the number of classes)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
+
+    class ToolkitCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")
+            for source, target in links:
+                parser.link_arguments(source, target, apply_on="instantiate")
+            parser.set_defaults({
+                "checkpoint.dirpath": os.path.join(run_dir, "checkpoints"), "checkpoint.monitor": monitor,
+                "checkpoint.mode": mode, "checkpoint.save_last": True, "checkpoint.filename": "best-{step}",
+                "trainer.default_root_dir": run_dir,
+                "trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+                "trainer.gradient_clip_val": 1.0,
+                "trainer.reload_dataloaders_every_n_epochs": 1,
+                "trainer.plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}],
+                "trainer.logger": [
+                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": run_dir,
+                                                                                         "name": "logs"}},
+                    {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                     "init_args": {"save_dir": run_dir, "name": "tensorboard"}}],
+                **{f"length_warmup.{k}": v for k, v in (warmup_defaults or {}).items()},
+            })
+
+    return ToolkitCLI(model_class, data_class, run=False, args=args, seed_everything_default=0,
+                      save_config_kwargs={"overwrite": True})
