@@ -5,6 +5,7 @@
     mba dna evaluate --ckpt CKPT --fasta GENOME [--bed INTERVALS] [--split test | --region CHR:START-END]
     mba dna generate --ckpt CKPT --prompt ACGT... --length N [--out FILE.fa]
     mba dna context-sweep --fasta GENOME --lengths 1024,4096,16384,65536 --seeds 0,1,2 [--parallel 3]
+    mba dna species --data-dir GENOMES --seq-len 16384 --model-size 1.4M [--bidirectional] --max-steps N
 
 Configuration goes through LightningCLI: a YAML file (see pipelines/configs/) and/or --data.*, --model.*,
 --trainer.* options after the direct ones; `--print-config` shows the resolved configuration.
@@ -59,6 +60,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--name", default="generated", help="FASTA record name")
     generate.set_defaults(_task=_generate)
 
+    species = tasks.add_parser("species", help="classify DNA windows by species (the great-ape task)",
+                               description=_species.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    species.add_argument("--config", help="YAML file (LightningCLI format) or the name of a shipped one "
+                                          "(pipelines/configs/dna_species/NAME.yaml)")
+    species.add_argument("--data-dir", help="genomes: DIR/<species>.fa[.gz] or DIR/<species>/<chrom>.fa[.gz]")
+    species.add_argument("--seq-len", type=int, help="window length in bases")
+    species.add_argument("--batch-size", type=int)
+    species.add_argument("--model-size", help="a paper size: 0.26M 0.68M 1.4M 3.5M 7M 19M 40M")
+    species.add_argument("--bidirectional", action="store_true", help="BiMamba blocks, mean pooling")
+    species.add_argument("--max-steps", type=int)
+    species.add_argument("--out", help="run folder (default runs/species)")
+    species.add_argument("--resume", help="checkpoint to resume from")
+    species.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
+    species.set_defaults(_task=_species, _pass_through=True)
+
     sweep = tasks.add_parser("context-sweep", help="held-out bits per base against training length, with a plot",
                              description=_context_sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("--fasta", required=True, help="genome FASTA (plain or bgzip; indexed when needed)")
@@ -81,6 +97,43 @@ def run(args: argparse.Namespace) -> int:
     return args._task(args)
 
 
+def _lightning_args(pipeline: str, args: argparse.Namespace, direct: dict) -> list[str]:
+    """LightningCLI arguments: the config file (a path or a shipped name), the direct options that were given, the
+    passed-through ones, and --print_config."""
+    cli_args = ["--config", str(shipped_config(pipeline, args.config))] if args.config else []
+    for key, value in direct.items():
+        if value is not None:
+            cli_args += [f"--{key}", str(value)]
+    cli_args += args.extra
+    if args.print_config:
+        cli_args.append("--print_config")
+    return cli_args
+
+
+def _fit_then_test(cli, resume: str | None) -> dict:
+    """Fit (resuming from `resume`), then test the best checkpoint (the last weights if there is none)."""
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    checkpoint = cli.trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    return cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)[0]
+
+
+def _species(args: argparse.Namespace) -> int:
+    """Train a species classifier on windows of several genomes (default split: HyenaDNA's chromosomes; length
+    warm-up from 2^14, one epoch per doubling), keeping the last and the best (validation accuracy) checkpoints and
+    CSV + TensorBoard logs in the run folder, then report test accuracy per species with the best checkpoint and
+    write RUN/confusion_test.csv and .png. Other options go to LightningCLI (--data.*, --model.*, --trainer.*)."""
+    from .dna_species import accuracy_table, build_cli
+
+    direct = {"data.data_dir": args.data_dir, "data.seq_len": args.seq_len, "data.batch_size": args.batch_size,
+              "model.model_size": args.model_size, "model.bidirectional": "true" if args.bidirectional else None,
+              "trainer.max_steps": args.max_steps}
+    cli = build_cli(_lightning_args("dna_species", args, direct), run_dir=args.out or "runs/species")
+    metrics = _fit_then_test(cli, args.resume)
+    print(accuracy_table(metrics, cli.datamodule.class_names))
+    return 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     """Train a Mamba (or Transformer++) LM by next-base prediction, keeping the last and the best checkpoint (by
     validation bits per base, written atomically) and CSV + TensorBoard logs in the run folder, then report test
@@ -90,18 +143,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     direct = {"data.fasta": args.fasta, "data.bed": args.bed, "data.seq_len": args.seq_len,
               "data.batch_size": args.batch_size, "model.model_size": args.model_size, "model.arch": args.arch,
               "trainer.max_steps": args.max_steps}
-    cli_args = ["--config", str(shipped_config("dna_pretrain", args.config))] if args.config else []
-    for key, value in direct.items():
-        if value is not None:
-            cli_args += [f"--{key}", str(value)]
-    cli_args += args.extra
-    if args.print_config:
-        cli_args.append("--print_config")
-    cli = build_cli(cli_args, run_dir=args.out or "runs/dna")
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=args.resume)
-    checkpoint = cli.trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)
+    cli = build_cli(_lightning_args("dna_pretrain", args, direct), run_dir=args.out or "runs/dna")
+    _fit_then_test(cli, args.resume)
     return 0
 
 

@@ -24,7 +24,11 @@ from mamba_bio_audio.optim import parameter_groups, warmup_cosine
 
 class EpochSampler(torch.utils.data.Sampler):
     """Indices 0 … n−1 in an order fixed by (seed, epoch) (or in order without shuffling), starting after the first
-    `skip` of them: a resumed epoch continues where the interrupted one stopped."""
+    `skip` of them: a resumed epoch continues where the interrupted one stopped.
+
+    The length stays n (the whole epoch) when skipping: Lightning restores its count of the epoch's batches from the
+    checkpoint and ends the epoch when that count reaches the loader's length, which is then exactly where the
+    iterator runs out."""
 
     def __init__(self, n: int, seed: int, epoch: int, shuffle: bool, skip: int = 0):
         self.n, self.seed, self.epoch, self.shuffle, self.skip = n, seed, epoch, shuffle, skip
@@ -38,7 +42,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(self._order()[self.skip:].tolist())
 
     def __len__(self) -> int:
-        return max(0, self.n - self.skip)
+        return self.n
 
 
 class LengthScheduledData(L.LightningDataModule):
@@ -66,13 +70,14 @@ class LengthScheduledData(L.LightningDataModule):
 
 
 class SequenceLengthWarmup(L.Callback):
-    """Training length start_len·2^⌊epoch / epochs_per_stage⌋, capped at the data module's seq_len; the batch is
-    batch_size·seq_len / length (at least 1), so tokens per step stay constant. Logs `seq_len` every epoch."""
+    """Training length start_len·2^⌊epoch / epochs_per_stage⌋, capped at the data module's seq_len; with
+    `keep_tokens` the batch is batch_size·seq_len / length (at least 1), so tokens per step stay constant, else the
+    batch stays batch_size (samples per step constant). Logs `seq_len` every epoch."""
 
-    def __init__(self, start_len: int = 1024, epochs_per_stage: int = 2):
+    def __init__(self, start_len: int = 1024, epochs_per_stage: int = 2, keep_tokens: bool = True):
         if start_len < 1 or epochs_per_stage < 1:
             raise ValueError("start_len and epochs_per_stage must be positive")
-        self.start_len, self.epochs_per_stage = start_len, epochs_per_stage
+        self.start_len, self.epochs_per_stage, self.keep_tokens = start_len, epochs_per_stage, keep_tokens
         self.target_len = self.target_batch = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -86,6 +91,8 @@ class SequenceLengthWarmup(L.Callback):
 
     def stage(self, epoch: int) -> tuple[int, int]:
         length = min(self.target_len, self.start_len * 2 ** (epoch // self.epochs_per_stage))
+        if not self.keep_tokens:
+            return length, self.target_batch
         return length, max(1, self.target_batch * self.target_len // length)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,0 +1,312 @@
+"""Great-ape species classification (issue 5; the Mamba paper's Table 13 task), on Lightning.
+
+    find_species           a folder of genomes → species → [(FASTA, record, length)]: DIR/<species>.fa[.gz] or
+                           DIR/<species>/<chromosome>.fa[.gz].
+    SpeciesWindows         Dataset: sample i draws a species (uniform), a chromosome of it (uniform or by length),
+                           a uniform window, redrawing mostly-N windows; a function of (seed, split, epoch, i).
+    SpeciesData            LightningDataModule: chromosomes split by name (default the HyenaDNA split), windows per
+                           epoch, the length warm-up (`LengthScheduledData`), exact mid-epoch resume.
+    SpeciesClassifier      LightningModule: Mamba backbone (causal with last-position readout, as in the paper, or
+                           bidirectional with mean pooling), linear head; accuracy, per-class accuracy and the
+                           confusion matrix (CSV and plot) on valid and test (scikit-learn).
+    build_cli              the pipeline's LightningCLI (`mba dna species`).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from mamba_bio_audio.dna import DNATokenizer
+from mamba_bio_audio.dna.windows import GenomeWindows
+from mamba_bio_audio.io import atomic_path
+from mamba_bio_audio.models import MambaForSequenceClassification, dna_mamba_config
+
+from .common import EpochSampler, LengthScheduledData, adamw_cosine
+from .common import build_cli as _build_cli
+
+# HyenaDNA's species split (by hg38 chromosome name; the apes' 2A and 2B count as 2)
+HYENADNA_SPLIT = {"train": ["2", "4", "6", "8", *map(str, range(14, 23)), "X", "Y"],
+                  "valid": ["1", "3", "12", "13"], "test": ["5", "7", "9", "10", "11"]}
+FASTA_SUFFIXES = (".fa", ".fa.gz", ".fasta", ".fasta.gz", ".fna", ".fna.gz")
+SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
+
+
+def chromosome_key(name: str) -> str:
+    """The split key of a record name: without a leading 'chr', upper-case, 2A/2B → 2 ("chr2A" → "2")."""
+    key = name[3:] if name.lower().startswith("chr") else name
+    key = key.upper()
+    return "2" if key in ("2A", "2B") else key
+
+
+def _fasta_stem(path: Path) -> str | None:
+    for suffix in FASTA_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[:-len(suffix)]
+    return None
+
+
+def find_species(root: str | Path) -> dict[str, list[tuple[Path, str, int]]]:
+    """species → [(FASTA path, record name, length)] for DIR/<species>.fa[.gz] (one FASTA per species) or
+    DIR/<species>/<chromosome>.fa[.gz] (one folder per species); species sorted by name. FASTA files are indexed
+    when needed (plain gzip gets the `mba data index` hint)."""
+    from mamba_bio_audio.dna.fasta import open_fasta
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of genomes")
+    files: dict[str, list[Path]] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir():
+            inside = sorted(p for p in entry.iterdir() if _fasta_stem(p))
+            if inside:
+                files[entry.name] = inside
+        elif _fasta_stem(entry):
+            files.setdefault(_fasta_stem(entry), []).append(entry)
+    if len(files) < 2:
+        raise ValueError(f"{root}: needs a FASTA (<species>.fa[.gz]) or a folder (<species>/*.fa[.gz]) for at least "
+                         f"two species, found {sorted(files) or 'none'}")
+    species = {}
+    for name, paths in files.items():
+        species[name] = []
+        for path in paths:
+            handle = open_fasta(path)
+            species[name] += [(path, ref, length) for ref, length in zip(handle.references, handle.lengths)]
+    return species
+
+
+class SpeciesWindows(torch.utils.data.Dataset):
+    """`n_samples` windows of `seq_len` bases; item i is {"input_ids": (seq_len,) int64, "labels": () int64}.
+
+    `chromosomes[c]` lists class c's (FASTA, record, length) entries, all at least seq_len long. Item i draws, from
+    a generator seeded by (seed, split, epoch, i), a class uniformly, one of its chromosomes (uniformly, or with
+    probability ∝ length when `by_length`) and a uniform start; a window with more than `max_n` N bases is redrawn
+    (up to 100 times). With `rc_prob` the window is reverse-complemented with that probability."""
+
+    def __init__(self, chromosomes: list[list[tuple[Path, str, int]]], seq_len: int, n_samples: int, seed: int,
+                 split: str, epoch: int = 0, by_length: bool = False, max_n: float = 0.5, rc_prob: float = 0.0):
+        self.chromosomes, self.seq_len, self.n_samples = chromosomes, seq_len, n_samples
+        self.key = [seed, SPLIT_CODES[split], epoch]
+        self.by_length, self.max_n, self.rc_prob = by_length, max_n, rc_prob
+        self.readers = {path: GenomeWindows(path, [], seq_len) for entries in chromosomes for path, _, _ in entries}
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def draw(self, index: int) -> tuple[int, tuple[Path, str, int], int, np.random.Generator]:
+        """(class, chromosome entry, start, the item's generator) of item `index`: the window before the N check."""
+        rng = np.random.default_rng([*self.key, index])
+        label = int(rng.integers(len(self.chromosomes)))
+        entries = self.chromosomes[label]
+        weights = np.array([e[2] for e in entries], dtype=float) if self.by_length else None
+        entry = entries[int(rng.choice(len(entries), p=None if weights is None else weights / weights.sum()))]
+        return label, entry, int(rng.integers(0, entry[2] - self.seq_len + 1)), rng
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        label, (path, record, _), start, rng = self.draw(index)
+        for _ in range(100):
+            ids, _ = self.readers[path].tokens(record, start, self.seq_len)
+            if (ids == DNATokenizer.N_ID).float().mean() <= self.max_n:
+                break
+            path, record, length = self.chromosomes[label][int(rng.integers(len(self.chromosomes[label])))]
+            start = int(rng.integers(0, length - self.seq_len + 1))
+        if self.rc_prob and rng.random() < self.rc_prob:
+            ids = DNATokenizer.reverse_complement(ids)
+        return {"input_ids": ids, "labels": torch.tensor(label)}
+
+
+class SpeciesData(LengthScheduledData):
+    """Windows of `seq_len` bases from the genomes in `data_dir` (see `find_species`), labelled by species.
+
+    `species` picks and orders the classes (default: every species found, sorted); `split_names` maps train/valid/
+    test to chromosome names as `chromosome_key` gives them (default HYENADNA_SPLIT). An epoch is `samples_per_epoch`
+    training windows drawn afresh (seeded by seed and epoch); valid and test are `eval_samples` fixed windows.
+    Chromosomes shorter than the window are left out (an error if a species has none left in a split)."""
+
+    def __init__(self, data_dir: str, seq_len: int = 1024, batch_size: int = 64, species: list[str] | None = None,
+                 split_names: dict[str, list[str]] | None = None, samples_per_epoch: int = 65536,
+                 eval_samples: int = 1024, eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
+                 by_length: bool = False, max_n: float = 0.5, rc_prob: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.class_names = list(species) if species else sorted(find_species_names(data_dir))
+        self._chromosomes = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._chromosomes is not None:
+            return
+        found = find_species(self.hparams.data_dir)
+        missing = [s for s in self.class_names if s not in found]
+        if missing:
+            raise ValueError(f"{self.hparams.data_dir}: no genome for species {missing} (found {sorted(found)})")
+        names = self.hparams.split_names or HYENADNA_SPLIT
+        self._chromosomes = {split: [[e for e in found[sp] if chromosome_key(e[1]) in set(map(str, keys))]
+                                     for sp in self.class_names] for split, keys in names.items()}
+
+    def chromosomes(self, split: str, seq_len: int) -> list[list[tuple[Path, str, int]]]:
+        """Per class, the split's chromosomes at least seq_len long."""
+        per_class = [[e for e in entries if e[2] >= seq_len] for entries in self._chromosomes[split]]
+        for name, entries, every in zip(self.class_names, per_class, self._chromosomes[split]):
+            if not entries:
+                have = ", ".join(f"{e[1]} ({e[2]:,})" for e in every) or "none"
+                raise ValueError(f"{self.hparams.data_dir}: species {name!r} has no {split} chromosome of at least "
+                                 f"{seq_len:,} bases (its {split} chromosomes: {have})")
+        return per_class
+
+    def _dataset(self, split: str, seq_len: int, n_samples: int, epoch: int = 0) -> SpeciesWindows:
+        hp = self.hparams
+        return SpeciesWindows(self.chromosomes(split, seq_len), seq_len, n_samples, hp.seed, split, epoch,
+                              hp.by_length, hp.max_n, hp.rc_prob if split == "train" else 0.0)
+
+    def _loader(self, dataset, batch_size: int, sampler) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                                           num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        seq_len, batch_size = self.current_shape()
+        epoch, skip = self.epoch_and_skip(batch_size)
+        n = self.hparams.samples_per_epoch // batch_size * batch_size
+        dataset = self._dataset("train", seq_len, n, epoch)
+        return self._loader(dataset, batch_size, EpochSampler(n, self.hparams.seed, epoch, shuffle=False, skip=skip))
+
+    def _eval_loader(self, split: str) -> torch.utils.data.DataLoader:
+        dataset = self._dataset(split, self.seq_len, self.hparams.eval_samples)
+        return self._loader(dataset, self.hparams.eval_batch_size or self.batch_size,
+                            EpochSampler(len(dataset), 0, 0, shuffle=False))
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._eval_loader("test")
+
+
+def find_species_names(data_dir: str | Path) -> list[str]:
+    """The species names of a genome folder without opening the files (for configuring the model)."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of genomes")
+    names = {entry.name for entry in root.iterdir() if entry.is_dir() and any(map(_fasta_stem, entry.iterdir()))}
+    return sorted(names | {_fasta_stem(entry) for entry in root.iterdir() if entry.is_file() and _fasta_stem(entry)})
+
+
+class SpeciesClassifier(L.LightningModule):
+    """Mamba species classifier. `class_names` (linked from the data module); `model_size` a paper size or `config`
+    (MambaConfig fields); `bidirectional` runs BiMamba blocks (in/out projections tied between directions) and pools
+    by mean, else the causal model reads out its last position (`pooling` overrides); `rc_conjoin` averages the
+    logits of each window and of its reverse complement at evaluation (Caduceus-Ph's post-hoc conjoining)."""
+
+    def __init__(self, class_names: list[str], model_size: str | None = "1.4M", config: dict | None = None,
+                 bidirectional: bool = False, pooling: str | None = None, rc_conjoin: bool = False,
+                 lr: float = 1e-4, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+                 warmup: float = 0.1, final_lr_ratio: float = 0.1, gradient_checkpointing: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        from mamba_bio_audio.config import MambaConfig
+
+        fields = {"bidirectional": bidirectional}
+        cfg = MambaConfig(**{**config, **fields}) if config else dna_mamba_config(model_size, **fields)
+        self.model = MambaForSequenceClassification(cfg, len(class_names),
+                                                    pooling or ("mean" if bidirectional else "last"))
+        self.model.backbone.gradient_checkpointing = gradient_checkpointing
+        self._eval: dict[str, list[torch.Tensor]] = {}
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (b, L) int64 → logits (b, classes) fp32; with rc_conjoin outside training, the mean of the
+        logits on the window and on its reverse complement."""
+        logits = self.model(input_ids).float()
+        if self.hparams.rc_conjoin and not self.training:
+            logits = (logits + self.model(DNATokenizer.reverse_complement(input_ids)).float()) / 2
+        return logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"])
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/accuracy", (logits.argmax(-1) == batch["labels"]).float().mean(), on_step=True,
+                 on_epoch=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        logits = self(batch["input_ids"])
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+        parts = self._eval.setdefault(split, [])
+        parts.append(torch.cat([logits.argmax(-1, keepdim=True).float(), batch["labels"][:, None].float(),
+                                loss.expand(len(logits))[:, None] / len(logits)], 1))
+
+    def _eval_end(self, split: str) -> None:
+        from sklearn.metrics import accuracy_score, confusion_matrix
+
+        rows = self.all_gather(torch.cat(self._eval.pop(split))).reshape(-1, 3).cpu().numpy()
+        predicted, labels = rows[:, 0].astype(int), rows[:, 1].astype(int)
+        names = self.hparams.class_names
+        matrix = confusion_matrix(labels, predicted, labels=list(range(len(names))))
+        accuracy = float(accuracy_score(labels, predicted))
+        metrics = {f"{split}/loss": float(rows[:, 2].mean())}
+        for i, (name, row) in enumerate(zip(names, matrix)):
+            metrics[f"{split}/accuracy_{name}"] = float(row[i] / max(1, row.sum()))
+        self.log(f"{split}/accuracy", accuracy, prog_bar=True)
+        self.log_dict(metrics)
+        if split == "test" and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            save_confusion(matrix, names, Path(self.trainer.default_root_dir),
+                           title=f"test accuracy {accuracy:.3f}, windows of {self.trainer.datamodule.seq_len:,} "
+                                 "bases" if self.trainer.datamodule else f"test accuracy {accuracy:.3f}")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "valid")
+
+    def on_validation_epoch_end(self):
+        self._eval_end("valid")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def configure_optimizers(self):
+        return adamw_cosine(self, self.model)
+
+
+def save_confusion(matrix: np.ndarray, names: list[str], folder: Path, title: str = "") -> list[Path]:
+    """folder/confusion_test.csv (rows: true species, columns: predicted) and confusion_test.png, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = folder / "confusion_test.csv", folder / "confusion_test.png"
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text("true\\predicted," + ",".join(names) + "\n" + "".join(
+            f"{name}," + ",".join(str(int(v)) for v in row) + "\n" for name, row in zip(names, matrix)))
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.1 * len(names) + 1.5), dpi=120)
+    ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return [csv_path, png_path]
+
+
+def build_cli(args: list[str], run_dir: str = "runs/species"):
+    """LightningCLI over SpeciesClassifier and SpeciesData (common.build_cli defaults; best checkpoint by validation
+    accuracy; the class names linked from the data; length warm-up from 2^14, one epoch per doubling, samples per
+    step constant, as in the paper), not run: the caller fits and tests (`mba dna species`)."""
+    return _build_cli(SpeciesClassifier, SpeciesData, args, run_dir, monitor="valid/accuracy", mode="max",
+                      links=(("data.class_names", "model.class_names"),),
+                      warmup_defaults={"start_len": 2 ** 14, "epochs_per_stage": 1, "keep_tokens": False})
+
+
+def accuracy_table(metrics: dict[str, float], names: list[str]) -> str:
+    """A printable summary of test metrics (overall and per species)."""
+    lines = [f"test accuracy {metrics['test/accuracy']:.4f} (chance {1 / len(names):.4f})"]
+    lines += [f"  {name:<14} {metrics.get(f'test/accuracy_{name}', math.nan):.4f}" for name in names]
+    return "\n".join(lines)

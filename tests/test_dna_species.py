@@ -1,0 +1,125 @@
+"""Species classification pipeline on the CPU: genome folders, the HyenaDNA split, deterministic window sampling,
+exact resume, post-hoc reverse-complement conjoining, and `mba dna species` end to end."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("pysam")
+L = pytest.importorskip("lightning")
+
+from mamba_bio_audio.cli import main  # noqa: E402
+from mamba_bio_audio.data_recipes.apes import simulate_apes  # noqa: E402
+from mamba_bio_audio.dna import DNATokenizer  # noqa: E402
+from mamba_bio_audio.pipelines.common import AtomicCheckpointIO  # noqa: E402
+from mamba_bio_audio.pipelines.dna_species import (  # noqa: E402
+    HYENADNA_SPLIT, SpeciesClassifier, SpeciesData, chromosome_key, find_species)
+from test_dna_data import write_fasta  # noqa: E402
+
+TINY = {"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}
+SPLIT = {"train": ["2"], "valid": ["21"], "test": ["5"]}
+
+
+@pytest.fixture(scope="module")
+def apes_dir(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("apes")
+    simulate_apes(dest, scale=1000, chromosomes=["2", "5", "21"], progress=False)
+    return dest
+
+
+def test_chromosome_keys_follow_the_hyenadna_split():
+    assert [chromosome_key(n) for n in ("chr2A", "chr2B", "chrX", "chr14", "2", "CHR7", "chrUn_x")] == [
+        "2", "2", "X", "14", "2", "7", "UN_X"]
+    assert set(HYENADNA_SPLIT["train"]) & set(HYENADNA_SPLIT["test"]) == set()
+    assert len({k for keys in HYENADNA_SPLIT.values() for k in keys}) == 24
+
+
+def test_find_species_reads_both_layouts(tmp_path, apes_dir):
+    assert sorted(find_species(apes_dir)) == ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]
+    for species in ("cat", "dog"):  # one folder per species, one FASTA per chromosome
+        for chrom in ("chr1", "chr2"):
+            write_fasta((tmp_path / "per" / species).mkdir(parents=True, exist_ok=True) or
+                        tmp_path / "per" / species / f"{chrom}.fa", {chrom: "ACGT" * 50})
+    found = find_species(tmp_path / "per")
+    assert sorted(found) == ["cat", "dog"] and [e[1] for e in found["cat"]] == ["chr1", "chr2"]
+    (tmp_path / "one").mkdir()
+    write_fasta(tmp_path / "one" / "x.fa", {"chr1": "ACGT" * 50})
+    with pytest.raises(ValueError, match=r"at least two species, found \['x'\]"):
+        find_species(tmp_path / "one")
+
+
+def test_windows_are_a_function_of_seed_epoch_and_index_and_skip_mostly_n(tmp_path):
+    write_fasta(tmp_path / "a.fa", {"chr1": "N" * 900 + "ACGT" * 25, "chr2": "ACGT" * 250})
+    write_fasta(tmp_path / "b.fa", {"chr1": "TTGCA" * 200, "chr2": "GGCAT" * 200})
+    data = SpeciesData(str(tmp_path), seq_len=64, batch_size=4, split_names={"train": ["1", "2"], "valid": ["1"],
+                                                                             "test": ["2"]}, samples_per_epoch=200)
+    data.setup()
+    first = data._dataset("train", 64, 200, epoch=0)
+    items = [first[i] for i in range(200)]
+    again = data._dataset("train", 64, 200, epoch=0)
+    assert all(torch.equal(again[i]["input_ids"], items[i]["input_ids"]) for i in (0, 17, 199))
+    other_epoch = data._dataset("train", 64, 200, epoch=1)
+    assert not all(torch.equal(other_epoch[i]["input_ids"], items[i]["input_ids"]) for i in range(10))
+    labels = torch.stack([it["labels"] for it in items])
+    assert 60 < int(labels.sum()) < 140  # both classes drawn, about evenly
+    assert all(float((it["input_ids"] == DNATokenizer.N_ID).float().mean()) <= 0.5 for it in items)
+    with pytest.raises(ValueError, match=r"species 'a' has no test chromosome of at least 2,000 bases"):
+        data.chromosomes("test", 2000)
+    with pytest.raises(ValueError, match=r"no genome for species \['c'\]"):
+        SpeciesData(str(tmp_path), species=["a", "c"]).setup()
+
+
+def trainer(root, max_steps, callbacks=()):
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True,
+                     plugins=[AtomicCheckpointIO()], callbacks=list(callbacks), default_root_dir=root,
+                     reload_dataloaders_every_n_epochs=1)
+
+
+def test_resume_mid_epoch_reaches_the_same_parameters(apes_dir, tmp_path):
+    def data():
+        return SpeciesData(str(apes_dir), seq_len=128, batch_size=4, split_names=SPLIT, samples_per_epoch=20,
+                           rc_prob=0.5)
+
+    def model():
+        return SpeciesClassifier(class_names=data().class_names, model_size=None, config=TINY, lr=3e-3)
+
+    torch.manual_seed(0)
+    full = model()
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7,
+                                                      save_top_k=-1, filename="{step}")
+    trainer(tmp_path, 12, [checkpoints]).fit(full, datamodule=data())  # 5 steps per epoch: step 7 is mid-epoch
+    torch.manual_seed(1)
+    resumed = model()
+    trainer(tmp_path / "again", 12).fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_rc_conjoin_is_invariant_to_the_strand():
+    model = SpeciesClassifier(class_names=["a", "b", "c"], model_size=None, config=TINY, rc_conjoin=True).eval()
+    ids = torch.randint(7, 11, (3, 50))
+    rc = DNATokenizer.reverse_complement(ids)
+    with torch.no_grad():
+        both, forward_only = model(ids), model.model(ids)
+        assert torch.allclose(both, model(rc), atol=1e-5) and not torch.allclose(both, forward_only, atol=1e-3)
+        assert torch.allclose(both, (forward_only + model.model(rc)) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, bidirectional):
+    run = tmp_path / "run"
+    args = ["dna", "species", "--data-dir", str(apes_dir), "--seq-len", "128", "--batch-size", "4", "--max-steps",
+            "4", "--out", str(run), "--model.model_size", "null", "--model.config", str(TINY).replace("'", '"'),
+            "--data.split_names", str(SPLIT).replace("'", '"'), "--data.samples_per_epoch", "8",
+            "--data.eval_samples", "10", "--trainer.enable_progress_bar", "false"]
+    assert main(args + (["--bidirectional"] if bidirectional else [])) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "(chance 0.2000)" in out and "orangutan" in out
+    matrix = (run / "confusion_test.csv").read_text().splitlines()
+    assert matrix[0] == "true\\predicted,bonobo,chimpanzee,gorilla,human,orangutan"
+    assert sum(int(v) for line in matrix[1:] for v in line.split(",")[1:]) == 10
+    assert (run / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
+    config = (run / "logs" / "version_0" / "config.yaml").read_text()
+    assert f"bidirectional: {str(bidirectional).lower()}" in config and "start_len: 16384" in config
+    assert {"last.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
