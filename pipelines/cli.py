@@ -77,12 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sweep = tasks.add_parser("context-sweep", help="held-out bits per base against training length, with a plot",
                              description=_context_sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sweep.add_argument("--fasta", required=True, help="genome FASTA (plain or bgzip; indexed when needed)")
+    sweep.add_argument("--task", choices=["pretrain", "species"], default="pretrain",
+                       help="pretrain: held-out bits per base on --fasta; species: test accuracy on --data-dir")
+    source = sweep.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fasta", help="genome FASTA (plain or bgzip; indexed when needed), for --task pretrain")
+    source.add_argument("--data-dir", help="folder of genomes, one per species, for --task species")
     sweep.add_argument("--lengths", type=_int_list, default=[1024, 4096, 16384, 65536],
                        help="comma-separated training lengths (default 1024,4096,16384,65536)")
     sweep.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
     sweep.add_argument("--tokens-per-step", type=int, default=65536,
                        help="batch × length of every run (a multiple of every length; default 65536)")
+    sweep.add_argument("--batch-size", type=int, help="instead: the same batch at every length")
     sweep.add_argument("--max-steps", type=int, default=400, help="optimizer steps of every run (default 400)")
     sweep.add_argument("--scored-len", type=int, default=1024,
                        help="targets scored at the end of each valid/test window (default 1024)")
@@ -219,23 +224,29 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _context_sweep(args: argparse.Namespace) -> int:
-    """Train the same Mamba at several context lengths and seeds on one genome for the same tokens, score every run
-    on the same held-out bases (the last --scored-len targets of windows ending at the same places), and write
-    results.csv and context_scaling.png in --out. Runs already finished there are reused. Options this command does
-    not know (--data.split_fractions ..., --trainer.* ...) are passed to every run's `mba dna pretrain`."""
+    """Train the same Mamba at several context lengths and seeds for the same number of steps and write
+    results.csv and context_scaling.png in --out. --task pretrain (--fasta): the same tokens per step at every
+    length, every run scored on the same held-out bases (the last --scored-len targets of windows ending at the same
+    places). --task species (--data-dir): test accuracy of `mba dna species` runs, --batch-size windows per step.
+    Runs already finished there are reused. Options this command does not know (--data.*, --model.*, --trainer.*)
+    are passed to every run."""
     from pathlib import Path
 
-    from .dna_context_sweep import summarise, sweep
+    from .dna_context_sweep import TASKS, summarise, sweep
 
+    if (args.task == "pretrain") != bool(args.fasta):
+        raise ValueError("--task pretrain takes --fasta, --task species takes --data-dir")
     try:
-        rows = sweep(args.fasta, args.lengths, args.seeds, args.tokens_per_step, args.max_steps, args.scored_len,
-                     args.d_model, args.n_layer, Path(args.out), args.parallel, args.extra)
+        rows = sweep(args.fasta or args.data_dir, args.lengths, args.seeds, args.max_steps, args.d_model,
+                     args.n_layer, Path(args.out), args.task, args.tokens_per_step, args.batch_size, args.scored_len,
+                     args.parallel, args.extra)
     except RuntimeError as err:
         print(f"mba dna context-sweep: {err}")
         return 1
-    print(f"{'length':>9} {'seeds':>5} {'test bits/base':>15} {'s.e.':>7}")
-    for row in summarise(rows):
-        print(f"{row['seq_len']:>9} {row['seeds']:>5} {row['mean']:>15.4f} {row['sem']:>7.4f}")
+    metric = TASKS[args.task].metric
+    print(f"{'length':>9} {'seeds':>5} {'test ' + metric:>18} {'s.e.':>7}")
+    for row in summarise(rows, TASKS[args.task]):
+        print(f"{row['seq_len']:>9} {row['seeds']:>5} {row['mean']:>18.4f} {row['sem']:>7.4f}")
     print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'context_scaling.png'}")
     return 0
 

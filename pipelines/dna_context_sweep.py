@@ -25,42 +25,56 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
-RESULT_FIELDS = ["seq_len", "seed", "test_bits_per_base", "best_valid_bits_per_base", "wall_s"]
+class Task(NamedTuple):
+    command: str      # the `mba dna` task each run is
+    metric: str       # logged name, without the split prefix
+    better: str       # "min" or "max"
+    ylabel: str
 
 
-def run_command(fasta: str, seq_len: int, seed: int, tokens_per_step: int, max_steps: int, scored_len: int,
-                d_model: int, n_layer: int, out: Path, extra: list[str]) -> list[str]:
-    """The `mba dna pretrain` command line of one run of the sweep."""
-    if tokens_per_step % seq_len:
-        raise ValueError(f"tokens per step ({tokens_per_step}) must be a multiple of every length (got {seq_len})")
+TASKS = {"pretrain": Task("pretrain", "bits_per_base", "min", "held-out bits per base"),
+         "species": Task("species", "accuracy", "max", "test accuracy")}
+
+
+def result_fields(task: Task) -> list[str]:
+    return ["seq_len", "seed", f"test_{task.metric}", f"best_valid_{task.metric}", "wall_s"]
+
+
+def run_command(task: Task, source: str, seq_len: int, seed: int, batch_size: int, max_steps: int,
+                scored_len: int, d_model: int, n_layer: int, out: Path, extra: list[str]) -> list[str]:
+    """The `mba dna pretrain` (source: a FASTA) or `mba dna species` (source: a genome folder) command line of one
+    run of the sweep."""
     model = json.dumps({"d_model": d_model, "n_layer": n_layer, "vocab_size": 12})
-    return [sys.executable, "-m", "mamba_bio_audio.cli", "dna", "pretrain", "--fasta", str(fasta),
-            "--seq-len", str(seq_len), "--batch-size", str(tokens_per_step // seq_len), "--max-steps", str(max_steps),
-            "--out", str(out), "--seed_everything", str(seed), "--data.seed", str(seed),
-            "--data.eval_scored_len", str(scored_len), "--model.model_size", "null", "--model.config", model,
-            "--trainer.enable_progress_bar", "false", *extra]
+    data = (["--fasta", str(source), "--data.eval_scored_len", str(scored_len)] if task.command == "pretrain"
+            else ["--data-dir", str(source)])
+    return [sys.executable, "-m", "mamba_bio_audio.cli", "dna", task.command, *data, "--seq-len", str(seq_len),
+            "--batch-size", str(batch_size), "--max-steps", str(max_steps), "--out", str(out),
+            "--seed_everything", str(seed), "--data.seed", str(seed), "--model.model_size", "null",
+            "--model.config", model, "--trainer.enable_progress_bar", "false", *extra]
 
 
-def read_run_metrics(run_dir: Path) -> dict[str, float]:
-    """Test bits per base (the last logged) and the best validation bits per base of a finished run, from the CSV
-    log of its newest version."""
+def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str, float]:
+    """The test metric (the last logged) and the best validation value of a finished run, from the CSV log of its
+    newest version."""
     versions = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
     if not versions:
         raise ValueError(f"{run_dir}: no CSV log (logs/version_*/metrics.csv)")
     test, valid = [], []
     with open(versions[-1], newline="") as handle:
         for row in csv.DictReader(handle):
-            if row.get("test/bits_per_base"):
-                test.append(float(row["test/bits_per_base"]))
-            if row.get("valid/bits_per_base"):
-                valid.append(float(row["valid/bits_per_base"]))
+            if row.get(f"test/{task.metric}"):
+                test.append(float(row[f"test/{task.metric}"]))
+            if row.get(f"valid/{task.metric}"):
+                valid.append(float(row[f"valid/{task.metric}"]))
     if not test:
-        raise ValueError(f"{versions[-1]}: no test/bits_per_base (did the run finish?)")
-    return {"test_bits_per_base": test[-1], "best_valid_bits_per_base": min(valid) if valid else math.nan}
+        raise ValueError(f"{versions[-1]}: no test/{task.metric} (did the run finish?)")
+    best = (min if task.better == "min" else max)(valid) if valid else math.nan
+    return {f"test_{task.metric}": test[-1], f"best_valid_{task.metric}": best}
 
 
-def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int) -> dict:
+def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int, task: Task) -> dict:
     result_path = run_dir / "result.json"
     settings = command[3:]  # without the interpreter: the same run from another environment is still the same run
     if result_path.exists():
@@ -75,7 +89,7 @@ def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int) -> dict
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     if code:
         raise RuntimeError(f"run L={seq_len} seed={seed} failed (exit {code}); see {run_dir / 'run.log'}")
-    result = {"seq_len": seq_len, "seed": seed, **read_run_metrics(run_dir),
+    result = {"seq_len": seq_len, "seed": seed, **read_run_metrics(run_dir, task),
               "wall_s": round(time.perf_counter() - start, 1), "command": settings}
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
@@ -83,33 +97,33 @@ def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int) -> dict
     return result
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Per length: number of seeds, mean and standard error of the test bits per base."""
+def summarise(rows: list[dict], task: Task = TASKS["pretrain"]) -> list[dict]:
+    """Per length: number of seeds, mean and standard error of the test metric."""
     table = []
     for seq_len in sorted({r["seq_len"] for r in rows}):
-        values = [r["test_bits_per_base"] for r in rows if r["seq_len"] == seq_len]
+        values = [r[f"test_{task.metric}"] for r in rows if r["seq_len"] == seq_len]
         sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
         table.append({"seq_len": seq_len, "seeds": len(values), "mean": statistics.fmean(values), "sem": sem})
     return table
 
 
-def plot_context_scaling(rows: list[dict], path: Path, title: str) -> None:
-    """Test bits per base against training length (log2 axis): one dot per seed, the mean ± standard error."""
+def plot_context_scaling(rows: list[dict], path: Path, title: str, task: Task = TASKS["pretrain"]) -> None:
+    """The test metric against length (log2 axis): one dot per seed, the mean ± standard error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = summarise(rows)
+    table = summarise(rows, task)
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=150)
-    ax.scatter([r["seq_len"] for r in rows], [r["test_bits_per_base"] for r in rows], s=14, color="0.6",
+    ax.scatter([r["seq_len"] for r in rows], [r[f"test_{task.metric}"] for r in rows], s=14, color="0.6",
                label="one seed", zorder=2)
     ax.errorbar([t["seq_len"] for t in table], [t["mean"] for t in table],
                 yerr=[0 if math.isnan(t["sem"]) else t["sem"] for t in table], marker="o", capsize=3,
                 color="tab:blue", label="mean ± s.e.", zorder=3)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("training context length (bases)")
-    ax.set_ylabel("held-out bits per base")
+    ax.set_xlabel("context length (bases)")
+    ax.set_ylabel(task.ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -120,29 +134,37 @@ def plot_context_scaling(rows: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def write_results(rows: list[dict], path: Path) -> None:
+def write_results(rows: list[dict], path: Path, task: Task) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=result_fields(task), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: (r["seq_len"], r["seed"])))
     tmp.replace(path)
 
 
-def sweep(fasta: str, lengths: list[int], seeds: list[int], tokens_per_step: int, max_steps: int, scored_len: int,
-          d_model: int, n_layer: int, out: Path, parallel: int = 1, extra: list[str] = ()) -> list[dict]:
-    """Run (or reuse) every (length, seed) run, write results.csv and context_scaling.png; return the rows."""
+def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_model: int, n_layer: int, out: Path,
+          task: str = "pretrain", tokens_per_step: int | None = 65536, batch_size: int | None = None,
+          scored_len: int = 1024, parallel: int = 1, extra: list[str] = ()) -> list[dict]:
+    """Run (or reuse) every (length, seed) run, write results.csv and context_scaling.png; return the rows.
+
+    Each run's batch is `batch_size` when given (samples per step constant), else tokens_per_step / length (tokens
+    per step constant). `task` "pretrain" (source: a FASTA; scored on the same bases) or "species" (source: a
+    folder of genomes)."""
     from tqdm import tqdm
 
-    if min(lengths) < scored_len:
+    spec = TASKS[task]
+    if spec.command == "pretrain" and min(lengths) < scored_len:
         raise ValueError(f"every length must be at least --scored-len ({scored_len}), got {min(lengths)}")
+    if batch_size is None and any(tokens_per_step % L for L in lengths):
+        raise ValueError(f"tokens per step ({tokens_per_step}) must be a multiple of every length {lengths}")
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(L, s, out / f"L{L}-seed{s}") for L in lengths for s in seeds]
-    commands = [run_command(fasta, L, s, tokens_per_step, max_steps, scored_len, d_model, n_layer, d, list(extra))
-                for L, s, d in jobs]
+    commands = [run_command(spec, source, L, s, batch_size or tokens_per_step // L, max_steps, scored_len, d_model,
+                            n_layer, d, list(extra)) for L, s, d in jobs]
     rows, failures = [], []
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool, tqdm(total=len(jobs), desc="runs") as bar:
-        futures = [pool.submit(_one_run, c, d, L, s) for c, (L, s, d) in zip(commands, jobs)]
+        futures = [pool.submit(_one_run, c, d, L, s, spec) for c, (L, s, d) in zip(commands, jobs)]
         for future in futures:
             try:
                 rows.append(future.result())
@@ -150,10 +172,12 @@ def sweep(fasta: str, lengths: list[int], seeds: list[int], tokens_per_step: int
                 failures.append(str(err))
             bar.update()
     if rows:
-        write_results(rows, out / "results.csv")
-        title = (f"{Path(fasta).name}: {n_layer} × {d_model} Mamba, {max_steps} steps × {tokens_per_step} tokens\n"
-                 f"the last {scored_len} targets of windows ending at the same places scored")
-        plot_context_scaling(rows, out / "context_scaling.png", title)
+        write_results(rows, out / "results.csv", spec)
+        per_step = f"batch {batch_size}" if batch_size else f"{tokens_per_step} tokens"
+        title = f"{Path(source).name}: {n_layer} × {d_model} Mamba, {max_steps} steps × {per_step}"
+        if spec.command == "pretrain":
+            title += f"\nthe last {scored_len} targets of windows ending at the same places scored"
+        plot_context_scaling(rows, out / "context_scaling.png", title, spec)
     if failures:
         raise RuntimeError("; ".join(failures))
     return rows

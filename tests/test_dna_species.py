@@ -123,3 +123,17 @@ def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, bidi
     config = (run / "logs" / "version_0" / "config.yaml").read_text()
     assert f"bidirectional: {str(bidirectional).lower()}" in config and "start_len: 16384" in config
     assert {"last.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
+
+
+def test_context_sweep_of_species_accuracy(apes_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["dna", "context-sweep", "--task", "species", "--data-dir", str(apes_dir), "--lengths", "64,256",
+                 "--seeds", "0", "--batch-size", "4", "--max-steps", "2", "--d-model", "16", "--n-layer", "1",
+                 "--parallel", "2", "--out", str(out), "--data.split_names", str(SPLIT).replace("'", '"'),
+                 "--data.samples_per_epoch", "8", "--data.eval_samples", "10"]) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "seq_len,seed,test_accuracy,best_valid_accuracy,wall_s" and len(rows) == 3
+    assert all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows[1:])
+    assert "test accuracy" in capsys.readouterr().out and (out / "context_scaling.png").is_file()
+    config = (out / "L256-seed0" / "logs" / "version_0" / "config.yaml").read_text()
+    assert "batch_size: 4" in config and "seq_len: 256" in config
