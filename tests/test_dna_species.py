@@ -137,3 +137,22 @@ def test_context_sweep_of_species_accuracy(apes_dir, tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out and (out / "context_scaling.png").is_file()
     config = (out / "L256-seed0" / "logs" / "version_0" / "config.yaml").read_text()
     assert "batch_size: 4" in config and "seq_len: 256" in config
+
+
+def test_bidirectional_classifier_learns_an_easy_task(tmp_path, capsys):
+    """Two 'species' that differ only in GC content (45% vs 55%): a mean-pooled bidirectional model must separate
+    them after a few dozen steps (the whole pipeline, from FASTA to test accuracy, can fail this)."""
+    import random
+
+    rng = random.Random(0)
+    for name, gc in (("at_rich", 0.45), ("gc_rich", 0.55)):
+        write_fasta(tmp_path / f"{name}.fa", {c: "".join(rng.choices("GCAT", weights=[gc, gc, 1 - gc, 1 - gc], k=8000))
+                                             for c in ("chr1", "chr2", "chr3")})
+    assert main(["dna", "species", "--data-dir", str(tmp_path), "--seq-len", "512", "--batch-size", "16",
+                 "--max-steps", "60", "--bidirectional", "--out", str(tmp_path / "run"), "--model.model_size", "null",
+                 "--model.config", '{"d_model": 32, "n_layer": 2, "vocab_size": 12}', "--model.lr", "3e-3",
+                 "--data.split_names", '{"train": ["1"], "valid": ["2"], "test": ["3"]}',
+                 "--data.samples_per_epoch", "320", "--data.eval_samples", "64",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    accuracy = float(capsys.readouterr().out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.9
