@@ -7,6 +7,8 @@
                            shrinking so that tokens per step stay constant.
     AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
     adamw_cosine           AdamW (no weight decay on A_log, D, norms, biases) with linear warm-up then cosine decay.
+    EvaluatedModule        LightningModule base: valid/test steps and epoch ends routed to _eval_step/_eval_end,
+                           the optimizer from adamw_cosine over `self.model`.
     build_cli              a LightningCLI with the toolkit's defaults (checkpoints, logs, precision, warm-up).
 """
 from __future__ import annotations
@@ -122,6 +124,26 @@ def adamw_cosine(module: L.LightningModule, model: torch.nn.Module) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(min(step / total, 1.0), hp.warmup, hp.final_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class EvaluatedModule(L.LightningModule):
+    """Base of the pipelines' modules: subclasses set `self.model` and define `_eval_step(batch, split)` (accumulate)
+    and `_eval_end(split)` (reduce and log) for split "valid" and "test"."""
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "valid")
+
+    def on_validation_epoch_end(self):
+        self._eval_end("valid")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def configure_optimizers(self):
+        return adamw_cosine(self, self.model)
 
 
 def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: str, mode: str,

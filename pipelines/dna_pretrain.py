@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import torch
 
 from mamba_bio_audio import MambaLMHeadModel
@@ -22,7 +21,7 @@ from mamba_bio_audio.dna.windows import IGNORE_INDEX, GenomeWindows, read_bed, s
 from mamba_bio_audio.models import TransformerLM, dna_mamba_config, dna_transformer_config
 
 from .common import (  # noqa: F401  (AtomicCheckpointIO, SequenceLengthWarmup: part of this pipeline's API)
-    AtomicCheckpointIO, EpochSampler, LengthScheduledData, SequenceLengthWarmup, adamw_cosine)
+    AtomicCheckpointIO, EpochSampler, EvaluatedModule, LengthScheduledData, SequenceLengthWarmup)
 from .common import build_cli as _build_cli
 
 LN2 = math.log(2.0)
@@ -117,7 +116,7 @@ class DNAPretrainData(LengthScheduledData):
                             EpochSampler(len(dataset), 0, 0, shuffle=False))
 
 
-class DNALanguageModel(L.LightningModule):
+class DNALanguageModel(EvaluatedModule):
     """Next-base LM. `arch` "mamba" or "transformer"; `model_size` one of the paper's sizes (models.DNA_MODEL_SIZES)
     or `config` (a dict of MambaConfig / TransformerConfig fields) for anything else; `gradient_checkpointing`
     recomputes each block in the backward (for the longest contexts)."""
@@ -164,21 +163,6 @@ class DNALanguageModel(L.LightningModule):
         loss = (total / count.clamp(min=1)).float()
         self.log_dict({f"{split}/loss": loss, f"{split}/perplexity": loss.exp(), f"{split}/bits_per_base": loss / LN2},
                       prog_bar=split == "valid")
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "valid")
-
-    def on_validation_epoch_end(self):
-        self._eval_end("valid")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self):
-        self._eval_end("test")
-
-    def configure_optimizers(self):
-        return adamw_cosine(self, self.model)
 
 
 def build_cli(args: list[str], run_dir: str = "runs/dna"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -25,7 +24,7 @@ from mamba_bio_audio.dna.windows import GenomeWindows
 from mamba_bio_audio.io import atomic_path
 from mamba_bio_audio.models import MambaForSequenceClassification, dna_mamba_config
 
-from .common import EpochSampler, LengthScheduledData, adamw_cosine
+from .common import EpochSampler, EvaluatedModule, LengthScheduledData
 from .common import build_cli as _build_cli
 
 # HyenaDNA's species split (by hg38 chromosome name; the apes' 2A and 2B count as 2)
@@ -194,7 +193,7 @@ def find_species_names(data_dir: str | Path) -> list[str]:
     return sorted(names | {_fasta_stem(entry) for entry in root.iterdir() if entry.is_file() and _fasta_stem(entry)})
 
 
-class SpeciesClassifier(L.LightningModule):
+class SpeciesClassifier(EvaluatedModule):
     """Mamba species classifier. `class_names` (linked from the data module); `model_size` a paper size or `config`
     (MambaConfig fields); `bidirectional` runs BiMamba blocks (in/out projections tied between directions) and pools
     by mean, else the causal model reads out its last position (`pooling` overrides); `rc_conjoin` averages the
@@ -256,21 +255,6 @@ class SpeciesClassifier(L.LightningModule):
             save_confusion(matrix, names, Path(self.trainer.default_root_dir),
                            title=f"test accuracy {accuracy:.3f}, windows of {self.trainer.datamodule.seq_len:,} "
                                  "bases" if self.trainer.datamodule else f"test accuracy {accuracy:.3f}")
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "valid")
-
-    def on_validation_epoch_end(self):
-        self._eval_end("valid")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self):
-        self._eval_end("test")
-
-    def configure_optimizers(self):
-        return adamw_cosine(self, self.model)
 
 
 def save_confusion(matrix: np.ndarray, names: list[str], folder: Path, title: str = "") -> list[Path]:
