@@ -15,6 +15,9 @@ class MambaConfig:
     ("auto" = ceil(d_model/16)), softplus(dt bias) log-uniform in [dt_min, dt_max]; complex_ssm uses complex A
     with S4D-Lin init (A_n = −1/2 + iπn). Bidirectional backbones (not causal: no generation) run a second Mamba
     on the reversed sequence and combine by "add" or "mul", optionally sharing in/out projections.
+    rc_equivariant (DNA ids of DNATokenizer only; Caduceus-PS parameter sharing): the backbone runs the same weights
+    on the sequence and on its reverse complement and returns both, (b, L, 2·d_model) = [f(x), f(RC x) flipped along
+    length and channels], so that the output on RC(x) is exactly that output flipped along length and channels.
     """
     d_model: int = 128
     n_layer: int = 8
@@ -36,6 +39,7 @@ class MambaConfig:
     bidirectional: bool = False
     bidirectional_strategy: str = "add"
     bidirectional_weight_tie: bool = True
+    rc_equivariant: bool = False
     extra: dict = field(default_factory=dict)  # free-form metadata (tokenizer, training recipe); not used by the model
 
     def __post_init__(self):

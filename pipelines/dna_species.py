@@ -196,21 +196,24 @@ def find_species_names(data_dir: str | Path) -> list[str]:
 class SpeciesClassifier(EvaluatedModule):
     """Mamba species classifier. `class_names` (linked from the data module); `model_size` a paper size or `config`
     (MambaConfig fields); `bidirectional` runs BiMamba blocks (in/out projections tied between directions) and pools
-    by mean, else the causal model reads out its last position (`pooling` overrides); `rc_conjoin` averages the
-    logits of each window and of its reverse complement at evaluation (Caduceus-Ph's post-hoc conjoining)."""
+    by mean, else the causal model reads out its last position (`pooling` overrides); `rc_equivariant` shares the
+    weights between the two strands (Caduceus-PS: the logits of a window and of its reverse complement are equal;
+    pooled by mean); `rc_conjoin` averages the logits of each window and of its reverse complement at evaluation
+    (Caduceus-Ph's post-hoc conjoining)."""
 
     def __init__(self, class_names: list[str], model_size: str | None = "1.4M", config: dict | None = None,
-                 bidirectional: bool = False, pooling: str | None = None, rc_conjoin: bool = False,
+                 bidirectional: bool = False, rc_equivariant: bool = False, pooling: str | None = None,
+                 rc_conjoin: bool = False,
                  lr: float = 1e-4, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                  warmup: float = 0.1, final_lr_ratio: float = 0.1, gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters()
         from mamba_bio_audio.config import MambaConfig
 
-        fields = {"bidirectional": bidirectional}
+        fields = {"bidirectional": bidirectional, "rc_equivariant": rc_equivariant}
         cfg = MambaConfig(**{**config, **fields}) if config else dna_mamba_config(model_size, **fields)
         self.model = MambaForSequenceClassification(cfg, len(class_names),
-                                                    pooling or ("mean" if bidirectional else "last"))
+                                                    pooling or ("mean" if bidirectional or rc_equivariant else "last"))
         self.model.backbone.gradient_checkpointing = gradient_checkpointing
         self._eval: dict[str, list[torch.Tensor]] = {}
 

@@ -96,6 +96,16 @@ def test_resume_mid_epoch_reaches_the_same_parameters(apes_dir, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_rc_equivariant_classifier_gives_the_same_logits_on_both_strands():
+    torch.manual_seed(0)
+    model = SpeciesClassifier(class_names=["a", "b"], model_size=None, config=TINY, bidirectional=True,
+                              rc_equivariant=True).eval()
+    assert model.model.pooling == "mean"
+    ids = torch.randint(7, 12, (3, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(model(DNATokenizer.reverse_complement(ids)), model(ids), rtol=1e-5, atol=1e-5)
+
+
 def test_rc_conjoin_is_invariant_to_the_strand():
     model = SpeciesClassifier(class_names=["a", "b", "c"], model_size=None, config=TINY, rc_conjoin=True).eval()
     ids = torch.randint(7, 11, (3, 50))

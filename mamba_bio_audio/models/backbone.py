@@ -52,10 +52,32 @@ class MambaBackbone(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 cache: InferenceCache | None = None) -> torch.Tensor:
-        """input_ids (b, L) int64, or inputs_embeds (b, L, d) -> hidden states (b, L, d) after the final norm.
+        """input_ids (b, L) int64, or inputs_embeds (b, L, d) -> hidden states (b, L, d) after the final norm
+        ((b, L, 2d) for an rc_equivariant config: see `rc_equivariant_forward`).
 
         With `gradient_checkpointing` set (and grad enabled, no cache), each block keeps only its inputs and is run
         again in the backward: activation memory per block drops to its input, at about one more forward."""
+        if self.config.rc_equivariant:
+            if input_ids is None or cache is not None:
+                raise ValueError("an rc_equivariant backbone takes input_ids and has no recurrent inference")
+            return self.rc_equivariant_forward(input_ids)
+        return self._forward(input_ids, inputs_embeds, cache)
+
+    def rc_equivariant_forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (b, L) DNATokenizer ids -> (b, L, 2d): [h(x), h(RC x).flip(length, channels)].
+
+        This is Caduceus-PS's reverse-complement parameter sharing: its RCPS embedding puts the embedding of the
+        complement, channel-reversed, in the second half, and each RCPS block applies the same mixer to the first
+        half and to the reverse complement of the second; with no mixing between halves before the head, that is the
+        same network on both strands. So RC(x) gives exactly the output flipped along length and channels, and
+        features h1 + h2.flip(length, channels) (or pooled h1 + pooled h2 channel-flipped) are RC-invariant."""
+        from ..dna.tokenizer import DNATokenizer
+
+        both = self._forward(torch.cat([input_ids, DNATokenizer.reverse_complement(input_ids)]), None, None)
+        forward, reverse = both.chunk(2)
+        return torch.cat([forward, reverse.flip(1, 2)], dim=-1)
+
+    def _forward(self, input_ids, inputs_embeds, cache) -> torch.Tensor:
         hidden = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
         recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None

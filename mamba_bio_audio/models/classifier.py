@@ -38,6 +38,8 @@ class MambaForSequenceClassification(nn.Module, PretrainedMixin):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if config.rc_equivariant and pooling not in ("mean", "max"):
+            raise ValueError(f"an rc_equivariant classifier pools by 'mean' or 'max' (strand-symmetric), not {pooling!r}")
         self.config, self.num_classes, self.pooling = config, num_classes, pooling
         self.backbone = MambaBackbone(config)
         self.head = nn.Linear(config.d_model, num_classes)
@@ -46,5 +48,13 @@ class MambaForSequenceClassification(nn.Module, PretrainedMixin):
         return {"num_classes": self.num_classes, "pooling": self.pooling}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (b, L) int64, attention_mask (b, L) of real positions (None: all) -> logits (b, num_classes)."""
-        return self.head(pool(self.backbone(input_ids), attention_mask, self.pooling))
+        """input_ids (b, L) int64, attention_mask (b, L) of real positions (None: all) -> logits (b, num_classes).
+
+        With an rc_equivariant backbone the pooled features of the two strands are added (the second half flipped
+        back along channels), so the logits of x and of its reverse complement are the same."""
+        hidden = self.backbone(input_ids)
+        if not self.config.rc_equivariant:
+            return self.head(pool(hidden, attention_mask, self.pooling))
+        forward, reverse = hidden.chunk(2, dim=-1)  # reverse: h(RC x) flipped along length and channels
+        features = pool(forward, attention_mask, self.pooling) + pool(reverse, attention_mask, self.pooling).flip(-1)
+        return self.head(features)
