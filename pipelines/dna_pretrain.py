@@ -36,6 +36,24 @@ def next_base_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return total, (labels != IGNORE_INDEX).sum()
 
 
+def mask_bases(ids: torch.Tensor, mask_prob: float, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT-style masking of DNA ids (b, L) int64: each A/C/G/T position is chosen with probability `mask_prob`;
+    chosen positions become [MASK] (80%), a random base (10%) or stay (10%). Returns (inputs, labels): labels are
+    the original ids at chosen positions and IGNORE_INDEX elsewhere (N, padding and specials are never chosen).
+    The draw is a function of `key` (a generator on the ids' device)."""
+    from mamba_bio_audio.dna import DNATokenizer
+
+    generator = torch.Generator(device=ids.device).manual_seed(key % (2 ** 63))
+    draw = torch.rand(ids.shape, generator=generator, device=ids.device)
+    action = torch.rand(ids.shape, generator=generator, device=ids.device)
+    random_base = torch.randint(DNATokenizer.A_ID, DNATokenizer.A_ID + 4, ids.shape, generator=generator,
+                                device=ids.device)
+    chosen = (ids >= DNATokenizer.A_ID) & (ids < DNATokenizer.A_ID + 4) & (draw < mask_prob)
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(ids, DNATokenizer.MASK_ID), ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_base, inputs)
+    return inputs, torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+
+
 class DNAPretrainData(LengthScheduledData):
     """Windows of `seq_len` bases from `fasta` for train/valid/test.
 
@@ -117,35 +135,55 @@ class DNAPretrainData(LengthScheduledData):
 
 
 class DNALanguageModel(EvaluatedModule):
-    """Next-base LM. `arch` "mamba" or "transformer"; `model_size` one of the paper's sizes (models.DNA_MODEL_SIZES)
-    or `config` (a dict of MambaConfig / TransformerConfig fields) for anything else; `gradient_checkpointing`
-    recomputes each block in the backward (for the longest contexts)."""
+    """DNA LM. `arch` "mamba" or "transformer"; `model_size` one of the paper's sizes (models.DNA_MODEL_SIZES) or
+    `config` (a dict of MambaConfig / TransformerConfig fields) for anything else; `gradient_checkpointing`
+    recomputes each block in the backward (for the longest contexts).
+
+    `objective` "next" (next-base prediction, causal models) or "mlm" (masked-LM for bidirectional Mamba configs,
+    e.g. config {"bidirectional": true[, "rc_equivariant": true]}: `mask_prob` of the bases are chosen, 80% of them
+    replaced by [MASK], 10% by a random base, 10% kept, and predicted; the choice is a function of (seed, step) in
+    training and of the batch index in evaluation, so runs and resumes are reproducible). Metrics are bits per
+    predicted base either way."""
 
     def __init__(self, arch: str = "mamba", model_size: str | None = "1.4M", config: dict | None = None,
-                 lr: float = 8e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+                 objective: str = "next", mask_prob: float = 0.15, seed: int = 0, lr: float = 8e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                  warmup: float = 0.1, final_lr_ratio: float = 0.1, gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters()
+        if objective not in ("next", "mlm"):
+            raise ValueError(f"objective must be 'next' or 'mlm', got {objective!r}")
         if arch == "mamba":
             from mamba_bio_audio.config import MambaConfig
 
             cfg = MambaConfig(**config) if config else dna_mamba_config(model_size)
+            if (objective == "mlm") != cfg.bidirectional:
+                raise ValueError("the masked-LM objective goes with a bidirectional Mamba (config bidirectional: true) "
+                                 "and next-base prediction with a causal one")
             self.model = MambaLMHeadModel(cfg)
         elif arch == "transformer":
             from mamba_bio_audio.models import TransformerConfig
 
+            if objective == "mlm":
+                raise ValueError("the Transformer++ baseline is causal: use objective 'next'")
             cfg = TransformerConfig(**config) if config else dna_transformer_config(model_size)
             self.model = TransformerLM(cfg)
         else:
             raise ValueError(f"arch must be 'mamba' or 'transformer', got {arch!r}")
         (self.model.backbone if arch == "mamba" else self.model).gradient_checkpointing = gradient_checkpointing
         self._eval_sums: dict[str, list[torch.Tensor]] = {}
+        self._eval_batches: dict[str, int] = {}
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
+    def _inputs_and_labels(self, batch: dict[str, torch.Tensor], key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.hparams.objective == "next":
+            return batch["input_ids"], batch["labels"]
+        return mask_bases(batch["input_ids"], self.hparams.mask_prob, key)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        total, count = next_base_loss(self(batch["input_ids"]), batch["labels"])
+        inputs, labels = self._inputs_and_labels(batch, self.hparams.seed * 1_000_003 + self.global_step)
+        total, count = next_base_loss(self(inputs), labels)
         loss = total / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/bits_per_base", loss / LN2, on_step=True, on_epoch=False)
@@ -153,11 +191,14 @@ class DNALanguageModel(EvaluatedModule):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        total, count = next_base_loss(self(batch["input_ids"]), batch["labels"])
+        index = self._eval_batches[split] = self._eval_batches.get(split, 0) + 1  # the same masks every evaluation
+        inputs, labels = self._inputs_and_labels(batch, -index)
+        total, count = next_base_loss(self(inputs), labels)
         sums = self._eval_sums.setdefault(split, [torch.zeros((), device=self.device, dtype=torch.float64)] * 2)
         self._eval_sums[split] = [sums[0] + total.double(), sums[1] + count.double()]
 
     def _eval_end(self, split: str) -> None:
+        self._eval_batches.pop(split, None)
         total, count = self._eval_sums.pop(split)
         total, count = self.all_gather(total).sum(), self.all_gather(count).sum()
         loss = (total / count.clamp(min=1)).float()

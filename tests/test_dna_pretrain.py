@@ -197,3 +197,39 @@ def test_shipped_configs_are_found_by_name(tmp_path):
     assert shipped_config("dna_pretrain", str(own)) == own
     with pytest.raises(ValueError, match=r"no shipped config of that name \(shipped: hg38_mamba_0\.26M_L1024, "):
         shipped_config("dna_pretrain", "hg38_mamba_2M")
+
+
+def test_mask_bases_chooses_only_bases_in_bert_proportions():
+    from mamba_bio_audio.pipelines.dna_pretrain import mask_bases
+
+    ids = torch.randint(7, 11, (64, 500))
+    ids[:, :50] = 11  # N
+    ids[:, 50:60] = 4  # padding
+    inputs, labels = mask_bases(ids, 0.15, key=3)
+    chosen = labels != -100
+    assert not chosen[:, :60].any() and torch.equal(labels[chosen], ids[chosen])
+    assert 0.14 < chosen[:, 60:].float().mean() < 0.16
+    masked = (inputs == 3) & chosen
+    changed = (inputs != ids) & (inputs != 3)
+    assert 0.78 < masked.sum() / chosen.sum() < 0.82
+    assert 0.06 < changed.sum() / chosen.sum() < 0.09  # 10% random bases, a quarter of them equal to the original
+    assert torch.equal(inputs[~chosen], ids[~chosen])
+    again, _ = mask_bases(ids, 0.15, key=3)
+    other, _ = mask_bases(ids, 0.15, key=4)
+    assert torch.equal(again, inputs) and not torch.equal(other, inputs)
+
+
+def test_masked_lm_objective_trains_a_bidirectional_rc_equivariant_model(genome, tmp_path):
+    config = {**TINY, "bidirectional": True, "rc_equivariant": True}
+    data = DNAPretrainData(str(genome), seq_len=64, batch_size=8, split_fractions=(0.8, 0.1, 0.1))
+    model = DNALanguageModel(config=config, objective="mlm", lr=1e-2)
+    run = trainer(tmp_path, 30, limit_test_batches=4)
+    run.fit(model, datamodule=data)
+    result = run.test(model, datamodule=data, verbose=False)[0]
+    assert 1.5 < result["test/bits_per_base"] < 2.3  # about 2 bits for random bases, and finite
+    first = run.test(model, datamodule=data, verbose=False)[0]
+    assert first["test/bits_per_base"] == result["test/bits_per_base"]  # the same masks at every evaluation
+    with pytest.raises(ValueError, match="masked-LM objective goes with a bidirectional Mamba"):
+        DNALanguageModel(config=TINY, objective="mlm")
+    with pytest.raises(ValueError, match="Transformer\\+\\+ baseline is causal"):
+        DNALanguageModel(arch="transformer", model_size="0.26M", objective="mlm")
