@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
@@ -68,26 +67,30 @@ class Mamba(nn.Module):
         return dt, B, C
 
     def forward(self, hidden: torch.Tensor, cache=None) -> torch.Tensor:
-        """hidden: (b, L, d) -> (b, L, d). With an inference cache: at offset 0 the parallel path also fills the
-        cache (prefill); after that, tokens are fed through `step` one by one."""
+        """hidden: (b, L, d) -> (b, L, d). With an inference cache the layer continues from the cached states and
+        leaves its states after the last token there: a chunk of several tokens runs the parallel path (the conv
+        over the cached last inputs + the chunk, the scan from the cached state), so a long sequence can be fed in
+        chunks with the same result as in one pass; a single token after the first goes through `step`."""
         batch, length, _ = hidden.shape
-        if cache is not None and cache.seqlen_offset > 0:
+        if cache is not None and cache.seqlen_offset > 0 and length == 1:
             conv_state, ssm_state = cache.states[self.layer_idx]
-            return torch.stack([self.step(hidden[:, t], conv_state, ssm_state) for t in range(length)], dim=1)
+            return self.step(hidden[:, 0], conv_state, ssm_state)[:, None]
 
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)       # (b, E, L) each
+        initial_state = None
         if cache is not None:
-            conv_state, ssm_state = cache.states[self.layer_idx]
-            conv_state.copy_(F.pad(x, (self.d_conv - length, 0))[..., -self.d_conv:])  # last W inputs (b, E, W)
-        x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")  # (b, E, L)
+            conv_state, initial_state = cache.states[self.layer_idx]
+            x = torch.cat([conv_state[..., 1:].to(x.dtype), x], dim=-1)     # (b, E, W − 1 + L): earlier inputs first
+            conv_state.copy_(x[..., -self.d_conv:])                         # last W inputs (b, E, W)
+        x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")[..., -length:]
         dt, B, C = self._split_x_proj(self.x_proj(x.transpose(1, 2)))     # (b, L, R), (b, L, N) x2
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)                 # (b, E, L); bias added in the scan
         y = selective_scan(x, dt, self.ssm_A(), B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
                            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                           return_last_state=cache is not None)
+                           initial_state=initial_state, return_last_state=cache is not None)
         if cache is not None:
             y, last_state = y
-            ssm_state.copy_(last_state)
+            initial_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))                             # (b, L, d)
 
     def step(self, hidden: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
@@ -101,12 +104,16 @@ class Mamba(nn.Module):
         return self.out_proj(y)
 
     def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None):
-        """(conv_state (b, E, W) in the conv's dtype, ssm_state (b, E, N) fp32 or complex64), zeroed."""
+        """(conv_state (b, E, W) in the conv's dtype, ssm_state (b, E, N) fp32 or complex64 (float64/complex128 for
+        a float64 model)), zeroed."""
         weight = self.conv1d.weight
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, dtype=dtype or weight.dtype,
                                  device=device or weight.device)
+        wide = weight.dtype == torch.float64
+        ssm_dtype = (torch.complex128 if wide else torch.complex64) if self.complex_ssm else \
+            (torch.float64 if wide else torch.float32)
         ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device or weight.device,
-                                dtype=torch.complex64 if self.complex_ssm else torch.float32)
+                                dtype=ssm_dtype)
         return conv_state, ssm_state
 
 
