@@ -6,9 +6,8 @@
                            a uniform window, redrawing mostly-N windows; a function of (seed, split, epoch, i).
     SpeciesData            LightningDataModule: chromosomes split by name (default the HyenaDNA split), windows per
                            epoch, the length warm-up (`LengthScheduledData`), exact mid-epoch resume.
-    SpeciesClassifier      LightningModule: Mamba backbone (causal with last-position readout, as in the paper, or
-                           bidirectional with mean pooling), linear head; accuracy, per-class accuracy and the
-                           confusion matrix (CSV and plot) on valid and test (scikit-learn).
+The model is `dna_classifier.DNAClassifier` (causal with last-position readout, as in the paper, or bidirectional
+/ RC-equivariant with mean pooling; accuracy, per-class accuracy, MCC, F1, AUROC and the confusion matrix).
     build_cli              the pipeline's LightningCLI (`mba dna species`).
 """
 from __future__ import annotations
@@ -21,11 +20,10 @@ import torch
 
 from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.dna.windows import GenomeWindows
-from mamba_bio_audio.io import atomic_path
-from mamba_bio_audio.models import MambaForSequenceClassification, dna_mamba_config
 
-from .common import EpochSampler, EvaluatedModule, LengthScheduledData
+from .common import EpochSampler, LengthScheduledData
 from .common import build_cli as _build_cli
+from .dna_classifier import DNAClassifier
 
 # HyenaDNA's species split (by hg38 chromosome name; the apes' 2A and 2B count as 2)
 HYENADNA_SPLIT = {"train": ["2", "4", "6", "8", *map(str, range(14, 23)), "X", "Y"],
@@ -193,101 +191,11 @@ def find_species_names(data_dir: str | Path) -> list[str]:
     return sorted(names | {_fasta_stem(entry) for entry in root.iterdir() if entry.is_file() and _fasta_stem(entry)})
 
 
-class SpeciesClassifier(EvaluatedModule):
-    """Mamba species classifier. `class_names` (linked from the data module); `model_size` a paper size or `config`
-    (MambaConfig fields); `bidirectional` runs BiMamba blocks (in/out projections tied between directions) and pools
-    by mean, else the causal model reads out its last position (`pooling` overrides); `rc_equivariant` shares the
-    weights between the two strands (Caduceus-PS: the logits of a window and of its reverse complement are equal;
-    pooled by mean); `rc_conjoin` averages the logits of each window and of its reverse complement at evaluation
-    (Caduceus-Ph's post-hoc conjoining)."""
-
-    def __init__(self, class_names: list[str], model_size: str | None = "1.4M", config: dict | None = None,
-                 bidirectional: bool = False, rc_equivariant: bool = False, pooling: str | None = None,
-                 rc_conjoin: bool = False,
-                 lr: float = 1e-4, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup: float = 0.1, final_lr_ratio: float = 0.1, gradient_checkpointing: bool = False):
-        super().__init__()
-        self.save_hyperparameters()
-        from mamba_bio_audio.config import MambaConfig
-
-        fields = {"bidirectional": bidirectional, "rc_equivariant": rc_equivariant}
-        cfg = MambaConfig(**{**config, **fields}) if config else dna_mamba_config(model_size, **fields)
-        self.model = MambaForSequenceClassification(cfg, len(class_names),
-                                                    pooling or ("mean" if bidirectional or rc_equivariant else "last"))
-        self.model.backbone.gradient_checkpointing = gradient_checkpointing
-        self._eval: dict[str, list[torch.Tensor]] = {}
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids (b, L) int64 → logits (b, classes) fp32; with rc_conjoin outside training, the mean of the
-        logits on the window and on its reverse complement."""
-        logits = self.model(input_ids).float()
-        if self.hparams.rc_conjoin and not self.training:
-            logits = (logits + self.model(DNATokenizer.reverse_complement(input_ids)).float()) / 2
-        return logits
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"])
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/accuracy", (logits.argmax(-1) == batch["labels"]).float().mean(), on_step=True,
-                 on_epoch=False)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return loss
-
-    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        logits = self(batch["input_ids"])
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
-        parts = self._eval.setdefault(split, [])
-        parts.append(torch.cat([logits.argmax(-1, keepdim=True).float(), batch["labels"][:, None].float(),
-                                loss.expand(len(logits))[:, None] / len(logits)], 1))
-
-    def _eval_end(self, split: str) -> None:
-        from sklearn.metrics import accuracy_score, confusion_matrix
-
-        rows = self.all_gather(torch.cat(self._eval.pop(split))).reshape(-1, 3).cpu().numpy()
-        predicted, labels = rows[:, 0].astype(int), rows[:, 1].astype(int)
-        names = self.hparams.class_names
-        matrix = confusion_matrix(labels, predicted, labels=list(range(len(names))))
-        accuracy = float(accuracy_score(labels, predicted))
-        metrics = {f"{split}/loss": float(rows[:, 2].mean())}
-        for i, (name, row) in enumerate(zip(names, matrix)):
-            metrics[f"{split}/accuracy_{name}"] = float(row[i] / max(1, row.sum()))
-        self.log(f"{split}/accuracy", accuracy, prog_bar=True)
-        self.log_dict(metrics)
-        if split == "test" and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            save_confusion(matrix, names, Path(self.trainer.default_root_dir),
-                           title=f"test accuracy {accuracy:.3f}, windows of {self.trainer.datamodule.seq_len:,} "
-                                 "bases" if self.trainer.datamodule else f"test accuracy {accuracy:.3f}")
-
-
-def save_confusion(matrix: np.ndarray, names: list[str], folder: Path, title: str = "") -> list[Path]:
-    """folder/confusion_test.csv (rows: true species, columns: predicted) and confusion_test.png, atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    folder.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = folder / "confusion_test.csv", folder / "confusion_test.png"
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text("true\\predicted," + ",".join(names) + "\n" + "".join(
-            f"{name}," + ",".join(str(int(v)) for v in row) + "\n" for name, row in zip(names, matrix)))
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.1 * len(names) + 1.5), dpi=120)
-    ConfusionMatrixDisplay(matrix, display_labels=names).plot(ax=ax, colorbar=False, xticks_rotation=45)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return [csv_path, png_path]
-
-
 def build_cli(args: list[str], run_dir: str = "runs/species"):
-    """LightningCLI over SpeciesClassifier and SpeciesData (common.build_cli defaults; best checkpoint by validation
+    """LightningCLI over DNAClassifier and SpeciesData (common.build_cli defaults; best checkpoint by validation
     accuracy; the class names linked from the data; length warm-up from 2^14, one epoch per doubling, samples per
     step constant, as in the paper), not run: the caller fits and tests (`mba dna species`)."""
-    return _build_cli(SpeciesClassifier, SpeciesData, args, run_dir, monitor="valid/accuracy", mode="max",
+    return _build_cli(DNAClassifier, SpeciesData, args, run_dir, monitor="valid/accuracy", mode="max",
                       links=(("data.class_names", "model.class_names"),),
                       warmup_defaults={"start_len": 2 ** 14, "epochs_per_stage": 1, "keep_tokens": False})
 

@@ -13,7 +13,8 @@ from mamba_bio_audio.data_recipes.apes import simulate_apes  # noqa: E402
 from mamba_bio_audio.dna import DNATokenizer  # noqa: E402
 from mamba_bio_audio.pipelines.common import AtomicCheckpointIO  # noqa: E402
 from mamba_bio_audio.pipelines.dna_species import (  # noqa: E402
-    HYENADNA_SPLIT, SpeciesClassifier, SpeciesData, chromosome_key, find_species)
+    HYENADNA_SPLIT, SpeciesData, chromosome_key, find_species)
+from mamba_bio_audio.pipelines.dna_classifier import DNAClassifier  # noqa: E402
 from test_dna_data import write_fasta  # noqa: E402
 
 TINY = {"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}
@@ -82,7 +83,7 @@ def test_resume_mid_epoch_reaches_the_same_parameters(apes_dir, tmp_path):
                            rc_prob=0.5)
 
     def model():
-        return SpeciesClassifier(class_names=data().class_names, model_size=None, config=TINY, lr=3e-3)
+        return DNAClassifier(class_names=data().class_names, model_size=None, config=TINY, lr=3e-3)
 
     torch.manual_seed(0)
     full = model()
@@ -98,7 +99,7 @@ def test_resume_mid_epoch_reaches_the_same_parameters(apes_dir, tmp_path):
 
 def test_rc_equivariant_classifier_gives_the_same_logits_on_both_strands():
     torch.manual_seed(0)
-    model = SpeciesClassifier(class_names=["a", "b"], model_size=None, config=TINY, bidirectional=True,
+    model = DNAClassifier(class_names=["a", "b"], model_size=None, config=TINY, bidirectional=True,
                               rc_equivariant=True).eval()
     assert model.model.pooling == "mean"
     ids = torch.randint(7, 12, (3, 40))
@@ -107,7 +108,7 @@ def test_rc_equivariant_classifier_gives_the_same_logits_on_both_strands():
 
 
 def test_rc_conjoin_is_invariant_to_the_strand():
-    model = SpeciesClassifier(class_names=["a", "b", "c"], model_size=None, config=TINY, rc_conjoin=True).eval()
+    model = DNAClassifier(class_names=["a", "b", "c"], model_size=None, config=TINY, rc_conjoin=True).eval()
     ids = torch.randint(7, 11, (3, 50))
     rc = DNATokenizer.reverse_complement(ids)
     with torch.no_grad():
