@@ -6,6 +6,8 @@
     mba dna generate --ckpt CKPT --prompt ACGT... --length N [--out FILE.fa]
     mba dna context-sweep --fasta GENOME --lengths 1024,4096,16384,65536 --seeds 0,1,2 [--parallel 3]
     mba dna species --data-dir GENOMES --seq-len 16384 --model-size 1.4M [--bidirectional] --max-steps N
+    mba dna classify --ckpt CKPT --fasta IN [--out OUT.tsv]
+    mba dna embed --ckpt CKPT --fasta IN --out OUT.npy
 
 Configuration goes through LightningCLI: a YAML file (see pipelines/configs/) and/or --data.*, --model.*,
 --trainer.* options after the direct ones; `--print-config` shows the resolved configuration.
@@ -74,6 +76,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     species.add_argument("--resume", help="checkpoint to resume from")
     species.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
     species.set_defaults(_task=_species, _pass_through=True)
+
+    classify = tasks.add_parser("classify", help="class probabilities of every record of a FASTA (TSV)",
+                                description=_classify.__doc__)
+    classify.add_argument("--ckpt", required=True, help="a checkpoint of `mba dna species` (a DNAClassifier)")
+    classify.add_argument("--fasta", required=True, help="records to classify (plain or bgzip; indexed when needed)")
+    classify.add_argument("--out", help="TSV file to write (default: standard output)")
+    classify.add_argument("--chunk-len", type=int, default=1 << 16,
+                          help="bases per streamed chunk of a causal model (memory bound; default 65536)")
+    classify.add_argument("--window", type=int, help="window of a bidirectional model (default: its training length)")
+    classify.set_defaults(_task=_classify)
+
+    embed = tasks.add_parser("embed", help="pooled embeddings of every record of a FASTA (.npy + .tsv index)",
+                             description=_embed.__doc__)
+    embed.add_argument("--ckpt", required=True, help="a checkpoint of `mba dna species` (a DNAClassifier)")
+    embed.add_argument("--fasta", required=True)
+    embed.add_argument("--out", required=True, help="FILE.npy (float32, records × width); FILE.tsv names the rows")
+    embed.add_argument("--chunk-len", type=int, default=1 << 16)
+    embed.add_argument("--window", type=int)
+    embed.set_defaults(_task=_embed)
 
     sweep = tasks.add_parser("context-sweep", help="held-out bits per base against training length, with a plot",
                              description=_context_sweep.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,6 +241,32 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(record)
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    """Class probabilities of each record of --fasta with a classifier checkpoint, one TSV row per record (record,
+    length, p_CLASS..., predicted). A causal model streams every record in --chunk-len pieces carrying its state
+    (any length, bounded memory, the same result as one pass); a bidirectional one averages windows."""
+    import sys
+
+    from .dna_infer import classify_fasta
+
+    text = classify_fasta(args.ckpt, args.fasta, args.out, args.chunk_len, args.window)
+    if args.out:
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    """Pooled embeddings (the classifier's pooling of its backbone's last hidden states) of each record of
+    --fasta: OUT.npy (float32, records × width) and OUT.tsv (row, record, length), written atomically."""
+    from .dna_infer import embed_fasta
+
+    for path in embed_fasta(args.ckpt, args.fasta, args.out, args.chunk_len, args.window):
+        print(f"wrote {path}")
     return 0
 
 

@@ -167,3 +167,38 @@ def test_bidirectional_classifier_learns_an_easy_task(tmp_path, capsys):
                  "--trainer.enable_progress_bar", "false"]) == 0
     accuracy = float(capsys.readouterr().out.split("test accuracy ")[1].split()[0])
     assert accuracy > 0.9
+
+
+def test_mba_dna_classify_and_embed_stream_whole_records(apes_dir, tmp_path, capsys):
+    """A causal classifier scores whole chromosomes streamed in small chunks; the probabilities equal those of one
+    pass over the record, the embeddings are the pooled features, and outputs are TSV / .npy."""
+    import numpy as np
+
+    from mamba_bio_audio.dna.fasta import open_fasta
+    from mamba_bio_audio.pipelines.dna_infer import RecordScorer
+
+    run = tmp_path / "run"
+    assert main(["dna", "species", "--data-dir", str(apes_dir), "--seq-len", "128", "--batch-size", "4",
+                 "--max-steps", "2", "--out", str(run), "--model.model_size", "null", "--model.config",
+                 str(TINY).replace("'", '"'), "--model.pooling", "max", "--data.split_names",
+                 str(SPLIT).replace("'", '"'), "--data.samples_per_epoch", "8", "--data.eval_samples", "5",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    ckpt, fasta = str(run / "checkpoints" / "last.ckpt"), str(apes_dir / "gorilla.fa.gz")
+    capsys.readouterr()
+    assert main(["dna", "classify", "--ckpt", ckpt, "--fasta", fasta, "--chunk-len", "5000"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split("\t") == ["record", "length", "p_bonobo", "p_chimpanzee", "p_gorilla", "p_human",
+                                  "p_orangutan", "predicted"]
+    assert [r.split("\t")[0] for r in rows] == ["chr2A", "chr2B", "chr5", "chr21"]
+    assert all(abs(sum(map(float, r.split("\t")[2:7])) - 1) < 1e-4 for r in rows)
+    scorer = RecordScorer(ckpt, chunk_len=10 ** 9, device="cpu")  # one chunk: the whole record in one pass
+    handle = open_fasta(fasta)
+    one_pass = scorer.probabilities(handle, "chr21", fasta)
+    streamed = [float(v) for v in rows[-1].split("\t")[2:7]]
+    assert np.allclose(streamed, one_pass.numpy(), atol=1e-4)
+    out = tmp_path / "emb.npy"
+    assert main(["dna", "embed", "--ckpt", ckpt, "--fasta", fasta, "--out", str(out), "--chunk-len", "3000"]) == 0
+    embeddings = np.load(out)
+    assert embeddings.shape == (4, 16) and (tmp_path / "emb.tsv").read_text().splitlines()[1].startswith("0\tchr2A")
+    assert np.allclose(embeddings[-1], scorer.features(handle, "chr21", fasta).numpy(), atol=1e-4)
+    assert main(["dna", "embed", "--ckpt", ckpt, "--fasta", fasta, "--out", str(tmp_path / "emb.txt")]) == 1
