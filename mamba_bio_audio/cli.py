@@ -37,7 +37,7 @@ COMMANDS: list[Command] = [
     Command("demo", "mamba_bio_audio.demo", "train a small Mamba LM on a real genome on the CPU and sample from it"),
     Command("bench", "mamba_bio_audio.bench", "measure training throughput (tokens/s) of Mamba LMs on this machine"),
     Command("data", "mamba_bio_audio.data_recipes.cli", "prepare data: index a FASTA, genome recipes"),
-    Command("dna", "mamba_bio_audio.pipelines.cli", "DNA pipelines: pretrain, evaluate, generate, context-sweep, species, classify, embed"),
+    Command("dna", "mamba_bio_audio.pipelines.cli", "DNA pipelines: pretrain, evaluate, generate, context-sweep, species, finetune, classify, embed"),
 ]
 
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.

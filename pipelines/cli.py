@@ -6,6 +6,7 @@
     mba dna generate --ckpt CKPT --prompt ACGT... --length N [--out FILE.fa]
     mba dna context-sweep --fasta GENOME --lengths 1024,4096,16384,65536 --seeds 0,1,2 [--parallel 3]
     mba dna species --data-dir GENOMES --seq-len 16384 --model-size 1.4M [--bidirectional] --max-steps N
+    mba dna finetune --ckpt PRETRAINED --train T --valid V [--test X]
     mba dna classify --ckpt CKPT --fasta IN [--out OUT.tsv]
     mba dna embed --ckpt CKPT --fasta IN --out OUT.npy
 
@@ -76,6 +77,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     species.add_argument("--resume", help="checkpoint to resume from")
     species.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
     species.set_defaults(_task=_species, _pass_through=True)
+
+    finetune = tasks.add_parser("finetune", help="fine-tune a pretrained Mamba on labelled sequences",
+                                description=_finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_argument("--ckpt", help="pretrained model: a `mba dna pretrain` checkpoint or a save_pretrained "
+                                         "folder (else --model.model_size / --model.config from scratch)")
+    finetune.add_argument("--train", help="CSV/TSV (sequence,label), FASTA (label= in headers) or Genomic "
+                                          "Benchmarks split folder (class/*.txt)")
+    finetune.add_argument("--valid", help="same formats; early stopping and the best checkpoint use its MCC")
+    finetune.add_argument("--test", help="same formats; scored with the best checkpoint")
+    finetune.add_argument("--batch-size", type=int)
+    finetune.add_argument("--max-epochs", type=int)
+    finetune.add_argument("--lr", type=float)
+    finetune.add_argument("--out", help="run folder (default runs/finetune)")
+    finetune.add_argument("--config", help="YAML file (LightningCLI format)")
+    finetune.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
+    finetune.set_defaults(_task=_finetune, _pass_through=True)
 
     classify = tasks.add_parser("classify", help="class probabilities of every record of a FASTA (TSV)",
                                 description=_classify.__doc__)
@@ -241,6 +258,29 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(record)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a classifier (a pretrained backbone + a new linear head) on labelled sequences: early stopping and
+    the best checkpoint by validation MCC, then accuracy, MCC, macro F1, AUROC and the confusion matrix on --test
+    with the best checkpoint. Causal backbones read out the last real position, bidirectional ones pool by mean
+    (--model.pooling overrides). Other options go to LightningCLI (--data.*, --model.*, --trainer.*)."""
+    from .dna_finetune import build_cli
+
+    if args.test is None and not args.config:
+        print("mba dna finetune: no --test: only validation metrics are reported")
+    direct = {"data.train": args.train, "data.valid": args.valid, "data.test": args.test,
+              "data.batch_size": args.batch_size, "model.pretrained": args.ckpt, "model.lr": args.lr,
+              "trainer.max_epochs": args.max_epochs}
+    cli_args = _lightning_args("dna_finetune", args, direct)
+    cli = build_cli(cli_args, run_dir=args.out or "runs/finetune")
+    if cli.datamodule.hparams.test is None:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        return 0
+    metrics = _fit_then_test(cli, None)
+    print(" ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items()
+                   if k in ("test/accuracy", "test/mcc", "test/f1", "test/auroc")))
     return 0
 
 

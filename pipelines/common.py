@@ -147,7 +147,8 @@ class EvaluatedModule(L.LightningModule):
 
 
 def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: str, mode: str,
-              links: tuple[tuple[str, str], ...] = (), warmup_defaults: dict | None = None):
+              links: tuple[tuple[str, str], ...] = (), warmup_defaults: dict | None = None,
+              length_warmup: bool = True, callbacks: list[dict] | None = None):
     """LightningCLI over `model_class` and `data_class` with the toolkit's defaults, not run: the caller fits and
     tests.
 
@@ -156,14 +157,16 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically; CSV and TensorBoard logs in RUN; the
     length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders rebuilt
     every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
-    the model's init argument `target` at instantiation (e.g. the number of classes)."""
+    the model's init argument `target` at instantiation (e.g. the number of classes). `length_warmup=False` leaves
+    the warm-up out (data modules without a length); `callbacks`: default trainer callbacks (class_path dicts)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
     class ToolkitCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")
+            if length_warmup:
+                parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")
             for source, target in links:
                 parser.link_arguments(source, target, apply_on="instantiate")
             parser.set_defaults({
@@ -180,6 +183,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
                     {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                      "init_args": {"save_dir": run_dir, "name": "tensorboard"}}],
                 **{f"length_warmup.{k}": v for k, v in (warmup_defaults or {}).items()},
+                **({"trainer.callbacks": callbacks} if callbacks else {}),
             })
 
     return ToolkitCLI(model_class, data_class, run=False, args=args, seed_everything_default=0,

@@ -1,0 +1,160 @@
+"""Fine-tuning on labelled DNA sequences (`mba dna finetune`), on Lightning.
+
+    read_labelled   (name, sequence, label) triples from a CSV/TSV with `sequence` and `label` columns, a FASTA with
+                    `label=...` in each header, or a Genomic Benchmarks split folder (one subfolder per class, one
+                    sequence per *.txt file); errors name the file and the line or record.
+    LabelledData    LightningDataModule over train/valid/test files: classes from the training labels, batches
+                    padded with [PAD] and an attention mask.
+    build_cli       LightningCLI over DNAClassifier (initialised from a pretrained checkpoint) and LabelledData, with
+                    early stopping on validation MCC.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from mamba_bio_audio.dna import DNATokenizer
+
+from .common import build_cli as _build_cli
+from .dna_classifier import DNAClassifier
+from .dna_species import FASTA_SUFFIXES
+
+
+def _check(sequence: str, label: str, where: str) -> tuple[str, str]:
+    sequence, label = sequence.strip(), label.strip()
+    if not sequence:
+        raise ValueError(f"{where}: empty sequence")
+    if not label:
+        raise ValueError(f"{where}: no label")
+    return sequence, label
+
+
+def read_labelled(path: str | Path) -> list[tuple[str, str, str]]:
+    """(name, sequence, label) of every example in `path` (see the module docstring for the formats)."""
+    path = Path(path)
+    if path.is_dir():
+        classes = sorted(p for p in path.iterdir() if p.is_dir())
+        if not classes:
+            raise ValueError(f"{path}: a Genomic Benchmarks split folder needs one subfolder per class")
+        return [(f"{c.name}/{f.name}", *_check(f.read_text(), c.name, str(f)))
+                for c in classes for f in sorted(c.glob("*.txt"))]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if any(path.name.endswith(s) for s in FASTA_SUFFIXES):
+        import pysam
+
+        examples = []
+        try:
+            with pysam.FastxFile(str(path)) as reader:
+                for record in reader:
+                    fields = dict(f.split("=", 1) for f in (record.comment or "").split() if "=" in f)
+                    if "label" not in fields:
+                        raise ValueError(f"{path}: record {record.name!r} has no label=... in its header")
+                    examples.append((record.name, *_check(record.sequence or "", fields["label"],
+                                                          f"{path}: record {record.name!r}")))
+        except OSError as error:
+            raise ValueError(f"{path}: unreadable FASTA ({error})") from None
+        return examples
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
+                raise ValueError(f"{path}: needs a header with 'sequence' and 'label' columns, got "
+                                 f"{reader.fieldnames}")
+            return [(row.get("name") or f"line {reader.line_num}",
+                     *_check(row["sequence"] or "", row["label"] or "", f"{path}:{reader.line_num}"))
+                    for row in reader]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text CSV/TSV (or FASTA with a .fa/.fasta/.fna name)") from None
+
+
+class LabelledSequences(torch.utils.data.Dataset):
+    """Tokenized examples: item i is {"input_ids": (l_i,) int64, "labels": () int64}."""
+
+    def __init__(self, examples: list[tuple[str, str, str]], class_names: list[str], source: str,
+                 max_len: int | None = None):
+        tokenizer, index = DNATokenizer(), {c: i for i, c in enumerate(class_names)}
+        self.items = []
+        for name, sequence, label in examples:
+            if label not in index:
+                raise ValueError(f"{source}: {name}: label {label!r} is not one of the training labels "
+                                 f"{class_names}")
+            ids = tokenizer.encode(sequence[:max_len] if max_len else sequence, name=f"{source}: {name}")
+            self.items.append((ids, index[label]))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids, label = self.items[i]
+        return {"input_ids": ids, "labels": torch.tensor(label)}
+
+
+def pad_batch(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Right-pad with [PAD] to the longest sequence: input_ids (b, L), attention_mask (b, L) bool, labels (b,)."""
+    length = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), length), DNATokenizer.PAD_ID, dtype=torch.int64)
+    mask = torch.zeros((len(items), length), dtype=torch.bool)
+    for row, item in enumerate(items):
+        ids[row, :len(item["input_ids"])] = item["input_ids"]
+        mask[row, :len(item["input_ids"])] = True
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.stack([it["labels"] for it in items])}
+
+
+class LabelledData(L.LightningDataModule):
+    """Labelled sequences for fine-tuning: `train`, `valid` and optional `test` (files or folders read by
+    `read_labelled`); the classes are the sorted training labels; `max_len` truncates long sequences."""
+
+    def __init__(self, train: str, valid: str, test: str | None = None, batch_size: int = 32,
+                 max_len: int | None = None, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.examples = {"train": read_labelled(train)}
+        self.class_names = sorted({label for _, _, label in self.examples["train"]})
+        if len(self.class_names) < 2:
+            raise ValueError(f"{train}: needs at least two labels, found {self.class_names}")
+        self._datasets = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets is not None:
+            return
+        hp = self.hparams
+        sources = {"train": hp.train, "valid": hp.valid, "test": hp.test}
+        self._datasets = {}
+        for split, source in sources.items():
+            if source is None:
+                continue
+            examples = self.examples.get(split) or read_labelled(source)
+            self._datasets[split] = LabelledSequences(examples, self.class_names, str(source), hp.max_len)
+
+    def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
+        if split not in self._datasets:
+            raise ValueError(f"no {split} data: give --{split}")
+        generator = torch.Generator().manual_seed(self.hparams.seed + (self.trainer.current_epoch
+                                                                      if self.trainer else 0))
+        return torch.utils.data.DataLoader(self._datasets[split], batch_size=self.hparams.batch_size,
+                                           shuffle=shuffle, generator=generator, collate_fn=pad_batch,
+                                           num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+
+def build_cli(args: list[str], run_dir: str = "runs/finetune"):
+    """LightningCLI over DNAClassifier and LabelledData (common.build_cli defaults without the length warm-up; best
+    checkpoint and early stopping (patience 3 validations) by validation MCC; class names linked from the data),
+    not run: the caller fits and tests (`mba dna finetune`)."""
+    return _build_cli(DNAClassifier, LabelledData, args, run_dir, monitor="valid/mcc", mode="max",
+                      links=(("data.class_names", "model.class_names"),), length_warmup=False,
+                      callbacks=[{"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                                  "init_args": {"monitor": "valid/mcc", "mode": "max", "patience": 3}}])

@@ -1,0 +1,92 @@
+"""Fine-tuning on labelled sequences: the three input formats, their errors (naming file and record), and
+`mba dna finetune` from a pretrained checkpoint end to end."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+pytest.importorskip("pysam")
+pytest.importorskip("lightning")
+
+from mamba_bio_audio.cli import main  # noqa: E402
+from mamba_bio_audio.pipelines.dna_finetune import LabelledData, pad_batch, read_labelled  # noqa: E402
+from test_dna_data import random_genome, write_fasta  # noqa: E402
+
+
+def examples(n, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = "gc" if i % 2 else "at"
+        weights = [0.3, 0.3, 0.2, 0.2] if label == "gc" else [0.2, 0.2, 0.3, 0.3]
+        out.append((f"s{i}", "".join(rng.choices("GCAT", weights=weights, k=rng.randrange(60, 120))), label))
+    return out
+
+
+def write_csv(path, rows):
+    path.write_text("name,sequence,label\n" + "".join(f"{n},{s},{lab}\n" for n, s, lab in rows))
+    return path
+
+
+def test_the_three_formats_read_the_same_examples(tmp_path):
+    rows = examples(6)
+    csv_path = write_csv(tmp_path / "d.csv", rows)
+    fasta_path = tmp_path / "d.fa"
+    fasta_path.write_text("".join(f">{n} label={lab} other=1\n{s}\n" for n, s, lab in rows))
+    for n, s, lab in rows:
+        (tmp_path / "gb" / lab).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "gb" / lab / f"{n}.txt").write_text(s + "\n")
+    want = sorted((s, lab) for _, s, lab in rows)
+    for path in (csv_path, fasta_path, tmp_path / "gb"):
+        assert sorted((s, lab) for _, s, lab in read_labelled(path)) == want
+    batch = pad_batch([{"input_ids": torch.tensor([7, 8]), "labels": torch.tensor(1)},
+                       {"input_ids": torch.tensor([9]), "labels": torch.tensor(0)}])
+    assert batch["input_ids"].tolist() == [[7, 8], [9, 4]] and batch["attention_mask"].tolist() == [[1, 1], [1, 0]]
+
+
+@pytest.mark.parametrize("content, name, message", [
+    ("name,sequence,label\na,ACGT,x\nb,,y\n", "bad.csv", r"bad\.csv:3: empty sequence"),
+    ("name,sequence,label\na,ACGT,x\nb,ACGT,\n", "bad.csv", r"bad\.csv:3: no label"),
+    ("name,seq,class\na,ACGT,x\n", "bad.csv", r"needs a header with 'sequence' and 'label' columns"),
+    (">a label=x\nACGT\n>b\nACGT\n", "bad.fa", r"bad\.fa: record 'b' has no label="),
+    ("name,sequence,label\na,ACGJT,x\nb,ACGT,y\n", "bad.csv", r"bad\.csv: a"),
+])
+def test_bad_labelled_input_names_the_file_and_record(tmp_path, content, name, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        LabelledData(str(path), str(path)).setup()
+
+
+def test_unknown_label_and_unreadable_file(tmp_path):
+    train = write_csv(tmp_path / "train.csv", examples(4))
+    valid = write_csv(tmp_path / "valid.csv", [("v1", "ACGT", "cpg")])
+    with pytest.raises(ValueError, match=r"valid\.csv: v1: label 'cpg' is not one of the training labels"):
+        LabelledData(str(train), str(valid)).setup()
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x81garbage")
+    with pytest.raises(ValueError, match="not a text CSV"):
+        read_labelled(tmp_path / "binary.csv")
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        read_labelled(tmp_path / "missing.csv")
+
+
+def test_mba_dna_finetune_from_a_pretrained_checkpoint(tmp_path, capsys):
+    genome = write_fasta(tmp_path / "g.fa", random_genome(7, lengths=(3000,)))
+    assert main(["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out",
+                 str(tmp_path / "pre"), "--model.config", '{"d_model": 16, "n_layer": 2, "vocab_size": 12}',
+                 "--max-steps", "2", "--trainer.enable_progress_bar", "false",
+                 "--trainer.limit_val_batches", "1"]) == 0
+    train = write_csv(tmp_path / "train.csv", examples(64, 1))
+    valid = write_csv(tmp_path / "valid.csv", examples(16, 2))
+    test = write_csv(tmp_path / "test.csv", examples(16, 3))
+    capsys.readouterr()
+    assert main(["dna", "finetune", "--ckpt", str(tmp_path / "pre" / "checkpoints" / "last.ckpt"), "--train",
+                 str(train), "--valid", str(valid), "--test", str(test), "--batch-size", "8", "--max-epochs", "2",
+                 "--lr", "3e-3", "--out", str(tmp_path / "ft"), "--trainer.enable_progress_bar", "false"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("accuracy ") and " mcc " in line and " auroc " in line
+    assert (tmp_path / "ft" / "confusion_test.csv").read_text().startswith("true\\predicted,at,gc")
+    config = (tmp_path / "ft" / "logs" / "version_0" / "config.yaml").read_text()
+    assert "EarlyStopping" in config and "pretrained:" in config
