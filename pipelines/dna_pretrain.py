@@ -141,13 +141,14 @@ class DNALanguageModel(EvaluatedModule):
 
     `objective` "next" (next-base prediction, causal models) or "mlm" (masked-LM for bidirectional Mamba configs,
     e.g. config {"bidirectional": true[, "rc_equivariant": true]}: `mask_prob` of the bases are chosen, 80% of them
-    replaced by [MASK], 10% by a random base, 10% kept, and predicted; the choice is a function of (seed, step) in
+    replaced by [MASK], 10% by a random base, 10% kept, and predicted; the choice is a function of (mask_seed, step) in
     training and of the batch index in evaluation, so runs and resumes are reproducible). Metrics are bits per
     predicted base either way."""
 
     def __init__(self, arch: str = "mamba", model_size: str | None = "1.4M", config: dict | None = None,
-                 objective: str = "next", mask_prob: float = 0.15, seed: int = 0, lr: float = 8e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup: float = 0.1, final_lr_ratio: float = 0.1, gradient_checkpointing: bool = False):
+                 objective: str = "next", mask_prob: float = 0.15, mask_seed: int = 0, lr: float = 8e-3,
+                 weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup: float = 0.1,
+                 final_lr_ratio: float = 0.1, gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters()
         if objective not in ("next", "mlm"):
@@ -182,7 +183,7 @@ class DNALanguageModel(EvaluatedModule):
         return mask_bases(batch["input_ids"], self.hparams.mask_prob, key)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        inputs, labels = self._inputs_and_labels(batch, self.hparams.seed * 1_000_003 + self.global_step)
+        inputs, labels = self._inputs_and_labels(batch, self.hparams.mask_seed * 1_000_003 + self.global_step)
         total, count = next_base_loss(self(inputs), labels)
         loss = total / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
