@@ -53,17 +53,7 @@ class RecordScorer:
         chunks = (c.to(self.device) for c in record_chunks(fasta, name, self.chunk_len, self.tokenizer, path))
         if self.causal:
             return pooled_stream(self.classifier.backbone, chunks, self.classifier.pooling)[0]
-        from mamba_bio_audio.models.classifier import pool
-
-        per_window = []
-        for ids in chunks:
-            hidden = self.classifier.backbone(ids)
-            if self.classifier.config.rc_equivariant:
-                forward, reverse = hidden.chunk(2, dim=-1)
-                per_window.append(pool(forward, None, self.classifier.pooling)
-                                  + pool(reverse, None, self.classifier.pooling).flip(-1))
-            else:
-                per_window.append(pool(hidden, None, self.classifier.pooling))
+        per_window = [self.classifier.features(ids) for ids in chunks]
         return torch.cat(per_window).float().mean(0)
 
     @torch.no_grad()

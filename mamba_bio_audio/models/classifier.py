@@ -52,9 +52,12 @@ class MambaForSequenceClassification(nn.Module, PretrainedMixin):
 
         With an rc_equivariant backbone the pooled features of the two strands are added (the second half flipped
         back along channels), so the logits of x and of its reverse complement are the same."""
+        return self.head(self.features(input_ids, attention_mask))
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled backbone output the head reads: (b, d)."""
         hidden = self.backbone(input_ids)
         if not self.config.rc_equivariant:
-            return self.head(pool(hidden, attention_mask, self.pooling))
+            return pool(hidden, attention_mask, self.pooling)
         forward, reverse = hidden.chunk(2, dim=-1)  # reverse: h(RC x) flipped along length and channels
-        features = pool(forward, attention_mask, self.pooling) + pool(reverse, attention_mask, self.pooling).flip(-1)
-        return self.head(features)
+        return pool(forward, attention_mask, self.pooling) + pool(reverse, attention_mask, self.pooling).flip(-1)
