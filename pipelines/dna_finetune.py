@@ -4,13 +4,14 @@
                     `label=...` in each header, or a Genomic Benchmarks split folder (one subfolder per class, one
                     sequence per *.txt file); errors name the file and the line or record.
     LabelledData    LightningDataModule over train/valid/test files: classes from the training labels, batches
-                    padded with [PAD] and an attention mask.
+                    padded with [PAD] and an attention mask, optional strand augmentation, exact mid-epoch resume.
     build_cli       LightningCLI over DNAClassifier (initialised from a pretrained checkpoint) and LabelledData, with
                     early stopping on validation MCC.
 """
 from __future__ import annotations
 
 import csv
+import random
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ import torch
 
 from mamba_bio_audio.dna import DNATokenizer
 
+from .common import EpochSampler, resume_point
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 from .dna_species import FASTA_SUFFIXES
@@ -73,11 +75,14 @@ def read_labelled(path: str | Path) -> list[tuple[str, str, str]]:
 
 
 class LabelledSequences(torch.utils.data.Dataset):
-    """Tokenized examples: item i is {"input_ids": (l_i,) int64, "labels": () int64}."""
+    """Tokenized examples: item i is {"input_ids": (l_i,) int64, "labels": () int64}. With `rc_prob` > 0 item i is
+    reverse-complemented with that probability, decided by (rc_seed, i) alone (a resumed epoch sees the same strands):
+    augmentation for labels that do not depend on the strand."""
 
     def __init__(self, examples: list[tuple[str, str, str]], class_names: list[str], source: str,
-                 max_len: int | None = None):
+                 max_len: int | None = None, rc_prob: float = 0.0, rc_seed: int = 0):
         tokenizer, index = DNATokenizer(), {c: i for i, c in enumerate(class_names)}
+        self.rc_prob, self.rc_seed = rc_prob, rc_seed
         self.items = []
         for name, sequence, label in examples:
             if label not in index:
@@ -91,6 +96,8 @@ class LabelledSequences(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         ids, label = self.items[i]
+        if self.rc_prob > 0 and random.Random(self.rc_seed * 2**40 + i).random() < self.rc_prob:
+            ids = DNATokenizer.reverse_complement(ids)
         return {"input_ids": ids, "labels": torch.tensor(label)}
 
 
@@ -107,10 +114,12 @@ def pad_batch(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 class LabelledData(L.LightningDataModule):
     """Labelled sequences for fine-tuning: `train`, `valid` and optional `test` (files or folders read by
-    `read_labelled`); the classes are the sorted training labels; `max_len` truncates long sequences."""
+    `read_labelled`); the classes are the sorted training labels; `max_len` truncates long sequences; `rc_prob`
+    reverse-complements training examples with that probability (for labels that do not depend on the strand).
+    Training order and strands are functions of (seed, epoch): a run resumed mid-epoch continues it exactly."""
 
     def __init__(self, train: str, valid: str, test: str | None = None, batch_size: int = 32,
-                 max_len: int | None = None, num_workers: int = 0, seed: int = 0):
+                 max_len: int | None = None, num_workers: int = 0, seed: int = 0, rc_prob: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.examples = {"train": read_labelled(train)}
@@ -131,23 +140,24 @@ class LabelledData(L.LightningDataModule):
             examples = self.examples.get(split) or read_labelled(source)
             self._datasets[split] = LabelledSequences(examples, self.class_names, str(source), hp.max_len)
 
-    def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
+    def _loader(self, split: str, sampler: EpochSampler | None = None) -> torch.utils.data.DataLoader:
         if split not in self._datasets:
             raise ValueError(f"no {split} data: give --{split}")
-        generator = torch.Generator().manual_seed(self.hparams.seed + (self.trainer.current_epoch
-                                                                      if self.trainer else 0))
         return torch.utils.data.DataLoader(self._datasets[split], batch_size=self.hparams.batch_size,
-                                           shuffle=shuffle, generator=generator, collate_fn=pad_batch,
+                                           sampler=sampler, collate_fn=pad_batch,
                                            num_workers=self.hparams.num_workers)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        hp, dataset = self.hparams, self._datasets["train"]
+        epoch, skip = resume_point(self.trainer, hp.batch_size)
+        dataset.rc_prob, dataset.rc_seed = hp.rc_prob, hp.seed * 100_003 + epoch
+        return self._loader("train", EpochSampler(len(dataset), hp.seed, epoch, shuffle=True, skip=skip))
 
     def val_dataloader(self):
-        return self._loader("valid", shuffle=False)
+        return self._loader("valid")
 
     def test_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
 
 def build_cli(args: list[str], run_dir: str = "runs/finetune"):

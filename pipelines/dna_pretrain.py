@@ -21,7 +21,7 @@ from mamba_bio_audio.dna.windows import IGNORE_INDEX, GenomeWindows, read_bed, s
 from mamba_bio_audio.models import TransformerLM, dna_mamba_config, dna_transformer_config
 
 from .common import (  # noqa: F401  (AtomicCheckpointIO, SequenceLengthWarmup: part of this pipeline's API)
-    AtomicCheckpointIO, EpochSampler, EvaluatedModule, LengthScheduledData, SequenceLengthWarmup)
+    AtomicCheckpointIO, EpochSampler, EvaluatedModule, LengthScheduledData, SequenceLengthWarmup, resume_point)
 from .common import build_cli as _build_cli
 
 LN2 = math.log(2.0)
@@ -118,7 +118,7 @@ class DNAPretrainData(LengthScheduledData):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         seq_len, batch_size = self.current_shape()
-        epoch, skip = self.epoch_and_skip(batch_size)
+        epoch, skip = resume_point(self.trainer, batch_size)
         dataset = self._dataset("train", seq_len, self.hparams.rc_prob, rc_seed=self.hparams.seed * 100_003 + epoch)
         sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, shuffle=True, skip=skip)
         return self._loader(dataset, batch_size, sampler, train=True)

@@ -21,7 +21,7 @@ import torch
 from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.dna.windows import GenomeWindows
 
-from .common import EpochSampler, LengthScheduledData
+from .common import EpochSampler, LengthScheduledData, resume_point
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 
@@ -165,7 +165,7 @@ class SpeciesData(LengthScheduledData):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         seq_len, batch_size = self.current_shape()
-        epoch, skip = self.epoch_and_skip(batch_size)
+        epoch, skip = resume_point(self.trainer, batch_size)
         n = self.hparams.samples_per_epoch // batch_size * batch_size
         dataset = self._dataset("train", seq_len, n, epoch)
         return self._loader(dataset, batch_size, EpochSampler(n, self.hparams.seed, epoch, shuffle=False, skip=skip))

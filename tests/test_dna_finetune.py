@@ -8,11 +8,15 @@ import pytest
 import torch
 
 pytest.importorskip("pysam")
-pytest.importorskip("lightning")
+L = pytest.importorskip("lightning")
 
 from mamba_bio_audio.cli import main  # noqa: E402
-from mamba_bio_audio.pipelines.dna_finetune import LabelledData, pad_batch, read_labelled  # noqa: E402
+from mamba_bio_audio.dna import DNATokenizer  # noqa: E402
+from mamba_bio_audio.pipelines.dna_classifier import DNAClassifier  # noqa: E402
+from mamba_bio_audio.pipelines.dna_finetune import (  # noqa: E402
+    LabelledData, LabelledSequences, pad_batch, read_labelled)
 from test_dna_data import random_genome, write_fasta  # noqa: E402
+from test_dna_species import TINY, trainer  # noqa: E402
 
 
 def examples(n, seed=0):
@@ -72,6 +76,43 @@ def test_unknown_label_and_unreadable_file(tmp_path):
         read_labelled(tmp_path / "missing.csv")
 
 
+def test_strand_augmentation_is_a_function_of_seed_epoch_and_index():
+    rows = examples(40)
+    plain = LabelledSequences(rows, ["at", "gc"], "mem")
+
+    def flipped(rc_seed):
+        augmented = LabelledSequences(rows, ["at", "gc"], "mem", rc_prob=0.5, rc_seed=rc_seed)
+        out = []
+        for i in range(len(rows)):
+            ids, forward = augmented[i]["input_ids"], plain[i]["input_ids"]
+            out.append(not torch.equal(ids, forward))
+            assert torch.equal(ids, DNATokenizer.reverse_complement(forward) if out[-1] else forward)
+        return out
+
+    assert flipped(7) == flipped(7) and flipped(7) != flipped(8) and 8 < sum(flipped(7)) < 32
+
+
+def test_finetune_resumed_mid_epoch_reaches_the_same_parameters(tmp_path):
+    train = write_csv(tmp_path / "train.csv", examples(20, 1))
+
+    def data():
+        return LabelledData(str(train), str(train), batch_size=4, rc_prob=0.5, seed=2)
+
+    def model():
+        return DNAClassifier(class_names=["at", "gc"], model_size=None, config=TINY, lr=3e-3)
+
+    torch.manual_seed(0)
+    full = model()
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7,
+                                                      save_top_k=-1, filename="{step}")
+    trainer(tmp_path, 12, [checkpoints]).fit(full, datamodule=data())  # 5 steps per epoch: step 7 is mid-epoch
+    torch.manual_seed(1)
+    resumed = model()
+    trainer(tmp_path / "again", 12).fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_mba_dna_finetune_from_a_pretrained_checkpoint(tmp_path, capsys):
     genome = write_fasta(tmp_path / "g.fa", random_genome(7, lengths=(3000,)))
     assert main(["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out",
@@ -115,6 +156,21 @@ def test_coding_windows_recipe_matches_the_annotation(tmp_path, capsys):
             assert len(sequence) == end - start == 200 and split_of[start // 20_000] == split
             assert start // 20_000 == (end - 1) // 20_000  # inside one block
             assert overlap(start, end) == (200 if label == "coding" else 0)
+    tiled = {split: read_labelled(tmp_path / f"{split}.csv") for split in ("train", "valid", "test")}
+    assert main(["data", "coding-windows", "--dest", str(tmp_path / "s50"), "--train-stride", "50"]) == 0
+    strided = {split: read_labelled(tmp_path / "s50" / f"{split}.csv") for split in ("train", "valid", "test")}
+    assert strided["valid"] == tiled["valid"] and strided["test"] == tiled["test"]
+    assert 3.5 * len(tiled["train"]) < len(strided["train"]) < 4.5 * len(tiled["train"])
+    starts = sorted(int(name.split(":")[1].split("-")[0]) for name, _, _ in strided["train"])
+    assert all(start % 50 == 0 for start in starts) and min(b - a for a, b in zip(starts, starts[1:])) == 50
+    tests = set()
+    for fold in range(10):  # blocked cross-validation: every block is a test block in exactly one fold
+        main(["data", "coding-windows", "--dest", str(tmp_path / f"f{fold}"), "--fold", str(fold)])
+        bed = [line.split("\t") for line in (tmp_path / f"f{fold}" / "blocks.bed").read_text().splitlines()]
+        fold_tests = {b[1] for b in bed if b[3].strip() == "test"}
+        assert not fold_tests & tests and {b[1] for b in bed if b[3].strip() == "valid"} - fold_tests
+        tests |= fold_tests
+    assert tests == {b[1] for b in blocks}
 
 
 def test_kmer_baseline_separates_gc_rich_from_at_rich(tmp_path, capsys):
