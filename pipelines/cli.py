@@ -100,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kmer.add_argument("--valid", required=True)
     kmer.add_argument("--test", required=True)
     kmer.add_argument("--k", type=int, default=6, help="largest k (all k-mers from 1 to k; default 6)")
+    kmer.add_argument("--both-strands", action="store_true",
+                      help="count k-mers on each sequence and on its reverse complement (strand-symmetric features)")
     kmer.set_defaults(_task=_kmer_baseline)
 
     classify = tasks.add_parser("classify", help="class probabilities of every record of a FASTA (TSV)",
@@ -297,7 +299,7 @@ def _kmer_baseline(args: argparse.Namespace) -> int:
     logistic regression, its C chosen by validation MCC; prints test accuracy, MCC, macro F1 and AUROC."""
     from .kmer_baseline import kmer_baseline
 
-    metrics = kmer_baseline(args.train, args.valid, args.test, args.k)
+    metrics = kmer_baseline(args.train, args.valid, args.test, args.k, args.both_strands)
     print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) and k != "C" else f"{k} {v:g}" for k, v in metrics.items()))
     return 0
 

@@ -1,12 +1,16 @@
 """k-mer baseline for labelled DNA (`mba dna kmer-baseline`): counts of every k-mer for k = 1 … k_max, normalised
-per sequence, and a logistic regression (scikit-learn) whose regularisation is chosen on the validation set."""
+per sequence (with `both_strands`, counted on the sequence and on its reverse complement: strand-symmetric
+features, the k-mer analogue of strand augmentation), and a logistic regression (scikit-learn) whose
+regularisation is chosen on the validation set."""
 from __future__ import annotations
 
 from .dna_classifier import classification_metrics
 from .dna_finetune import read_labelled
 
+_COMPLEMENT = str.maketrans("ACGTN", "TGCAN")
 
-def kmer_baseline(train: str, valid: str, test: str, k_max: int = 6) -> dict[str, float]:
+
+def kmer_baseline(train: str, valid: str, test: str, k_max: int = 6, both_strands: bool = False) -> dict[str, float]:
     """Test metrics (accuracy, mcc, f1, auroc) and the chosen C of the best validation MCC."""
     import numpy as np
     from sklearn.feature_extraction.text import CountVectorizer
@@ -16,10 +20,18 @@ def kmer_baseline(train: str, valid: str, test: str, k_max: int = 6) -> dict[str
 
     data = {split: read_labelled(path) for split, path in (("train", train), ("valid", valid), ("test", test))}
     names = sorted({label for _, _, label in data["train"]})
+
+    def strands(rows):
+        sequences = [s.upper() for _, s, _ in rows]
+        return (sequences, [s[::-1].translate(_COMPLEMENT) for s in sequences]) if both_strands else (sequences,)
+
     vectorizer = CountVectorizer(analyzer="char", ngram_range=(1, k_max), lowercase=False)
-    features = {split: normalize(vectorizer.fit_transform([s.upper() for _, s, _ in rows]) if split == "train"
-                                 else vectorizer.transform([s.upper() for _, s, _ in rows]), norm="l1")
-                for split, rows in data.items()}
+    vectorizer.fit([s for strand in strands(data["train"]) for s in strand])
+
+    def counts(rows):
+        return sum(vectorizer.transform(strand) for strand in strands(rows))
+
+    features = {split: normalize(counts(rows), norm="l1") for split, rows in data.items()}
     labels = {split: np.array([names.index(label) for _, _, label in rows]) for split, rows in data.items()}
     best = None
     for c in (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5):

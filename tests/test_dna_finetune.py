@@ -181,3 +181,20 @@ def test_kmer_baseline_separates_gc_rich_from_at_rich(tmp_path, capsys):
     fields = capsys.readouterr().out.split()
     metrics = dict(zip(fields[::2], fields[1::2]))
     assert float(metrics["mcc"]) > 0.8 and float(metrics["auroc"]) > 0.9
+
+
+def test_kmer_baseline_on_both_strands_scores_a_sequence_and_its_reverse_complement_alike(tmp_path):
+    from mamba_bio_audio.pipelines.kmer_baseline import kmer_baseline
+
+    def reverse_complement(rows):
+        return [(n, s[::-1].translate(str.maketrans("ACGT", "TGCA")), lab) for n, s, lab in rows]
+
+    rng = random.Random(5)  # labels from strand-asymmetric content: A-rich vs T-rich
+    rows = [(f"s{i}", "".join(rng.choices("ACGT", weights=[4, 2, 2, 1] if i % 2 else [1, 2, 2, 4], k=80)),
+             "a" if i % 2 else "t") for i in range(120)]
+    train, valid = write_csv(tmp_path / "train.csv", rows[:80]), write_csv(tmp_path / "valid.csv", rows[80:100])
+    test, test_rc = write_csv(tmp_path / "test.csv", rows[100:]), write_csv(tmp_path / "rc.csv",
+                                                                         reverse_complement(rows[100:]))
+    assert kmer_baseline(train, valid, test, 3, both_strands=True) == kmer_baseline(train, valid, test_rc, 3,
+                                                                                    both_strands=True)
+    assert kmer_baseline(train, valid, test, 3)["mcc"] > 0.8 > kmer_baseline(train, valid, test_rc, 3)["mcc"]
