@@ -1,7 +1,8 @@
 """Great-ape species classification (issue 5; the Mamba paper's Table 13 task), on Lightning.
 
-    find_species           a folder of genomes → species → [(FASTA, record, length)]: DIR/<species>.fa[.gz] or
-                           DIR/<species>/<chromosome>.fa[.gz].
+    species_files          a folder of genomes → species → its FASTA files: DIR/<species>.fa[.gz] or
+                           DIR/<species>/<chromosome>.fa[.gz] (no file opened).
+    find_species           the same folder → species → [(FASTA, record, length)] (files indexed when needed).
     SpeciesWindows         Dataset: sample i draws a species (uniform), a chromosome of it (uniform or by length),
                            a uniform window, redrawing mostly-N windows; a function of (seed, split, epoch, i).
     SpeciesData            LightningDataModule: chromosomes split by name (default the HyenaDNA split), windows per
@@ -46,12 +47,9 @@ def _fasta_stem(path: Path) -> str | None:
     return None
 
 
-def find_species(root: str | Path) -> dict[str, list[tuple[Path, str, int]]]:
-    """species → [(FASTA path, record name, length)] for DIR/<species>.fa[.gz] (one FASTA per species) or
-    DIR/<species>/<chromosome>.fa[.gz] (one folder per species); species sorted by name. FASTA files are indexed
-    when needed (plain gzip gets the `mba data index` hint)."""
-    from mamba_bio_audio.dna.fasta import open_fasta
-
+def species_files(root: str | Path) -> dict[str, list[Path]]:
+    """species → its FASTA files, for DIR/<species>.fa[.gz] (one FASTA per species) or DIR/<species>/<chromosome>.fa
+    [.gz] (one folder per species), species sorted by name; the files are not opened."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder of genomes")
@@ -66,8 +64,16 @@ def find_species(root: str | Path) -> dict[str, list[tuple[Path, str, int]]]:
     if len(files) < 2:
         raise ValueError(f"{root}: needs a FASTA (<species>.fa[.gz]) or a folder (<species>/*.fa[.gz]) for at least "
                          f"two species, found {sorted(files) or 'none'}")
+    return dict(sorted(files.items()))
+
+
+def find_species(root: str | Path) -> dict[str, list[tuple[Path, str, int]]]:
+    """species → [(FASTA path, record name, length)] of the genome folder `root` (layouts: `species_files`).
+    FASTA files are indexed when needed (plain gzip gets the `mba data index` hint)."""
+    from mamba_bio_audio.dna.fasta import open_fasta
+
     species = {}
-    for name, paths in files.items():
+    for name, paths in species_files(root).items():
         species[name] = []
         for path in paths:
             handle = open_fasta(path)
@@ -130,7 +136,7 @@ class SpeciesData(LengthScheduledData):
         super().__init__()
         self.save_hyperparameters()
         self.seq_len, self.batch_size = seq_len, batch_size
-        self.class_names = list(species) if species else sorted(find_species_names(data_dir))
+        self.class_names = list(species) if species else list(species_files(data_dir))
         self._chromosomes = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -180,15 +186,6 @@ class SpeciesData(LengthScheduledData):
 
     def test_dataloader(self) -> torch.utils.data.DataLoader:
         return self._eval_loader("test")
-
-
-def find_species_names(data_dir: str | Path) -> list[str]:
-    """The species names of a genome folder without opening the files (for configuring the model)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder of genomes")
-    names = {entry.name for entry in root.iterdir() if entry.is_dir() and any(map(_fasta_stem, entry.iterdir()))}
-    return sorted(names | {_fasta_stem(entry) for entry in root.iterdir() if entry.is_file() and _fasta_stem(entry)})
 
 
 def build_cli(args: list[str], run_dir: str = "runs/species"):
