@@ -150,7 +150,7 @@ class EvaluatedModule(L.LightningModule):
 
 def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: str, mode: str,
               links: tuple[tuple[str, str], ...] = (), warmup_defaults: dict | None = None,
-              length_warmup: bool = True, callbacks: list[dict] | None = None):
+              length_warmup: bool = True, callbacks: list[dict] | None = None, defaults: dict | None = None):
     """LightningCLI over `model_class` and `data_class` with the toolkit's defaults, not run: the caller fits and
     tests.
 
@@ -160,7 +160,8 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders rebuilt
     every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
     the model's init argument `target` at instantiation (e.g. the number of classes). `length_warmup=False` leaves
-    the warm-up out (data modules without a length); `callbacks`: default trainer callbacks (class_path dicts)."""
+    the warm-up out (data modules without a length); `callbacks`: default trainer callbacks (class_path dicts);
+    `defaults`: other defaults of the pipeline (e.g. {"trainer.gradient_clip_val": 0.1})."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
@@ -186,6 +187,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
                      "init_args": {"save_dir": run_dir, "name": "tensorboard"}}],
                 **{f"length_warmup.{k}": v for k, v in (warmup_defaults or {}).items()},
                 **({"trainer.callbacks": callbacks} if callbacks else {}),
+                **(defaults or {}),
             })
 
     return ToolkitCLI(model_class, data_class, run=False, args=args, seed_everything_default=0,

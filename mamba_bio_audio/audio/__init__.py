@@ -1,0 +1,1 @@
+"""Raw audio: reading, 8-bit quantisation and model inputs (see codec)."""

@@ -1,0 +1,219 @@
+"""Mamba U-Net for raw audio: the SaShiMi multi-scale layout with every S4 + MLP pair replaced by one Mamba block
+(Mamba paper §4.4, after Goel et al. 2022).
+
+    tokens (b, L) ─ embed ─► down stage @ L, width D ──────────────────────────────┐ skip
+                                 └ DownPool p₁ ─► down stage @ L/p₁, width 2D ──┐ skip │
+                                                     └ DownPool p₂ ─► centre @ L/(p₁p₂), 4D
+                                                     ┌ UpPool p₂ (shifted) ◄────┘     │
+                                 up stage @ L/p₁ ◄── + ◄────────────────────────┘     │
+                             ┌ UpPool p₁ (shifted) ◄┘                                 │
+    logits (b, L, 256) ◄ head ◄ up stage @ L ◄── + ◄─────────────────────────────────┘
+
+A stage is n_layers pre-norm residual Mamba blocks. DownPool folds p consecutive steps into one (reshape, then a
+linear map to the next width); UpPool maps one step back to p (linear, then reshape). For an autoregressive model
+the UpPool output is delayed by one coarse step (p samples): the outputs for samples [tp, (t+1)p) see only coarse
+steps < t, which summarise samples < tp, so the whole network stays causal. `step` runs it recurrently, one sample at
+a time: a stage at rate 1/p runs once every p samples on the buffered outputs of the stage above.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..config import MambaConfig
+from ..generation import InferenceCache
+from ..modules import Block, RMSNorm
+from .backbone import build_mixer, init_weights
+
+
+@dataclass
+class AudioUNetConfig:
+    """d_model: width D of the full-rate stages; pools: pooling factor of each level (widths D, widen·D, widen²·D …);
+    n_layers: Mamba blocks per stage (down, centre and up stages alike); n_classes: quantisation levels (inputs and
+    outputs); Mamba mixer options as in MambaConfig (d_state, d_conv, expand, complex_ssm); bidirectional: BiMamba
+    blocks and no UpPool delay (a non-causal model, for classification or diffusion; no `step`)."""
+    d_model: int = 64
+    pools: tuple[int, ...] = (4, 4)
+    widen: int = 2
+    n_layers: int = 8
+    n_classes: int = 256
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    complex_ssm: bool = False
+    bidirectional: bool = False
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    extra: dict = field(default_factory=dict)  # free-form metadata (quantisation, training recipe)
+
+    def __post_init__(self):
+        self.pools = tuple(int(p) for p in self.pools)
+        if any(p < 2 for p in self.pools) or self.widen < 1 or self.n_layers < 0 or self.d_model < 1:
+            raise ValueError(f"AudioUNetConfig: pools must be ≥ 2, widen ≥ 1, n_layers ≥ 0, got {self}")
+
+    @property
+    def widths(self) -> list[int]:
+        return [self.d_model * self.widen ** level for level in range(len(self.pools) + 1)]
+
+    @property
+    def total_pool(self) -> int:
+        """Input lengths must be multiples of this."""
+        return math.prod(self.pools)
+
+    def mixer_config(self, width: int) -> MambaConfig:
+        return MambaConfig(d_model=width, n_layer=max(self.n_layers, 1), d_state=self.d_state, d_conv=self.d_conv,
+                           expand=self.expand, complex_ssm=self.complex_ssm, bidirectional=self.bidirectional,
+                           norm_eps=self.norm_eps, residual_in_fp32=self.residual_in_fp32)
+
+
+AUDIO_PRESETS = {
+    # the paper's SC09 model (≈ 6M parameters): 3 levels, pooling 4, D = 64, 8 blocks per stage
+    "sc09": dict(d_model=64, pools=(4, 4), n_layers=8),
+    # the paper's YouTubeMix model (≈ 3.5M parameters): pooling 16, D = 64, 3 blocks per stage, complex SSM
+    "youtubemix": dict(d_model=64, pools=(16, 16), n_layers=3, complex_ssm=True),
+}
+
+
+def audio_unet_config(name: str, **overrides) -> AudioUNetConfig:
+    if name not in AUDIO_PRESETS:
+        raise ValueError(f"unknown audio preset {name!r}; choose from {', '.join(AUDIO_PRESETS)}")
+    return AudioUNetConfig(**{**AUDIO_PRESETS[name], **overrides})
+
+
+class MambaStage(nn.Module):
+    """n_layers residual Mamba blocks at one width: (b, L, d) → (b, L, d), the residual stream after the last block
+    (the identity when n_layers is 0)."""
+
+    def __init__(self, config: AudioUNetConfig, width: int):
+        super().__init__()
+        mixer_config = config.mixer_config(width)
+        self.blocks = nn.ModuleList(Block(width, build_mixer(mixer_config, i), config.norm_eps,
+                                          config.residual_in_fp32) for i in range(config.n_layers))
+        init_weights(self, max(config.n_layers, 1))
+
+    def forward(self, x: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        hidden, residual = x, None
+        for block in self.blocks:
+            hidden, residual = block(hidden, residual, cache=cache)
+        return x if residual is None else (hidden + residual).to(x.dtype)
+
+    def allocate_inference_cache(self, batch_size: int) -> InferenceCache:
+        return InferenceCache(batch_size, {i: block.mixer.allocate_inference_cache(batch_size)
+                                           for i, block in enumerate(self.blocks)})
+
+    def step(self, x: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """One time step: x (b, d) → (b, d), the states in `cache` advanced."""
+        out = self(x[:, None], cache=cache)[:, 0]
+        cache.seqlen_offset += 1
+        return out
+
+
+class DownPool(nn.Module):
+    """(b, L, d_in) → (b, L/p, d_out): each run of p steps, concatenated, through one linear map."""
+
+    def __init__(self, d_in: int, pool: int, d_out: int):
+        super().__init__()
+        self.pool = pool
+        self.linear = nn.Linear(d_in * pool, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(rearrange(x, "b (l p) d -> b l (p d)", p=self.pool))
+
+
+class UpPool(nn.Module):
+    """(b, l, d_in) → (b, l·p, d_out): each step through one linear map to p steps. `causal` delays the result by one
+    coarse step (zeros first), so that fine steps [tp, (t+1)p) see coarse steps < t only."""
+
+    def __init__(self, d_in: int, pool: int, d_out: int, causal: bool = True):
+        super().__init__()
+        self.pool, self.causal = pool, causal
+        self.linear = nn.Linear(d_in, d_out * pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)                                                   # (b, l, p·d_out)
+        if self.causal:
+            y = torch.cat([torch.zeros_like(y[:, :1]), y[:, :-1]], dim=1)
+        return rearrange(y, "b l (p d) -> b (l p) d", p=self.pool)
+
+
+@dataclass
+class UNetStepState:
+    """Recurrent state of `AudioUNet.step`: per level, the caches of its down and up stages, the down-stage outputs
+    of the current coarse step (b, p, d), the delayed UpPool outputs (b, p, d) and the position in the coarse step."""
+    down: list[InferenceCache]
+    up: list[InferenceCache]
+    centre: InferenceCache
+    down_buffer: list[torch.Tensor]
+    up_buffer: list[torch.Tensor]
+    phase: list[int]
+
+
+class AudioUNet(nn.Module):
+    """Sample-level language model over quantised audio. forward: tokens (b, L) int64 (L a multiple of
+    config.total_pool) → logits (b, L, n_classes) float; step: one token per row → the next logits."""
+
+    def __init__(self, config: AudioUNetConfig):
+        super().__init__()
+        self.config = config
+        widths, pools = config.widths, config.pools
+        self.embedding = nn.Embedding(config.n_classes, config.d_model)
+        self.down = nn.ModuleList(MambaStage(config, widths[k]) for k in range(len(pools)))
+        self.down_pool = nn.ModuleList(DownPool(widths[k], p, widths[k + 1]) for k, p in enumerate(pools))
+        self.centre = MambaStage(config, widths[-1])
+        self.up_pool = nn.ModuleList(UpPool(widths[k + 1], p, widths[k], causal=not config.bidirectional)
+                                     for k, p in enumerate(pools))
+        self.up = nn.ModuleList(MambaStage(config, widths[k]) for k in range(len(pools)))
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.n_classes)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] % self.config.total_pool:
+            raise ValueError(f"AudioUNet: the length ({input_ids.shape[-1]}) must be a multiple of the total pooling "
+                             f"{self.config.total_pool} (pools {self.config.pools})")
+        x = self.embedding(input_ids)                                        # (b, L, D)
+        skips = []
+        for stage, pool in zip(self.down, self.down_pool):
+            x = stage(x)
+            skips.append(x)
+            x = pool(x)                                                      # (b, L/p, widen·d)
+        x = self.centre(x)
+        for level in reversed(range(len(self.config.pools))):
+            x = self.up[level](self.up_pool[level](x) + skips.pop())
+        return self.head(self.norm(x))                                       # (b, L, n_classes)
+
+    def allocate_step_state(self, batch_size: int) -> UNetStepState:
+        if self.config.bidirectional:
+            raise ValueError("a bidirectional AudioUNet is not causal: it has no recurrent step")
+        weight = self.head.weight
+        buffers = [torch.zeros(batch_size, p, w, device=weight.device, dtype=weight.dtype)
+                   for p, w in zip(self.config.pools, self.config.widths)]
+        return UNetStepState([s.allocate_inference_cache(batch_size) for s in self.down],
+                             [s.allocate_inference_cache(batch_size) for s in self.up],
+                             self.centre.allocate_inference_cache(batch_size),
+                             buffers, [b.clone() for b in buffers], [0] * len(self.config.pools))
+
+    def step(self, tokens: torch.Tensor, state: UNetStepState) -> torch.Tensor:
+        """tokens (b,) int64, the input at the next position → logits (b, n_classes) for that position; `state` is
+        advanced. Stepping through a sequence gives the same logits as `forward` on it."""
+        return self.head(self.norm(self._step_level(0, self.embedding(tokens), state)))
+
+    def _step_level(self, level: int, x: torch.Tensor, state: UNetStepState) -> torch.Tensor:
+        """x (b, width of level) at this level's rate → (b, width), running the coarser levels when a coarse step
+        completes."""
+        if level == len(self.config.pools):
+            return self.centre.step(x, state.centre)
+        pool, phase = self.config.pools[level], state.phase[level]
+        down = self.down[level].step(x, state.down[level])
+        out = self.up[level].step(state.up_buffer[level][:, phase] + down, state.up[level])
+        state.down_buffer[level][:, phase] = down
+        if phase == pool - 1:                                                # a coarse step is complete
+            coarse = self.down_pool[level].linear(state.down_buffer[level].flatten(1))
+            inner = self._step_level(level + 1, coarse, state)
+            state.up_buffer[level] = self.up_pool[level].linear(inner).view_as(state.up_buffer[level])
+        state.phase[level] = (phase + 1) % pool
+        return out

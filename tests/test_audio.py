@@ -1,0 +1,186 @@
+"""Raw audio: reading and quantisation, the Mamba U-Net (recurrent step = parallel forward, causality, preset
+sizes), the SC09 and long-audio data modules, and `mba audio train` end to end."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+sf = pytest.importorskip("soundfile")
+L = pytest.importorskip("lightning")
+
+from mamba_bio_audio.audio.codec import (  # noqa: E402
+    START_TOKEN, dequantize, load_audio, quantize, shift_right)
+from mamba_bio_audio.cli import main  # noqa: E402
+from mamba_bio_audio.models.audio_unet import AudioUNet, AudioUNetConfig, audio_unet_config  # noqa: E402
+from mamba_bio_audio.pipelines.audio_lm import (  # noqa: E402
+    DIGITS, IGNORE_INDEX, AudioLM, Crops, LongAudioData, SC09Data, model_inputs, sc09_split, split_files)
+from mamba_bio_audio.pipelines.common import AtomicCheckpointIO  # noqa: E402
+
+TINY = {"d_model": 8, "pools": [4, 4], "n_layers": 1, "d_state": 4}
+
+
+def tone(seconds, freq, rate=16_000, channels=1, seed=0):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.5 * np.sin(2 * math.pi * freq * t) + 0.01 * np.random.default_rng(seed).standard_normal(len(t))
+    return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+
+
+def test_load_audio_downmixes_and_resamples(tmp_path):
+    stereo = tone(0.5, 440, rate=44_100, channels=2)
+    stereo[:, 1] *= 0.5
+    sf.write(tmp_path / "a.wav", stereo, 44_100)
+    wave = load_audio(tmp_path / "a.wav")
+    assert wave.dtype == torch.float32 and abs(len(wave) - 8000) <= 1
+    spectrum = np.abs(np.fft.rfft(wave.numpy()))
+    assert abs(np.argmax(spectrum) * 16_000 / len(wave) - 440) < 5  # the tone survives resampling
+    assert 0.3 < float(wave.abs().max()) < 0.45  # the mean of 0.5 and 0.25 amplitudes
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\x00garbage")
+    with pytest.raises(ValueError, match=r"bad\.wav: not a readable audio file"):
+        load_audio(tmp_path / "bad.wav")
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), 16_000)
+    with pytest.raises(ValueError, match=r"empty\.wav: no audio samples"):
+        load_audio(tmp_path / "empty.wav")
+
+
+def test_quantisation_round_trips_and_silence_is_the_start_token():
+    wave = torch.randn(3, 1000, dtype=torch.float64)
+    scaled = 2 * (wave - wave.amin(-1, keepdim=True)) / (wave.amax(-1, keepdim=True) - wave.amin(-1, keepdim=True)) - 1
+    for scheme, tolerance in (("mu-law", 0.04), ("linear", 1 / 256 + 1e-6)):
+        codes = quantize(wave, scheme)
+        assert codes.dtype == torch.int64 and codes.min() == 0 and codes.max() == 255
+        assert (dequantize(codes, scheme) - scaled).abs().max() <= tolerance
+        assert quantize(torch.full((5,), 0.3), scheme).eq(START_TOKEN).all()  # a constant clip is silence
+    quiet = scaled.abs() < 0.05  # mu-law spends its codes on quiet samples: many more levels there than linear
+    assert len(quantize(wave, "mu-law")[quiet].unique()) > 2 * len(quantize(wave, "linear")[quiet].unique())
+    with pytest.raises(ValueError, match="unknown quantization"):
+        quantize(wave, "a-law")
+    assert shift_right(torch.tensor([[5, 6, 7]])).tolist() == [[START_TOKEN, 5, 6]]
+
+
+def test_model_inputs_pad_with_silence_and_ignore_the_padding():
+    item = model_inputs(torch.tensor([10, 20, 30]), 5)
+    assert item["input_ids"].tolist() == [START_TOKEN, 10, 20, 30, START_TOKEN]
+    assert item["labels"].tolist() == [10, 20, 30, IGNORE_INDEX, IGNORE_INDEX]
+    assert model_inputs(torch.arange(8), 4)["labels"].tolist() == [0, 1, 2, 3]
+
+
+def test_unet_step_reproduces_the_parallel_forward_and_is_causal():
+    torch.manual_seed(0)
+    model = AudioUNet(AudioUNetConfig(d_model=8, pools=(2, 3), n_layers=2, d_state=4)).double().eval()
+    tokens = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        parallel = model(tokens)
+        state = model.allocate_step_state(2)
+        stepped = torch.stack([model.step(tokens[:, t], state) for t in range(24)], dim=1)
+        torch.testing.assert_close(stepped, parallel, rtol=1e-9, atol=1e-9)
+        changed = tokens.clone()
+        changed[:, 13:] = torch.randint(0, 256, (2, 11))
+        other = model(changed)
+    assert torch.equal(other[:, :13], parallel[:, :13]) and not torch.allclose(other[:, 13:], parallel[:, 13:])
+
+
+def test_complex_unet_steps_too_and_bidirectional_sees_the_future():
+    torch.manual_seed(1)
+    model = AudioUNet(AudioUNetConfig(d_model=8, pools=(4,), n_layers=1, d_state=4, complex_ssm=True)).double()
+    tokens = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        state = model.allocate_step_state(1)
+        stepped = torch.stack([model.step(tokens[:, t], state) for t in range(16)], dim=1)
+        torch.testing.assert_close(stepped, model(tokens), rtol=1e-9, atol=1e-9)
+    bidirectional = AudioUNet(AudioUNetConfig(**{**TINY, "bidirectional": True})).eval()
+    tokens = torch.randint(0, 256, (1, 32))
+    changed = tokens.clone()
+    changed[:, -1] = (tokens[:, -1] + 7) % 256
+    with torch.no_grad():
+        assert not torch.allclose(bidirectional(tokens)[:, 0], bidirectional(changed)[:, 0])
+    with pytest.raises(ValueError, match="not causal"):
+        bidirectional.allocate_step_state(1)
+    with pytest.raises(ValueError, match="multiple of the total pooling 16"):
+        bidirectional(tokens[:, :20])
+
+
+@pytest.mark.parametrize("preset, low, high", [("sc09", 5.8e6, 6.5e6), ("youtubemix", 3.3e6, 3.9e6)])
+def test_presets_have_the_papers_sizes(preset, low, high):
+    with torch.device("meta"):
+        model = AudioUNet(audio_unet_config(preset))
+    assert low < sum(p.numel() for p in model.parameters()) < high
+
+
+def make_sc09(root, per_digit=3, seconds=0.05):
+    """Digit folders of short tones (digit d at 200·(d+1) Hz), one clip of each digit in valid and one in test."""
+    valid, test = [], []
+    for d, digit in enumerate(DIGITS):
+        (root / digit).mkdir(parents=True)
+        for i in range(per_digit):
+            sf.write(root / digit / f"spk{i}_nohash_0.wav", tone(seconds * (1 + i % 2), 200 * (d + 1), seed=i),
+                     16_000)
+        valid.append(f"{digit}/spk0_nohash_0.wav")
+        test.append(f"{digit}/spk1_nohash_0.wav")
+    (root / "validation_list.txt").write_text("\n".join(valid + ["bed/x_nohash_0.wav"]) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def test_sc09_split_follows_the_lists(tmp_path):
+    root = make_sc09(tmp_path / "sc09")
+    clips = sc09_split(root)
+    assert [len(clips[s]) for s in ("train", "valid", "test")] == [10, 10, 10]
+    assert all(p.name == "spk2_nohash_0.wav" for p in clips["train"])
+    (root / "testing_list.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="testing_list.txt: missing"):
+        sc09_split(root)
+
+
+def test_crops_are_a_function_of_seed_and_index_and_tiles_cover_the_tracks():
+    tracks = [np.arange(100, dtype=np.uint8), np.arange(30, dtype=np.uint8), np.arange(5, dtype=np.uint8)]
+    crops = Crops(tracks, 20, n=50, seed=3)
+    again, other = Crops(tracks, 20, n=50, seed=3), Crops(tracks, 20, n=50, seed=4)
+    assert all(torch.equal(crops[i]["labels"], again[i]["labels"]) for i in range(50))
+    assert any(not torch.equal(crops[i]["labels"], other[i]["labels"]) for i in range(50))
+    for i in range(50):
+        labels = crops[i]["labels"]
+        assert torch.equal(labels, labels[0] + torch.arange(20))  # a contiguous piece of one track
+    tiles = Crops(tracks, 20, tile=True)
+    assert len(tiles) == 5 + 1 and tiles[5]["labels"].tolist() == list(range(20))
+    assert split_files(list(range(50))) == {"train": list(range(44)), "valid": [44, 45, 46], "test": [47, 48, 49]}
+
+
+def test_long_audio_resumed_mid_epoch_reaches_the_same_parameters(tmp_path):
+    for i in range(4):
+        sf.write(tmp_path / f"piece{i}.wav", tone(0.1, 300 + 50 * i, seed=i), 16_000)
+
+    def data():
+        return LongAudioData(str(tmp_path), sample_len=64, tokens_per_batch=128, samples_per_epoch=10, seed=1)
+
+    def trainer(root, steps, callbacks=()):
+        return L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True,
+                         plugins=[AtomicCheckpointIO()], callbacks=list(callbacks), default_root_dir=root,
+                         reload_dataloaders_every_n_epochs=1)
+
+    torch.manual_seed(0)
+    full = AudioLM(config=TINY)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7,
+                                                      save_top_k=-1, filename="{step}")
+    trainer(tmp_path / "a", 12, [checkpoints]).fit(full, datamodule=data())  # 5 steps per epoch: 7 is mid-epoch
+    torch.manual_seed(1)
+    resumed = AudioLM(config=TINY)
+    trainer(tmp_path / "b", 12).fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_mba_audio_train_on_sc09_learns_tones(tmp_path, capsys):
+    root = make_sc09(tmp_path / "sc09", per_digit=6, seconds=0.032)
+    assert main(["audio", "train", "--sc09", str(root), "--batch-size", "8", "--max-steps", "60", "--out",
+                 str(tmp_path / "run"), "--model.config", '{"d_model": 16, "pools": [4, 4], "n_layers": 1}',
+                 "--data.clip_len", "1024", "--model.lr", "1e-2", "--trainer.enable_progress_bar", "false",
+                 "--trainer.max_epochs", "100"]) == 0
+    bits = float(capsys.readouterr().out.strip().splitlines()[-1].split()[-1])
+    assert bits < 6.0  # uniform guessing is 8 bits per sample
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    config = (tmp_path / "run" / "logs" / "version_0" / "config.yaml").read_text()
+    assert "gradient_clip_val: 0.1" in config
