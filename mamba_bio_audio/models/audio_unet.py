@@ -199,7 +199,8 @@ class AudioUNet(nn.Module):
 
     def step(self, tokens: torch.Tensor, state: UNetStepState) -> torch.Tensor:
         """tokens (b,) int64, the input at the next position → logits (b, n_classes) for that position; `state` is
-        advanced. Stepping through a sequence gives the same logits as `forward` on it."""
+        advanced (its tensors in place, so that the step can be captured in a CUDA graph). Stepping through a
+        sequence gives the same logits as `forward` on it."""
         return self.head(self.norm(self._step_level(0, self.embedding(tokens), state)))
 
     def _step_level(self, level: int, x: torch.Tensor, state: UNetStepState) -> torch.Tensor:
@@ -214,6 +215,6 @@ class AudioUNet(nn.Module):
         if phase == pool - 1:                                                # a coarse step is complete
             coarse = self.down_pool[level].linear(state.down_buffer[level].flatten(1))
             inner = self._step_level(level + 1, coarse, state)
-            state.up_buffer[level] = self.up_pool[level].linear(inner).view_as(state.up_buffer[level])
+            state.up_buffer[level].copy_(self.up_pool[level].linear(inner).view_as(state.up_buffer[level]))
         state.phase[level] = (phase + 1) % pool
         return out
