@@ -21,8 +21,9 @@ from .codec import SAMPLE_RATE, START_TOKEN, dequantize
 
 class Stepper:
     """step(tokens (b,) int64) → logits (b, 256) (the model's dtype) of the next position, for a batch of
-    `batch_size` sequences started from empty states. `cuda_graphs` (AudioUNet on CUDA only): after the first pooling period, which runs
-    eagerly, each position's step is a replay of the CUDA graph captured for its phase in the period."""
+    `batch_size` sequences started from empty states. `cuda_graphs` (AudioUNet on CUDA only): after the first
+    pooling period, which runs eagerly, each position's step is a replay of the CUDA graph captured for its phase in
+    the period."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int, cuda_graphs: bool = False):
         from ..models.audio_unet import AudioUNet
