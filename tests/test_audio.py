@@ -221,3 +221,18 @@ def test_sampled_log_likelihood_is_the_models_and_greedy_is_deterministic():
     greedy, _ = sample_audio(model, 2, 32, temperature=0.0)
     with torch.no_grad():
         assert torch.equal(model(shift_right(greedy)).argmax(-1), greedy)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "transformer"])
+def test_flat_baselines_sample_with_their_caches(arch):
+    from mamba_bio_audio.audio.generate import sample_audio
+    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
+
+    torch.manual_seed(0)
+    config = {"d_model": 16, "n_layer": 2} | ({"d_state": 4} if arch == "mamba" else {"n_head": 2})
+    model = build_audio_model(arch, None, config).double().eval()
+    codes, loglik = sample_audio(model, 2, 24, prompt=torch.tensor([100, 120, 140]), seed=1)
+    assert codes[:, :3].tolist() == [[100, 120, 140]] * 2
+    with torch.no_grad():
+        logp = torch.log_softmax(model(shift_right(codes)), -1).gather(-1, codes[..., None])[..., 0][:, 3:].sum(-1)
+    torch.testing.assert_close(loglik, logp, rtol=1e-9, atol=1e-9)  # the cached steps are the parallel forward

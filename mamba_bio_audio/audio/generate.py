@@ -1,6 +1,7 @@
 """Sample-by-sample generation from an autoregressive audio model, and its outputs (WAV files, spectrograms).
 
-    Stepper         one-sample steps of a causal model (AudioUNet, or a flat MambaLMHeadModel) over a batch; on CUDA
+    Stepper         one-sample steps of a causal model (AudioUNet, a flat MambaLMHeadModel, or a TransformerLM with its
+                    KV cache) over a batch; on CUDA
                     the AudioUNet step can be replayed from CUDA graphs, one per position in the pooling period.
     sample_audio    (n, length) codes and each row's log-likelihood: an optional prompt fed first, then sampling with
                     temperature and top-p.
@@ -25,7 +26,8 @@ class Stepper:
     pooling period, which runs eagerly, each position's step is a replay of the CUDA graph captured for its phase in
     the period."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, cuda_graphs: bool = False):
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int, cuda_graphs: bool = False):
+        from ..models import MambaLMHeadModel, TransformerLM
         from ..models.audio_unet import AudioUNet
 
         self.model, self.position = model, 0
@@ -33,7 +35,9 @@ class Stepper:
         if self.unet:
             self.state = model.allocate_step_state(batch_size)
             self.period = model.config.total_pool
-        elif hasattr(model, "allocate_inference_cache"):
+        elif isinstance(model, TransformerLM):
+            self.state = model.allocate_inference_cache(batch_size, max_len)
+        elif isinstance(model, MambaLMHeadModel):
             self.state = model.allocate_inference_cache(batch_size)
         else:
             raise ValueError(f"{type(model).__name__} has no recurrent state to generate with")
@@ -89,7 +93,7 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     if prompt.shape[0] != n or prompt.shape[1] >= length:
         raise ValueError(f"prompt of shape {tuple(prompt.shape)} for {n} clips of {length} samples")
     prompt = prompt.to(device)
-    stepper = Stepper(model, n, cuda_graphs)
+    stepper = Stepper(model, n, length, cuda_graphs)
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
     loglik = torch.zeros(n, dtype=torch.float64, device=device)
     token = torch.full((n,), START_TOKEN, dtype=torch.int64, device=device)

@@ -7,7 +7,7 @@ has half as many blocks as the Mamba model (`TransformerConfig.matching`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.utils.checkpoint
@@ -62,6 +62,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+@dataclass
+class KVCache:
+    """Keys and values of the tokens consumed so far, per layer: keys[i], values[i] (b, heads, max_len, head), and
+    the rotary tables for max_len positions. seqlen_offset counts the consumed tokens."""
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    cos: torch.Tensor
+    sin: torch.Tensor
+    seqlen_offset: int = 0
+    layer_of: dict = field(default_factory=dict)  # id(Attention module) → its index
+
+
 class Attention(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -70,13 +82,27 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, L, d_model) → (batch, L, d_model), causal."""
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x: (batch, L, d_model) → (batch, L, d_model), causal. With a KV cache: the L new tokens (a prompt at offset
+        0, or one token) attend to the cached ones and to themselves, and their keys and values are cached."""
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_head, width // self.n_head).permute(2, 0, 3, 1, 4)
-        cos, sin = rotary_tables(length, width // self.n_head, self.rope_base, x.device, q.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)                   # (batch, heads, L, head)
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            cos, sin = rotary_tables(length, width // self.n_head, self.rope_base, x.device, q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)               # (batch, heads, L, head)
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            start, end = cache.seqlen_offset, cache.seqlen_offset + length
+            if start and length != 1 or end > cache.cos.shape[0]:
+                raise ValueError(f"KV cache: {length} token(s) at offset {start} (max {cache.cos.shape[0]}; after the "
+                                 "prompt, one token at a time)")
+            cos, sin = cache.cos[start:end].to(q.dtype), cache.sin[start:end].to(q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            layer = cache.layer_of[id(self)]
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            y = nn.functional.scaled_dot_product_attention(q, cache.keys[layer][:, :, :end],
+                                                           cache.values[layer][:, :, :end], is_causal=start == 0)
         return self.out(y.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -99,13 +125,14 @@ class TransformerBlock(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class TransformerLM(nn.Module):
-    """Transformer++ LM: forward(input_ids (batch, L) int64) → logits (batch, L, vocab_size)."""
+    """Transformer++ LM: forward(input_ids (batch, L) int64) → logits (batch, L, vocab_size); with a KV cache
+    (`allocate_inference_cache`) it continues from the cached tokens (a prompt, then one token at a time)."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -126,9 +153,20 @@ class TransformerLM(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = self.embedding(input_ids)
-        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None
         for layer in self.layers:
-            x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False) if recompute else layer(x)
+            x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False) if recompute else layer(x, cache)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
         return self.lm_head(self.norm_f(x))[..., : self.config.vocab_size]
+
+    def allocate_inference_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A KV cache for `max_len` tokens: (b, heads, max_len, head) keys and values per layer, zeroed."""
+        config, weight = self.config, self.embedding.weight
+        shape = (batch_size, config.n_head, max_len, config.d_model // config.n_head)
+        keys = [torch.zeros(shape, device=weight.device, dtype=dtype or weight.dtype) for _ in self.layers]
+        cos, sin = rotary_tables(max_len, shape[-1], config.rope_base, weight.device)
+        return KVCache(keys, [torch.zeros_like(k) for k in keys], cos, sin,
+                       layer_of={id(layer.attn): i for i, layer in enumerate(self.layers)})
