@@ -11,6 +11,7 @@
     mba data simulate-apes --dest DIR      an offline stand-in: five genomes evolved along the great-ape tree
     mba data coding-windows --dest DIR     coding vs non-coding windows of the annotated fruit-fly chromosome 4
     mba data spoken-digits --dest DIR      an offline SC09 stand-in: "zero" … "nine" spoken by espeak-ng voices
+    mba data sc09 --dest DIR               SC09 from the Speech Commands v0.02 archive (resumable, SHA-256 checked)
 """
 from __future__ import annotations
 
@@ -82,6 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     digits.add_argument("--workers", type=int, default=4, help="espeak-ng processes at a time (default 4)")
     digits.add_argument("--seed", type=int, default=0)
     digits.set_defaults(_recipe=_spoken_digits)
+
+
+    from .sc09 import SPEECH_COMMANDS_SHA256, SPEECH_COMMANDS_URL
+
+    sc09 = recipes.add_parser("sc09", help="SC09 (spoken digits) from the Speech Commands v0.02 archive",
+                              description=_sc09.__doc__)
+    sc09.add_argument("--dest", required=True, help="output folder (the archive, then DEST/sc09)")
+    sc09.add_argument("--url", default=SPEECH_COMMANDS_URL, help="where the archive is")
+    sc09.add_argument("--sha256", default=SPEECH_COMMANDS_SHA256,
+                      help="expected SHA-256 of the archive ('' to skip the check, e.g. for a mirror's repack)")
+    sc09.add_argument("--remove-archive", action="store_true", help="delete the 2.4 GB archive after extraction")
+    sc09.set_defaults(_recipe=_sc09)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,4 +188,15 @@ def _spoken_digits(args: argparse.Namespace) -> int:
 
     counts = spoken_digits(args.dest, speakers=args.speakers, seed=args.seed, workers=args.workers)
     print("clips: " + ", ".join(f"{split} {n}" for split, n in counts.items()) + f" (in {args.dest})")
+    return 0
+
+
+def _sc09(args: argparse.Namespace) -> int:
+    """Download the Speech Commands v0.02 archive into DEST (resumable; checked against its SHA-256) and extract the
+    ten digit folders and the validation/testing lists (digits only) into DEST/sc09, the layout `mba audio train
+    --sc09` reads. The folder appears only once extraction has finished."""
+    from .sc09 import sc09
+
+    target, counts = sc09(args.dest, args.url, args.sha256 or None, args.remove_archive)
+    print(f"{target}: {sum(counts.values())} clips (" + ", ".join(f"{d} {n}" for d, n in counts.items()) + ")")
     return 0

@@ -142,3 +142,59 @@ def test_pypi_genome(tmp_path, name, record, length):
     assert set(fasta.fetch(record, 1000, 2000).upper()) <= set("ACGTN")
     with gzip.open(tmp_path / f"{name}.gff.gz", "rt") as annotation:
         assert annotation.readline().startswith("##gff-version 3")
+
+
+def speech_commands_archive(path, digits_only_lists=False):
+    """A small Speech Commands-like .tar.gz: every digit, two other words, background noise, the two lists."""
+    import io
+    import tarfile
+
+    from mamba_bio_audio.data_recipes.sc09 import DIGITS
+
+    members = {f"./{w}/spk{i}_nohash_0.wav": b"RIFF" + bytes([i]) * 40 for w in DIGITS + ("bed", "yes") for i in range(3)}
+    members["./_background_noise_/white.wav"] = b"RIFF noise"
+    members["./validation_list.txt"] = "".join(f"{w}/spk0_nohash_0.wav\n" for w in DIGITS + ("bed",)).encode()
+    members["./testing_list.txt"] = "".join(f"{w}/spk1_nohash_0.wav\n" for w in ("yes",) + DIGITS).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_sc09_recipe_downloads_checks_and_keeps_the_digits(tmp_path, capsys):
+    archive = speech_commands_archive(tmp_path / "speech_commands_v0.02.tar.gz").read_bytes()
+    server = Server({"speech_commands_v0.02.tar.gz": archive})
+    try:
+        args = ["data", "sc09", "--dest", str(tmp_path / "out"), "--url", f"{server.url}/speech_commands_v0.02.tar.gz"]
+        assert main(args + ["--sha256", "0" * 64]) == 1
+        assert "sha256" in capsys.readouterr().err.lower() and not (tmp_path / "out" / "sc09").exists()
+        assert main(args + ["--sha256", hashlib.sha256(archive).hexdigest()]) == 0
+    finally:
+        server.close()
+    assert "30 clips" in capsys.readouterr().out
+    root = tmp_path / "out" / "sc09"
+    assert sorted(p.name for p in root.iterdir())[:3] == ["eight", "five", "four"] and not (root / "bed").exists()
+    assert not (root / "_background_noise_").exists() and len(list(root.glob("*/*.wav"))) == 30
+    valid = (root / "validation_list.txt").read_text().split()
+    assert len(valid) == 10 and all(not line.startswith("bed") for line in valid)
+    from mamba_bio_audio.pipelines.audio_lm import sc09_split
+
+    split = sc09_split(root)
+    assert [len(split[s]) for s in ("train", "valid", "test")] == [10, 10, 10]
+
+
+def test_sc09_recipe_refuses_a_corrupt_archive_and_leaves_nothing(tmp_path, capsys):
+    from pathlib import Path
+
+    from mamba_bio_audio.data_recipes.sc09 import _member_path, extract_sc09
+
+    assert _member_path("./zero/a_nohash_0.wav") == Path("zero/a_nohash_0.wav")
+    assert _member_path("../zero/a.wav") is None and _member_path("/zero/a.wav") is None
+    assert _member_path("zero/../../etc/x.wav") is None and _member_path("bed/a.wav") is None
+    good = speech_commands_archive(tmp_path / "a.tar.gz").read_bytes()
+    (tmp_path / "bad.tar.gz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"bad\.tar\.gz: not a readable Speech Commands archive"):
+        extract_sc09(tmp_path / "bad.tar.gz", tmp_path / "sc09")
+    assert not any(p.name.startswith("sc09") for p in tmp_path.iterdir())
