@@ -12,6 +12,7 @@
     mba data coding-windows --dest DIR     coding vs non-coding windows of the annotated fruit-fly chromosome 4
     mba data spoken-digits --dest DIR      an offline SC09 stand-in: "zero" … "nine" spoken by espeak-ng voices
     mba data sc09 --dest DIR               SC09 from the Speech Commands v0.02 archive (resumable, SHA-256 checked)
+    mba data youtubemix --source S --dest DIR   YouTubeMix from a local copy of the gated Hugging Face dataset
 """
 from __future__ import annotations
 
@@ -95,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="expected SHA-256 of the archive ('' to skip the check, e.g. for a mirror's repack)")
     sc09.add_argument("--remove-archive", action="store_true", help="delete the 2.4 GB archive after extraction")
     sc09.set_defaults(_recipe=_sc09)
+
+
+    mix = recipes.add_parser("youtubemix", help="YouTubeMix (piano) from a local copy of the gated HF dataset",
+                             description=_youtubemix.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mix.add_argument("--source", required=True, help="the downloaded dataset: a folder, or a .zip / .tar[.gz] of it")
+    mix.add_argument("--dest", required=True, help="output folder (DEST/youtubemix)")
+    mix.set_defaults(_recipe=_youtubemix)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,4 +207,20 @@ def _sc09(args: argparse.Namespace) -> int:
 
     target, counts = sc09(args.dest, args.url, args.sha256 or None, args.remove_archive)
     print(f"{target}: {sum(counts.values())} clips (" + ", ".join(f"{d} {n}" for d, n in counts.items()) + ")")
+    return 0
+
+
+def _youtubemix(args: argparse.Namespace) -> int:
+    """Lay out YouTubeMix (about 4 h of solo piano) for `mba audio train --audio-dir DEST/youtubemix`. The dataset
+is gated on the Hugging Face hub, so download it yourself first:
+  1. accept the terms at https://huggingface.co/datasets/krandiash/youtubemix (logged in);
+  2. pip install huggingface_hub && huggingface-cli login   (a read token);
+  3. huggingface-cli download krandiash/youtubemix --repo-type dataset --local-dir youtubemix-hf
+then: mba data youtubemix --source youtubemix-hf --dest DEST   (a folder, or a .zip/.tar[.gz] of it).
+Every audio file is checked (an unreadable one stops the recipe with its name) and copied; DEST/youtubemix appears
+only when all are there."""
+    from .youtubemix import youtubemix
+
+    target, n, hours = youtubemix(args.source, args.dest)
+    print(f"{target}: {n} audio files, {hours:.2f} h")
     return 0

@@ -236,3 +236,26 @@ def test_flat_baselines_sample_with_their_caches(arch):
     with torch.no_grad():
         logp = torch.log_softmax(model(shift_right(codes)), -1).gather(-1, codes[..., None])[..., 0][:, 3:].sum(-1)
     torch.testing.assert_close(loglik, logp, rtol=1e-9, atol=1e-9)  # the cached steps are the parallel forward
+
+
+def test_youtubemix_recipe_from_a_folder_or_an_archive(tmp_path, capsys):
+    import tarfile
+
+    source = tmp_path / "hf" / "data"
+    source.mkdir(parents=True)
+    for i in range(3):
+        sf.write(source / f"piece{i}.wav", tone(0.5, 300 + i), 16_000)
+    (tmp_path / "hf" / "README.md").write_text("gated dataset")
+    with tarfile.open(tmp_path / "mix.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "hf", arcname="hf")
+    for name, src in (("folder", tmp_path / "hf"), ("archive", tmp_path / "mix.tar.gz")):
+        assert main(["data", "youtubemix", "--source", str(src), "--dest", str(tmp_path / name)]) == 0
+        assert "3 audio files, 0.00 h" in capsys.readouterr().out
+        files = sorted(p.name for p in (tmp_path / name / "youtubemix").iterdir())
+        assert files == ["data__piece0.wav", "data__piece1.wav", "data__piece2.wav"]
+    data = LongAudioData(str(tmp_path / "folder" / "youtubemix"), sample_len=1024, tokens_per_batch=2048)
+    assert [len(v) for v in data.files.values()] == [1, 1, 1]
+    (source / "piece1.wav").write_bytes(b"RIFF broken")
+    assert main(["data", "youtubemix", "--source", str(tmp_path / "hf"), "--dest", str(tmp_path / "bad")]) == 1
+    assert "piece1.wav: not a readable audio file" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "youtubemix").exists() and not (tmp_path / "bad" / "youtubemix.partial").exists()
