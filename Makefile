@@ -26,13 +26,13 @@ help:  ## list the targets
 demo: $(VENV)/.installed
 	$(BIN)/mba demo $(DEMO_ARGS)
 
-# System tools some recipes call (espeak-ng renders the spoken-digits stand-in): installed with apt-get when this runs
-# as root on Debian/Ubuntu, else their tests are skipped with the reason.
-SYSTEM_TOOLS := espeak-ng
+# Debian packages some recipes call (espeak-ng renders the spoken-digits stand-in, fluidsynth with the GM soundfont
+# the piano one): installed with apt-get when this runs as root on Debian/Ubuntu, else their tests skip with the reason.
+SYSTEM_PACKAGES := espeak-ng fluidsynth fluid-soundfont-gm
 
 test: $(VENV)/.installed-test
-	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& timeout 300 apt-get install -y -q $$tool >/dev/null 2>&1; } || echo "$$tool is not installed: its tests will be skipped"; done
+	@for pkg in $(SYSTEM_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& timeout 300 apt-get install -y -q $$pkg >/dev/null 2>&1; } || echo "$$pkg is not installed: its tests will be skipped"; done
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(BIN)/python:

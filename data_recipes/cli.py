@@ -13,6 +13,7 @@
     mba data spoken-digits --dest DIR      an offline SC09 stand-in: "zero" … "nine" spoken by espeak-ng voices
     mba data sc09 --dest DIR               SC09 from the Speech Commands v0.02 archive (resumable, SHA-256 checked)
     mba data youtubemix --source S --dest DIR   YouTubeMix from a local copy of the gated Hugging Face dataset
+    mba data piano --dest DIR              an offline YouTubeMix stand-in: the music21 corpus played by FluidSynth
 """
 from __future__ import annotations
 
@@ -103,6 +104,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mix.add_argument("--source", required=True, help="the downloaded dataset: a folder, or a .zip / .tar[.gz] of it")
     mix.add_argument("--dest", required=True, help="output folder (DEST/youtubemix)")
     mix.set_defaults(_recipe=_youtubemix)
+
+
+    piano = recipes.add_parser("piano", help="YouTubeMix stand-in: music21 scores rendered on piano (offline)",
+                               description=_piano.__doc__)
+    piano.add_argument("--dest", required=True, help="output folder (DEST/piano; a rerun skips existing files)")
+    piano.add_argument("--pieces", type=int, help="render only this many scores (default: all, about 490)")
+    piano.add_argument("--soundfont", help="a General MIDI .sf2 (default: fluid-soundfont-gm's)")
+    piano.add_argument("--workers", type=int, default=4, help="rendering processes (default 4)")
+    piano.add_argument("--seed", type=int, default=0)
+    piano.set_defaults(_recipe=_piano)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,4 +234,15 @@ only when all are there."""
 
     target, n, hours = youtubemix(args.source, args.dest)
     print(f"{target}: {n} audio files, {hours:.2f} h")
+    return 0
+
+
+def _piano(args: argparse.Namespace) -> int:
+    """Render the music21 corpus (pip install music21) on an acoustic grand piano with FluidSynth (apt-get install
+    fluidsynth fluid-soundfont-gm) into DEST/piano: 16 kHz mono WAV files in a shuffled order, for `mba audio train
+    --audio-dir DEST/piano`. The model is described in mamba_bio_audio/data_recipes/piano.py."""
+    from .piano import piano
+
+    target, n, hours = piano(args.dest, args.pieces, args.soundfont, args.seed, args.workers)
+    print(f"{target}: {n} pieces, {hours:.2f} h")
     return 0
