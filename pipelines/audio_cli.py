@@ -3,6 +3,8 @@
     mba audio train --sc09 DIR [--arch unet --preset sc09] --batch-size 16 --max-steps N
     mba audio train --audio-dir DIR --preset youtubemix --sample-len 65536 --tokens-per-batch 524288 --max-steps N
     mba audio generate --ckpt CKPT --n 64 --seconds 1 --out DIR [--prompt WAV --prompt-seconds 0.25]
+    mba audio train-classifier --sc09 DIR --max-steps N        the digit classifier that scores generated clips
+    mba audio evaluate --classifier CKPT --sc09 DIR [--generated DIR ...] [--ckpt LM_CKPT]
 
 Configuration goes through LightningCLI: a YAML file (--config) and/or --data.*, --model.*, --trainer.* options
 after the direct ones; `--print-config` shows the resolved configuration.
@@ -51,6 +53,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if there is one)")
     generate.add_argument("--no-cuda-graphs", action="store_true", help="step eagerly on the GPU too")
     generate.set_defaults(_task=_generate)
+
+    classifier = tasks.add_parser("train-classifier", help="train the SC09 digit classifier (bidirectional U-Net)",
+                                  description=_train_classifier.__doc__)
+    classifier.add_argument("--sc09", required=True, help="SC09 folder (digit folders and the two lists)")
+    classifier.add_argument("--batch-size", type=int)
+    classifier.add_argument("--max-steps", type=int)
+    classifier.add_argument("--out", help="run folder (default runs/digits)")
+    classifier.add_argument("--resume", help="checkpoint to resume from")
+    classifier.add_argument("--config", help="YAML file of data, model and trainer settings")
+    classifier.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
+    classifier.set_defaults(_task=_train_classifier, _pass_through=True)
+
+    evaluate = tasks.add_parser("evaluate", help="FID, IS, mIS and AM of generated clips; NLL of an LM checkpoint",
+                                description=_evaluate.__doc__)
+    evaluate.add_argument("--classifier", help="a checkpoint of `mba audio train-classifier`")
+    evaluate.add_argument("--sc09", required=True, help="SC09 folder: the training clips are the reference")
+    evaluate.add_argument("--generated", nargs="*", default=[], help="folders of generated clips (*.wav) to score")
+    evaluate.add_argument("--ckpt", help="also: test bits per sample of this `mba audio train` checkpoint")
+    evaluate.add_argument("--out", help="write the score table here as TSV")
+    evaluate.add_argument("--device", help="cpu, cuda, ... (default: cuda if there is one)")
+    evaluate.set_defaults(_task=_evaluate)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,4 +148,62 @@ def _generate(args: argparse.Namespace) -> int:
                      [f"{p.stem} {b:.2f} b/s" for p, b in zip(paths, bits.tolist())])
     print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out} ({codes.numel() / seconds:,.0f} samples/s "
           f"on {device}; mean {bits.mean():.4f} bits per generated sample)")
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    """Train the digit classifier used to score generated SC09 clips (log-mel frames into a bidirectional Mamba
+    U-Net, mean-pooled features, 10 classes), keeping the best checkpoint by validation accuracy; reports test
+    accuracy, MCC and the per-digit accuracies."""
+    from .audio_classifier import build_cli
+
+    direct = {"data.root": args.sc09, "data.batch_size": args.batch_size, "trainer.max_steps": args.max_steps}
+    cli = build_cli(_lightning_args("audio_classifier", args, direct), run_dir=args.out or "runs/digits")
+    metrics = _fit_then_test(cli, args.resume)
+    print(f"test accuracy {metrics['test/accuracy']:.4f} mcc {metrics['test/mcc']:.4f}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Score sets of clips with the digit classifier, as in the SaShiMi evaluation: FID (classifier features, against
+    the SC09 training clips), IS, mIS and AM, with the real training and test clips as the reference rows; and, with
+    --ckpt, the test NLL in bits per sample of an autoregressive checkpoint on the same SC09 folder."""
+    import torch
+
+    from mamba_bio_audio.io import atomic_path
+
+    from .audio_classifier import DigitClassifier, score_folders
+    from .audio_lm import AUDIO_SUFFIXES, sc09_split
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    clips = sc09_split(args.sc09)
+    lines = []
+    if args.classifier:
+        net = DigitClassifier.load_from_checkpoint(args.classifier, map_location="cpu").model.to(device).eval()
+        sets = {"test": clips["test"]}
+        for folder in args.generated:
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"{folder}: no such folder of generated clips")
+            sets[folder] = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        scores = score_folders(net, clips["train"], sets)
+        lines.append("set\tclips\tFID\tIS\tmIS\tAM")
+        counts = {"train": len(clips["train"]), **{k: len(v) for k, v in sets.items()}}
+        lines += [f"{name}\t{counts[name]}\t{s['fid']:.4f}\t{s['is']:.4f}\t{s['mis']:.4f}\t{s['am']:.4f}"
+                  for name, s in scores.items()]
+    if args.ckpt:
+        import lightning as L
+
+        from .audio_lm import AudioLM, SC09Data
+
+        model = AudioLM.load_from_checkpoint(args.ckpt, map_location="cpu")
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
+                            precision="bf16-mixed" if device.type == "cuda" else "32-true")
+        result = trainer.test(model, datamodule=SC09Data(args.sc09), verbose=False)[0]
+        lines.append(f"# {args.ckpt}: test NLL {result['test/bits_per_sample']:.4f} bits per sample")
+    if not lines:
+        raise ValueError("give --classifier (sample-quality scores) and/or --ckpt (test NLL)")
+    print("\n".join(lines))
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
     return 0

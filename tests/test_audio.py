@@ -259,3 +259,46 @@ def test_youtubemix_recipe_from_a_folder_or_an_archive(tmp_path, capsys):
     assert main(["data", "youtubemix", "--source", str(tmp_path / "hf"), "--dest", str(tmp_path / "bad")]) == 1
     assert "piece1.wav: not a readable audio file" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "youtubemix").exists() and not (tmp_path / "bad" / "youtubemix.partial").exists()
+
+
+def test_sample_quality_scores_on_known_cases():
+    from mamba_bio_audio.audio.metrics import (
+        am_score, fid, inception_score, modified_inception_score)
+
+    confident = np.full((10, 10), 0.01) + 0.9 * np.eye(10)          # each row one clear digit, all digits present
+    entropy = -np.sum(confident[0] * np.log(confident[0]))
+    assert inception_score(confident) == pytest.approx(10 * np.exp(-entropy))  # exp(KL(p ‖ uniform))
+    pairs = [np.sum(a * np.log(a / b)) for a in confident for b in confident]
+    assert modified_inception_score(confident) == pytest.approx(np.exp(np.mean(pairs)))
+    same = np.tile(confident[:1], (10, 1))                          # always the same digit
+    assert inception_score(same) == pytest.approx(1.0) and modified_inception_score(same) == pytest.approx(1.0)
+    assert am_score(confident, confident) == pytest.approx(entropy)  # matching class mix: AM is the entropy alone
+    assert am_score(same, confident) > am_score(confident, confident) + 1
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((500, 4))
+    assert fid(features, features) == pytest.approx(0.0, abs=1e-6)
+    assert fid(features + np.array([3.0, 0, 0, 0]), features) == pytest.approx(9.0, abs=1e-6)
+
+
+def test_digit_classifier_learns_and_evaluate_scores_sets(tmp_path, capsys):
+    root = make_sc09(tmp_path / "sc09", per_digit=8, seconds=0.05)
+    assert main(["audio", "train-classifier", "--sc09", str(root), "--batch-size", "16", "--max-steps", "60",
+                 "--out", str(tmp_path / "clf"), "--model.d_model", "16", "--model.n_layers", "1", "--model.lr",
+                 "1e-2", "--data.clip_len", "1600", "--trainer.enable_progress_bar", "false",
+                 "--trainer.max_epochs", "100"]) == 0
+    accuracy = float(capsys.readouterr().out.strip().splitlines()[-1].split()[2])
+    assert accuracy >= 0.9  # ten tones, one per digit
+    generated = tmp_path / "gen"
+    generated.mkdir()
+    for i, path in enumerate(sorted(root.glob("*/spk1_nohash_0.wav"))):
+        (generated / f"sample_{i:03d}.wav").write_bytes(path.read_bytes())
+    ckpt = next((tmp_path / "clf" / "checkpoints").glob("best-*.ckpt"))
+    assert main(["audio", "evaluate", "--classifier", str(ckpt), "--sc09", str(root), "--generated", str(generated),
+                 "--out", str(tmp_path / "scores.tsv")]) == 0
+    rows = [line.split("\t") for line in (tmp_path / "scores.tsv").read_text().splitlines()]
+    assert rows[0] == ["set", "clips", "FID", "IS", "mIS", "AM"] and [r[0] for r in rows[1:]] == ["train", "test",
+                                                                                                 str(generated)]
+    assert float(rows[1][2]) == pytest.approx(0.0, abs=1e-3)  # the training set against itself
+    assert rows[3][1:] == rows[2][1:]  # the "generated" folder holds the test clips under other names
+    assert main(["audio", "evaluate", "--sc09", str(root), "--generated", str(tmp_path / "missing"),
+                 "--classifier", str(ckpt)]) == 1

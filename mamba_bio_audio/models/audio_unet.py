@@ -171,11 +171,14 @@ class AudioUNet(nn.Module):
         self.head = nn.Linear(config.d_model, config.n_classes)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if input_ids.shape[-1] % self.config.total_pool:
-            raise ValueError(f"AudioUNet: the length ({input_ids.shape[-1]}) must be a multiple of the total pooling "
+    def features(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """input_ids (b, L) int64, or inputs_embeds (b, L, D) (e.g. projected spectrogram frames) → the normalised
+        output of the last up stage (b, L, D), what the head reads. L must be a multiple of config.total_pool."""
+        x = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds     # (b, L, D)
+        if x.shape[1] % self.config.total_pool:
+            raise ValueError(f"AudioUNet: the length ({x.shape[1]}) must be a multiple of the total pooling "
                              f"{self.config.total_pool} (pools {self.config.pools})")
-        x = self.embedding(input_ids)                                        # (b, L, D)
         skips = []
         for stage, pool in zip(self.down, self.down_pool):
             x = stage(x)
@@ -184,7 +187,10 @@ class AudioUNet(nn.Module):
         x = self.centre(x)
         for level in reversed(range(len(self.config.pools))):
             x = self.up[level](self.up_pool[level](x) + skips.pop())
-        return self.head(self.norm(x))                                       # (b, L, n_classes)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(input_ids))                           # (b, L, n_classes)
 
     def allocate_step_state(self, batch_size: int) -> UNetStepState:
         if self.config.bidirectional:
