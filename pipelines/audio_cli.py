@@ -4,6 +4,7 @@
     mba audio train --audio-dir DIR --preset youtubemix --sample-len 65536 --tokens-per-batch 524288 --max-steps N
     mba audio generate --ckpt CKPT --n 64 --seconds 1 --out DIR [--prompt WAV --prompt-seconds 0.25]
     mba audio train-classifier --sc09 DIR --max-steps N        the digit classifier that scores generated clips
+    mba audio train-diffusion --sc09 DIR --max-steps N         DiffWave-style diffusion, bidirectional U-Net
     mba audio evaluate --classifier CKPT --sc09 DIR [--generated DIR ...] [--ckpt LM_CKPT]
 
 Configuration goes through LightningCLI: a YAML file (--config) and/or --data.*, --model.*, --trainer.* options
@@ -65,6 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     classifier.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
     classifier.set_defaults(_task=_train_classifier, _pass_through=True)
 
+    diffusion = tasks.add_parser("train-diffusion", help="train a DiffWave-style SC09 diffusion model (Mamba U-Net)",
+                                 description=_train_diffusion.__doc__)
+    diffusion.add_argument("--sc09", required=True, help="SC09 folder (digit folders and the two lists)")
+    diffusion.add_argument("--batch-size", type=int)
+    diffusion.add_argument("--max-steps", type=int)
+    diffusion.add_argument("--out", help="run folder (default runs/diffusion)")
+    diffusion.add_argument("--resume", help="checkpoint to resume from")
+    diffusion.add_argument("--config", help="YAML file of data, model and trainer settings")
+    diffusion.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
+    diffusion.set_defaults(_task=_train_diffusion, _pass_through=True)
+
     evaluate = tasks.add_parser("evaluate", help="FID, IS, mIS and AM of generated clips; NLL of an LM checkpoint",
                                 description=_evaluate.__doc__)
     evaluate.add_argument("--classifier", help="a checkpoint of `mba audio train-classifier`")
@@ -103,10 +115,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    """Generate clips sample by sample with the model's recurrent step (pooled stages of a U-Net step once every p
-    samples; CUDA graphs on the GPU), with temperature and top-p, optionally continuing a prompt. Writes
-    OUT/sample_NNN.wav (16 kHz, 16-bit, the codes decoded), OUT/spectrograms.png and OUT/samples.tsv (each clip's
-    log-likelihood under the model, in nats and in bits per generated sample)."""
+    """Generate clips from a `mba audio train` checkpoint sample by sample with the model's recurrent step (pooled
+    stages of a U-Net step once every p samples; CUDA graphs on the GPU), with temperature and top-p, optionally
+    continuing a prompt; or from a `mba audio train-diffusion` checkpoint by its reverse diffusion steps. Writes
+    OUT/sample_NNN.wav (16 kHz, 16-bit), OUT/spectrograms.png and OUT/samples.tsv (for autoregressive models each
+    clip's log-likelihood under the model, in nats and in bits per generated sample)."""
     import time
 
     import torch
@@ -121,33 +134,49 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("--n must be ≥ 1 and --seconds > 0")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-    scheme = checkpoint.get("datamodule_hyper_parameters", {}).get("scheme", "mu-law")
-    model = AudioLM.load_from_checkpoint(args.ckpt, map_location="cpu").model.to(device).eval()
     length = round(args.seconds * SAMPLE_RATE)
-    prompt = None
-    if args.prompt:
-        prompt = quantize(load_audio(args.prompt), scheme)[:round(args.prompt_seconds * SAMPLE_RATE)]
     batch = args.batch_size or args.n
-    codes, loglik = [], []
     start = time.perf_counter()
-    for first in range(0, args.n, batch):
-        rows = min(batch, args.n - first)
-        c, ll = sample_audio(model, rows, length, prompt, args.temperature, args.top_p, seed=args.seed + first,
-                             cuda_graphs=not args.no_cuda_graphs, progress=True)
-        codes.append(c.cpu())
-        loglik.append(ll.cpu())
+    if "diffusion_steps" in checkpoint.get("hyper_parameters", {}):  # a `mba audio train-diffusion` checkpoint
+        from .audio_diffusion import AudioDiffusion
+
+        if args.prompt:
+            raise ValueError("--prompt continues autoregressive models only; this is a diffusion checkpoint")
+        model = AudioDiffusion.load_from_checkpoint(args.ckpt, map_location="cpu").model.to(device).eval()
+        pool = model.unet.config.total_pool
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        waves = torch.cat([model.sample(min(batch, args.n - first), -(-length // pool) * pool, generator,
+                                        progress=True)[:, :length].cpu() for first in range(0, args.n, batch)])
+        bits = None
+    else:
+        scheme = checkpoint.get("datamodule_hyper_parameters", {}).get("scheme", "mu-law")
+        model = AudioLM.load_from_checkpoint(args.ckpt, map_location="cpu").model.to(device).eval()
+        prompt = None
+        if args.prompt:
+            prompt = quantize(load_audio(args.prompt), scheme)[:round(args.prompt_seconds * SAMPLE_RATE)]
+        codes, loglik = [], []
+        for first in range(0, args.n, batch):
+            c, ll = sample_audio(model, min(batch, args.n - first), length, prompt, args.temperature, args.top_p,
+                                 seed=args.seed + first, cuda_graphs=not args.no_cuda_graphs, progress=True)
+            codes.append(c.cpu())
+            loglik.append(ll.cpu())
+        codes, loglik = torch.cat(codes), torch.cat(loglik)
+        waves = dequantize(codes, scheme)
+        generated = length - (len(prompt) if prompt is not None else 0)
+        bits = (-loglik / generated / math.log(2)).tolist()
     seconds = time.perf_counter() - start
-    codes, loglik = torch.cat(codes), torch.cat(loglik)
-    generated = length - (len(prompt) if prompt is not None else 0)
-    paths = write_wavs(codes, args.out, scheme)
-    bits = -loglik / generated / math.log(2)
+    paths = write_wavs(waves, args.out)
     with atomic_path(Path(args.out) / "samples.tsv") as tmp:
-        tmp.write_text("file\tloglik_nats\tbits_per_sample\n" + "".join(
-            f"{p.name}\t{ll:.3f}\t{b:.4f}\n" for p, ll, b in zip(paths, loglik.tolist(), bits.tolist())))
-    spectrogram_grid(dequantize(codes, scheme), Path(args.out) / "spectrograms.png",
-                     [f"{p.stem} {b:.2f} b/s" for p, b in zip(paths, bits.tolist())])
-    print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out} ({codes.numel() / seconds:,.0f} samples/s "
-          f"on {device}; mean {bits.mean():.4f} bits per generated sample)")
+        if bits is None:
+            tmp.write_text("file\n" + "".join(f"{p.name}\n" for p in paths))
+        else:
+            tmp.write_text("file\tloglik_nats\tbits_per_sample\n" + "".join(
+                f"{p.name}\t{ll:.3f}\t{b:.4f}\n" for p, ll, b in zip(paths, loglik.tolist(), bits)))
+    titles = [p.stem if bits is None else f"{p.stem} {b:.2f} b/s" for p, b in zip(paths, bits or [None] * len(paths))]
+    spectrogram_grid(waves, Path(args.out) / "spectrograms.png", titles)
+    summary = "" if bits is None else f"; mean {sum(bits) / len(bits):.4f} bits per generated sample"
+    print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out} ({waves.numel() / seconds:,.0f} samples/s "
+          f"on {device}{summary})")
     return 0
 
 
@@ -161,6 +190,19 @@ def _train_classifier(args: argparse.Namespace) -> int:
     cli = build_cli(_lightning_args("audio_classifier", args, direct), run_dir=args.out or "runs/digits")
     metrics = _fit_then_test(cli, args.resume)
     print(f"test accuracy {metrics['test/accuracy']:.4f} mcc {metrics['test/mcc']:.4f}")
+    return 0
+
+
+def _train_diffusion(args: argparse.Namespace) -> int:
+    """Train an unconditional DiffWave-style diffusion model on SC09 clips (200 steps, β linear up to 0.02; the
+    denoiser a bidirectional Mamba U-Net), keeping the best checkpoint by validation denoising loss. Sample from it
+    with `mba audio generate --ckpt RUN/checkpoints/last.ckpt`."""
+    from .audio_diffusion import build_cli
+
+    direct = {"data.root": args.sc09, "data.batch_size": args.batch_size, "trainer.max_steps": args.max_steps}
+    cli = build_cli(_lightning_args("audio_diffusion", args, direct), run_dir=args.out or "runs/diffusion")
+    metrics = _fit_then_test(cli, args.resume)
+    print(f"test denoising loss {metrics['test/loss']:.4f}")
     return 0
 
 

@@ -302,3 +302,42 @@ def test_digit_classifier_learns_and_evaluate_scores_sets(tmp_path, capsys):
     assert rows[3][1:] == rows[2][1:]  # the "generated" folder holds the test clips under other names
     assert main(["audio", "evaluate", "--sc09", str(root), "--generated", str(tmp_path / "missing"),
                  "--classifier", str(ckpt)]) == 1
+
+
+def test_diffusion_schedule_noising_and_sampling():
+    from mamba_bio_audio.models.diffusion import DiffusionConfig, WaveDenoiser
+
+    torch.manual_seed(0)
+    model = WaveDenoiser(DiffusionConfig(steps=200, unet=dict(TINY))).double()
+    betas = np.linspace(1e-4, 0.02, 200)
+    assert np.allclose(model.alpha_bars.numpy(), np.cumprod(1 - betas))
+    clean, noise = torch.rand(2, 32, dtype=torch.float64) * 2 - 1, torch.randn(2, 32, dtype=torch.float64)
+    steps = torch.tensor([0, 199])
+    x = model.noisy(clean, steps, noise)
+    torch.testing.assert_close(x[0], math.sqrt(1 - 1e-4) * clean[0] + math.sqrt(1e-4) * noise[0])
+    assert 0.1 < float(model.alpha_bars[199]) < 0.15  # DiffWave's unconditional schedule ends at ᾱ ≈ 0.13
+    assert model(x, steps).shape == (2, 32) and float(model(x, steps).abs().max()) == 0.0  # zero-initialised output
+    changed = x.clone()
+    changed[:, -1] += 1.0
+    model.project_out.weight.data.normal_()
+    assert not torch.allclose(model(changed, steps)[:, 0], model(x, steps)[:, 0])  # bidirectional: sees the future
+    small = WaveDenoiser(DiffusionConfig(steps=5, unet=dict(TINY)))
+    generator = torch.Generator().manual_seed(1)
+    waves = small.sample(3, 48, generator)
+    assert waves.shape == (3, 48) and torch.isfinite(waves).all() and waves.abs().max() <= 1
+
+
+def test_mba_audio_train_diffusion_then_generate(tmp_path, capsys):
+    root = make_sc09(tmp_path / "sc09", per_digit=3, seconds=0.032)
+    assert main(["audio", "train-diffusion", "--sc09", str(root), "--batch-size", "8", "--max-steps", "3", "--out",
+                 str(tmp_path / "run"), "--model.diffusion_steps", "4", "--model.unet",
+                 '{"d_model": 8, "pools": [4, 4], "n_layers": 1}', "--data.clip_len", "512",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    assert "test denoising loss" in capsys.readouterr().out
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert main(["audio", "generate", "--ckpt", ckpt, "--n", "2", "--seconds", "0.02", "--out",
+                 str(tmp_path / "gen")]) == 0
+    waves = [sf.read(tmp_path / "gen" / f"sample_{i:03d}.wav")[0] for i in range(2)]
+    assert all(len(w) == 320 for w in waves) and (tmp_path / "gen" / "spectrograms.png").is_file()
+    assert (tmp_path / "gen" / "samples.tsv").read_text().splitlines() == ["file", "sample_000.wav", "sample_001.wav"]
+    assert main(["audio", "generate", "--ckpt", ckpt, "--out", str(tmp_path / "g2"), "--prompt", "x.wav"]) == 1

@@ -5,7 +5,7 @@
                     the AudioUNet step can be replayed from CUDA graphs, one per position in the pooling period.
     sample_audio    (n, length) codes and each row's log-likelihood: an optional prompt fed first, then sampling with
                     temperature and top-p.
-    write_wavs      codes → 16 kHz 16-bit WAV files (written under temporary names, then renamed).
+    write_wavs      waveforms → 16 kHz 16-bit WAV files (written under temporary names, then renamed).
     spectrogram_grid  a PNG of log-mel spectrograms of up to 64 clips.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from ..generation import sample_next_token
 from ..io import atomic_path
-from .codec import SAMPLE_RATE, START_TOKEN, dequantize
+from .codec import SAMPLE_RATE, START_TOKEN
 
 
 class Stepper:
@@ -108,14 +108,14 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     return codes, loglik
 
 
-def write_wavs(codes: torch.Tensor, folder: str | Path, scheme: str = "mu-law", prefix: str = "sample") -> list[Path]:
-    """codes (n, T) → FOLDER/{prefix}_{i:03d}.wav, 16 kHz 16-bit PCM, each written atomically."""
+def write_wavs(waves: torch.Tensor, folder: str | Path, prefix: str = "sample") -> list[Path]:
+    """waves (n, T) float in [−1, 1] → FOLDER/{prefix}_{i:03d}.wav, 16 kHz 16-bit PCM, each written atomically."""
     import soundfile
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, wave in enumerate(dequantize(codes.cpu(), scheme).numpy()):
+    for i, wave in enumerate(waves.float().cpu().numpy()):
         path = folder / f"{prefix}_{i:03d}.wav"
         with atomic_path(path) as tmp:
             soundfile.write(str(tmp), wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
