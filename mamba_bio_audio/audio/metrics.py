@@ -27,8 +27,7 @@ def fid(features: np.ndarray, reference: np.ndarray) -> float:
 
     mu1, mu2 = features.mean(0), reference.mean(0)
     s1, s2 = np.cov(features, rowvar=False), np.cov(reference, rowvar=False)
-    root, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    root = root.real
+    root = np.real(linalg.sqrtm(s1 @ s2))  # (no `disp` argument: SciPy ≥ 1.16 removed it)
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * root))
 
 
