@@ -55,27 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--no-cuda-graphs", action="store_true", help="step eagerly on the GPU too")
     generate.set_defaults(_task=_generate)
 
-    classifier = tasks.add_parser("train-classifier", help="train the SC09 digit classifier (bidirectional U-Net)",
-                                  description=_train_classifier.__doc__)
-    classifier.add_argument("--sc09", required=True, help="SC09 folder (digit folders and the two lists)")
-    classifier.add_argument("--batch-size", type=int)
-    classifier.add_argument("--max-steps", type=int)
-    classifier.add_argument("--out", help="run folder (default runs/digits)")
-    classifier.add_argument("--resume", help="checkpoint to resume from")
-    classifier.add_argument("--config", help="YAML file of data, model and trainer settings")
-    classifier.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    classifier.set_defaults(_task=_train_classifier, _pass_through=True)
-
-    diffusion = tasks.add_parser("train-diffusion", help="train a DiffWave-style SC09 diffusion model (Mamba U-Net)",
-                                 description=_train_diffusion.__doc__)
-    diffusion.add_argument("--sc09", required=True, help="SC09 folder (digit folders and the two lists)")
-    diffusion.add_argument("--batch-size", type=int)
-    diffusion.add_argument("--max-steps", type=int)
-    diffusion.add_argument("--out", help="run folder (default runs/diffusion)")
-    diffusion.add_argument("--resume", help="checkpoint to resume from")
-    diffusion.add_argument("--config", help="YAML file of data, model and trainer settings")
-    diffusion.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    diffusion.set_defaults(_task=_train_diffusion, _pass_through=True)
+    _sc09_training_parser(tasks, "train-classifier", "train the SC09 digit classifier (bidirectional U-Net)",
+                          _train_classifier, "runs/digits")
+    _sc09_training_parser(tasks, "train-diffusion", "train a DiffWave-style SC09 diffusion model (Mamba U-Net)",
+                          _train_diffusion, "runs/diffusion")
 
     evaluate = tasks.add_parser("evaluate", help="FID, IS, mIS and AM of generated clips; NLL of an LM checkpoint",
                                 description=_evaluate.__doc__)
@@ -86,6 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--out", help="write the score table here as TSV")
     evaluate.add_argument("--device", help="cpu, cuda, ... (default: cuda if there is one)")
     evaluate.set_defaults(_task=_evaluate)
+
+
+def _sc09_training_parser(tasks, name: str, help: str, task, default_out: str) -> None:
+    """A LightningCLI training subcommand on SC09 clips: --sc09, --batch-size, --max-steps, --out, --resume, --config,
+    --print-config, other options passed through."""
+    parser = tasks.add_parser(name, help=help, description=task.__doc__)
+    parser.add_argument("--sc09", required=True, help="SC09 folder (digit folders and the two lists)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--out", help=f"run folder (default {default_out})")
+    parser.add_argument("--resume", help="checkpoint to resume from")
+    parser.add_argument("--config", help="YAML file of data, model and trainer settings")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
+    parser.set_defaults(_task=task, _pass_through=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,15 +177,19 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_sc09(build_cli, pipeline: str, args: argparse.Namespace, default_out: str) -> dict:
+    direct = {"data.root": args.sc09, "data.batch_size": args.batch_size, "trainer.max_steps": args.max_steps}
+    cli = build_cli(_lightning_args(pipeline, args, direct), run_dir=args.out or default_out)
+    return _fit_then_test(cli, args.resume)
+
+
 def _train_classifier(args: argparse.Namespace) -> int:
     """Train the digit classifier used to score generated SC09 clips (log-mel frames into a bidirectional Mamba
     U-Net, mean-pooled features, 10 classes), keeping the best checkpoint by validation accuracy; reports test
     accuracy, MCC and the per-digit accuracies."""
     from .audio_classifier import build_cli
 
-    direct = {"data.root": args.sc09, "data.batch_size": args.batch_size, "trainer.max_steps": args.max_steps}
-    cli = build_cli(_lightning_args("audio_classifier", args, direct), run_dir=args.out or "runs/digits")
-    metrics = _fit_then_test(cli, args.resume)
+    metrics = _fit_sc09(build_cli, "audio_classifier", args, "runs/digits")
     print(f"test accuracy {metrics['test/accuracy']:.4f} mcc {metrics['test/mcc']:.4f}")
     return 0
 
@@ -199,9 +200,7 @@ def _train_diffusion(args: argparse.Namespace) -> int:
     with `mba audio generate --ckpt RUN/checkpoints/last.ckpt`."""
     from .audio_diffusion import build_cli
 
-    direct = {"data.root": args.sc09, "data.batch_size": args.batch_size, "trainer.max_steps": args.max_steps}
-    cli = build_cli(_lightning_args("audio_diffusion", args, direct), run_dir=args.out or "runs/diffusion")
-    metrics = _fit_then_test(cli, args.resume)
+    metrics = _fit_sc09(build_cli, "audio_diffusion", args, "runs/diffusion")
     print(f"test denoising loss {metrics['test/loss']:.4f}")
     return 0
 

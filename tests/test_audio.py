@@ -9,7 +9,7 @@ import pytest
 import torch
 
 sf = pytest.importorskip("soundfile")
-L = pytest.importorskip("lightning")
+pytest.importorskip("lightning")
 
 from mamba_bio_audio.audio.codec import (  # noqa: E402
     START_TOKEN, dequantize, load_audio, quantize, shift_right)
@@ -17,7 +17,6 @@ from mamba_bio_audio.cli import main  # noqa: E402
 from mamba_bio_audio.models.audio_unet import AudioUNet, AudioUNetConfig, audio_unet_config  # noqa: E402
 from mamba_bio_audio.pipelines.audio_lm import (  # noqa: E402
     DIGITS, IGNORE_INDEX, AudioLM, Crops, LongAudioData, SC09Data, model_inputs, sc09_split, split_files)
-from mamba_bio_audio.pipelines.common import AtomicCheckpointIO  # noqa: E402
 
 TINY = {"d_model": 8, "pools": [4, 4], "n_layers": 1, "d_state": 4}
 
@@ -149,28 +148,13 @@ def test_crops_are_a_function_of_seed_and_index_and_tiles_cover_the_tracks():
 
 
 def test_long_audio_resumed_mid_epoch_reaches_the_same_parameters(tmp_path):
+    from test_dna_species import check_resume_is_exact
+
     for i in range(4):
         sf.write(tmp_path / f"piece{i}.wav", tone(0.1, 300 + 50 * i, seed=i), 16_000)
-
-    def data():
-        return LongAudioData(str(tmp_path), sample_len=64, tokens_per_batch=128, samples_per_epoch=10, seed=1)
-
-    def trainer(root, steps, callbacks=()):
-        return L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True,
-                         plugins=[AtomicCheckpointIO()], callbacks=list(callbacks), default_root_dir=root,
-                         reload_dataloaders_every_n_epochs=1)
-
-    torch.manual_seed(0)
-    full = AudioLM(config=TINY)
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7,
-                                                      save_top_k=-1, filename="{step}")
-    trainer(tmp_path / "a", 12, [checkpoints]).fit(full, datamodule=data())  # 5 steps per epoch: 7 is mid-epoch
-    torch.manual_seed(1)
-    resumed = AudioLM(config=TINY)
-    trainer(tmp_path / "b", 12).fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
-    for a, b in zip(full.parameters(), resumed.parameters()):
-        assert torch.equal(a, b)
+    check_resume_is_exact(tmp_path, lambda: LongAudioData(str(tmp_path), sample_len=64, tokens_per_batch=128,
+                                                          samples_per_epoch=10, seed=1),
+                          lambda: AudioLM(config=TINY))
 
 
 def test_mba_audio_train_on_sc09_learns_tones(tmp_path, capsys):

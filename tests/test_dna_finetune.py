@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("pysam")
-L = pytest.importorskip("lightning")
+pytest.importorskip("lightning")
 
 from mamba_bio_audio.cli import main  # noqa: E402
 from mamba_bio_audio.dna import DNATokenizer  # noqa: E402
@@ -16,7 +16,7 @@ from mamba_bio_audio.pipelines.dna_classifier import DNAClassifier  # noqa: E402
 from mamba_bio_audio.pipelines.dna_finetune import (  # noqa: E402
     LabelledData, LabelledSequences, pad_batch, read_labelled)
 from test_dna_data import random_genome, write_fasta  # noqa: E402
-from test_dna_species import TINY, trainer  # noqa: E402
+from test_dna_species import TINY, check_resume_is_exact  # noqa: E402
 
 
 def examples(n, seed=0):
@@ -94,23 +94,8 @@ def test_strand_augmentation_is_a_function_of_seed_epoch_and_index():
 
 def test_finetune_resumed_mid_epoch_reaches_the_same_parameters(tmp_path):
     train = write_csv(tmp_path / "train.csv", examples(20, 1))
-
-    def data():
-        return LabelledData(str(train), str(train), batch_size=4, rc_prob=0.5, seed=2)
-
-    def model():
-        return DNAClassifier(class_names=["at", "gc"], model_size=None, config=TINY, lr=3e-3)
-
-    torch.manual_seed(0)
-    full = model()
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7,
-                                                      save_top_k=-1, filename="{step}")
-    trainer(tmp_path, 12, [checkpoints]).fit(full, datamodule=data())  # 5 steps per epoch: step 7 is mid-epoch
-    torch.manual_seed(1)
-    resumed = model()
-    trainer(tmp_path / "again", 12).fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
-    for a, b in zip(full.parameters(), resumed.parameters()):
-        assert torch.equal(a, b)
+    check_resume_is_exact(tmp_path, lambda: LabelledData(str(train), str(train), batch_size=4, rc_prob=0.5, seed=2),
+                          lambda: DNAClassifier(class_names=["at", "gc"], model_size=None, config=TINY, lr=3e-3))
 
 
 def test_mba_dna_finetune_from_a_pretrained_checkpoint(tmp_path, capsys):

@@ -77,14 +77,9 @@ def trainer(root, max_steps, callbacks=()):
                      reload_dataloaders_every_n_epochs=1)
 
 
-def test_resume_mid_epoch_reaches_the_same_parameters(apes_dir, tmp_path):
-    def data():
-        return SpeciesData(str(apes_dir), seq_len=128, batch_size=4, split_names=SPLIT, samples_per_epoch=20,
-                           rc_prob=0.5)
-
-    def model():
-        return DNAClassifier(class_names=data().class_names, model_size=None, config=TINY, lr=3e-3)
-
+def check_resume_is_exact(tmp_path, data, model):
+    """Train 12 steps (5 per epoch) with checkpoints every 7 steps, then resume a differently initialised model from
+    step 7 (mid-epoch): both must end with exactly the same parameters. `data`, `model`: factories."""
     torch.manual_seed(0)
     full = model()
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7,
@@ -95,6 +90,15 @@ def test_resume_mid_epoch_reaches_the_same_parameters(apes_dir, tmp_path):
     trainer(tmp_path / "again", 12).fit(resumed, datamodule=data(), ckpt_path=tmp_path / "ckpt" / "step=7.ckpt")
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_resume_mid_epoch_reaches_the_same_parameters(apes_dir, tmp_path):
+    def data():
+        return SpeciesData(str(apes_dir), seq_len=128, batch_size=4, split_names=SPLIT, samples_per_epoch=20,
+                           rc_prob=0.5)
+
+    check_resume_is_exact(tmp_path, data, lambda: DNAClassifier(class_names=data().class_names, model_size=None,
+                                                                config=TINY, lr=3e-3))
 
 
 def test_rc_equivariant_classifier_gives_the_same_logits_on_both_strands():
