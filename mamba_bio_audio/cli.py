@@ -38,7 +38,7 @@ COMMANDS: list[Command] = [
     Command("bench", "mamba_bio_audio.bench", "measure training throughput (tokens/s) of Mamba LMs on this machine"),
     Command("data", "mamba_bio_audio.data_recipes.cli", "prepare data: index a FASTA, genome recipes"),
     Command("dna", "mamba_bio_audio.pipelines.cli", "DNA pipelines: pretrain, evaluate, generate, context-sweep, species, finetune, classify, embed"),
-    Command("audio", "mamba_bio_audio.pipelines.audio_cli", "audio pipelines: train, generate, train-classifier, train-diffusion, evaluate"),
+    Command("audio", "mamba_bio_audio.pipelines.audio_cli", "audio pipelines: train, generate, context-sweep, train-classifier, train-diffusion, evaluate"),
 ]
 
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.

@@ -3,6 +3,7 @@
     mba audio train --sc09 DIR [--arch unet --preset sc09] --batch-size 16 --max-steps N
     mba audio train --audio-dir DIR --preset youtubemix --sample-len 65536 --tokens-per-batch 524288 --max-steps N
     mba audio generate --ckpt CKPT --n 64 --seconds 1 --out DIR [--prompt WAV --prompt-seconds 0.25]
+    mba audio context-sweep --audio-dir DIR --lengths 8192,32768,131072 --seeds 0 --max-steps N   (+ plot)
     mba audio train-classifier --sc09 DIR --max-steps N        the digit classifier that scores generated clips
     mba audio train-diffusion --sc09 DIR --max-steps N         DiffWave-style diffusion, bidirectional U-Net
     mba audio evaluate --classifier CKPT --sc09 DIR [--generated DIR ...] [--ckpt LM_CKPT]
@@ -16,7 +17,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .cli import _fit_then_test, _lightning_args
+from .cli import _fit_then_test, _int_list, _lightning_args, run_sweep
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +55,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if there is one)")
     generate.add_argument("--no-cuda-graphs", action="store_true", help="step eagerly on the GPU too")
     generate.set_defaults(_task=_generate)
+
+    sweep = tasks.add_parser("context-sweep", help="test bits per sample against training window length, with a plot",
+                             description=_context_sweep.__doc__)
+    sweep.add_argument("--audio-dir", required=True, help="folder of long recordings (YouTubeMix layout)")
+    sweep.add_argument("--lengths", type=_int_list, default=[8192, 32768, 131072],
+                       help="comma-separated window lengths in samples, multiples of 256 (default 8192,32768,131072)")
+    sweep.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds (default 0)")
+    sweep.add_argument("--tokens-per-step", type=int, default=2 ** 19,
+                       help="samples per step at every length (a multiple of every length; default 524288)")
+    sweep.add_argument("--max-steps", type=int, default=1000, help="optimizer steps of every run (default 1000)")
+    sweep.add_argument("--d-model", type=int, default=64, help="U-Net width D (default 64, the YouTubeMix model)")
+    sweep.add_argument("--n-layer", type=int, default=3, help="Mamba blocks per stage (default 3)")
+    sweep.add_argument("--parallel", type=int, default=1, help="runs at a time (small models can share a GPU)")
+    sweep.add_argument("--out", default="runs/audio-sweep", help="folder of the runs, results.csv and the plot")
+    sweep.set_defaults(_task=_context_sweep, _pass_through=True, batch_size=None, scored_len=0)
 
     _sc09_training_parser(tasks, "train-classifier", "train the SC09 digit classifier (bidirectional U-Net)",
                           _train_classifier, "runs/digits")
@@ -175,6 +191,14 @@ def _generate(args: argparse.Namespace) -> int:
     print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out} ({waves.numel() / seconds:,.0f} samples/s "
           f"on {device}{summary})")
     return 0
+
+
+def _context_sweep(args: argparse.Namespace) -> int:
+    """Train the same Mamba U-Net (YouTubeMix layout: pools 16 × 16, complex SSM) on windows of several lengths and
+    seeds, with the same samples per step and steps, and write results.csv and context_scaling.png (test bits per
+    sample against length; the held-out files tiled at each length) in --out. Finished runs are reused. Options this
+    command does not know (--data.*, --model.*, --trainer.*) go to every run."""
+    return run_sweep(args, args.audio_dir, "audio", "mba audio context-sweep")
 
 
 def _fit_sc09(build_cli, pipeline: str, args: argparse.Namespace, default_out: str) -> dict:

@@ -337,23 +337,28 @@ def _context_sweep(args: argparse.Namespace) -> int:
     places). --task species (--data-dir): test accuracy of `mba dna species` runs, --batch-size windows per step.
     Runs already finished there are reused. Options this command does not know (--data.*, --model.*, --trainer.*)
     are passed to every run."""
+    if (args.task == "pretrain") != bool(args.fasta):
+        raise ValueError("--task pretrain takes --fasta, --task species takes --data-dir")
+    return run_sweep(args, args.fasta or args.data_dir, args.task, "mba dna context-sweep")
+
+
+def run_sweep(args: argparse.Namespace, source: str, task: str, command: str) -> int:
+    """Run a context sweep from parsed options (lengths, seeds, max_steps, d_model, n_layer, out, tokens_per_step,
+    batch_size, scored_len, parallel, extra) and print its summary table."""
     from pathlib import Path
 
     from .dna_context_sweep import TASKS, summarise, sweep
 
-    if (args.task == "pretrain") != bool(args.fasta):
-        raise ValueError("--task pretrain takes --fasta, --task species takes --data-dir")
     try:
-        rows = sweep(args.fasta or args.data_dir, args.lengths, args.seeds, args.max_steps, args.d_model,
-                     args.n_layer, Path(args.out), args.task, args.tokens_per_step, args.batch_size, args.scored_len,
-                     args.parallel, args.extra)
+        rows = sweep(source, args.lengths, args.seeds, args.max_steps, args.d_model, args.n_layer, Path(args.out),
+                     task, args.tokens_per_step, args.batch_size, args.scored_len, args.parallel, args.extra)
     except RuntimeError as err:
-        print(f"mba dna context-sweep: {err}")
+        print(f"{command}: {err}")
         return 1
-    metric = TASKS[args.task].metric
-    print(f"{'length':>9} {'seeds':>5} {'test ' + metric:>18} {'s.e.':>7}")
-    for row in summarise(rows, TASKS[args.task]):
-        print(f"{row['seq_len']:>9} {row['seeds']:>5} {row['mean']:>18.4f} {row['sem']:>7.4f}")
+    metric = TASKS[task].metric
+    print(f"{'length':>9} {'seeds':>5} {'test ' + metric:>20} {'s.e.':>7}")
+    for row in summarise(rows, TASKS[task]):
+        print(f"{row['seq_len']:>9} {row['seeds']:>5} {row['mean']:>20.4f} {row['sem']:>7.4f}")
     print(f"wrote {Path(args.out) / 'results.csv'} and {Path(args.out) / 'context_scaling.png'}")
     return 0
 

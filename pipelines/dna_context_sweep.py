@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import NamedTuple
 
 class Task(NamedTuple):
-    command: str      # the `mba dna` task each run is
+    command: str      # the `mba dna` task each run is (or "audio": `mba audio train --audio-dir`)
     metric: str       # logged name, without the split prefix
     better: str       # "min" or "max"
     ylabel: str
+    unit: str = "bases"
 
 
 TASKS = {"pretrain": Task("pretrain", "bits_per_base", "min", "held-out bits per base"),
-         "species": Task("species", "accuracy", "max", "test accuracy")}
+         "species": Task("species", "accuracy", "max", "test accuracy"),
+         "audio": Task("audio", "bits_per_sample", "min", "test bits per sample", "samples")}
 
 
 def result_fields(task: Task) -> list[str]:
@@ -44,15 +46,21 @@ def result_fields(task: Task) -> list[str]:
 
 def run_command(task: Task, source: str, seq_len: int, seed: int, batch_size: int, max_steps: int,
                 scored_len: int, d_model: int, n_layer: int, out: Path, extra: list[str]) -> list[str]:
-    """The `mba dna pretrain` (source: a FASTA) or `mba dna species` (source: a genome folder) command line of one
-    run of the sweep."""
+    """The `mba dna pretrain` (source: a FASTA), `mba dna species` (source: a genome folder) or `mba audio train`
+    (source: a folder of recordings; a Mamba U-Net of the YouTubeMix layout, n_layer blocks per stage) command line
+    of one run of the sweep."""
+    common = ["--max-steps", str(max_steps), "--out", str(out), "--seed_everything", str(seed), "--data.seed",
+              str(seed), "--trainer.enable_progress_bar", "false"]
+    if task.command == "audio":
+        unet = json.dumps({"d_model": d_model, "n_layers": n_layer, "pools": [16, 16], "complex_ssm": True})
+        return [sys.executable, "-m", "mamba_bio_audio.cli", "audio", "train", "--audio-dir", str(source),
+                "--sample-len", str(seq_len), "--tokens-per-batch", str(batch_size * seq_len), *common,
+                "--model.preset", "null", "--model.config", unet, *extra]
     model = json.dumps({"d_model": d_model, "n_layer": n_layer, "vocab_size": 12})
     data = (["--fasta", str(source), "--data.eval_scored_len", str(scored_len)] if task.command == "pretrain"
             else ["--data-dir", str(source)])
     return [sys.executable, "-m", "mamba_bio_audio.cli", "dna", task.command, *data, "--seq-len", str(seq_len),
-            "--batch-size", str(batch_size), "--max-steps", str(max_steps), "--out", str(out),
-            "--seed_everything", str(seed), "--data.seed", str(seed), "--model.model_size", "null",
-            "--model.config", model, "--trainer.enable_progress_bar", "false", *extra]
+            "--batch-size", str(batch_size), *common, "--model.model_size", "null", "--model.config", model, *extra]
 
 
 def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str, float]:
@@ -122,7 +130,7 @@ def plot_context_scaling(rows: list[dict], path: Path, title: str, task: Task = 
                 yerr=[0 if math.isnan(t["sem"]) else t["sem"] for t in table], marker="o", capsize=3,
                 color="tab:blue", label="mean ± s.e.", zorder=3)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length (bases)")
+    ax.set_xlabel(f"context length ({task.unit})")
     ax.set_ylabel(task.ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -149,8 +157,8 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
     """Run (or reuse) every (length, seed) run, write results.csv and context_scaling.png; return the rows.
 
     Each run's batch is `batch_size` when given (samples per step constant), else tokens_per_step / length (tokens
-    per step constant). `task` "pretrain" (source: a FASTA; scored on the same bases) or "species" (source: a
-    folder of genomes)."""
+    per step constant). `task` "pretrain" (source: a FASTA; scored on the same bases), "species" (source: a
+    folder of genomes) or "audio" (source: a folder of recordings; the held-out files tiled at each length)."""
     from tqdm import tqdm
 
     spec = TASKS[task]
@@ -174,7 +182,8 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
     if rows:
         write_results(rows, out / "results.csv", spec)
         per_step = f"batch {batch_size}" if batch_size else f"{tokens_per_step} tokens"
-        title = f"{Path(source).name}: {n_layer} × {d_model} Mamba, {max_steps} steps × {per_step}"
+        model = f"Mamba U-Net D = {d_model}, {n_layer} per stage" if task == "audio" else f"{n_layer} × {d_model} Mamba"
+        title = f"{Path(source).name}: {model}, {max_steps} steps × {per_step}"
         if spec.command == "pretrain":
             title += f"\nthe last {scored_len} targets of windows ending at the same places scored"
         plot_context_scaling(rows, out / "context_scaling.png", title, spec)

@@ -325,3 +325,19 @@ def test_mba_audio_train_diffusion_then_generate(tmp_path, capsys):
     assert all(len(w) == 320 for w in waves) and (tmp_path / "gen" / "spectrograms.png").is_file()
     assert (tmp_path / "gen" / "samples.tsv").read_text().splitlines() == ["file", "sample_000.wav", "sample_001.wav"]
     assert main(["audio", "generate", "--ckpt", ckpt, "--out", str(tmp_path / "g2"), "--prompt", "x.wav"]) == 1
+
+
+def test_audio_context_sweep_trains_each_length_and_plots(tmp_path, capsys):
+    for i in range(4):
+        sf.write(tmp_path / f"piece{i}.wav", tone(0.2, 300 + 50 * i, seed=i), 16_000)
+    out = tmp_path / "sweep"
+    assert main(["audio", "context-sweep", "--audio-dir", str(tmp_path), "--lengths", "256,512", "--seeds", "0",
+                 "--tokens-per-step", "1024", "--max-steps", "2", "--d-model", "8", "--n-layer", "1", "--out",
+                 str(out), "--data.samples_per_epoch", "4", "--trainer.limit_val_batches", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "test bits_per_sample" in table and "wrote" in table
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("seq_len,seed,test_bits_per_sample") and [r.split(",")[0] for r in rows[1:]] == [
+        "256", "512"]
+    assert all(0 < float(r.split(",")[2]) < 9 for r in rows[1:]) and (out / "context_scaling.png").is_file()
+    assert "--sample-len" in (out / "L512-seed0" / "result.json").read_text()
