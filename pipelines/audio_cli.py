@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--sc09", help="SC09 folder: ten digit folders, validation_list.txt, testing_list.txt")
     source.add_argument("--audio-dir", help="folder of long recordings (YouTubeMix layout), split 88/6/6% by name")
-    train.add_argument("--config", help="YAML file of data, model and trainer settings (LightningCLI format)")
+    train.add_argument("--config", help="YAML file (LightningCLI format) or the name of a shipped one "
+                                        "(pipelines/configs/audio/: sc09_mamba_unet, youtubemix_mamba_unet_L65536)")
     train.add_argument("--arch", choices=["unet", "mamba", "transformer"])
     train.add_argument("--preset", choices=["sc09", "youtubemix"], help="Mamba U-Net preset (default sc09)")
     train.add_argument("--batch-size", type=int, help="clips per step (--sc09)")

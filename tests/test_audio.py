@@ -341,3 +341,19 @@ def test_audio_context_sweep_trains_each_length_and_plots(tmp_path, capsys):
         "256", "512"]
     assert all(0 < float(r.split(",")[2]) < 9 for r in rows[1:]) and (out / "context_scaling.png").is_file()
     assert "--sample-len" in (out / "L512-seed0" / "result.json").read_text()
+
+
+def test_shipped_audio_configs_parse_and_build(tmp_path):
+    from mamba_bio_audio.pipelines.audio_lm import build_cli
+    from mamba_bio_audio.pipelines.cli import shipped_config
+
+    root = make_sc09(tmp_path / "sc09", per_digit=3)
+    cli = build_cli(SC09Data, ["--config", str(shipped_config("audio", "sc09_mamba_unet")), "--data.root", str(root)],
+                    run_dir=str(tmp_path / "a"))
+    assert cli.model.hparams.preset == "sc09" and cli.trainer.gradient_clip_val == 0.1
+    assert sum(p.numel() for p in cli.model.parameters()) > 6e6
+    for i in range(3):
+        sf.write(tmp_path / f"piece{i}.wav", tone(0.1, 300), 16_000)
+    cli = build_cli(LongAudioData, ["--config", str(shipped_config("audio", "youtubemix_mamba_unet_L65536")),
+                                    "--data.root", str(tmp_path)], run_dir=str(tmp_path / "b"))
+    assert cli.datamodule.batch_size == 8 and cli.model.model.config.complex_ssm

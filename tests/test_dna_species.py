@@ -2,6 +2,8 @@
 exact resume, post-hoc reverse-complement conjoining, and `mba dna species` end to end."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -206,3 +208,16 @@ def test_mba_dna_classify_and_embed_stream_whole_records(apes_dir, tmp_path, cap
     assert embeddings.shape == (4, 16) and (tmp_path / "emb.tsv").read_text().splitlines()[1].startswith("0\tchr2A")
     assert np.allclose(embeddings[-1], scorer.features(handle, "chr21", fasta).numpy(), atol=1e-4)
     assert main(["dna", "embed", "--ckpt", ckpt, "--fasta", fasta, "--out", str(tmp_path / "emb.txt")]) == 1
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /
+                                                           "dna_species").glob("*.yaml")))
+def test_shipped_species_configs_parse_and_build(name):
+    from mamba_bio_audio.pipelines.dna_species import build_cli
+
+    path = Path(__file__).parents[1] / "pipelines" / "configs" / "dna_species" / name
+    cli = build_cli(["--config", str(path)], run_dir="/tmp/unused")
+    length = int(name.split("_L")[1].split(".")[0])
+    assert cli.datamodule.seq_len == length and cli.datamodule.hparams.batch_size == 64
+    assert cli.trainer.max_steps == 10240 and cli.model.hparams.lr == 1e-4 and not cli.model.hparams.bidirectional
+    assert cli.model.hparams.class_names == ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]
