@@ -16,11 +16,11 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from mamba_bio_audio.audio import SAMPLE_RATE
 from mamba_bio_audio.io import atomic_path
 
 COMPOSERS = ("bach", "beethoven", "mozart", "haydn", "joplin", "handel", "chopin", "schubert", "corelli")
 SOUNDFONTS = ("/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/sounds/sf2/default-GM.sf2")
-SAMPLE_RATE = 16_000
 
 
 def tools(soundfont: str | None) -> tuple[str, Path]:

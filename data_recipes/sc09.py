@@ -12,11 +12,12 @@ import tarfile
 import zlib
 from pathlib import Path
 
+from mamba_bio_audio.audio import DIGITS
+
 from .download import download
 
 SPEECH_COMMANDS_URL = "http://download.tensorflow.org/data/speech_commands_v0.02.tar.gz"
 SPEECH_COMMANDS_SHA256 = "af14739ee7dc311471de98f5f9d2c9191b18aedfe957f4a6ff791c709868ff58"
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LISTS = ("validation_list.txt", "testing_list.txt")
 
 

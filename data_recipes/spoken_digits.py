@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE
 from mamba_bio_audio.io import atomic_path
 
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 VOICES = ("en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029")
-CLIP = 16_000
+CLIP = SAMPLE_RATE  # 1 s clips, as in Speech Commands
 
 
 def espeak() -> str:

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+from mamba_bio_audio.audio import AUDIO_SUFFIXES
 
 
 def _unpack(source: Path, into: Path) -> Path:

@@ -56,7 +56,7 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     ratio to real time (16,000 samples/s)."""
     import torch
 
-    from .audio.codec import SAMPLE_RATE
+    from .audio import SAMPLE_RATE
     from .audio.generate import sample_audio
     from .models.audio_unet import AudioUNet, audio_unet_config
     from .models.transformer import TransformerConfig, TransformerLM

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mamba_bio_audio.audio.codec import SAMPLE_RATE, load_audio
+from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE
+from mamba_bio_audio.audio.codec import load_audio
 
-from .audio_lm import DIGITS, sc09_split
+from .audio_lm import sc09_split
 from .common import EpochSampler, EvaluatedModule, resume_point
 from .common import build_cli as _build_cli
 

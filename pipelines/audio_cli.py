@@ -138,7 +138,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from mamba_bio_audio.audio.codec import SAMPLE_RATE, dequantize, load_audio, quantize
+    from mamba_bio_audio.audio import SAMPLE_RATE
+    from mamba_bio_audio.audio.codec import dequantize, load_audio, quantize
     from mamba_bio_audio.audio.generate import sample_audio, spectrogram_grid, write_wavs
     from mamba_bio_audio.io import atomic_path
 
@@ -239,7 +240,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mamba_bio_audio.io import atomic_path
 
     from .audio_classifier import DigitClassifier, score_folders
-    from .audio_lm import AUDIO_SUFFIXES, sc09_split
+    from mamba_bio_audio.audio import audio_files
+
+    from .audio_lm import sc09_split
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     clips = sc09_split(args.sc09)
@@ -248,9 +251,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         net = DigitClassifier.load_from_checkpoint(args.classifier, map_location="cpu").model.to(device).eval()
         sets = {"test": clips["test"]}
         for folder in args.generated:
-            if not Path(folder).is_dir():
-                raise FileNotFoundError(f"{folder}: no such folder of generated clips")
-            sets[folder] = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+            sets[folder] = audio_files(folder)
         scores = score_folders(net, clips["train"], sets)
         lines.append("set\tclips\tFID\tIS\tmIS\tAM")
         counts = {"train": len(clips["train"]), **{k: len(v) for k, v in sets.items()}}

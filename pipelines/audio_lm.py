@@ -22,16 +22,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from mamba_bio_audio.audio.codec import (
-    N_CLASSES, SAMPLE_RATE, START_TOKEN, load_audio, quantize, shift_right)
+from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE, audio_files
+from mamba_bio_audio.audio.codec import N_CLASSES, START_TOKEN, load_audio, quantize, shift_right
 
 from .common import EpochSampler, EvaluatedModule, resume_point
 from .common import build_cli as _build_cli
 
 IGNORE_INDEX = -100
 LN2 = math.log(2.0)
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 def sc09_split(root: str | Path) -> dict[str, list[Path]]:
@@ -143,17 +141,6 @@ class Crops(torch.utils.data.Dataset):
             start = int(rng.integers(0, len(self.tracks[track]) - self.length + 1))
         codes = torch.from_numpy(self.tracks[track][start:start + self.length].astype(np.int64))
         return model_inputs(codes, self.length)
-
-
-def audio_files(root: str | Path) -> list[Path]:
-    """The WAV/FLAC/OGG files under `root` (recursively), sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder of audio files")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(f"{root}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
-    return files
 
 
 def split_files(files: list[Path], fractions: tuple[float, float, float] = (0.88, 0.06, 0.06)) -> dict[str, list]:

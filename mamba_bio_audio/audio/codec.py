@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-SAMPLE_RATE = 16_000
+from . import SAMPLE_RATE
+
 BITS = 8
 N_CLASSES = 2 ** BITS
 START_TOKEN = N_CLASSES // 2

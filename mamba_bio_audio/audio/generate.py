@@ -17,7 +17,8 @@ import torch
 
 from ..generation import sample_next_token
 from ..io import atomic_path
-from .codec import SAMPLE_RATE, START_TOKEN
+from . import SAMPLE_RATE
+from .codec import START_TOKEN
 
 
 class Stepper:
