@@ -15,7 +15,6 @@ clipping 0.1, bf16 on the GPU.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -25,11 +24,9 @@ import torch
 from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE, audio_files
 from mamba_bio_audio.audio.codec import N_CLASSES, START_TOKEN, load_audio, quantize, shift_right
 
-from .common import EpochSampler, EvaluatedModule, resume_point
+from .common import IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, resume_point, summed_nll
 from .common import build_cli as _build_cli
 
-IGNORE_INDEX = -100
-LN2 = math.log(2.0)
 
 
 def sc09_split(root: str | Path) -> dict[str, list[Path]]:
@@ -212,9 +209,11 @@ def build_audio_model(arch: str, preset: str | None, config: dict | None) -> tor
     raise ValueError(f"arch must be 'unet', 'mamba' or 'transformer', got {arch!r}")
 
 
-class AudioLM(EvaluatedModule):
+class AudioLM(LanguageModelModule):
     """Next-sample prediction over 8-bit audio: cross-entropy on the labels (padding ignored), reported in bits per
     sample (train/valid/test)."""
+
+    unit = "sample"
 
     def __init__(self, arch: str = "unet", preset: str | None = "sc09", config: dict | None = None, lr: float = 2e-3,
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95), warmup: float = 0.1,
@@ -222,36 +221,19 @@ class AudioLM(EvaluatedModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_audio_model(arch, preset, config)
-        self._eval_sums: dict[str, list[torch.Tensor]] = {}
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (b, L) int64 → logits (b, L, 256)."""
         return self.model(input_ids)
 
-    def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed NLL in nats (fp32) over the counted labels, and their number."""
-        logits = self(batch["input_ids"])
-        total = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(),
-                                                  ignore_index=IGNORE_INDEX, reduction="sum")
-        return total, (batch["labels"] != IGNORE_INDEX).sum()
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        total, count = self._nll(batch)
-        loss = total / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/bits_per_sample", loss / LN2, on_step=True, on_epoch=False)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return loss
+        return self._train_loss(*summed_nll(self(batch["input_ids"]), batch["labels"]))
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        total, count = self._nll(batch)
-        sums = self._eval_sums.setdefault(split, [torch.zeros((), device=self.device, dtype=torch.float64)] * 2)
-        self._eval_sums[split] = [sums[0] + total.double(), sums[1] + count.double()]
+        self._add_eval_nll(split, *summed_nll(self(batch["input_ids"]), batch["labels"]))
 
     def _eval_end(self, split: str) -> None:
-        total, count = self._eval_sums.pop(split)
-        total, count = self.all_gather(total).sum(), self.all_gather(count).sum()
-        loss = (total / count.clamp(min=1)).float()
+        loss = self._eval_nll(split)
         self.log_dict({f"{split}/loss": loss, f"{split}/bits_per_sample": loss / LN2}, prog_bar=split == "valid")
 
 

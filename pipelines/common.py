@@ -9,10 +9,13 @@
     adamw_cosine           AdamW (no weight decay on A_log, D, norms, biases) with linear warm-up then cosine decay.
     EvaluatedModule        LightningModule base: valid/test steps and epoch ends routed to _eval_step/_eval_end,
                            the optimizer from adamw_cosine over `self.model`.
+    summed_nll             cross-entropy summed in nats over the labels that count (not IGNORE_INDEX), and their number.
+    LanguageModelModule    EvaluatedModule base of next-token models: train/valid/test NLL in bits per `unit`.
     build_cli              a LightningCLI with the toolkit's defaults (checkpoints, logs, precision, warm-up).
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mamba_bio_audio.dna.windows import IGNORE_INDEX
 from mamba_bio_audio.io import atomic_path
 from mamba_bio_audio.optim import parameter_groups, warmup_cosine
 
@@ -146,6 +150,49 @@ class EvaluatedModule(L.LightningModule):
 
     def configure_optimizers(self):
         return adamw_cosine(self, self.model)
+
+
+LN2 = math.log(2.0)
+
+
+def summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy (nats, fp32) over the labels that count, and their number.
+
+    logits (batch, L, vocab) any float dtype; labels (batch, L) int64 with IGNORE_INDEX where nothing is scored (N,
+    padding, unmasked positions)."""
+    total = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                              ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, (labels != IGNORE_INDEX).sum()
+
+
+class LanguageModelModule(EvaluatedModule):
+    """Base of the next-token modules (DNA bases, audio samples): the training loss is the mean NLL of a batch, logged
+    with its bits per `unit`; valid/test sum the NLL in float64 over the whole split (all ranks) before dividing."""
+
+    unit = "token"
+
+    def __init__(self):
+        super().__init__()
+        self._nll_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split → (summed nats, targets) so far
+
+    def _train_loss(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of a batch from summed_nll's (total, count); logs it, its bits per unit and the learning rate."""
+        loss = total / count.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log(f"train/bits_per_{self.unit}", loss / LN2, on_step=True, on_epoch=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def _add_eval_nll(self, split: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        zero = torch.zeros((), device=self.device, dtype=torch.float64)
+        previous = self._nll_sums.get(split, (zero, zero))
+        self._nll_sums[split] = (previous[0] + total.double(), previous[1] + count.double())
+
+    def _eval_nll(self, split: str) -> torch.Tensor:
+        """Mean NLL (nats, fp32) of the split just evaluated, over every rank; the sums start again."""
+        total, count = self._nll_sums.pop(split)
+        total, count = self.all_gather(total).sum(), self.all_gather(count).sum()
+        return (total / count.clamp(min=1)).float()
 
 
 def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: str, mode: str,

@@ -12,7 +12,6 @@ The length warm-up, atomic checkpoints, the resumable sampler and the optimizer 
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -21,19 +20,9 @@ from mamba_bio_audio.dna.windows import IGNORE_INDEX, GenomeWindows, read_bed, s
 from mamba_bio_audio.models import TransformerLM, dna_mamba_config, dna_transformer_config
 
 from .common import (  # noqa: F401  (AtomicCheckpointIO, SequenceLengthWarmup: part of this pipeline's API)
-    AtomicCheckpointIO, EpochSampler, EvaluatedModule, LengthScheduledData, SequenceLengthWarmup, resume_point)
+    LN2, AtomicCheckpointIO, EpochSampler, LanguageModelModule, LengthScheduledData, SequenceLengthWarmup, resume_point,
+    summed_nll)
 from .common import build_cli as _build_cli
-
-LN2 = math.log(2.0)
-
-
-def next_base_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy (nats, fp32) over the labels that count, and their number.
-
-    logits (batch, L, vocab) any float dtype; labels (batch, L) int64 with IGNORE_INDEX for N and padding."""
-    total = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                              ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, (labels != IGNORE_INDEX).sum()
 
 
 def mask_bases(ids: torch.Tensor, mask_prob: float, key: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +123,7 @@ class DNAPretrainData(LengthScheduledData):
                             EpochSampler(len(dataset), 0, 0, shuffle=False))
 
 
-class DNALanguageModel(EvaluatedModule):
+class DNALanguageModel(LanguageModelModule):
     """DNA LM. `arch` "mamba" or "transformer"; `model_size` one of the paper's sizes (models.DNA_MODEL_SIZES) or
     `config` (a dict of MambaConfig / TransformerConfig fields) for anything else; `gradient_checkpointing`
     recomputes each block in the backward (for the longest contexts).
@@ -144,6 +133,8 @@ class DNALanguageModel(EvaluatedModule):
     replaced by [MASK], 10% by a random base, 10% kept, and predicted; the choice is a function of (mask_seed, step) in
     training and of the batch index in evaluation, so runs and resumes are reproducible). Metrics are bits per
     predicted base either way."""
+
+    unit = "base"
 
     def __init__(self, arch: str = "mamba", model_size: str | None = "1.4M", config: dict | None = None,
                  objective: str = "next", mask_prob: float = 0.15, mask_seed: int = 0, lr: float = 8e-3,
@@ -171,7 +162,6 @@ class DNALanguageModel(EvaluatedModule):
         else:
             raise ValueError(f"arch must be 'mamba' or 'transformer', got {arch!r}")
         (self.model.backbone if arch == "mamba" else self.model).gradient_checkpointing = gradient_checkpointing
-        self._eval_sums: dict[str, list[torch.Tensor]] = {}
         self._eval_batches: dict[str, int] = {}
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -184,25 +174,16 @@ class DNALanguageModel(EvaluatedModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, labels = self._inputs_and_labels(batch, self.hparams.mask_seed * 1_000_003 + self.global_step)
-        total, count = next_base_loss(self(inputs), labels)
-        loss = total / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/bits_per_base", loss / LN2, on_step=True, on_epoch=False)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-        return loss
+        return self._train_loss(*summed_nll(self(inputs), labels))
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         index = self._eval_batches[split] = self._eval_batches.get(split, 0) + 1  # the same masks every evaluation
         inputs, labels = self._inputs_and_labels(batch, -index)
-        total, count = next_base_loss(self(inputs), labels)
-        sums = self._eval_sums.setdefault(split, [torch.zeros((), device=self.device, dtype=torch.float64)] * 2)
-        self._eval_sums[split] = [sums[0] + total.double(), sums[1] + count.double()]
+        self._add_eval_nll(split, *summed_nll(self(inputs), labels))
 
     def _eval_end(self, split: str) -> None:
         self._eval_batches.pop(split, None)
-        total, count = self._eval_sums.pop(split)
-        total, count = self.all_gather(total).sum(), self.all_gather(count).sum()
-        loss = (total / count.clamp(min=1)).float()
+        loss = self._eval_nll(split)
         self.log_dict({f"{split}/loss": loss, f"{split}/perplexity": loss.exp(), f"{split}/bits_per_base": loss / LN2},
                       prog_bar=split == "valid")
 

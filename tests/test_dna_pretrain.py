@@ -11,7 +11,7 @@ pytest.importorskip("pysam")
 L = pytest.importorskip("lightning")
 
 from mamba_bio_audio.pipelines.dna_pretrain import (  # noqa: E402
-    AtomicCheckpointIO, DNALanguageModel, DNAPretrainData, EpochSampler, SequenceLengthWarmup, next_base_loss)
+    AtomicCheckpointIO, DNALanguageModel, DNAPretrainData, EpochSampler, SequenceLengthWarmup, summed_nll)
 from test_dna_data import random_genome, write_fasta  # noqa: E402
 
 TINY = {"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}
@@ -39,10 +39,10 @@ def trainer(tmp_path, max_steps, callbacks=(), **kw):
                      reload_dataloaders_every_n_epochs=1, **kw)
 
 
-def test_next_base_loss_ignores_n_and_padding():
+def test_summed_nll_ignores_n_and_padding():
     logits = torch.randn(2, 5, 12)
     labels = torch.tensor([[7, 8, -100, 9, 10], [-100, -100, 7, 7, 8]])
-    total, count = next_base_loss(logits, labels)
+    total, count = summed_nll(logits, labels)
     keep = labels != -100
     expected = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
     assert count == 7 and torch.allclose(total, expected)
