@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
@@ -19,8 +18,8 @@ from torch import nn
 from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE
 from mamba_bio_audio.audio.codec import load_audio
 
-from .audio_lm import sc09_split
-from .common import EpochSampler, EvaluatedModule, resume_point
+from .audio_lm import SC09Data
+from .common import EvaluatedModule
 from .common import build_cli as _build_cli
 
 
@@ -73,30 +72,15 @@ def padded_wave(path: Path, clip_len: int) -> torch.Tensor:
     return nn.functional.pad(wave, (0, clip_len - len(wave)))
 
 
-class LabelledClipData(L.LightningDataModule):
-    """SC09 clips with their digits (folders and lists as for `mba audio train --sc09`)."""
+class LabelledClipData(SC09Data):
+    """SC09 clips as waveforms with their digits (folders, lists and loaders as for `mba audio train --sc09`)."""
 
     def __init__(self, root: str, batch_size: int = 32, clip_len: int = SAMPLE_RATE, num_workers: int = 0,
                  seed: int = 0):
-        super().__init__()
-        self.save_hyperparameters()
-        self.clips = sc09_split(root)
+        super().__init__(root, batch_size, clip_len, num_workers=num_workers, seed=seed)
 
-    def _loader(self, split: str, sampler=None):
-        hp = self.hparams
-        return torch.utils.data.DataLoader(LabelledClips(self.clips[split], hp.clip_len), batch_size=hp.batch_size,
-                                           sampler=sampler, num_workers=hp.num_workers)
-
-    def train_dataloader(self):
-        hp = self.hparams
-        epoch, skip = resume_point(self.trainer, hp.batch_size)
-        return self._loader("train", EpochSampler(len(self.clips["train"]), hp.seed, epoch, True, skip))
-
-    def val_dataloader(self):
-        return self._loader("valid")
-
-    def test_dataloader(self):
-        return self._loader("test")
+    def _dataset(self, split: str) -> LabelledClips:
+        return LabelledClips(self.clips[split], self.hparams.clip_len)
 
 
 class DigitClassifier(EvaluatedModule):

@@ -79,11 +79,12 @@ class AudioClips(torch.utils.data.Dataset):
 
 def _loader(dataset, batch_size: int, sampler, num_workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+                                       pin_memory=torch.cuda.is_available())
 
 
 class SC09Data(L.LightningDataModule):
-    """SC09 clips (see `sc09_split`), padded to `clip_len` samples (16000: 1 s), quantised per clip."""
+    """SC09 clips (see `sc09_split`), padded to `clip_len` samples (16000: 1 s), quantised per clip. Subclasses
+    serve other items of the same clips by overriding `_dataset`."""
 
     def __init__(self, root: str, batch_size: int = 16, clip_len: int = SAMPLE_RATE, scheme: str = "mu-law",
                  num_workers: int = 0, seed: int = 0):
