@@ -114,12 +114,12 @@ class Crops(torch.utils.data.Dataset):
     def __init__(self, tracks: list[np.ndarray], length: int, n: int | None = None, seed: int = 0,
                  tile: bool = False):
         self.tracks, self.length, self.seed, self.tile = tracks, length, seed, tile
-        usable = [max(len(t) - length, -1) for t in tracks]
         if tile:
             self.windows = [(i, s) for i, t in enumerate(tracks) for s in range(0, len(t) - length + 1, length)]
             self.n = len(self.windows)
         else:
-            self.weights = np.array([u + 1 for u in usable], dtype=np.float64).clip(min=0)
+            starts = [max(len(t) - length + 1, 0) for t in tracks]  # a track is drawn by its number of windows
+            self.weights = np.array(starts, dtype=np.float64)
             if self.weights.sum() == 0:
                 raise ValueError(f"no track is {length} samples long")
             self.weights /= self.weights.sum()

@@ -46,7 +46,6 @@ class Stepper:
         self.use_graphs = cuda_graphs and self.unet and device.type == "cuda"
         self.graphs: list = []
         self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)
-        self.logits = None
 
     def _eager(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.unet:
