@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -243,6 +244,8 @@ def _piano(args: argparse.Namespace) -> int:
     --audio-dir DEST/piano`. The model is described in mamba_bio_audio/data_recipes/piano.py."""
     from .piano import piano
 
-    target, n, hours = piano(args.dest, args.pieces, args.soundfont, args.seed, args.workers)
-    print(f"{target}: {n} pieces, {hours:.2f} h")
+    target, n, hours, skipped = piano(args.dest, args.pieces, args.soundfont, args.seed, args.workers)
+    for reason in skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    print(f"{target}: {n} pieces, {hours:.2f} h" + (f" ({len(skipped)} scores skipped)" if skipped else ""))
     return 0

@@ -72,9 +72,10 @@ def render(score: Path, binary: str, soundfont: Path) -> "numpy.ndarray":  # noq
 
 
 def piano(dest: str | Path, pieces: int | None = None, soundfont: str | None = None, seed: int = 0,
-          workers: int = 4, progress: bool = True) -> tuple[Path, int, float]:
+          workers: int = 4, progress: bool = True) -> tuple[Path, int, float, list[str]]:
     """Render the corpus (or its first `pieces` after the seeded shuffle) into DEST/piano; returns the folder, the
-    number of files and the hours of audio."""
+    number of files written, the hours of audio and the scores music21 could not read or play (each named with its
+    reason; a few corpus scores have malformed repeats), which are left out."""
     from tqdm import tqdm
 
     binary, font = tools(soundfont)
@@ -87,17 +88,24 @@ def piano(dest: str | Path, pieces: int | None = None, soundfont: str | None = N
     jobs = [(target / f"{i:04d}_{composer}_{score.stem.replace('.', '-')}.wav", score, binary, font)
             for i, (composer, score) in enumerate(chosen)]
     with ProcessPoolExecutor(max(1, workers)) as pool:  # music21 keeps global state: one process per worker
-        seconds = sum(tqdm(pool.map(_render_file, jobs), total=len(jobs), desc="pieces", unit="piece",
-                           disable=not progress))
-    return target, len(chosen), seconds / 3600
+        results = list(tqdm(pool.map(_render_file, jobs), total=len(jobs), desc="pieces", unit="piece",
+                            disable=not progress))
+    skipped = [reason for _, reason in results if reason]
+    return target, len(results) - len(skipped), sum(seconds for seconds, _ in results) / 3600, skipped
 
 
-def _render_file(job: tuple[Path, Path, str, Path]) -> float:
-    """Render one score to its WAV file unless it exists; returns the file's duration in seconds."""
+def _render_file(job: tuple[Path, Path, str, Path]) -> tuple[float, str | None]:
+    """Render one score to its WAV file unless it exists → (the file's duration in seconds, None), or (0, why) for a
+    score music21 cannot read or turn into MIDI (nothing is written then)."""
     import soundfile
+    from music21.exceptions21 import Music21Exception
 
     path, score, binary, font = job
     if not path.is_file():
+        try:
+            wave = render(score, binary, font)
+        except Music21Exception as error:
+            return 0.0, f"{score}: {type(error).__name__}: {error}"
         with atomic_path(path) as tmp:
-            soundfile.write(str(tmp), render(score, binary, font), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    return soundfile.info(str(path)).duration
+            soundfile.write(str(tmp), wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    return soundfile.info(str(path)).duration, None

@@ -6,6 +6,7 @@
                            state_batch_indices=None)
     causal_conv1d(x, weight, bias=None, activation=None), causal_conv1d_update(x, conv_state, weight, ...)
     add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True)
+    mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, ..., conv_state, ssm_state)
 
 The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``numba`` |
 ``triton``) forces one. By default CUDA tensors use the fastest backend available for them, and CPU tensors use
@@ -18,6 +19,7 @@ import os
 import torch
 
 from .causal_conv1d import causal_conv1d_naive, causal_conv1d_update_naive
+from .mamba_block_step import mamba_block_step_naive
 from .rmsnorm import add_rmsnorm_naive
 from .selective_scan import selective_scan_chunked, selective_scan_naive
 from .selective_scan.numba_cpu import numba_available, selective_scan_numba
@@ -28,21 +30,24 @@ BACKEND_ENV = "MBA_SCAN_BACKEND"
 KNOWN_BACKENDS = ("naive", "torch", "numba", "triton")
 # Every backend implements every op; where a backend has no kernel of its own for an op it uses the PyTorch one.
 _PYTORCH_OPS = dict(scan=selective_scan_chunked, state_update=selective_state_update_naive, conv=causal_conv1d_naive,
-                    conv_update=causal_conv1d_update_naive, norm=add_rmsnorm_naive)
+                    conv_update=causal_conv1d_update_naive, norm=add_rmsnorm_naive, block_step=mamba_block_step_naive)
 _BACKENDS = {"naive": {**_PYTORCH_OPS, "scan": selective_scan_naive}, "torch": _PYTORCH_OPS}
-if triton_available():  # fused scan, decoding step, conv and add + RMSNorm
+if triton_available():  # fused scan, decoding step, conv, add + RMSNorm and the whole block's step
     from .causal_conv1d.fused import causal_conv1d_fused, causal_conv1d_update_fused
+    from .mamba_block_step.fused import mamba_block_step_fused
     from .rmsnorm.fused import add_rmsnorm_fused
     from .selective_scan.fused import selective_scan_fused
     from .selective_state_update.fused import selective_state_update_fused
 
     _BACKENDS["triton"] = dict(scan=selective_scan_fused, state_update=selective_state_update_fused,
-                               conv=causal_conv1d_fused, conv_update=causal_conv1d_update_fused, norm=add_rmsnorm_fused)
+                               conv=causal_conv1d_fused, conv_update=causal_conv1d_update_fused, norm=add_rmsnorm_fused,
+                               block_step=mamba_block_step_fused)
 if numba_available():  # the scan is compiled; the other ops are PyTorch
     _BACKENDS["numba"] = {**_PYTORCH_OPS, "scan": selective_scan_numba}
 # one dispatch table per op: backend name -> implementation
-_SCAN, _STATE_UPDATE, _CONV, _CONV_UPDATE, _NORM = (
-    {name: ops[op] for name, ops in _BACKENDS.items()} for op in ("scan", "state_update", "conv", "conv_update", "norm"))
+_SCAN, _STATE_UPDATE, _CONV, _CONV_UPDATE, _NORM, _BLOCK_STEP = (
+    {name: ops[op] for name, ops in _BACKENDS.items()}
+    for op in ("scan", "state_update", "conv", "conv_update", "norm", "block_step"))
 
 
 def available_backends() -> list[str]:
@@ -111,5 +116,17 @@ def add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
     return _NORM[active_backend(x.device)](x, residual, weight, eps, residual_in_fp32)
 
 
-__all__ = ["add_rmsnorm", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
+def mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
+                     dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias=None,
+                     out_proj_bias=None, residual_in_fp32=True):
+    """One token through a pre-norm residual Mamba block (real A): residual' = hidden + residual, then the mixer's
+    recurrent step on RMSNorm(residual'), with conv_state (b, E, W) and ssm_state (b, E, N) fp32 advanced in place.
+    hidden (b, d); residual (b, d) or None. Returns (mixer output (b, d) in hidden's dtype, residual' (b, d)).
+    The math and the weights' shapes: `mamba_block_step_naive`. On the GPU one Triton kernel does it all."""
+    return _BLOCK_STEP[active_backend(hidden.device)](
+        hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
+        dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
+
+
+__all__ = ["add_rmsnorm", "mamba_block_step", "mamba_block_step_naive", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
            "selective_scan_naive", "selective_scan_chunked", "selective_scan_numba", "selective_state_update_naive"]

@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", default="0,1,2,4", help="worker counts of the --loading table (default 0,1,2,4)")
     parser.add_argument("--batches", type=int, default=50, help="batches timed per worker count of --loading")
     parser.add_argument("--generation", action="store_true",
-                        help="instead: audio generation speed (samples/s) of the SC09 Mamba U-Net, eager and with "
-                             "CUDA graphs, and of a Transformer++ of the same size with a KV cache, per batch size")
+                        help="instead: audio generation speed (samples/s) of the SC09 Mamba U-Net (fp32 and bf16, CUDA "
+                             "graphs and eager) and of a flat Mamba and a Transformer++ (KV cache) of the same size, "
+                             "per batch size")
     parser.add_argument("--gen-batches", default="1,64,256", help="batch sizes of --generation (default 1,64,256)")
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
 
@@ -53,33 +54,41 @@ def _median_seconds(fn, device, repeats: int) -> float:
 
 def generation_table(device, batches: list[int], seconds: float) -> None:
     """Samples per second (all rows together) to generate one clip of `seconds` per row from random weights, and the
-    ratio to real time (16,000 samples/s)."""
+    ratio to real time (16,000 samples/s): the SC09 Mamba U-Net (fp32 and bf16; CUDA graphs of 16-sample chunks on
+    the GPU, each Mamba block's step one fused kernel), the same-size flat Mamba and Transformer++ baselines."""
+    import copy
+
     import torch
 
     from .audio import SAMPLE_RATE
     from .audio.generate import sample_audio
+    from . import MambaConfig, MambaLMHeadModel
     from .models.audio_unet import AudioUNet, audio_unet_config
     from .models.transformer import TransformerConfig, TransformerLM
 
     torch.manual_seed(0)
     unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
-    n_params = sum(p.numel() for p in unet.parameters())
+    flat = MambaLMHeadModel(MambaConfig(d_model=256, n_layer=14, vocab_size=256)).to(device).eval()
     transformer = TransformerLM(TransformerConfig(d_model=256, n_layer=8, n_head=4, vocab_size=256)).to(device).eval()
     length = round(seconds * SAMPLE_RATE)
-    models = [("Mamba U-Net (sc09), CUDA graphs", unet, True), ("Mamba U-Net (sc09), eager", unet, False),
-              ("Transformer++ 8 x 256, KV cache", transformer, False)]
-    print(f"generation of {seconds:g} s clips ({length} samples) on {device}; U-Net {n_params / 1e6:.2f}M parameters, "
-          f"Transformer++ {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M")
-    print(f"{'model':<36}{'batch':>7}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
-    for name, model, graphs in models:
-        if device.type != "cuda" and graphs:
-            continue
-        for batch in batches:
+    cuda = device.type == "cuda"
+    rows = [("Mamba U-Net (sc09)", unet, cuda, batches),
+            ("Mamba U-Net (sc09), bf16", copy.deepcopy(unet).bfloat16(), cuda, batches if cuda else []),
+            ("Mamba U-Net (sc09)", unet, False, batches[:1] if cuda else []),
+            ("flat Mamba 14 x 256", flat, cuda, batches),
+            ("Transformer++ 8 x 256, KV cache", transformer, False, batches)]
+    sizes = ", ".join(f"{name} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+                      for name, model in (("U-Net", unet), ("flat Mamba", flat), ("Transformer++", transformer)))
+    print(f"generation of {seconds:g} s clips ({length} samples) on {device}; parameters: {sizes}")
+    print(f"{'model':<40}{'batch':>7}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
+    for name, model, graphs, row_batches in rows:
+        name += ", graphs" if graphs else ", eager"
+        for batch in row_batches:
             sample_audio(model, batch, min(length, 2 * 256), seed=0, cuda_graphs=graphs)  # warm-up (compiles)
             seconds_taken = _median_seconds(lambda: sample_audio(model, batch, length, seed=0, cuda_graphs=graphs),
                                             device, 1)
             rate = batch * length / seconds_taken
-            print(f"{name:<36}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
+            print(f"{name:<40}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
 def scan_table(device, shape: list[int], repeats: int) -> None:

@@ -43,14 +43,34 @@ def sample_next_token(logits: torch.Tensor, previous: torch.Tensor | None = None
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        sorted_probs = sorted_logits.softmax(-1)
-        drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep up to and including the crossing token
-        logits = logits.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), float("-inf"))
+        logits = nucleus_filter(logits, top_p)
     if min_p > 0.0:
         probs = logits.softmax(-1)
         logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """logits (b, V) float → the same with every token outside the smallest set of cumulative probability ≥ top_p
+    (the most likely first) set to −inf."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    sorted_probs = sorted_logits.softmax(-1)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep up to and including the crossing token
+    return logits.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted), float("-inf"))
+
+
+def sample_with_noise(logits: torch.Tensor, uniform: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0
+                      ) -> torch.Tensor:
+    """One token per row drawn from softmax(logits / temperature) (after the top-p filter) by the Gumbel-max trick:
+    argmax(logits / T − log(−log u)) with uniform (b, V) noise in [0, 1) given by the caller. No host sync and no
+    random generator inside, so a CUDA graph can capture it and the draw is fixed by the noise. logits (b, V);
+    temperature 0 is greedy. Returns (b,) int64."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_p < 1.0:
+        logits = nucleus_filter(logits, top_p)
+    return (logits - torch.log(-torch.log(uniform))).argmax(-1)
 
 
 @torch.inference_mode()

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              description=_train.__doc__)
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--sc09", help="SC09 folder: ten digit folders, validation_list.txt, testing_list.txt")
-    source.add_argument("--audio-dir", help="folder of long recordings (YouTubeMix layout), split 88/6/6% by name")
+    source.add_argument("--audio-dir", help="folder of long recordings (YouTubeMix layout), split 88/6/6%% by name")
     train.add_argument("--config", help="YAML file (LightningCLI format) or the name of a shipped one "
                                         "(pipelines/configs/audio/: sc09_mamba_unet, youtubemix_mamba_unet_L65536)")
     train.add_argument("--arch", choices=["unet", "mamba", "transformer"])
@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--prompt-seconds", type=float, default=0.25, help="how much of --prompt (default 0.25)")
     generate.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if there is one)")
     generate.add_argument("--no-cuda-graphs", action="store_true", help="step eagerly on the GPU too")
+    generate.add_argument("--bf16", action="store_true", help="autoregressive models: generate with the weights in "
+                                                            "bfloat16 (the recurrent states and sums stay fp32)")
     generate.set_defaults(_task=_generate)
 
     sweep = tasks.add_parser("context-sweep", help="test bits per sample against training window length, with a plot",
@@ -166,6 +168,8 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         scheme = checkpoint.get("datamodule_hyper_parameters", {}).get("scheme", "mu-law")
         model = AudioLM.load_from_checkpoint(args.ckpt, map_location="cpu").model.to(device).eval()
+        if args.bf16:
+            model = model.bfloat16()
         prompt = None
         if args.prompt:
             prompt = quantize(load_audio(args.prompt), scheme)[:round(args.prompt_seconds * SAMPLE_RATE)]

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from mamba_bio_audio.kernels.selective_scan.triton_support import triton_available
+
 sf = pytest.importorskip("soundfile")
 pytest.importorskip("lightning")
 
@@ -79,6 +81,30 @@ def test_unet_step_reproduces_the_parallel_forward_and_is_causal():
         changed[:, 13:] = torch.randint(0, 256, (2, 11))
         other = model(changed)
     assert torch.equal(other[:, :13], parallel[:, :13]) and not torch.allclose(other[:, 13:], parallel[:, 13:])
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs triton (and CUDA or TRITON_INTERPRET=1)")
+def test_unet_step_through_the_fused_block_kernel_reproduces_the_forward(monkeypatch):
+    """With the Triton backend every Mamba block's step is one `mamba_block_step` kernel (Triton's interpreter here)."""
+    from mamba_bio_audio import kernels
+
+    calls = []
+    fused = kernels._BLOCK_STEP["triton"]
+    monkeypatch.setitem(kernels._BLOCK_STEP, "triton", lambda *a: calls.append(1) or fused(*a))
+    torch.manual_seed(1)
+    model = AudioUNet(AudioUNetConfig(d_model=16, pools=(2, 2), n_layers=1, d_state=4)).eval()
+    tokens = torch.randint(0, 256, (3, 8))
+    with torch.no_grad():
+        # the CPU backend (Triton's interpreter is too slow for the parallel scans) for the forward and for the first
+        # 4 steps, in which each stage takes its first token (through the parallel path, which fills the caches)
+        parallel = model(tokens)
+        state = model.allocate_step_state(3)
+        stepped = [model.step(tokens[:, t], state) for t in range(4)]
+        monkeypatch.setenv("MBA_SCAN_BACKEND", "triton")
+        stepped = torch.stack(stepped + [model.step(tokens[:, t], state) for t in range(4, 8)], dim=1)
+    torch.testing.assert_close(stepped, parallel, rtol=1e-4, atol=1e-4)
+    # steps 4-7: 2 blocks at the full rate (4 steps), 2 at 1/2 (steps 5, 7), 1 at 1/4 (step 7)
+    assert len(calls) == 2 * 4 + 2 * 2 + 1
 
 
 def test_complex_unet_steps_too_and_bidirectional_sees_the_future():
@@ -215,10 +241,11 @@ def test_flat_baselines_sample_with_their_caches(arch):
     torch.manual_seed(0)
     config = {"d_model": 16, "n_layer": 2} | ({"d_state": 4} if arch == "mamba" else {"n_head": 2})
     model = build_audio_model(arch, None, config).double().eval()
-    codes, loglik = sample_audio(model, 2, 24, prompt=torch.tensor([100, 120, 140]), seed=1)
-    assert codes[:, :3].tolist() == [[100, 120, 140]] * 2
+    prompt = torch.randint(0, 256, (2, 19))  # longer than a chunk of positions (16 for a flat model)
+    codes, loglik = sample_audio(model, 2, 40, prompt=prompt, seed=1)
+    assert torch.equal(codes[:, :19], prompt) and not torch.equal(codes[0, 19:], codes[1, 19:])
     with torch.no_grad():
-        logp = torch.log_softmax(model(shift_right(codes)), -1).gather(-1, codes[..., None])[..., 0][:, 3:].sum(-1)
+        logp = torch.log_softmax(model(shift_right(codes)), -1).gather(-1, codes[..., None])[..., 0][:, 19:].sum(-1)
     torch.testing.assert_close(loglik, logp, rtol=1e-9, atol=1e-9)  # the cached steps are the parallel forward
 
 

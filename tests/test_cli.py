@@ -53,6 +53,26 @@ def test_help_lists_every_command():
     assert "usage: mba" in result.stdout
 
 
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def test_every_subcommand_formats_its_help():
+    """Every `mba COMMAND [TASK] --help` renders (a stray % in a help string breaks argparse's formatting)."""
+    for command in cli.COMMANDS:
+        parser = cli.build_parser(command.name)
+        for name, sub in _subparsers(parser):
+            if name != command.name:
+                continue
+            assert sub.format_help()
+            for task, subsub in _subparsers(sub):
+                assert subsub.format_help(), task
+
+
 def test_no_arguments_prints_help_and_fails():
     result = mba()
     assert result.returncode == 2

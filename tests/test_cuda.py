@@ -43,18 +43,60 @@ def test_model_on_cuda_matches_cpu_and_steps_match_parallel():
     assert (torch.cat(parts, 1) - gpu).abs().max() < 1e-4
 
 
-def test_audio_unet_cuda_graph_steps_match_eager_steps_and_the_parallel_forward():
-    from mamba_bio_audio.audio.generate import Stepper
-    from mamba_bio_audio.models.audio_unet import AudioUNet, AudioUNetConfig
+@pytest.mark.parametrize("arch", ["unet", "mamba"])
+def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_forward(arch):
+    """The same seed gives the same clips with and without graphs (a replay runs the same kernels on the same state
+    and noise), and the sampled log-likelihood is the parallel forward's."""
+    from mamba_bio_audio.audio.codec import shift_right
+    from mamba_bio_audio.audio.generate import sample_audio
+    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
 
     torch.manual_seed(0)
-    model = AudioUNet(AudioUNetConfig(d_model=16, pools=(4, 4), n_layers=2)).cuda().eval()
-    tokens = torch.randint(0, 256, (3, 64), device="cuda")
+    config = {"d_model": 16, "pools": (4, 4), "n_layers": 2} if arch == "unet" else {"d_model": 32, "n_layer": 2}
+    model = build_audio_model(arch, None, config).cuda().eval()
+    prompt = torch.randint(0, 256, (3, 20))
+    eager, eager_ll = sample_audio(model, 3, 100, prompt, seed=3, cuda_graphs=False)
+    graphed, graphed_ll = sample_audio(model, 3, 100, prompt, seed=3, cuda_graphs=True)
+    assert torch.equal(eager, graphed) and torch.equal(eager_ll, graphed_ll)
+    assert torch.equal(graphed[:, :20].cpu(), prompt)
     with torch.no_grad():
-        parallel = model(tokens)
-        eager, graphed = Stepper(model, 3, 64, cuda_graphs=False), Stepper(model, 3, 64, cuda_graphs=True)
-        for t in range(64):
-            a, b = eager.step(tokens[:, t]), graphed.step(tokens[:, t])
-            assert torch.equal(a, b), t  # a replay runs the same kernels on the same state
-            torch.testing.assert_close(a, parallel[:, t], rtol=1e-3, atol=1e-3)
-    assert graphed.graphs and len(graphed.graphs) == 16
+        logp = torch.log_softmax(model(shift_right(graphed)).double(), -1).gather(-1, graphed[..., None])[..., 0]
+    torch.testing.assert_close(graphed_ll, logp[:, 20:].sum(-1), rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("d_model", [64, 128, 256])   # the SC09 U-Net's three widths
+@pytest.mark.parametrize("batch", [1, 37, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_block_step_at_the_unets_sizes_matches_the_pytorch_step(d_model, batch, dtype):
+    import copy
+
+    from mamba_bio_audio.kernels import mamba_block_step_naive
+    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
+    from mamba_bio_audio.modules import Block
+    from mamba_bio_audio.modules.mamba import Mamba
+
+    torch.manual_seed(d_model + batch)
+    layer = Block(d_model, Mamba(d_model, layer_idx=0)).cuda().to(dtype)
+    wide = copy.deepcopy(layer).double()
+    m, w = layer.mixer, wide.mixer
+
+    def args(block, mixer):
+        return (block.norm.weight, block.norm.eps, mixer.in_proj.weight, mixer.conv1d.weight[:, 0], mixer.conv1d.bias,
+                mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A_log, mixer.D,
+                mixer.out_proj.weight)
+
+    conv_state, ssm_state = m.allocate_inference_cache(batch)
+    conv_state.normal_()
+    ssm_state.normal_()
+    ref_conv, ref_ssm = conv_state.double(), ssm_state.double()
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 2e-3  # bf16 rounding; fp32 products in tf32 where allowed
+    with torch.no_grad():
+        for _ in range(3):
+            hidden, residual = torch.randn(batch, d_model, device="cuda", dtype=dtype), torch.randn(batch, d_model,
+                                                                                                   device="cuda")
+            out, res = mamba_block_step_fused(hidden, residual, *args(layer, m), conv_state, ssm_state)
+            ref, ref_res = mamba_block_step_naive(hidden.double(), residual.double(), *args(wide, w), ref_conv,
+                                                  ref_ssm, residual_in_fp32=False)
+            assert (out.double() - ref).norm() / ref.norm() < tolerance
+            assert torch.allclose(res.double(), ref_res, atol=1e-2)
+    assert (ssm_state.double() - ref_ssm).norm() / ref_ssm.norm() < tolerance

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mamba_bio_audio import MambaConfig, MambaLMHeadModel
-from mamba_bio_audio.generation import sample_next_token
+from mamba_bio_audio.generation import sample_next_token, sample_with_noise
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +32,19 @@ def test_top_k_top_p_min_p_filters():
     assert set(draws(logits, allowed_token_ids=[2, 3]).unique().tolist()) == {2, 3}
     frequencies = torch.bincount(draws(logits, n=4000)[:, 0], minlength=4) / 4000
     assert torch.allclose(frequencies, probs[0], atol=0.03)
+
+
+def test_gumbel_max_draws_follow_softmax_temperature_and_top_p():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20_000, 4)  # one row per draw
+    uniform = torch.rand(20_000, 4, generator=torch.Generator().manual_seed(1))
+    frequencies = torch.bincount(sample_with_noise(logits, uniform), minlength=4) / 20_000
+    assert torch.allclose(frequencies, probs, atol=0.015)
+    cold = torch.bincount(sample_with_noise(logits, uniform, temperature=0.5), minlength=4) / 20_000
+    assert torch.allclose(cold, probs ** 2 / (probs ** 2).sum(), atol=0.015)  # p^(1/T), renormalised
+    assert set(sample_with_noise(logits, uniform, top_p=0.7).unique().tolist()) == {0, 1}
+    assert torch.equal(sample_with_noise(logits, uniform, temperature=0), torch.zeros(20_000, dtype=torch.int64))
+    assert torch.equal(sample_with_noise(logits, uniform), sample_with_noise(logits, uniform.clone()))  # noise decides
 
 
 def test_temperature_sharpens():

@@ -41,3 +41,24 @@ def test_piano_renders_mono_16k_pieces_in_a_shuffled_order_and_reruns_skip(tmp_p
     stamps = [f.stat().st_mtime_ns for f in files]
     assert main(["data", "piano", "--dest", str(tmp_path), "--pieces", "3", "--seed", "4"]) == 0
     assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_scores_music21_cannot_play_are_skipped_by_name_and_the_rest_rendered(monkeypatch, tmp_path, capsys):
+    exceptions = pytest.importorskip("music21.exceptions21")
+    monkeypatch.setattr(recipe, "tools", lambda soundfont: ("fluidsynth", tmp_path / "font.sf2"))
+    chosen = recipe.corpus_pieces()
+    import random
+    random.Random(4).shuffle(chosen)
+    bad = chosen[1][1]
+
+    def render(score, binary, font):
+        if score == bad:
+            raise exceptions.Music21Exception("cannot expand Stream: badly formed repeats")
+        return np.full(16_000, 0.5, dtype=np.float32)
+
+    monkeypatch.setattr(recipe, "render", render)
+    assert main(["data", "piano", "--dest", str(tmp_path), "--pieces", "3", "--seed", "4", "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "2 pieces" in out and "1 scores skipped" in out
+    assert f"skipped {bad}: Music21Exception: cannot expand Stream" in err
+    assert [f.name[:5] for f in sorted((tmp_path / "piano").glob("*"))] == ["0000_", "0002_"]

@@ -1,10 +1,11 @@
 """Sample-by-sample generation from an autoregressive audio model, and its outputs (WAV files, spectrograms).
 
     Stepper         one-sample steps of a causal model (AudioUNet, a flat MambaLMHeadModel, or a TransformerLM with its
-                    KV cache) over a batch; on CUDA
-                    the AudioUNet step can be replayed from CUDA graphs, one per position in the pooling period.
+                    KV cache) over a batch.
     sample_audio    (n, length) codes and each row's log-likelihood: an optional prompt fed first, then sampling with
-                    temperature and top-p.
+                    temperature and top-p. Positions go in chunks (a multiple of the U-Net's pooling period); on CUDA a
+                    recurrent model replays one CUDA graph per chunk: the steps, the draws and the bookkeeping of a
+                    whole chunk, with no host work in between.
     write_wavs      waveforms → 16 kHz 16-bit WAV files (written under temporary names, then renamed).
     spectrogram_grid  a PNG of log-mel spectrograms of up to 64 clips.
 """
@@ -15,66 +16,75 @@ from pathlib import Path
 
 import torch
 
-from ..generation import sample_next_token
+from ..generation import sample_with_noise
 from ..io import atomic_path
 from . import SAMPLE_RATE
 from .codec import START_TOKEN
 
+N_CODES = 256
+
 
 class Stepper:
     """step(tokens (b,) int64) → logits (b, 256) (the model's dtype) of the next position, for a batch of
-    `batch_size` sequences started from empty states. `cuda_graphs` (AudioUNet on CUDA only): after the first
-    pooling period, which runs eagerly, each position's step is a replay of the CUDA graph captured for its phase in
-    the period."""
+    `batch_size` sequences started from empty states. `period`: the U-Net's total pooling (its step depends on the
+    position modulo the period), else 1. `recurrent`: the state has a fixed size and is updated in place (U-Net,
+    flat Mamba), so a CUDA graph of some steps can be replayed; not so for a Transformer's growing KV cache."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int, cuda_graphs: bool = False):
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int):
         from ..models import MambaLMHeadModel, TransformerLM
         from ..models.audio_unet import AudioUNet
 
-        self.model, self.position = model, 0
+        self.model = model
         self.unet = isinstance(model, AudioUNet)
+        self.period, self.recurrent = 1, True
         if self.unet:
             self.state = model.allocate_step_state(batch_size)
             self.period = model.config.total_pool
         elif isinstance(model, TransformerLM):
             self.state = model.allocate_inference_cache(batch_size, max_len)
+            self.recurrent = False
         elif isinstance(model, MambaLMHeadModel):
             self.state = model.allocate_inference_cache(batch_size)
         else:
             raise ValueError(f"{type(model).__name__} has no recurrent state to generate with")
-        device = next(model.parameters()).device
-        self.use_graphs = cuda_graphs and self.unet and device.type == "cuda"
-        self.graphs: list = []
-        self.tokens = torch.zeros(batch_size, dtype=torch.int64, device=device)
 
-    def _eager(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.unet:
             return self.model.step(tokens, self.state)
         return self.model(tokens[:, None], cache=self.state)[:, -1]
 
-    def _capture(self) -> None:
-        """One graph per phase of the pooling period; the caches' tensors are updated in place, so a replay advances
-        the same state an eager step would. Capturing records kernels without running them."""
-        phases = list(self.state.phase)
-        for _ in range(self.period):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = self._eager(self.tokens)
-            self.graphs.append((graph, logits))
-        self.state.phase[:] = phases
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        if not self.use_graphs or self.position < self.period:
-            out = self._eager(tokens)
-        else:
-            if not self.graphs:
-                self._capture()
-            graph, logits = self.graphs[self.position % self.period]
-            self.tokens.copy_(tokens)
-            graph.replay()
-            out = logits.clone()
-        self.position += 1
-        return out
+class _Chunk:
+    """The work of `size` consecutive positions on fixed buffers, so that it can be captured in a CUDA graph: for
+    each position i, logits = step(token); the next token is forced[i] ? forced_tokens[i] : a draw with noise[i];
+    codes[:, i] = token; loglik += log p(token) where drawn. `token` carries over to the next chunk."""
+
+    def __init__(self, stepper: Stepper, n: int, size: int, temperature: float, top_p: float, device):
+        self.stepper, self.size, self.temperature, self.top_p = stepper, size, temperature, top_p
+        self.token = torch.full((n,), START_TOKEN, dtype=torch.int64, device=device)
+        self.noise = torch.empty(size, n, N_CODES, device=device)
+        self.forced = torch.zeros(size, dtype=torch.bool, device=device)
+        self.forced_tokens = torch.zeros(size, n, dtype=torch.int64, device=device)
+        self.codes = torch.empty(n, size, dtype=torch.int64, device=device)
+        self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
+        self.graph = None
+
+    def run(self, steps: int) -> None:
+        for i in range(steps):
+            logits = self.stepper.step(self.token)                                 # (n, 256)
+            drawn = sample_with_noise(logits, self.noise[i], self.temperature, self.top_p)
+            token = torch.where(self.forced[i], self.forced_tokens[i], drawn)
+            logp = torch.log_softmax(logits.double(), -1).gather(1, token[:, None])[:, 0]
+            self.loglik += torch.where(self.forced[i], 0.0, logp)
+            self.codes[:, i] = token
+            self.token.copy_(token)
+
+    def capture(self) -> None:
+        """Record `run(size)` in a CUDA graph (recording runs nothing; a U-Net's phase counters come back to where
+        they were, the chunk being a whole number of pooling periods)."""
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.run(self.size)
 
 
 @torch.inference_mode()
@@ -83,29 +93,41 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate `n` clips of `length` codes. prompt: (n, T) or (T,) int64 codes (T < length) continued by every row.
     Returns codes (n, length) int64 (the prompt first) and the log-likelihood in nats (n,) float64 of the generated
-    part under the model (temperature 1, no top-p)."""
+    part under the model (temperature 1, no top-p). The draws come from uniform noise of a generator seeded with
+    `seed`, one chunk at a time, so the same seed gives the same clips with and without CUDA graphs.
+    `cuda_graphs` (recurrent models on CUDA): the first chunk runs eagerly (compiling the kernels), the whole chunks
+    after it are replays of one graph."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed) if seed is not None else generator.seed()
     prompt = torch.empty(n, 0, dtype=torch.int64) if prompt is None else prompt.expand(n, -1) if prompt.dim() == 1 \
         else prompt
     if prompt.shape[0] != n or prompt.shape[1] >= length:
         raise ValueError(f"prompt of shape {tuple(prompt.shape)} for {n} clips of {length} samples")
     prompt = prompt.to(device)
-    stepper = Stepper(model, n, length, cuda_graphs)
+    stepper = Stepper(model, n, length)
+    size = stepper.period * math.ceil(16 / stepper.period)                        # ≥ 16 positions per chunk
+    chunk = _Chunk(stepper, n, size, temperature, top_p, device)
+    use_graphs = cuda_graphs and stepper.recurrent and device.type == "cuda"
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
-    loglik = torch.zeros(n, dtype=torch.float64, device=device)
-    token = torch.full((n,), START_TOKEN, dtype=torch.int64, device=device)
-    for t in tqdm(range(length), desc="samples", unit="sample", disable=not progress, mininterval=1.0):
-        logits = stepper.step(token)                                           # (n, 256)
-        if t < prompt.shape[1]:
-            token = prompt[:, t]
-        else:
-            token = sample_next_token(logits, temperature=temperature, top_p=top_p, generator=generator)
-            loglik += torch.log_softmax(logits.double(), -1).gather(1, token[:, None])[:, 0]
-        codes[:, t] = token
-    return codes, loglik
+    with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
+        for start in range(0, length, size):
+            steps = min(size, length - start)
+            torch.rand(chunk.noise.shape, generator=generator, device=device, out=chunk.noise)
+            forced = min(max(prompt.shape[1] - start, 0), steps)                  # prompt positions in this chunk
+            chunk.forced.copy_(torch.arange(size, device=device) < forced)
+            chunk.forced_tokens[:forced] = prompt[:, start:start + forced].t()
+            if use_graphs and start > 0 and steps == size:
+                if chunk.graph is None:
+                    chunk.capture()
+                chunk.graph.replay()
+            else:
+                chunk.run(steps)
+            codes[:, start:start + steps] = chunk.codes[:, :steps]
+            bar.update(steps)
+    return codes, chunk.loglik.clone()
 
 
 def write_wavs(waves: torch.Tensor, folder: str | Path, prefix: str = "sample") -> list[Path]:

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ..kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ..kernels import causal_conv1d, causal_conv1d_update, mamba_block_step, selective_scan, selective_state_update
 
 
 class Mamba(nn.Module):
@@ -53,9 +53,9 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
 
     def ssm_A(self) -> torch.Tensor:
-        """A: (E, N) fp32, or complex64 in complex mode."""
-        A = -torch.exp(self.A_log.float())
-        return torch.complex(A, self.A_imag.float()) if self.complex_ssm else A
+        """A: (E, N) fp32, or complex64 in complex mode (fp64 / complex128 in an fp64 model)."""
+        A = -torch.exp(_fp32_or_wider(self.A_log))
+        return torch.complex(A, _fp32_or_wider(self.A_imag)) if self.complex_ssm else A
 
     def _split_x_proj(self, x_dbl: torch.Tensor):
         """x_dbl: (..., R + 2·bc_width) -> dt (..., R), B and C (..., N) (complex in complex mode)."""
@@ -85,8 +85,8 @@ class Mamba(nn.Module):
         x = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")[..., -length:]
         dt, B, C = self._split_x_proj(self.x_proj(x.transpose(1, 2)))     # (b, L, R), (b, L, N) x2
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)                 # (b, E, L); bias added in the scan
-        y = selective_scan(x, dt, self.ssm_A(), B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        y = selective_scan(x, dt, self.ssm_A(), B.transpose(1, 2), C.transpose(1, 2), _fp32_or_wider(self.D), z,
+                           delta_bias=_fp32_or_wider(self.dt_proj.bias), delta_softplus=True,
                            initial_state=initial_state, return_last_state=cache is not None)
         if cache is not None:
             y, last_state = y
@@ -99,9 +99,23 @@ class Mamba(nn.Module):
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         dt, B, C = self._split_x_proj(self.x_proj(x))                      # (b, R), (b, N) x2
         dt = dt @ self.dt_proj.weight.t()                                   # (b, E)
-        y = selective_state_update(ssm_state, x, dt, self.ssm_A(), B, C, self.D.float(), z,
-                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        y = selective_state_update(ssm_state, x, dt, self.ssm_A(), B, C, _fp32_or_wider(self.D), z,
+                                   dt_bias=_fp32_or_wider(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y)
+
+    @property
+    def fused_step(self) -> bool:
+        """Whether `block_step` applies (real A)."""
+        return not self.complex_ssm
+
+    def block_step(self, hidden: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
+                   states: tuple[torch.Tensor, torch.Tensor], residual_in_fp32: bool = True):
+        """One token through the pre-norm residual block around this mixer (`norm`: its RMSNorm): hidden, residual
+        (b, d) → (mixer output (b, d), hidden + residual); states (conv_state, ssm_state) advanced in place."""
+        return mamba_block_step(hidden, residual, norm.weight, norm.eps, self.in_proj.weight, self.conv1d.weight[:, 0],
+                                self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+                                self.A_log, self.D, self.out_proj.weight, *states, self.in_proj.bias,
+                                self.out_proj.bias, residual_in_fp32)
 
     def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None):
         """(conv_state (b, E, W) in the conv's dtype, ssm_state (b, E, N) fp32 or complex64 (float64/complex128 for
@@ -115,6 +129,11 @@ class Mamba(nn.Module):
         ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device or weight.device,
                                 dtype=ssm_dtype)
         return conv_state, ssm_state
+
+
+def _fp32_or_wider(param: torch.Tensor) -> torch.Tensor:
+    """SSM parameters (A, D, Δ bias) enter the scan in fp32 whatever the compute dtype, in fp64 in an fp64 model."""
+    return param if param.dtype == torch.float64 else param.float()
 
 
 class BiMamba(nn.Module):

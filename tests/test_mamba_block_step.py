@@ -1,0 +1,139 @@
+"""One token through a whole Mamba block: the PyTorch definition against the model's layers, and the fused Triton
+kernel against that definition in float64 (Triton's interpreter without a GPU). An inference-only op: no gradients."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from mamba_bio_audio.generation import InferenceCache
+from mamba_bio_audio.kernels import mamba_block_step_naive
+from mamba_bio_audio.kernels.selective_scan.triton_support import triton_available
+from mamba_bio_audio.modules import Block
+from mamba_bio_audio.modules.mamba import Mamba
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def block(d_model=16, d_state=5, d_conv=4, expand=2, bias=False, conv_bias=True, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    mixer = Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand, bias=bias, conv_bias=conv_bias, layer_idx=0)
+    layer = Block(d_model, mixer).to(dtype)
+    with torch.no_grad():  # away from the initial values, so that every weight matters
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return layer
+
+
+def step_args(layer: Block) -> tuple:
+    m = layer.mixer
+    return (layer.norm.weight, layer.norm.eps, m.in_proj.weight, m.conv1d.weight[:, 0], m.conv1d.bias, m.x_proj.weight,
+            m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
+
+
+def biases(layer: Block) -> dict:
+    return dict(in_proj_bias=layer.mixer.in_proj.bias, out_proj_bias=layer.mixer.out_proj.bias)
+
+
+def random_states(layer: Block, batch: int, dtype=torch.float32):
+    conv_state, ssm_state = layer.mixer.allocate_inference_cache(batch, dtype=dtype)
+    conv_state.normal_()
+    ssm_state.normal_()
+    return conv_state, ssm_state
+
+
+def test_the_definition_is_the_blocks_own_step_in_float64():
+    layer = block(dtype=torch.float64, bias=True)
+    layer.residual_in_fp32 = False
+    batch = 3
+    cache = InferenceCache(batch, {0: random_states(layer, batch, torch.float64)})
+    cache.seqlen_offset = 5  # a single token after the first goes through Mamba.step
+    states = tuple(s.clone() for s in cache.states[0])
+    hidden, residual = torch.randn(batch, 1, 16, dtype=torch.float64), torch.randn(batch, 1, 16, dtype=torch.float64)
+    with torch.no_grad():
+        out, res = layer(hidden, residual, cache=cache)
+        ref_out, ref_res = mamba_block_step_naive(hidden[:, 0], residual[:, 0], *step_args(layer), *states,
+                                                  **biases(layer), residual_in_fp32=False)
+    torch.testing.assert_close(ref_out, out[:, 0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref_res, res[:, 0], rtol=1e-12, atol=1e-12)
+    for new, ref in zip(states, cache.states[0]):
+        torch.testing.assert_close(new, ref, rtol=1e-12, atol=1e-12)
+
+
+def fused_steps(layer, hidden_seq, residual_seq, conv_state, ssm_state):
+    """The fused kernel over a few tokens in a row (states carried in place) → outputs and residuals per token."""
+    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
+
+    moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in step_args(layer)]
+    extra = {k: None if v is None else v.to(DEVICE) for k, v in biases(layer).items()}
+    conv_state, ssm_state = conv_state.to(DEVICE), ssm_state.to(DEVICE)
+    outs = []
+    for hidden, residual in zip(hidden_seq, residual_seq):
+        outs.append(mamba_block_step_fused(hidden.to(DEVICE), None if residual is None else residual.to(DEVICE),
+                                           *moved, conv_state, ssm_state, **extra))
+    return [(o.cpu(), r.cpu()) for o, r in outs], conv_state.cpu(), ssm_state.cpu()
+
+
+triton_only = pytest.mark.skipif(not triton_available(), reason="needs triton (and CUDA or TRITON_INTERPRET=1)")
+
+
+@triton_only
+@pytest.mark.parametrize("batch,d_model,d_state,bias,first", [
+    (1, 16, 5, False, False),    # one row in a program of 16; dt_rank 1, N padded to 16
+    (3, 16, 16, True, True),     # projection biases; the first block of a stage (no residual in)
+    (19, 32, 4, False, False),   # two programs, the second mostly masked; d_inner 64 = one chunk of E
+    (2, 24, 7, True, False),     # d_model not a power of two (masked columns), d_inner 48
+])
+def test_fused_step_matches_the_definition_in_float64(batch, d_model, d_state, bias, first):
+    torch.manual_seed(batch + d_model)
+    layer = block(d_model=d_model, d_state=d_state, bias=bias)
+    wide = copy.deepcopy(layer).double()
+    conv_state, ssm_state = random_states(layer, batch)
+    ref_conv, ref_ssm = conv_state.double(), ssm_state.double()
+    tokens = 3
+    hidden_seq = [torch.randn(batch, d_model) for _ in range(tokens)]
+    residual_seq = [None if first else torch.randn(batch, d_model) for _ in range(tokens)]
+    with torch.no_grad():
+        outs, conv_state, ssm_state = fused_steps(layer, hidden_seq, residual_seq, conv_state, ssm_state)
+        for (out, res), hidden, residual in zip(outs, hidden_seq, residual_seq):
+            ref_out, ref_res = mamba_block_step_naive(hidden.double(), None if residual is None else residual.double(),
+                                                      *step_args(wide), ref_conv, ref_ssm, **biases(wide),
+                                                      residual_in_fp32=False)
+            assert out.dtype == torch.float32 and res.dtype == torch.float32
+            torch.testing.assert_close(out.double(), ref_out, rtol=2e-4, atol=2e-4)
+            torch.testing.assert_close(res.double(), ref_res, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(conv_state.double(), ref_conv, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ssm_state.double(), ref_ssm, rtol=2e-4, atol=2e-4)
+
+
+@triton_only
+def test_fused_step_leaves_other_rows_and_a_wrong_shape_is_named():
+    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
+
+    layer = block()
+    conv_state, ssm_state = random_states(layer, 2)
+    with pytest.raises(ValueError, match=r"ssm_state has shape \(2, 32, 5\), expected \(3, 32, 5\)"):
+        mamba_block_step_fused(torch.randn(3, 16), None, *step_args(layer), torch.zeros(3, 32, 4), ssm_state)
+    with pytest.raises(ValueError, match=r"x_proj_weight has shape"):
+        args = list(step_args(layer))
+        args[5] = args[5][:-1]
+        mamba_block_step_fused(torch.randn(2, 16), None, *args, conv_state, ssm_state)
+
+
+@triton_only
+def test_an_fp64_model_takes_the_pytorch_step_and_complex_ssm_is_refused():
+    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
+
+    layer = block(dtype=torch.float64)
+    conv_state, ssm_state = random_states(layer, 2, torch.float64)
+    ref_conv, ref_ssm = conv_state.clone(), ssm_state.clone()
+    hidden = torch.randn(2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        out, _ = mamba_block_step_fused(hidden, None, *step_args(layer), conv_state, ssm_state)
+        ref, _ = mamba_block_step_naive(hidden, None, *step_args(layer), ref_conv, ref_ssm)
+    assert torch.equal(out, ref) and torch.equal(ssm_state, ref_ssm)
+    complex_layer = Block(16, Mamba(16, d_state=5, complex_ssm=True, layer_idx=0))
+    conv_state, ssm_state = complex_layer.mixer.allocate_inference_cache(2)
+    with pytest.raises(ValueError, match="real A only"):
+        mamba_block_step_fused(torch.randn(2, 16), None, *step_args(complex_layer), conv_state, ssm_state)
