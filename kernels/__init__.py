@@ -7,6 +7,7 @@
     causal_conv1d(x, weight, bias=None, activation=None), causal_conv1d_update(x, conv_state, weight, ...)
     add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True)
     mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, ..., conv_state, ssm_state)
+    sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, temperature=1.0, top_p=1.0)
 
 The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``numba`` |
 ``triton``) forces one. By default CUDA tensors use the fastest backend available for them, and CPU tensors use
@@ -21,6 +22,7 @@ import torch
 from .causal_conv1d import causal_conv1d_naive, causal_conv1d_update_naive
 from .mamba_block_step import mamba_block_step_naive
 from .rmsnorm import add_rmsnorm_naive
+from .sample_step import sample_step_naive
 from .selective_scan import selective_scan_chunked, selective_scan_naive
 from .selective_scan.numba_cpu import numba_available, selective_scan_numba
 from .selective_scan.triton_support import triton_available
@@ -30,24 +32,26 @@ BACKEND_ENV = "MBA_SCAN_BACKEND"
 KNOWN_BACKENDS = ("naive", "torch", "numba", "triton")
 # Every backend implements every op; where a backend has no kernel of its own for an op it uses the PyTorch one.
 _PYTORCH_OPS = dict(scan=selective_scan_chunked, state_update=selective_state_update_naive, conv=causal_conv1d_naive,
-                    conv_update=causal_conv1d_update_naive, norm=add_rmsnorm_naive, block_step=mamba_block_step_naive)
+                    conv_update=causal_conv1d_update_naive, norm=add_rmsnorm_naive, block_step=mamba_block_step_naive,
+                    sample_step=sample_step_naive)
 _BACKENDS = {"naive": {**_PYTORCH_OPS, "scan": selective_scan_naive}, "torch": _PYTORCH_OPS}
 if triton_available():  # fused scan, decoding step, conv, add + RMSNorm and the whole block's step
     from .causal_conv1d.fused import causal_conv1d_fused, causal_conv1d_update_fused
     from .mamba_block_step.fused import mamba_block_step_fused
     from .rmsnorm.fused import add_rmsnorm_fused
+    from .sample_step.fused import sample_step_fused
     from .selective_scan.fused import selective_scan_fused
     from .selective_state_update.fused import selective_state_update_fused
 
     _BACKENDS["triton"] = dict(scan=selective_scan_fused, state_update=selective_state_update_fused,
                                conv=causal_conv1d_fused, conv_update=causal_conv1d_update_fused, norm=add_rmsnorm_fused,
-                               block_step=mamba_block_step_fused)
+                               block_step=mamba_block_step_fused, sample_step=sample_step_fused)
 if numba_available():  # the scan is compiled; the other ops are PyTorch
     _BACKENDS["numba"] = {**_PYTORCH_OPS, "scan": selective_scan_numba}
 # one dispatch table per op: backend name -> implementation
-_SCAN, _STATE_UPDATE, _CONV, _CONV_UPDATE, _NORM, _BLOCK_STEP = (
+_SCAN, _STATE_UPDATE, _CONV, _CONV_UPDATE, _NORM, _BLOCK_STEP, _SAMPLE_STEP = (
     {name: ops[op] for name, ops in _BACKENDS.items()}
-    for op in ("scan", "state_update", "conv", "conv_update", "norm", "block_step"))
+    for op in ("scan", "state_update", "conv", "conv_update", "norm", "block_step", "sample_step"))
 
 
 def available_backends() -> list[str]:
@@ -128,5 +132,14 @@ def mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, conv_we
         dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
 
 
-__all__ = ["add_rmsnorm", "mamba_block_step", "mamba_block_step_naive", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
+def sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, temperature=1.0, top_p=1.0):
+    """One position of sampling: token = forced ? forced_tokens : a Gumbel-max draw from softmax(logits/temperature)
+    (top-p filtered) with the given uniform noise; written to `token` and `codes`, its log-probability under
+    softmax(logits) added to `loglik` (fp64) unless forced. logits, uniform (n, V); forced () bool; forced_tokens,
+    token, codes (n,) int64. No host sync: a CUDA graph can hold it. One Triton kernel on the GPU (without top-p)."""
+    return _SAMPLE_STEP[active_backend(logits.device)](logits, uniform, forced, forced_tokens, token, codes, loglik,
+                                                       temperature, top_p)
+
+
+__all__ = ["add_rmsnorm", "mamba_block_step", "mamba_block_step_naive", "sample_step", "sample_step_naive", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
            "selective_scan_naive", "selective_scan_chunked", "selective_scan_numba", "selective_state_update_naive"]

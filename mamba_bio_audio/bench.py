@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generation", action="store_true",
                         help="instead: audio generation speed (samples/s) of the SC09 Mamba U-Net (fp32 and bf16, CUDA "
                              "graphs and eager) and of a flat Mamba and a Transformer++ (KV cache) of the same size, "
-                             "per batch size")
+                             "per batch size; on the GPU first the time of one Mamba block step, fused and unfused")
     parser.add_argument("--gen-batches", default="1,64,256", help="batch sizes of --generation (default 1,64,256)")
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
 
@@ -89,6 +89,41 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
                                             device, 1)
             rate = batch * length / seconds_taken
             print(f"{name:<40}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
+
+
+def block_step_table(device, batches: list[int], calls: int = 100) -> None:
+    """Microseconds per token of one Mamba block's recurrent step (fp32 and bf16) at the SC09 U-Net's three widths:
+    the fused kernel against the same step as separate PyTorch ops, each timed as a CUDA graph of `calls` steps."""
+    import torch
+
+    from .kernels.mamba_block_step import mamba_block_step_naive
+    from .kernels.mamba_block_step.fused import mamba_block_step_fused
+    from .modules import Block
+    from .modules.mamba import Mamba
+
+    print(f"one Mamba block step on {device}, µs per token (CUDA graph of {calls} steps)")
+    print(f"{'d_model':>8}{'dtype':>10}{'batch':>7}{'fused':>10}{'PyTorch ops':>13}")
+    for d_model in (64, 128, 256):
+        for dtype in (torch.float32, torch.bfloat16):
+            layer = Block(d_model, Mamba(d_model, layer_idx=0)).to(device=device, dtype=dtype).eval()
+            m = layer.mixer
+            weights = (layer.norm.weight, layer.norm.eps, m.in_proj.weight, m.conv1d.weight[:, 0], m.conv1d.bias,
+                       m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
+            for batch in batches:
+                states = m.allocate_inference_cache(batch)
+                hidden = torch.randn(batch, d_model, device=device, dtype=dtype)
+                residual = torch.randn(batch, d_model, device=device)
+                times = []
+                for fn in (mamba_block_step_fused, mamba_block_step_naive):
+                    with torch.no_grad():
+                        fn(hidden, residual, *weights, *states)  # compiles
+                        graph = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(graph):
+                            for _ in range(calls):
+                                fn(hidden, residual, *weights, *states)
+                        times.append(_median_seconds(graph.replay, device, 5) / calls * 1e6)
+                print(f"{d_model:>8}{str(dtype).removeprefix('torch.'):>10}{batch:>7}{times[0]:>10.1f}{times[1]:>13.1f}",
+                      flush=True)
 
 
 def scan_table(device, shape: list[int], repeats: int) -> None:
@@ -159,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     if args.generation:
+        if args.device.startswith("cuda"):
+            block_step_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")])
         generation_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")], args.gen_seconds)
         return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..generation import sample_with_noise
+from ..kernels import sample_step
 from ..io import atomic_path
 from . import SAMPLE_RATE
 from .codec import START_TOKEN
@@ -72,12 +72,8 @@ class _Chunk:
     def run(self, steps: int) -> None:
         for i in range(steps):
             logits = self.stepper.step(self.token)                                 # (n, 256)
-            drawn = sample_with_noise(logits, self.noise[i], self.temperature, self.top_p)
-            token = torch.where(self.forced[i], self.forced_tokens[i], drawn)
-            logp = torch.log_softmax(logits.double(), -1).gather(1, token[:, None])[:, 0]
-            self.loglik += torch.where(self.forced[i], 0.0, logp)
-            self.codes[:, i] = token
-            self.token.copy_(token)
+            sample_step(logits.contiguous(), self.noise[i], self.forced[i], self.forced_tokens[i], self.token,
+                        self.codes[:, i], self.loglik, self.temperature, self.top_p)
 
     def capture(self) -> None:
         """Record `run(size)` in a CUDA graph (recording runs nothing; a U-Net's phase counters come back to where
