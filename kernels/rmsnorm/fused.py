@@ -53,7 +53,9 @@ class _AddRMSNorm(torch.autograd.Function):
         shape, dim = x.shape, x.shape[-1]
         x2 = x.reshape(-1, dim).contiguous()
         res2 = residual.reshape(-1, dim).contiguous() if residual is not None else None
-        res_dtype = torch.float32 if residual_in_fp32 else (residual.dtype if residual is not None else x.dtype)
+        res_dtype = residual.dtype if residual is not None else x.dtype
+        if residual_in_fp32 and res_dtype != torch.float64:
+            res_dtype = torch.float32
         y = torch.empty_like(x2)
         res_out = torch.empty(x2.shape, device=x.device, dtype=res_dtype)
         _fwd_kernel[(x2.shape[0],)](x2, res2 if res2 is not None else x2, weight, y, res_out, dim, eps,
