@@ -23,6 +23,8 @@ import os
 import sys
 from typing import Callable, NamedTuple, Sequence
 
+from .errors import MbaError
+
 PROG = "mba"
 
 
@@ -42,7 +44,7 @@ COMMANDS: list[Command] = [
 ]
 
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS = (MbaError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 OPTIONAL_PACKAGES = ("triton", "torchaudio", "lightning", "pysam", "soundfile")
 

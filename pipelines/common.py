@@ -120,6 +120,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(handle.fileno())
 
 
+class NonFiniteLossGuard(L.Callback):
+    """Never trains on through a NaN or inf: before each optimizer step the gradients are checked (a non-finite loss
+    makes them non-finite). action "stop" raises TrainingDiverged naming the step and the last checkpoint saved
+    (the weights are not updated by that step); "skip" drops that step's update with a warning naming the step and goes
+    on (the count of skipped steps is kept in the checkpoints)."""
+
+    def __init__(self, action: str = "stop"):
+        if action not in ("stop", "skip"):
+            raise ValueError(f"nonfinite.action must be 'stop' or 'skip', got {action!r}")
+        self.action, self.skipped = action, 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        if self.action == "skip":
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
+            self.skipped += 1
+            rank_zero_warn(f"step {trainer.global_step}: the loss or its gradients are not finite (NaN or inf); the "
+                           f"step's update was skipped ({self.skipped} skipped so far)")
+            return
+        from mamba_bio_audio.errors import TrainingDiverged
+
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        saved = f"the last checkpoint is {last}" if last and os.path.exists(last) else "no checkpoint was saved yet"
+        raise TrainingDiverged(f"step {trainer.global_step}: the loss or its gradients are not finite (NaN or inf); "
+                               f"training stopped before updating the weights; {saved} (--nonfinite.action skip "
+                               f"drops such steps instead)")
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = state_dict["skipped"]
+
+
 def adamw_cosine(module: L.LightningModule, model: torch.nn.Module) -> dict:
     """configure_optimizers for a module with hparams lr, weight_decay, betas, warmup, final_lr_ratio: AdamW over
     `model` (no weight decay on A_log, D, norms and biases), linear warm-up over `warmup` of the steps, cosine decay
@@ -201,9 +239,10 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     """LightningCLI over `model_class` and `data_class` with the toolkit's defaults, not run: the caller fits and
     tests.
 
-    Defaults (each can be overridden by --trainer.*, --checkpoint.*, --length_warmup.* or the YAML, and all are
-    saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping 1.0; last and best
-    (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically; CSV and TensorBoard logs in RUN; the
+    Defaults (each can be overridden by --trainer.*, --checkpoint.*, --nonfinite.*, --length_warmup.* or the YAML, and
+    all are saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping 1.0; last and
+    best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically; a NaN or inf loss stops training
+    (NonFiniteLossGuard; --nonfinite.action skip skips such steps); CSV and TensorBoard logs in RUN; the
     length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders rebuilt
     every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
     the model's init argument `target` at instantiation (e.g. the number of classes). `length_warmup=False` leaves
@@ -215,6 +254,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     class ToolkitCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
             if length_warmup:
                 parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")
             for source, target in links:
