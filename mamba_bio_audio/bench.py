@@ -93,11 +93,12 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
 
 def block_step_table(device, batches: list[int], calls: int = 100) -> None:
     """Microseconds per token of one Mamba block's recurrent step (fp32 and bf16) at the SC09 U-Net's three widths:
-    the fused kernel against the same step as separate PyTorch ops, each timed as a CUDA graph of `calls` steps."""
+    the fused Triton kernel against the same step as separate PyTorch ops, each timed as a CUDA graph of `calls`
+    steps (`mamba_block_step` uses the kernel for bf16/fp16 models only, from these figures)."""
     import torch
 
     from .kernels.mamba_block_step import mamba_block_step_naive
-    from .kernels.mamba_block_step.fused import mamba_block_step_fused
+    from .kernels.mamba_block_step.fused import mamba_block_step_kernel
     from .modules import Block
     from .modules.mamba import Mamba
 
@@ -114,7 +115,7 @@ def block_step_table(device, batches: list[int], calls: int = 100) -> None:
                 hidden = torch.randn(batch, d_model, device=device, dtype=dtype)
                 residual = torch.randn(batch, d_model, device=device)
                 times = []
-                for fn in (mamba_block_step_fused, mamba_block_step_naive):
+                for fn in (mamba_block_step_kernel, mamba_block_step_naive):
                     with torch.no_grad():
                         fn(hidden, residual, *weights, *states)  # compiles
                         graph = torch.cuda.CUDAGraph()

@@ -88,9 +88,10 @@ def test_unet_step_through_the_fused_block_kernel_reproduces_the_forward(monkeyp
     """With the Triton backend every Mamba block's step is one `mamba_block_step` kernel (Triton's interpreter here)."""
     from mamba_bio_audio import kernels
 
+    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_kernel
+
     calls = []
-    fused = kernels._BLOCK_STEP["triton"]
-    monkeypatch.setitem(kernels._BLOCK_STEP, "triton", lambda *a: calls.append(1) or fused(*a))
+    monkeypatch.setitem(kernels._BLOCK_STEP, "triton", lambda *a: calls.append(1) or mamba_block_step_kernel(*a))
     torch.manual_seed(1)
     model = AudioUNet(AudioUNetConfig(d_model=16, pools=(2, 2), n_layers=1, d_state=4)).eval()
     tokens = torch.randint(0, 256, (3, 8))

@@ -63,14 +63,14 @@ def test_the_definition_is_the_blocks_own_step_in_float64():
 
 def fused_steps(layer, hidden_seq, residual_seq, conv_state, ssm_state):
     """The fused kernel over a few tokens in a row (states carried in place) → outputs and residuals per token."""
-    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
+    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_kernel
 
     moved = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in step_args(layer)]
     extra = {k: None if v is None else v.to(DEVICE) for k, v in biases(layer).items()}
     conv_state, ssm_state = conv_state.to(DEVICE), ssm_state.to(DEVICE)
     outs = []
     for hidden, residual in zip(hidden_seq, residual_seq):
-        outs.append(mamba_block_step_fused(hidden.to(DEVICE), None if residual is None else residual.to(DEVICE),
+        outs.append(mamba_block_step_kernel(hidden.to(DEVICE), None if residual is None else residual.to(DEVICE),
                                            *moved, conv_state, ssm_state, **extra))
     return [(o.cpu(), r.cpu()) for o, r in outs], conv_state.cpu(), ssm_state.cpu()
 
@@ -108,21 +108,21 @@ def test_fused_step_matches_the_definition_in_float64(batch, d_model, d_state, b
 
 
 @triton_only
-def test_fused_step_leaves_other_rows_and_a_wrong_shape_is_named():
-    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
+def test_a_wrong_shape_is_named():
+    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_kernel
 
     layer = block()
     conv_state, ssm_state = random_states(layer, 2)
     with pytest.raises(ValueError, match=r"ssm_state has shape \(2, 32, 5\), expected \(3, 32, 5\)"):
-        mamba_block_step_fused(torch.randn(3, 16), None, *step_args(layer), torch.zeros(3, 32, 4), ssm_state)
+        mamba_block_step_kernel(torch.randn(3, 16), None, *step_args(layer), torch.zeros(3, 32, 4), ssm_state)
     with pytest.raises(ValueError, match=r"x_proj_weight has shape"):
         args = list(step_args(layer))
         args[5] = args[5][:-1]
-        mamba_block_step_fused(torch.randn(2, 16), None, *args, conv_state, ssm_state)
+        mamba_block_step_kernel(torch.randn(2, 16), None, *args, conv_state, ssm_state)
 
 
 @triton_only
-def test_an_fp64_model_takes_the_pytorch_step_and_complex_ssm_is_refused():
+def test_fp32_and_fp64_models_take_the_pytorch_step_and_complex_ssm_is_refused(monkeypatch):
     from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
 
     layer = block(dtype=torch.float64)
@@ -133,6 +133,15 @@ def test_an_fp64_model_takes_the_pytorch_step_and_complex_ssm_is_refused():
         out, _ = mamba_block_step_fused(hidden, None, *step_args(layer), conv_state, ssm_state)
         ref, _ = mamba_block_step_naive(hidden, None, *step_args(layer), ref_conv, ref_ssm)
     assert torch.equal(out, ref) and torch.equal(ssm_state, ref_ssm)
+    from mamba_bio_audio.kernels.mamba_block_step import fused
+
+    launched = []
+    monkeypatch.setattr(fused, "mamba_block_step_kernel", lambda *a: launched.append(1))
+    layer = block()
+    conv_state, ssm_state = random_states(layer, 2)
+    with torch.no_grad():
+        mamba_block_step_fused(torch.randn(2, 16), None, *step_args(layer), conv_state, ssm_state)  # fp32
+    assert not launched
     complex_layer = Block(16, Mamba(16, d_state=5, complex_ssm=True, layer_idx=0))
     conv_state, ssm_state = complex_layer.mixer.allocate_inference_cache(2)
     with pytest.raises(ValueError, match="real A only"):

@@ -108,13 +108,14 @@ def _mamba_block_step_kernel(
         xc = xc.to(hidden_ptr.dtype.element_ty).to(tl.float32)
         # ssm_state (b, E, N) fp32: h = exp(Δ·A)·h + Δ·B·x; y = C·h + D·x, gated by silu(z)
         mask_en = mask_e[:, None] & mask_n[None, :]
-        A = -tl.exp(tl.load(A_log_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en, other=0.0))
+        A = -tl.exp(tl.load(A_log_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en,
+                            other=0.0).to(tl.float32))
         h_offs = (rows64[:, None, None] * d_inner + offs_e[None, :, None]) * d_state + offs_n[None, None, :]
         mask_h = mask_b[:, None, None] & mask_en[None, :, :]
         h = tl.load(ssm_state_ptr + h_offs, mask=mask_h, other=0.0)
         h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * xc)[:, :, None] * B[:, None, :]
         tl.store(ssm_state_ptr + h_offs, h, mask=mask_h)
-        y = tl.sum(h * C[:, None, :], axis=2) + tl.load(D_ptr + offs_e, mask=mask_e, other=0.0)[None, :] * xc
+        y = tl.sum(h * C[:, None, :], axis=2) + tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :] * xc
         y = (y * z * tl.sigmoid(z)).to(hidden_ptr.dtype.element_ty).to(dtype)
         out += tl.dot(y, tl.load(out_w_ptr + offs_dm[None, :] * d_inner + offs_e[:, None],
                                  mask=mask_e[:, None] & mask_dm[None, :], other=0.0),
@@ -139,15 +140,29 @@ def _conv_silu(window, conv_w_ptr, conv_b_ptr, offs_e, mask_e, offs_w, mask_w, D
 def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                            dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
                            in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
-    """Same contract as `mamba_block_step_naive`, in one Triton kernel. Goes to the PyTorch step where the kernel
-    does not apply: an fp64 model, states that are not contiguous, or weights not in hidden's dtype."""
+    """Same contract as `mamba_block_step_naive`: the Triton kernel for bf16/fp16 models, the PyTorch step otherwise.
+
+    fp32 models take the PyTorch step: with fp32 products in IEEE precision (PyTorch's default for fp32 matmuls) the
+    kernel's products run on the FMA units and it is slower than the separate ops (H100, µs per step at batch 1 for
+    d_model 64 / 128 / 256: 45 / 613 / 1364 fused against 45 / 54 / 58; BENCHMARKS.md). So do fp64 models, states
+    that are not contiguous, and weights not in hidden's dtype."""
     weights = (in_proj_weight, conv_weight, x_proj_weight, dt_proj_weight, out_proj_weight)
-    if (hidden.dtype == torch.float64 or ssm_state.dtype != torch.float32 or not ssm_state.is_contiguous()
-            or not conv_state.is_contiguous() or conv_state.dtype != hidden.dtype
+    if (hidden.dtype not in (torch.bfloat16, torch.float16) or ssm_state.dtype != torch.float32
+            or not ssm_state.is_contiguous() or not conv_state.is_contiguous() or conv_state.dtype != hidden.dtype
             or any(w.dtype != hidden.dtype for w in weights)):
         return mamba_block_step_naive(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias,
                                       x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight,
                                       conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
+    return mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias,
+                                   x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state,
+                                   ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
+
+
+def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
+                            dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
+                            in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
+    """The Triton kernel itself, for any float dtype but fp64 (tests and benchmarks; `mamba_block_step_fused` picks
+    it where it is the faster path). States must be contiguous, conv_state and the weights in hidden's dtype."""
     batch, d_model = hidden.shape
     d_inner, d_conv = conv_weight.shape
     dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
@@ -180,7 +195,8 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
         HAS_RESIDUAL=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None,
         HAS_OUT_BIAS=out_proj_bias is not None, D_CONV=d_conv, BLOCK_B=block_b, BLOCK_DM=block_dm, BLOCK_E=block_e,
         BLOCK_R=max(16, triton.next_power_of_2(dt_rank)), BLOCK_N=max(16, triton.next_power_of_2(d_state)),
-        BLOCK_W=triton.next_power_of_2(d_conv), PRECISION=_dot_precision(hidden.dtype), num_warps=8 if block_dm >= 256 else 4)
+        BLOCK_W=triton.next_power_of_2(d_conv), PRECISION=_dot_precision(hidden.dtype), num_warps=8 if block_dm >= 256 else 4,
+        num_stages=1)
     return out, residual_out
 
 
