@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mamba_bio_audio.errors import InputError
 from mamba_bio_audio.io import atomic_path
 
 SPECIES = ("human", "chimpanzee", "bonobo", "gorilla", "orangutan")
@@ -305,7 +306,7 @@ def great_apes(dest: str | Path, base_url: str = UCSC_BASE_URL, progress: bool =
             md5 = next((parts[0] for parts in map(str.split, listing.splitlines())
                         if len(parts) == 2 and parts[1].lstrip("*") == f"{assembly}.fa.gz"), None)
             if md5 is None:
-                raise ValueError(f"{md5_url}: no checksum listed for {assembly}.fa.gz")
+                raise InputError(f"{md5_url}: no checksum listed for {assembly}.fa.gz")
             download(url, target, checksum=("md5", md5), progress=progress)
         written += [target, *recompress_and_index(target)]
     return written

@@ -7,6 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mamba_bio_audio.errors import InputError
+
 
 def download(url: str, dest: str | Path, *, checksum: tuple[str, str] | None = None, progress: bool = True,
              timeout: float = 60.0, block: int = 1 << 20) -> Path:
@@ -57,7 +59,7 @@ def download(url: str, dest: str | Path, *, checksum: tuple[str, str] | None = N
                 digest.update(chunk)
         if digest.hexdigest() != expected.lower():
             part.unlink()
-            raise ValueError(f"{url}: {algorithm} {digest.hexdigest()} does not match the expected {expected}; "
+            raise InputError(f"{url}: {algorithm} {digest.hexdigest()} does not match the expected {expected}; "
                              f"the download was removed")
     os.replace(part, dest)
     return dest

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from mamba_bio_audio.audio import SAMPLE_RATE
+from mamba_bio_audio.errors import InputError
 from mamba_bio_audio.io import atomic_path
 
 COMPOSERS = ("bach", "beethoven", "mozart", "haydn", "joplin", "handel", "chopin", "schubert", "corelli")
@@ -63,11 +64,11 @@ def render(score: Path, binary: str, soundfont: Path) -> "numpy.ndarray":  # noq
                        check=True, capture_output=True)
         data, rate = soundfile.read(str(wav), dtype="float32", always_2d=True)
     if rate != SAMPLE_RATE:
-        raise ValueError(f"{score}: fluidsynth wrote {rate} Hz instead of {SAMPLE_RATE}")
+        raise InputError(f"{score}: fluidsynth wrote {rate} Hz instead of {SAMPLE_RATE}")
     mono = data.mean(axis=1)
     peak = float(np.abs(mono).max())
     if peak == 0:
-        raise ValueError(f"{score}: rendered silence")
+        raise InputError(f"{score}: rendered silence")
     return (0.9 * mono / peak).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 from mamba_bio_audio.audio import DIGITS
+from mamba_bio_audio.errors import InputError
 
 from .download import download
 
@@ -54,12 +55,12 @@ def extract_sc09(archive: str | Path, target: str | Path) -> dict[str, int]:
                     counts[path.parent.name] += 1
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         shutil.rmtree(partial, ignore_errors=True)
-        raise ValueError(f"{archive}: not a readable Speech Commands archive ({error})") from None
+        raise InputError(f"{archive}: not a readable Speech Commands archive ({error})") from None
     missing = [name for name in LISTS if not (partial / name).is_file()]
     empty = [digit for digit, n in counts.items() if n == 0]
     if missing or empty:
         shutil.rmtree(partial, ignore_errors=True)
-        raise ValueError(f"{archive}: not the Speech Commands layout (missing {', '.join(missing + empty)})")
+        raise InputError(f"{archive}: not the Speech Commands layout (missing {', '.join(missing + empty)})")
     for name in LISTS:  # keep the digits' lines only
         lines = (partial / name).read_text().splitlines()
         (partial / name).write_text("".join(f"{line}\n" for line in lines if _member_path(line.strip())))

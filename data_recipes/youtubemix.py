@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from mamba_bio_audio.audio import AUDIO_SUFFIXES
+from mamba_bio_audio.errors import InputError
 
 
 def _unpack(source: Path, into: Path) -> Path:
@@ -34,13 +35,13 @@ def _unpack(source: Path, into: Path) -> Path:
             with zipfile.ZipFile(source) as archive:
                 for name in archive.namelist():
                     if Path(name).is_absolute() or ".." in Path(name).parts:
-                        raise ValueError(f"{source}: unsafe member path {name!r}")
+                        raise InputError(f"{source}: unsafe member path {name!r}")
                 archive.extractall(into)
         else:
             with tarfile.open(source, "r:*") as archive:
                 archive.extractall(into, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-        raise ValueError(f"{source}: not a readable zip or tar archive ({error})") from None
+        raise InputError(f"{source}: not a readable zip or tar archive ({error})") from None
     entries = list(into.iterdir())
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else into  # an archive of one folder: its inside
 
@@ -58,7 +59,7 @@ def youtubemix(source: str | Path, dest: str | Path) -> tuple[Path, int, float]:
         root = _unpack(source, Path(scratch))
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
-            raise ValueError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+            raise InputError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
         seconds = 0.0
         partial.mkdir(parents=True)
         try:
@@ -66,9 +67,9 @@ def youtubemix(source: str | Path, dest: str | Path) -> tuple[Path, int, float]:
                 try:
                     info = soundfile.info(str(path))
                 except (soundfile.LibsndfileError, RuntimeError) as error:
-                    raise ValueError(f"{path}: not a readable audio file ({error})") from None
+                    raise InputError(f"{path}: not a readable audio file ({error})") from None
                 if info.frames == 0:
-                    raise ValueError(f"{path}: no audio samples")
+                    raise InputError(f"{path}: no audio samples")
                 seconds += info.frames / info.samplerate
                 shutil.copyfile(path, partial / "__".join(path.relative_to(root).parts))
         except BaseException:

@@ -9,3 +9,7 @@ class MbaError(Exception):
 
 class TrainingDiverged(MbaError, RuntimeError):
     """A training step produced a non-finite loss or gradient."""
+
+
+class InputError(MbaError, ValueError):
+    """A file or record the toolkit was given is unreadable or malformed (a ValueError too)."""

@@ -23,6 +23,7 @@ import torch
 
 from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE, audio_files
 from mamba_bio_audio.audio.codec import N_CLASSES, START_TOKEN, load_audio, quantize, shift_right
+from mamba_bio_audio.errors import InputError
 
 from .common import IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, resume_point, summed_nll
 from .common import build_cli as _build_cli
@@ -49,7 +50,7 @@ def sc09_split(root: str | Path) -> dict[str, list[Path]]:
             clips["valid" if key in lists["valid"] else "test" if key in lists["test"] else "train"].append(path)
     for split, paths in clips.items():
         if not paths:
-            raise ValueError(f"{root}: no {split} clips")
+            raise InputError(f"{root}: no {split} clips")
     return clips
 
 

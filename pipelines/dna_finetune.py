@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from mamba_bio_audio.dna import DNATokenizer
+from mamba_bio_audio.errors import InputError
 
 from .common import EpochSampler, resume_point
 from .common import build_cli as _build_cli
@@ -28,19 +29,30 @@ from .dna_species import FASTA_SUFFIXES
 def _check(sequence: str, label: str, where: str) -> tuple[str, str]:
     sequence, label = sequence.strip(), label.strip()
     if not sequence:
-        raise ValueError(f"{where}: empty sequence")
+        raise InputError(f"{where}: empty sequence")
     if not label:
-        raise ValueError(f"{where}: no label")
+        raise InputError(f"{where}: no label")
+    try:
+        DNATokenizer().encode(sequence)
+    except ValueError as error:
+        raise InputError(f"{where}: {error}") from None
     return sequence, label
 
 
 def read_labelled(path: str | Path) -> list[tuple[str, str, str]]:
-    """(name, sequence, label) of every example in `path` (see the module docstring for the formats)."""
-    path = Path(path)
+    """(name, sequence, label) of every example in `path` (see the module docstring for the formats); InputError
+    naming the file (and line or record) for an unreadable file, a bad record or no examples at all."""
+    examples = _read_labelled(Path(path))
+    if not examples:
+        raise InputError(f"{path}: no labelled examples")
+    return examples
+
+
+def _read_labelled(path: Path) -> list[tuple[str, str, str]]:
     if path.is_dir():
         classes = sorted(p for p in path.iterdir() if p.is_dir())
         if not classes:
-            raise ValueError(f"{path}: a Genomic Benchmarks split folder needs one subfolder per class")
+            raise InputError(f"{path}: a Genomic Benchmarks split folder needs one subfolder per class")
         return [(f"{c.name}/{f.name}", *_check(f.read_text(), c.name, str(f)))
                 for c in classes for f in sorted(c.glob("*.txt"))]
     if not path.is_file():
@@ -54,24 +66,30 @@ def read_labelled(path: str | Path) -> list[tuple[str, str, str]]:
                 for record in reader:
                     fields = dict(f.split("=", 1) for f in (record.comment or "").split() if "=" in f)
                     if "label" not in fields:
-                        raise ValueError(f"{path}: record {record.name!r} has no label=... in its header")
+                        raise InputError(f"{path}: record {record.name!r} has no label=... in its header")
                     examples.append((record.name, *_check(record.sequence or "", fields["label"],
                                                           f"{path}: record {record.name!r}")))
-        except OSError as error:
-            raise ValueError(f"{path}: unreadable FASTA ({error})") from None
+        except InputError:
+            raise
+        except (OSError, ValueError) as error:  # pysam: truncated or garbled input
+            raise InputError(f"{path}: unreadable FASTA ({error})") from None
         return examples
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # sequences may be far longer than 128 kb
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
             if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: needs a header with 'sequence' and 'label' columns, got "
+                raise InputError(f"{path}: needs a header with 'sequence' and 'label' columns, got "
                                  f"{reader.fieldnames}")
             return [(row.get("name") or f"line {reader.line_num}",
-                     *_check(row["sequence"] or "", row["label"] or "", f"{path}:{reader.line_num}"))
+                     *_check(row["sequence"] or "", row["label"] or "",
+                             f"{path}:{reader.line_num}" + (f" ({row['name']})" if row.get("name") else "")))
                     for row in reader]
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text CSV/TSV (or FASTA with a .fa/.fasta/.fna name)") from None
+        raise InputError(f"{path}: not a text CSV/TSV (or FASTA with a .fa/.fasta/.fna name)") from None
+    except csv.Error as error:
+        raise InputError(f"{path}: malformed CSV/TSV ({error})") from None
 
 
 class LabelledSequences(torch.utils.data.Dataset):
@@ -86,7 +104,7 @@ class LabelledSequences(torch.utils.data.Dataset):
         self.items = []
         for name, sequence, label in examples:
             if label not in index:
-                raise ValueError(f"{source}: {name}: label {label!r} is not one of the training labels "
+                raise InputError(f"{source}: {name}: label {label!r} is not one of the training labels "
                                  f"{class_names}")
             ids = tokenizer.encode(sequence[:max_len] if max_len else sequence, name=f"{source}: {name}")
             self.items.append((ids, index[label]))
@@ -125,7 +143,7 @@ class LabelledData(L.LightningDataModule):
         self.examples = {"train": read_labelled(train)}
         self.class_names = sorted({label for _, _, label in self.examples["train"]})
         if len(self.class_names) < 2:
-            raise ValueError(f"{train}: needs at least two labels, found {self.class_names}")
+            raise InputError(f"{train}: needs at least two labels, found {self.class_names}")
         self._datasets = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.dna.windows import GenomeWindows
+from mamba_bio_audio.errors import InputError
 
 from .common import EpochSampler, LengthScheduledData, resume_point
 from .common import build_cli as _build_cli
@@ -62,7 +63,7 @@ def species_files(root: str | Path) -> dict[str, list[Path]]:
         elif _fasta_stem(entry):
             files.setdefault(_fasta_stem(entry), []).append(entry)
     if len(files) < 2:
-        raise ValueError(f"{root}: needs a FASTA (<species>.fa[.gz]) or a folder (<species>/*.fa[.gz]) for at least "
+        raise InputError(f"{root}: needs a FASTA (<species>.fa[.gz]) or a folder (<species>/*.fa[.gz]) for at least "
                          f"two species, found {sorted(files) or 'none'}")
     return dict(sorted(files.items()))
 
@@ -145,7 +146,7 @@ class SpeciesData(LengthScheduledData):
         found = find_species(self.hparams.data_dir)
         missing = [s for s in self.class_names if s not in found]
         if missing:
-            raise ValueError(f"{self.hparams.data_dir}: no genome for species {missing} (found {sorted(found)})")
+            raise InputError(f"{self.hparams.data_dir}: no genome for species {missing} (found {sorted(found)})")
         names = self.hparams.split_names or HYENADNA_SPLIT
         self._chromosomes = {split: [[e for e in found[sp] if chromosome_key(e[1]) in set(map(str, keys))]
                                      for sp in self.class_names] for split, keys in names.items()}
@@ -156,7 +157,7 @@ class SpeciesData(LengthScheduledData):
         for name, entries, every in zip(self.class_names, per_class, self._chromosomes[split]):
             if not entries:
                 have = ", ".join(f"{e[1]} ({e[2]:,})" for e in every) or "none"
-                raise ValueError(f"{self.hparams.data_dir}: species {name!r} has no {split} chromosome of at least "
+                raise InputError(f"{self.hparams.data_dir}: species {name!r} has no {split} chromosome of at least "
                                  f"{seq_len:,} bases (its {split} chromosomes: {have})")
         return per_class
 

@@ -51,11 +51,12 @@ def test_the_three_formats_read_the_same_examples(tmp_path):
 
 
 @pytest.mark.parametrize("content, name, message", [
-    ("name,sequence,label\na,ACGT,x\nb,,y\n", "bad.csv", r"bad\.csv:3: empty sequence"),
-    ("name,sequence,label\na,ACGT,x\nb,ACGT,\n", "bad.csv", r"bad\.csv:3: no label"),
+    ("name,sequence,label\na,ACGT,x\nb,,y\n", "bad.csv", r"bad\.csv:3 \(b\): empty sequence"),
+    ("name,sequence,label\na,ACGT,x\nb,ACGT,\n", "bad.csv", r"bad\.csv:3 \(b\): no label"),
     ("name,seq,class\na,ACGT,x\n", "bad.csv", r"needs a header with 'sequence' and 'label' columns"),
     (">a label=x\nACGT\n>b\nACGT\n", "bad.fa", r"bad\.fa: record 'b' has no label="),
-    ("name,sequence,label\na,ACGJT,x\nb,ACGT,y\n", "bad.csv", r"bad\.csv: a"),
+    ("name,sequence,label\na,ACGJT,x\nb,ACGT,y\n", "bad.csv", r"bad\.csv:2 \(a\): invalid DNA character 'J'"),
+    ("sequence,label\nACGT,x\nAC\x00GT,y\n", "bad.csv", r"bad\.csv:3: invalid DNA character"),
 ])
 def test_bad_labelled_input_names_the_file_and_record(tmp_path, content, name, message):
     path = tmp_path / name

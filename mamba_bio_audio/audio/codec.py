@@ -16,6 +16,8 @@ import torch
 
 from . import SAMPLE_RATE
 
+from ..errors import InputError
+
 BITS = 8
 N_CLASSES = 2 ** BITS
 START_TOKEN = N_CLASSES // 2
@@ -31,12 +33,12 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"{path}: not a readable audio file ({error})") from None
+        raise InputError(f"{path}: not a readable audio file ({error})") from None
     if data.shape[0] == 0:
-        raise ValueError(f"{path}: no audio samples")
+        raise InputError(f"{path}: no audio samples")
     wave = torch.from_numpy(data).mean(dim=1)
     if not torch.isfinite(wave).all():
-        raise ValueError(f"{path}: the audio holds NaN or infinite samples")
+        raise InputError(f"{path}: the audio holds NaN or infinite samples")
     if rate != sample_rate:
         import torchaudio.functional
 

@@ -10,6 +10,7 @@ import gzip
 import shutil
 from pathlib import Path
 
+from ..errors import InputError
 from ..io import atomic_path
 from .tokenizer import DNATokenizer
 
@@ -44,7 +45,7 @@ def open_fasta(path: str | Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such FASTA file")
     if compression(path) == "gzip":
-        raise ValueError(f"{path}: compressed with gzip, not bgzip, so it cannot be read at random positions; "
+        raise InputError(f"{path}: compressed with gzip, not bgzip, so it cannot be read at random positions; "
                          f"recompress and index it (same content, same name) with: mba data index {path}")
     ensure_index(path)
     return pysam.FastaFile(str(path))
@@ -68,14 +69,14 @@ def ensure_index(path: str | Path) -> list[Path]:
             pysam.faidx(str(path), *options)
         except pysam.SamtoolsError as error:
             validate_fasta(path)  # raises a precise error for the usual problems
-            raise ValueError(f"{path}: samtools could not index it ({error})") from None
+            raise InputError(f"{path}: samtools could not index it ({error})") from None
         # faidx accepts a header without a name and drops a record without sequence: catch both before the index
         # is kept (one pass counting headers; the line-by-line check only when something is off)
         names = [line.split("\t", 1)[0] for line in Path(temporaries[0]).read_text().splitlines()]
         headers = _count_headers(path)
         if "" in names or len(names) != headers:
             validate_fasta(path)
-            raise ValueError(f"{path}: {len(names)} records indexed but the file has {headers} headers")
+            raise InputError(f"{path}: {len(names)} records indexed but the file has {headers} headers")
     return targets
 
 
@@ -112,7 +113,7 @@ def validate_fasta(path: str | Path) -> dict[str, int]:
 
     def close_record(line_number: int) -> None:
         if name is not None and lengths[name] == 0:
-            raise ValueError(f"{path}:{header_line}: record {name!r} has no sequence "
+            raise InputError(f"{path}:{header_line}: record {name!r} has no sequence "
                              f"(next header or end of file at line {line_number})")
 
     number = 0
@@ -122,34 +123,34 @@ def validate_fasta(path: str | Path) -> dict[str, int]:
             close_record(number)
             fields = line[1:].split()
             if not fields:
-                raise ValueError(f"{path}:{number}: header without a record name: {line[:60]!r}")
+                raise InputError(f"{path}:{number}: header without a record name: {line[:60]!r}")
             name = fields[0].decode("ascii", errors="replace")
             if name in lengths:
-                raise ValueError(f"{path}:{number}: record {name!r} appears twice")
+                raise InputError(f"{path}:{number}: record {name!r} appears twice")
             lengths[name], line_width, short_line, header_line = 0, None, None, number
             continue
         if not line:
             continue
         if name is None:
-            raise ValueError(f"{path}:{number}: sequence before the first '>' header")
+            raise InputError(f"{path}:{number}: sequence before the first '>' header")
         if short_line is not None:
-            raise ValueError(f"{path}:{number}: record {name!r}: line {short_line} is shorter than the lines before "
+            raise InputError(f"{path}:{number}: record {name!r}: line {short_line} is shorter than the lines before "
                              f"it but is not the record's last line (faidx needs equal line lengths)")
         if line_width is None:
             line_width = len(line)
         elif len(line) > line_width:
-            raise ValueError(f"{path}:{number}: record {name!r}: line of {len(line)} bases after lines of "
+            raise InputError(f"{path}:{number}: record {name!r}: line of {len(line)} bases after lines of "
                              f"{line_width} (faidx needs equal line lengths)")
         elif len(line) < line_width:
             short_line = number
         try:
             tokenizer.encode(line)
         except ValueError as error:
-            raise ValueError(f"{path}:{number}: record {name!r}: {error}") from None
+            raise InputError(f"{path}:{number}: record {name!r}: {error}") from None
         lengths[name] += len(line)
     close_record(number + 1)
     if not lengths:
-        raise ValueError(f"{path}: no FASTA records")
+        raise InputError(f"{path}: no FASTA records")
     return lengths
 
 

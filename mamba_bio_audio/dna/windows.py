@@ -16,6 +16,8 @@ import torch
 
 from .tokenizer import DNATokenizer
 
+from ..errors import InputError
+
 SPLITS = ("train", "valid", "test")
 IGNORE_INDEX = -100
 
@@ -34,34 +36,40 @@ class Window(NamedTuple):
 def read_bed(path: str | Path, chrom_lengths: dict[str, int]) -> dict[str, list[Interval]]:
     """Intervals of a BED file with a split column (chrom, start, end, split; 0-based, end exclusive), by split.
 
-    Track, browser and comment lines are skipped. Raises ValueError naming the file and line for a short line,
+    Track, browser and comment lines are skipped. Raises InputError naming the file and line for a short line,
     non-integer or empty coordinates, a chromosome missing from the FASTA, an interval past the chromosome's end,
-    or a split other than train/valid/test (HG38's `sequences_human.bed` uses these)."""
+    a split other than train/valid/test, or a file that is not text or holds no interval (HG38's `sequences_human.bed` uses these)."""
     path = Path(path)
     by_split: dict[str, list[Interval]] = {split: [] for split in SPLITS}
-    with open(path) as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, encoding="ascii", errors="strict") as handle:
+        try:
+            lines = list(enumerate(handle, start=1))
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path}: not a text BED file (byte {error.start} of a line is not ASCII)") from None
+        for number, line in lines:
             if not line.strip() or line.startswith(("#", "track", "browser")):
                 continue
             fields = line.split()
             where = f"{path}:{number}"
             if len(fields) < 4:
-                raise ValueError(f"{where}: expected chrom, start, end, split; got {len(fields)} column(s)")
+                raise InputError(f"{where}: expected chrom, start, end, split; got {len(fields)} column(s)")
             chrom, start, end, split = fields[0], fields[1], fields[2], fields[3]
             try:
                 start, end = int(start), int(end)
             except ValueError:
-                raise ValueError(f"{where}: start and end must be integers, got {fields[1]!r} {fields[2]!r}") from None
+                raise InputError(f"{where}: start and end must be integers, got {fields[1]!r} {fields[2]!r}") from None
             if chrom not in chrom_lengths:
-                raise ValueError(f"{where}: chromosome {chrom!r} is not in the FASTA")
+                raise InputError(f"{where}: chromosome {chrom!r} is not in the FASTA")
             if not 0 <= start < end:
-                raise ValueError(f"{where}: empty or negative interval {start}-{end}")
+                raise InputError(f"{where}: empty or negative interval {start}-{end}")
             if end > chrom_lengths[chrom]:
-                raise ValueError(f"{where}: interval {chrom}:{start}-{end} runs past the chromosome's end "
+                raise InputError(f"{where}: interval {chrom}:{start}-{end} runs past the chromosome's end "
                                  f"({chrom_lengths[chrom]})")
             if split not in by_split:
-                raise ValueError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+                raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
             by_split[split].append(Interval(chrom, start, end))
+    if not any(by_split.values()):
+        raise InputError(f"{path}: no intervals")
     return by_split
 
 
@@ -162,7 +170,7 @@ class GenomeWindows(torch.utils.data.Dataset):
         (length,) bool soft mask (True at lowercase bases)."""
         fasta = self._fasta()
         if chrom not in self._lengths:
-            raise ValueError(f"{self.fasta}: no record {chrom!r}")
+            raise InputError(f"{self.fasta}: no record {chrom!r}")
         lo, hi = max(start, 0), min(start + length, self._lengths[chrom])
         ids = torch.full((length,), DNATokenizer.PAD_ID, dtype=torch.int64)
         mask = torch.zeros(length, dtype=torch.bool)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import MambaConfig
+from ..errors import InputError
 from ..io import atomic_path
 
 CONFIG_NAME = "config.json"
@@ -62,13 +63,13 @@ class PretrainedMixin:
                                     f"{WEIGHTS_NAME}")
         try:
             meta = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{config_file}: not valid JSON ({err})") from None
         if not isinstance(meta, dict):
-            raise ValueError(f"{config_file}: expected a JSON object of configuration fields")
+            raise InputError(f"{config_file}: expected a JSON object of configuration fields")
         if is_reference_config(meta):
             if cls.__name__ != "MambaLMHeadModel":
-                raise ValueError(f"{config_file}: a reference-implementation language model loads into "
+                raise InputError(f"{config_file}: a reference-implementation language model loads into "
                                  f"MambaLMHeadModel, not {cls.__name__}")
             model = cls(config_from_reference(meta, config_file))
             state, path = read_reference_weights(directory)
@@ -79,12 +80,12 @@ class PretrainedMixin:
                                     f"{WEIGHTS_NAME}")
         architecture = meta.pop("architecture", cls.__name__)
         if architecture != cls.__name__:
-            raise ValueError(f"{config_file}: holds a {architecture}, not a {cls.__name__}")
+            raise InputError(f"{config_file}: holds a {architecture}, not a {cls.__name__}")
         config_fields = set(MambaConfig.__dataclass_fields__)
         config = MambaConfig.from_dict({k: v for k, v in meta.items() if k in config_fields})
         model = cls(config, **{k: v for k, v in meta.items() if k not in config_fields})
         try:
             load_model(model, str(weights_file), strict=True)
         except RuntimeError as err:
-            raise ValueError(f"{weights_file}: does not match {config_file}: {err}") from None
+            raise InputError(f"{weights_file}: does not match {config_file}: {err}") from None
         return model.to(device=device, dtype=dtype)

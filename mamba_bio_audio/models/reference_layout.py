@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..config import MambaConfig
+from ..errors import InputError
 from ..io import atomic_path
 
 REFERENCE_WEIGHTS = ("pytorch_model.bin", "model.safetensors")
@@ -46,7 +47,7 @@ def config_from_reference(meta: dict, path: Path) -> MambaConfig:
     """The reference config.json's fields → MambaConfig; ValueError naming the file and the field for what our
     modules do not compute."""
     def refuse(what: str):
-        raise ValueError(f"{path}: {what}; only Mamba-1 language models with RMSNorm and no attention or MLP layers "
+        raise InputError(f"{path}: {what}; only Mamba-1 language models with RMSNorm and no attention or MLP layers "
                          f"load into MambaLMHeadModel")
 
     ssm = dict(meta.get("ssm_cfg") or {})
@@ -68,7 +69,7 @@ def config_from_reference(meta: dict, path: Path) -> MambaConfig:
     try:
         return MambaConfig(**ours, **{k: ssm[k] for k in SSM_FIELDS if k in ssm})
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise InputError(f"{path}: {error}") from None
 
 
 def config_to_reference(config: MambaConfig) -> dict:
@@ -95,7 +96,7 @@ def read_reference_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Pa
 
                 return load_file(str(path)), path
             except Exception as error:  # unpickling / header errors come in many types
-                raise ValueError(f"{path}: not a readable state dict ({type(error).__name__}: {error})") from None
+                raise InputError(f"{path}: not a readable state dict ({type(error).__name__}: {error})") from None
     raise FileNotFoundError(f"{directory}: no weights ({' or '.join(REFERENCE_WEIGHTS)}) next to config.json")
 
 
@@ -113,7 +114,7 @@ def load_reference_weights(model: torch.nn.Module, state: dict[str, torch.Tensor
         parts = [f"missing {missing[:6]}{' …' if len(missing) > 6 else ''}" if missing else "",
                  f"unexpected {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}" if unexpected else "",
                  f"wrong shapes: {', '.join(wrong[:6])}" if wrong else ""]
-        raise ValueError(f"{path}: does not match its config.json: {'; '.join(p for p in parts if p)}")
+        raise InputError(f"{path}: does not match its config.json: {'; '.join(p for p in parts if p)}")
     model.load_state_dict(state, strict=False)
 
 
