@@ -25,7 +25,7 @@ from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE, audio_files
 from mamba_bio_audio.audio.codec import N_CLASSES, START_TOKEN, load_audio, quantize, shift_right
 from mamba_bio_audio.errors import InputError
 
-from .common import IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, resume_point, summed_nll
+from .common import IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, data_rank, resume_point, summed_nll
 from .common import build_cli as _build_cli
 
 
@@ -99,7 +99,8 @@ class SC09Data(L.LightningDataModule):
     def train_dataloader(self):
         hp, dataset = self.hparams, self._dataset("train")
         epoch, skip = resume_point(self.trainer, hp.batch_size)
-        return _loader(dataset, hp.batch_size, EpochSampler(len(dataset), hp.seed, epoch, True, skip), hp.num_workers)
+        return _loader(dataset, hp.batch_size, EpochSampler(len(dataset), hp.seed, epoch, True, skip,
+                                                                **data_rank(self.trainer)), hp.num_workers)
 
     def val_dataloader(self):
         return _loader(self._dataset("valid"), self.hparams.batch_size, None, self.hparams.num_workers)
@@ -177,8 +178,8 @@ class LongAudioData(L.LightningDataModule):
         hp = self.hparams
         epoch, skip = resume_point(self.trainer, self.batch_size)
         dataset = Crops(self._tracks["train"], hp.sample_len, hp.samples_per_epoch, seed=hp.seed * 100_003 + epoch)
-        return _loader(dataset, self.batch_size, EpochSampler(len(dataset), hp.seed, epoch, False, skip),
-                       hp.num_workers)
+        return _loader(dataset, self.batch_size,
+                       EpochSampler(len(dataset), hp.seed, epoch, False, skip, **data_rank(self.trainer)), hp.num_workers)
 
     def _eval_loader(self, split: str):
         return _loader(Crops(self._tracks[split], self.hparams.sample_len, tile=True), self.batch_size, None,

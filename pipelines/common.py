@@ -32,23 +32,39 @@ class EpochSampler(torch.utils.data.Sampler):
     """Indices 0 … n−1 in an order fixed by (seed, epoch) (or in order without shuffling), starting after the first
     `skip` of them: a resumed epoch continues where the interrupted one stopped.
 
-    The length stays n (the whole epoch) when skipping: Lightning restores its count of the epoch's batches from the
+    Under data parallelism (world_size > 1) every rank draws the same epoch order and takes its own share,
+    order[rank::world_size] after the last n mod world_size indices are left out: disjoint shares of one size (every
+    rank runs the same number of steps), and `skip` counts this rank's samples already trained on.
+
+    The length stays the whole share when skipping: Lightning restores its count of the epoch's batches from the
     checkpoint and ends the epoch when that count reaches the loader's length, which is then exactly where the
     iterator runs out."""
 
-    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool, skip: int = 0):
+    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool, skip: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler: rank {rank} of a world of {world_size}")
         self.n, self.seed, self.epoch, self.shuffle, self.skip = n, seed, epoch, shuffle, skip
+        self.rank, self.world_size = rank, world_size
 
     def _order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.n)
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        order = torch.arange(self.n) if not self.shuffle else torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        return order[:self.n - self.n % self.world_size][self.rank::self.world_size]
 
     def __iter__(self):
         return iter(self._order()[self.skip:].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world_size
+
+
+def data_rank(trainer: "L.Trainer | None") -> dict[str, int]:
+    """{"rank", "world_size"} of the process serving a training loader (rank 0 of 1 without a trainer), for
+    EpochSampler. Evaluation loaders are not sharded: every rank scores the whole split, and the metrics, reduced over
+    ranks, are those of one pass."""
+    return {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else \
+        {"rank": 0, "world_size": 1}
 
 
 def resume_point(trainer: "L.Trainer | None", batch_size: int) -> tuple[int, int]:
@@ -214,7 +230,14 @@ class LanguageModelModule(EvaluatedModule):
         self._nll_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split → (summed nats, targets) so far
 
     def _train_loss(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """Mean NLL of a batch from summed_nll's (total, count); logs it, its bits per unit and the learning rate."""
+        """Mean NLL of a batch from summed_nll's (total, count); logs it, its bits per unit and the learning rate.
+
+        Under data parallelism the mean is over the targets of the global batch: each rank divides its sum by the
+        count of all ranks (times their number, as DDP averages the ranks' gradients), so that ranks with more
+        padding or N weigh what they would in one process."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            count = self.trainer.strategy.reduce(count.float(), reduce_op="sum") / world
         loss = total / count.clamp(min=1)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log(f"train/bits_per_{self.unit}", loss / LN2, on_step=True, on_epoch=False)
@@ -245,7 +268,9 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     (NonFiniteLossGuard; --nonfinite.action skip skips such steps); CSV and TensorBoard logs in RUN; the
     length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders rebuilt
     every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
-    the model's init argument `target` at instantiation (e.g. the number of classes). `length_warmup=False` leaves
+    the model's init argument `target` at instantiation (e.g. the number of classes). Under DDP/FSDP
+    (--trainer.devices, --trainer.num_nodes, --trainer.strategy) each rank trains on its own share of every epoch
+    (EpochSampler with `data_rank`), so Lightning's sampler replacement is off. `length_warmup=False` leaves
     the warm-up out (data modules without a length); `callbacks`: default trainer callbacks (class_path dicts);
     `defaults`: other defaults of the pipeline (e.g. {"trainer.gradient_clip_val": 0.1})."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -266,6 +291,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
                 "trainer.precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
                 "trainer.gradient_clip_val": 1.0,
                 "trainer.reload_dataloaders_every_n_epochs": 1,
+                "trainer.use_distributed_sampler": False,  # EpochSampler shards the training data itself
                 "trainer.plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}],
                 "trainer.logger": [
                     {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": run_dir,

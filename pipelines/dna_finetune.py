@@ -20,7 +20,7 @@ import torch
 from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.errors import InputError
 
-from .common import EpochSampler, resume_point
+from .common import EpochSampler, data_rank, resume_point
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 from .dna_species import FASTA_SUFFIXES
@@ -169,7 +169,8 @@ class LabelledData(L.LightningDataModule):
         hp, dataset = self.hparams, self._datasets["train"]
         epoch, skip = resume_point(self.trainer, hp.batch_size)
         dataset.rc_prob, dataset.rc_seed = hp.rc_prob, hp.seed * 100_003 + epoch
-        return self._loader("train", EpochSampler(len(dataset), hp.seed, epoch, shuffle=True, skip=skip))
+        return self._loader("train", EpochSampler(len(dataset), hp.seed, epoch, shuffle=True, skip=skip,
+                                                         **data_rank(self.trainer)))
 
     def val_dataloader(self):
         return self._loader("valid")

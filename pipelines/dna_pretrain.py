@@ -20,8 +20,8 @@ from mamba_bio_audio.dna.windows import IGNORE_INDEX, GenomeWindows, read_bed, s
 from mamba_bio_audio.models import TransformerLM, dna_mamba_config, dna_transformer_config
 
 from .common import (  # noqa: F401  (AtomicCheckpointIO, SequenceLengthWarmup: part of this pipeline's API)
-    LN2, AtomicCheckpointIO, EpochSampler, LanguageModelModule, LengthScheduledData, SequenceLengthWarmup, resume_point,
-    summed_nll)
+    LN2, AtomicCheckpointIO, EpochSampler, LanguageModelModule, LengthScheduledData, SequenceLengthWarmup, data_rank,
+    resume_point, summed_nll)
 from .common import build_cli as _build_cli
 
 
@@ -109,7 +109,8 @@ class DNAPretrainData(LengthScheduledData):
         seq_len, batch_size = self.current_shape()
         epoch, skip = resume_point(self.trainer, batch_size)
         dataset = self._dataset("train", seq_len, self.hparams.rc_prob, rc_seed=self.hparams.seed * 100_003 + epoch)
-        sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, shuffle=True, skip=skip)
+        sampler = EpochSampler(len(dataset), self.hparams.seed, epoch, shuffle=True, skip=skip,
+                               **data_rank(self.trainer))
         return self._loader(dataset, batch_size, sampler, train=True)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:

@@ -23,7 +23,7 @@ from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.dna.windows import GenomeWindows
 from mamba_bio_audio.errors import InputError
 
-from .common import EpochSampler, LengthScheduledData, resume_point
+from .common import EpochSampler, LengthScheduledData, data_rank, resume_point
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 
@@ -175,7 +175,8 @@ class SpeciesData(LengthScheduledData):
         epoch, skip = resume_point(self.trainer, batch_size)
         n = self.hparams.samples_per_epoch // batch_size * batch_size
         dataset = self._dataset("train", seq_len, n, epoch)
-        return self._loader(dataset, batch_size, EpochSampler(n, self.hparams.seed, epoch, shuffle=False, skip=skip))
+        return self._loader(dataset, batch_size, EpochSampler(n, self.hparams.seed, epoch, shuffle=False, skip=skip,
+                                                                       **data_rank(self.trainer)))
 
     def _eval_loader(self, split: str) -> torch.utils.data.DataLoader:
         dataset = self._dataset(split, self.seq_len, self.hparams.eval_samples)

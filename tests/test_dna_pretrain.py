@@ -55,6 +55,19 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_and_skips():
     assert full != list(EpochSampler(50, seed=1, epoch=4, shuffle=True))
 
 
+def test_epoch_sampler_shards_an_epoch_between_ranks_and_each_rank_resumes_its_share():
+    full = list(EpochSampler(51, seed=2, epoch=1, shuffle=True))
+    shares = [list(EpochSampler(51, seed=2, epoch=1, shuffle=True, rank=r, world_size=3)) for r in range(3)]
+    assert [len(s) for s in shares] == [17, 17, 17] and len(EpochSampler(51, 2, 1, True, rank=0, world_size=3)) == 17
+    assert sorted(sum(shares, [])) == sorted(full)  # disjoint, and together the whole epoch
+    assert [s[i] for i in range(17) for s in shares] == full  # global batch k = the ranks' batch k interleaved
+    two = [list(EpochSampler(51, seed=2, epoch=1, shuffle=True, rank=r, world_size=2)) for r in range(2)]
+    assert len(two[0]) == len(two[1]) == 25 and set(full) - set(two[0] + two[1]) == {full[-1]}  # one left out
+    assert list(EpochSampler(51, 2, 1, True, skip=5, rank=1, world_size=3)) == shares[1][5:]
+    with pytest.raises(ValueError, match="rank 3 of a world of 3"):
+        EpochSampler(51, 2, 1, True, rank=3, world_size=3)
+
+
 def test_validation_and_test_report_bits_per_base(genome, tmp_path):
     data = DNAPretrainData(str(genome), seq_len=64, batch_size=8, split_fractions=(0.8, 0.1, 0.1))
     model = DNALanguageModel(config=TINY, lr=1e-3)
