@@ -27,6 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+from mamba_bio_audio.io import atomic_path
+
+
 class Task(NamedTuple):
     command: str      # the `mba dna` task each run is (or "audio": `mba audio train --audio-dir`)
     metric: str       # logged name, without the split prefix
@@ -99,9 +102,8 @@ def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int, task: T
         raise RuntimeError(f"run L={seq_len} seed={seed} failed (exit {code}); see {run_dir / 'run.log'}")
     result = {"seq_len": seq_len, "seed": seed, **read_run_metrics(run_dir, task),
               "wall_s": round(time.perf_counter() - start, 1), "command": settings}
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(result_path)
+    with atomic_path(result_path) as tmp:
+        tmp.write_text(json.dumps(result))
     return result
 
 
@@ -136,19 +138,16 @@ def plot_context_scaling(rows: list[dict], path: Path, title: str, task: Task = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_results(rows: list[dict], path: Path, task: Task) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=result_fields(task), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: (r["seq_len"], r["seed"])))
-    tmp.replace(path)
 
 
 def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_model: int, n_layer: int, out: Path,
