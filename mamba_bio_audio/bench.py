@@ -54,8 +54,8 @@ def _median_seconds(fn, device, repeats: int) -> float:
 
 def generation_table(device, batches: list[int], seconds: float) -> None:
     """Samples per second (all rows together) to generate one clip of `seconds` per row from random weights, and the
-    ratio to real time (16,000 samples/s): the SC09 Mamba U-Net (fp32 and bf16; CUDA graphs of 16-sample chunks on
-    the GPU, each Mamba block's step one fused kernel), the same-size flat Mamba and Transformer++ baselines."""
+    ratio to real time (16,000 samples/s): the SC09 Mamba U-Net (fp32 and bf16; on the GPU each 16-sample chunk of
+    steps and draws is one CUDA graph), the same-size flat Mamba and Transformer++ baselines."""
     import copy
 
     import torch

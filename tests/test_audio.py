@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from mamba_bio_audio.kernels.selective_scan.triton_support import triton_available
 
 sf = pytest.importorskip("soundfile")
 pytest.importorskip("lightning")
@@ -81,31 +80,6 @@ def test_unet_step_reproduces_the_parallel_forward_and_is_causal():
         changed[:, 13:] = torch.randint(0, 256, (2, 11))
         other = model(changed)
     assert torch.equal(other[:, :13], parallel[:, :13]) and not torch.allclose(other[:, 13:], parallel[:, 13:])
-
-
-@pytest.mark.skipif(not triton_available(), reason="needs triton (and CUDA or TRITON_INTERPRET=1)")
-def test_unet_step_through_the_fused_block_kernel_reproduces_the_forward(monkeypatch):
-    """With the Triton backend every Mamba block's step is one `mamba_block_step` kernel (Triton's interpreter here)."""
-    from mamba_bio_audio import kernels
-
-    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_kernel
-
-    calls = []
-    monkeypatch.setitem(kernels._BLOCK_STEP, "triton", lambda *a: calls.append(1) or mamba_block_step_kernel(*a))
-    torch.manual_seed(1)
-    model = AudioUNet(AudioUNetConfig(d_model=16, pools=(2, 2), n_layers=1, d_state=4)).eval()
-    tokens = torch.randint(0, 256, (3, 8))
-    with torch.no_grad():
-        # the CPU backend (Triton's interpreter is too slow for the parallel scans) for the forward and for the first
-        # 4 steps, in which each stage takes its first token (through the parallel path, which fills the caches)
-        parallel = model(tokens)
-        state = model.allocate_step_state(3)
-        stepped = [model.step(tokens[:, t], state) for t in range(4)]
-        monkeypatch.setenv("MBA_SCAN_BACKEND", "triton")
-        stepped = torch.stack(stepped + [model.step(tokens[:, t], state) for t in range(4, 8)], dim=1)
-    torch.testing.assert_close(stepped, parallel, rtol=1e-4, atol=1e-4)
-    # steps 4-7: 2 blocks at the full rate (4 steps), 2 at 1/2 (steps 5, 7), 1 at 1/4 (step 7)
-    assert len(calls) == 2 * 4 + 2 * 2 + 1
 
 
 def test_complex_unet_steps_too_and_bidirectional_sees_the_future():

@@ -140,12 +140,13 @@ def _conv_silu(window, conv_w_ptr, conv_b_ptr, offs_e, mask_e, offs_w, mask_w, D
 def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                            dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
                            in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
-    """Same contract as `mamba_block_step_naive`: the Triton kernel for bf16/fp16 models, the PyTorch step otherwise.
+    """Same contract as `mamba_block_step_naive`: the Triton kernel for bf16/fp16 weights, the PyTorch step otherwise.
 
-    fp32 models take the PyTorch step: with fp32 products in IEEE precision (PyTorch's default for fp32 matmuls) the
+    fp32 takes the PyTorch step: with fp32 products in IEEE precision (PyTorch's default for fp32 matmuls) the
     kernel's products run on the FMA units and it is slower than the separate ops (H100, µs per step at batch 1 for
-    d_model 64 / 128 / 256: 45 / 613 / 1364 fused against 45 / 54 / 58; BENCHMARKS.md). So do fp64 models, states
-    that are not contiguous, and weights not in hidden's dtype."""
+    d_model 64 / 128 / 256: 45 / 613 / 1364 fused against 45 / 54 / 58; BENCHMARKS.md). So do fp64, states that are
+    not contiguous, and weights not in hidden's dtype. The models do not call this op yet: their recurrent step
+    (Block + Mamba.step over the per-op kernels) generates faster (BENCHMARKS.md, 2026-11-23)."""
     weights = (in_proj_weight, conv_weight, x_proj_weight, dt_proj_weight, out_proj_weight)
     if (hidden.dtype not in (torch.bfloat16, torch.float16) or ssm_state.dtype != torch.float32
             or not ssm_state.is_contiguous() or not conv_state.is_contiguous() or conv_state.dtype != hidden.dtype

@@ -21,14 +21,6 @@ class Block(nn.Module):
         self.residual_in_fp32 = residual_in_fp32
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None, cache=None):
-        """hidden, residual: (b, L, d) -> (hidden, residual), both (b, L, d); residual fp32 if asked. A single token
-        after the first, with a cache, through a real-A Mamba mixer takes the fused block step (`mamba_block_step`:
-        one kernel on the GPU)."""
-        if (cache is not None and cache.seqlen_offset > 0 and hidden.shape[1] == 1
-                and getattr(self.mixer, "fused_step", False)):
-            hidden, residual = self.mixer.block_step(hidden[:, 0], None if residual is None else residual[:, 0],
-                                                     self.norm, cache.states[self.mixer.layer_idx],
-                                                     self.residual_in_fp32)
-            return hidden[:, None], residual[:, None]
+        """hidden, residual: (b, L, d) -> (hidden, residual), both (b, L, d); residual fp32 if asked."""
         hidden, residual = add_rmsnorm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
         return self.mixer(hidden, cache=cache), residual

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ..kernels import causal_conv1d, causal_conv1d_update, mamba_block_step, selective_scan, selective_state_update
+from ..kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
 
 class Mamba(nn.Module):
@@ -102,20 +102,6 @@ class Mamba(nn.Module):
         y = selective_state_update(ssm_state, x, dt, self.ssm_A(), B, C, _fp32_or_wider(self.D), z,
                                    dt_bias=_fp32_or_wider(self.dt_proj.bias), dt_softplus=True)
         return self.out_proj(y)
-
-    @property
-    def fused_step(self) -> bool:
-        """Whether `block_step` applies (real A)."""
-        return not self.complex_ssm
-
-    def block_step(self, hidden: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
-                   states: tuple[torch.Tensor, torch.Tensor], residual_in_fp32: bool = True):
-        """One token through the pre-norm residual block around this mixer (`norm`: its RMSNorm): hidden, residual
-        (b, d) → (mixer output (b, d), hidden + residual); states (conv_state, ssm_state) advanced in place."""
-        return mamba_block_step(hidden, residual, norm.weight, norm.eps, self.in_proj.weight, self.conv1d.weight[:, 0],
-                                self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
-                                self.A_log, self.D, self.out_proj.weight, *states, self.in_proj.bias,
-                                self.out_proj.bias, residual_in_fp32)
 
     def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None):
         """(conv_state (b, E, W) in the conv's dtype, ssm_state (b, E, N) fp32 or complex64 (float64/complex128 for
