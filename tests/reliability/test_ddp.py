@@ -1,5 +1,6 @@
 """Data-parallel training on the CPU (2 processes, gloo): the ranks train on disjoint halves of each global batch,
-end with identical parameters, and match a single process that takes the same global batch."""
+end with identical parameters, match a single process that takes the same global batch, and a run resumed from a
+mid-epoch checkpoint continues each rank exactly where it stopped."""
 from __future__ import annotations
 
 import subprocess
@@ -20,14 +21,15 @@ SCRIPT = textwrap.dedent('''
     import torch
     from mamba_bio_audio.pipelines.dna_pretrain import DNALanguageModel, DNAPretrainData
 
-    fasta, out, devices, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    fasta, out, devices, batch_size, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    resume = sys.argv[6] if len(sys.argv) > 6 else None
 
     class Record(L.Callback):
         """Per rank: every training batch's rows and loss, and the parameters at the end."""
         def __init__(self):
             self.rows, self.losses = [], []
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.rows.append(batch["input_ids"].tolist())
+            self.rows.append((trainer.global_step, batch["input_ids"].tolist()))
             self.losses.append(float(outputs["loss"]))
         def on_train_end(self, trainer, module):
             torch.save({"rows": self.rows, "losses": self.losses,
@@ -37,20 +39,23 @@ SCRIPT = textwrap.dedent('''
     L.seed_everything(0)
     model = DNALanguageModel(config={"d_model": 16, "n_layer": 1, "vocab_size": 12, "d_state": 4}, lr=3e-3)
     data = DNAPretrainData(fasta, seq_len=64, batch_size=batch_size, split_fractions=(0.8, 0.1, 0.1))
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=6,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        use_distributed_sampler=False, deterministic=True, callbacks=[Record()])
-    trainer.fit(model, datamodule=data)
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=f"{out}/ckpt", every_n_train_steps=5, save_top_k=-1,
+                                                      filename="{step}")
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
+                        reload_dataloaders_every_n_epochs=1, deterministic=True, callbacks=[Record(), checkpoints])
+    trainer.fit(model, datamodule=data, ckpt_path=resume)
 ''')
 
 
-def run(tmp_path, name, devices, batch_size, fasta):
+def run(tmp_path, name, devices, batch_size, fasta, max_steps=6, resume=None):
     out = tmp_path / name
     out.mkdir()
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    result = subprocess.run([sys.executable, str(script), str(fasta), str(out), str(devices), str(batch_size)],
+    result = subprocess.run([sys.executable, str(script), str(fasta), str(out), str(devices), str(batch_size),
+                             str(max_steps), *([str(resume)] if resume else [])],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(devices)]
@@ -63,7 +68,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     (single,) = run(tmp_path, "single", 1, 8, fasta)
     for name, tensor in rank0["params"].items():  # the ranks agree exactly
         assert torch.equal(tensor, rank1["params"][name]), name
-    for step, (a, b, both) in enumerate(zip(rank0["rows"], rank1["rows"], single["rows"])):
+    rows0, rows1, rows = ([r for _, r in run_["rows"]] for run_ in (rank0, rank1, single))
+    for step, (a, b, both) in enumerate(zip(rows0, rows1, rows)):
         assert len(a) == len(b) == 4 and not set(map(tuple, a)) & set(map(tuple, b)), step  # disjoint halves
         assert sorted(a + b) == sorted(both), step  # together the single process's batch
     # the same loss: exactly the same before the first update; after it only the order of the gradient sums differs
@@ -73,3 +79,14 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     torch.testing.assert_close(losses, torch.tensor(single["losses"]), rtol=1e-3, atol=1e-4)
     for name, tensor in single["params"].items():
         torch.testing.assert_close(rank0["params"][name], tensor, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.timeout(900)
+def test_a_ddp_run_resumed_mid_epoch_continues_each_rank_exactly(tmp_path):
+    fasta = write_fasta(tmp_path / "g.fa", random_genome(11, lengths=(8000,)))  # 12 steps per epoch on 2 ranks
+    full = run(tmp_path, "full", 2, 4, fasta, max_steps=16)
+    resumed = run(tmp_path, "resumed", 2, 4, fasta, max_steps=16, resume=tmp_path / "full" / "ckpt" / "step=5.ckpt")
+    for rank in range(2):
+        assert resumed[rank]["rows"] == full[rank]["rows"][5:]  # steps 5 … 15: no batch repeated or skipped
+        for name, tensor in full[rank]["params"].items():
+            assert torch.equal(resumed[rank]["params"][name], tensor), (rank, name)
