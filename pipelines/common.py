@@ -70,9 +70,13 @@ def data_rank(trainer: "L.Trainer | None") -> dict[str, int]:
 def resume_point(trainer: "L.Trainer | None", batch_size: int) -> tuple[int, int]:
     """(epoch, skip) of the training epoch a data module is about to serve: the trainer's current epoch and, for a
     run resumed mid-epoch, how many samples of it were already trained on (a checkpoint taken at the end of a batch
-    counts it as processed). (0, 0) without a trainer."""
+    counts it as processed). (0, 0) without a trainer. A trainer that keeps its first training loader for every epoch
+    (reload_dataloaders_every_n_epochs ≠ 1) would repeat that epoch's order, so it is refused."""
     if trainer is None:
         return 0, 0
+    if trainer.reload_dataloaders_every_n_epochs != 1:
+        raise ValueError("the training data are drawn afresh each epoch (order, strand and crops depend on it): "
+                         "build the Trainer with reload_dataloaders_every_n_epochs=1 (the mba commands do)")
     loop = trainer.fit_loop
     skip = loop.epoch_loop.batch_progress.current.processed * batch_size if loop.restarting else 0
     return trainer.current_epoch, skip

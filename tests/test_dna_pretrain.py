@@ -55,6 +55,15 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_and_skips():
     assert full != list(EpochSampler(50, seed=1, epoch=4, shuffle=True))
 
 
+def test_a_trainer_that_keeps_its_first_loader_is_refused(genome, tmp_path):
+    data = DNAPretrainData(str(genome), seq_len=64, batch_size=4, split_fractions=(0.8, 0.1, 0.1))
+    plain = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                      default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="reload_dataloaders_every_n_epochs=1"):
+        plain.fit(DNALanguageModel(config=TINY), datamodule=data)
+
+
 def test_epoch_sampler_shards_an_epoch_between_ranks_and_each_rank_resumes_its_share():
     full = list(EpochSampler(51, seed=2, epoch=1, shuffle=True))
     shares = [list(EpochSampler(51, seed=2, epoch=1, shuffle=True, rank=r, world_size=3)) for r in range(3)]
