@@ -78,7 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     coding.add_argument("--seed", type=int, default=0)
     coding.set_defaults(_recipe=_coding_windows)
 
-
     digits = recipes.add_parser("spoken-digits", help="SC09 stand-in: spoken digits rendered by espeak-ng (offline)",
                                 description=_spoken_digits.__doc__)
     digits.add_argument("--dest", required=True, help="output folder (SC09 layout; a rerun skips existing clips)")
@@ -86,7 +85,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     digits.add_argument("--workers", type=int, default=4, help="espeak-ng processes at a time (default 4)")
     digits.add_argument("--seed", type=int, default=0)
     digits.set_defaults(_recipe=_spoken_digits)
-
 
     from .sc09 import SPEECH_COMMANDS_SHA256, SPEECH_COMMANDS_URL
 
@@ -99,13 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sc09.add_argument("--remove-archive", action="store_true", help="delete the 2.4 GB archive after extraction")
     sc09.set_defaults(_recipe=_sc09)
 
-
     mix = recipes.add_parser("youtubemix", help="YouTubeMix (piano) from a local copy of the gated HF dataset",
                              description=_youtubemix.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mix.add_argument("--source", required=True, help="the downloaded dataset: a folder, or a .zip / .tar[.gz] of it")
     mix.add_argument("--dest", required=True, help="output folder (DEST/youtubemix)")
     mix.set_defaults(_recipe=_youtubemix)
-
 
     piano = recipes.add_parser("piano", help="YouTubeMix stand-in: music21 scores rendered on piano (offline)",
                                description=_piano.__doc__)

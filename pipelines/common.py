@@ -112,8 +112,6 @@ class SequenceLengthWarmup(L.Callback):
         data = trainer.datamodule
         if not isinstance(data, LengthScheduledData):
             raise TypeError("SequenceLengthWarmup needs a LengthScheduledData data module")
-        if stage == "fit" and trainer.reload_dataloaders_every_n_epochs != 1:
-            raise ValueError("SequenceLengthWarmup needs Trainer(reload_dataloaders_every_n_epochs=1)")
         self.target_len, self.target_batch = data.seq_len, data.batch_size
         data.length_schedule = self
 

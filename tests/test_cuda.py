@@ -74,18 +74,13 @@ def test_fused_block_step_at_the_unets_sizes_matches_the_pytorch_step(d_model, b
     from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_kernel
     from mamba_bio_audio.modules import Block
     from mamba_bio_audio.modules.mamba import Mamba
+    from test_mamba_block_step import step_args
 
     torch.manual_seed(d_model + batch)
     layer = Block(d_model, Mamba(d_model, layer_idx=0)).cuda().to(dtype)
     wide = copy.deepcopy(layer).double()
-    m, w = layer.mixer, wide.mixer
 
-    def args(block, mixer):
-        return (block.norm.weight, block.norm.eps, mixer.in_proj.weight, mixer.conv1d.weight[:, 0], mixer.conv1d.bias,
-                mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A_log, mixer.D,
-                mixer.out_proj.weight)
-
-    conv_state, ssm_state = m.allocate_inference_cache(batch)
+    conv_state, ssm_state = layer.mixer.allocate_inference_cache(batch)
     conv_state.normal_()
     ssm_state.normal_()
     ref_conv, ref_ssm = conv_state.double(), ssm_state.double()
@@ -94,8 +89,8 @@ def test_fused_block_step_at_the_unets_sizes_matches_the_pytorch_step(d_model, b
         for _ in range(3):
             hidden, residual = torch.randn(batch, d_model, device="cuda", dtype=dtype), torch.randn(batch, d_model,
                                                                                                    device="cuda")
-            out, res = mamba_block_step_kernel(hidden, residual, *args(layer, m), conv_state, ssm_state)
-            ref, ref_res = mamba_block_step_naive(hidden.double(), residual.double(), *args(wide, w), ref_conv,
+            out, res = mamba_block_step_kernel(hidden, residual, *step_args(layer), conv_state, ssm_state)
+            ref, ref_res = mamba_block_step_naive(hidden.double(), residual.double(), *step_args(wide), ref_conv,
                                                   ref_ssm, residual_in_fp32=False)
             assert (out.double() - ref).norm() / ref.norm() < tolerance
             assert torch.allclose(res.double(), ref_res, atol=1e-2)

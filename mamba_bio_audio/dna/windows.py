@@ -38,36 +38,38 @@ def read_bed(path: str | Path, chrom_lengths: dict[str, int]) -> dict[str, list[
 
     Track, browser and comment lines are skipped. Raises InputError naming the file and line for a short line,
     non-integer or empty coordinates, a chromosome missing from the FASTA, an interval past the chromosome's end,
-    a split other than train/valid/test, or a file that is not text or holds no interval (HG38's `sequences_human.bed` uses these)."""
+    or a split other than train/valid/test (HG38's `sequences_human.bed` uses these), and naming the file for one
+    that is not text or holds no interval."""
     path = Path(path)
     by_split: dict[str, list[Interval]] = {split: [] for split in SPLITS}
-    with open(path, encoding="ascii", errors="strict") as handle:
-        try:
-            lines = list(enumerate(handle, start=1))
-        except UnicodeDecodeError as error:
-            raise InputError(f"{path}: not a text BED file (byte {error.start} of a line is not ASCII)") from None
-        for number, line in lines:
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            fields = line.split()
-            where = f"{path}:{number}"
-            if len(fields) < 4:
-                raise InputError(f"{where}: expected chrom, start, end, split; got {len(fields)} column(s)")
-            chrom, start, end, split = fields[0], fields[1], fields[2], fields[3]
-            try:
-                start, end = int(start), int(end)
-            except ValueError:
-                raise InputError(f"{where}: start and end must be integers, got {fields[1]!r} {fields[2]!r}") from None
-            if chrom not in chrom_lengths:
-                raise InputError(f"{where}: chromosome {chrom!r} is not in the FASTA")
-            if not 0 <= start < end:
-                raise InputError(f"{where}: empty or negative interval {start}-{end}")
-            if end > chrom_lengths[chrom]:
-                raise InputError(f"{where}: interval {chrom}:{start}-{end} runs past the chromosome's end "
-                                 f"({chrom_lengths[chrom]})")
-            if split not in by_split:
-                raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-            by_split[split].append(Interval(chrom, start, end))
+    number = 0
+    try:
+        with open(path, encoding="ascii") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip() or line.startswith(("#", "track", "browser")):
+                    continue
+                fields = line.split()
+                where = f"{path}:{number}"
+                if len(fields) < 4:
+                    raise InputError(f"{where}: expected chrom, start, end, split; got {len(fields)} column(s)")
+                chrom, start, end, split = fields[0], fields[1], fields[2], fields[3]
+                try:
+                    start, end = int(start), int(end)
+                except ValueError:
+                    raise InputError(f"{where}: start and end must be integers, got {fields[1]!r} {fields[2]!r}"
+                                     ) from None
+                if chrom not in chrom_lengths:
+                    raise InputError(f"{where}: chromosome {chrom!r} is not in the FASTA")
+                if not 0 <= start < end:
+                    raise InputError(f"{where}: empty or negative interval {start}-{end}")
+                if end > chrom_lengths[chrom]:
+                    raise InputError(f"{where}: interval {chrom}:{start}-{end} runs past the chromosome's end "
+                                     f"({chrom_lengths[chrom]})")
+                if split not in by_split:
+                    raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+                by_split[split].append(Interval(chrom, start, end))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text BED file (bytes that are not ASCII after line {number})") from None
     if not any(by_split.values()):
         raise InputError(f"{path}: no intervals")
     return by_split
