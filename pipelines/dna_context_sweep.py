@@ -44,7 +44,7 @@ TASKS = {"pretrain": Task("pretrain", "bits_per_base", "min", "held-out bits per
 
 
 def result_fields(task: Task) -> list[str]:
-    return ["seq_len", "seed", f"test_{task.metric}", f"best_valid_{task.metric}", "wall_s"]
+    return ["seq_len", "seed", f"test_{task.metric}", f"best_valid_{task.metric}", "steps", "wall_s"]
 
 
 def run_command(task: Task, source: str, seq_len: int, seed: int, batch_size: int, max_steps: int,
@@ -67,14 +67,17 @@ def run_command(task: Task, source: str, seq_len: int, seed: int, batch_size: in
 
 
 def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str, float]:
-    """The test metric (the last logged) and the best validation value of a finished run, from the CSV log of its
-    newest version."""
+    """The test metric (the last logged), the best validation value and the optimizer steps taken (the largest logged
+    step: fewer than asked when a time limit stopped the run) of a finished run, from the CSV log of its newest
+    version."""
     versions = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
     if not versions:
         raise ValueError(f"{run_dir}: no CSV log (logs/version_*/metrics.csv)")
-    test, valid = [], []
+    test, valid, steps = [], [], 0
     with open(versions[-1], newline="") as handle:
         for row in csv.DictReader(handle):
+            if row.get("step"):
+                steps = max(steps, int(row["step"]))
             if row.get(f"test/{task.metric}"):
                 test.append(float(row[f"test/{task.metric}"]))
             if row.get(f"valid/{task.metric}"):
@@ -82,7 +85,7 @@ def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str,
     if not test:
         raise ValueError(f"{versions[-1]}: no test/{task.metric} (did the run finish?)")
     best = (min if task.better == "min" else max)(valid) if valid else math.nan
-    return {f"test_{task.metric}": test[-1], f"best_valid_{task.metric}": best}
+    return {f"test_{task.metric}": test[-1], f"best_valid_{task.metric}": best, "steps": steps}
 
 
 def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int, task: Task) -> dict:
@@ -150,6 +153,16 @@ def write_results(rows: list[dict], path: Path, task: Task) -> None:
         writer.writerows(sorted(rows, key=lambda r: (r["seq_len"], r["seed"])))
 
 
+def _steps_taken(rows: list[dict], max_steps: int) -> str:
+    """"600 steps", or "150–155 of 600 steps" when a time limit stopped runs early (rows of older results without
+    a step count are taken as complete)."""
+    taken = [r.get("steps") or max_steps for r in rows]
+    low, high = min(taken), max(taken)
+    if low >= max_steps:
+        return f"{max_steps} steps"
+    return f"{low if low == high else f'{low}–{high}'} of {max_steps} steps"
+
+
 def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_model: int, n_layer: int, out: Path,
           task: str = "pretrain", tokens_per_step: int | None = 65536, batch_size: int | None = None,
           scored_len: int = 1024, parallel: int = 1, extra: list[str] = ()) -> list[dict]:
@@ -182,7 +195,7 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
         write_results(rows, out / "results.csv", spec)
         per_step = f"batch {batch_size}" if batch_size else f"{tokens_per_step} tokens"
         model = f"Mamba U-Net D = {d_model}, {n_layer} per stage" if task == "audio" else f"{n_layer} × {d_model} Mamba"
-        title = f"{Path(source).name}: {model}, {max_steps} steps × {per_step}"
+        title = f"{Path(source).name}: {model}, {_steps_taken(rows, max_steps)} × {per_step}"
         if spec.command == "pretrain":
             title += f"\nthe last {scored_len} targets of windows ending at the same places scored"
         plot_context_scaling(rows, out / "context_scaling.png", title, spec)

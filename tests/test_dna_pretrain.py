@@ -1,6 +1,7 @@
 """DNA pretraining pipeline on the CPU: metrics, the length warm-up, atomic checkpoints and exact resume mid-epoch."""
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -132,12 +133,19 @@ def test_mba_dna_pretrain_writes_a_run_and_resumes(genome, tmp_path):
     common = ["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out", str(run),
               "--model.config", '{"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}',
               "--trainer.val_check_interval", "3", "--data.max_eval_windows", "8", "--trainer.enable_progress_bar",
-              "false"]
+              "false", "--throughput.window", "3", "--trainer.log_every_n_steps", "2"]
     assert main(common + ["--max-steps", "6"]) == 0
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("best-step=") for name in checkpoints)
     metrics = (run / "logs" / "version_0" / "metrics.csv").read_text()
     assert "valid/bits_per_base" in metrics and "test/bits_per_base" in metrics
+    # training throughput (TokenThroughput): logged every 2 steps once 3 steps are done, at steps 3 and 5 (0-based)
+    rows = list(csv.DictReader(metrics.splitlines()))
+    rates = {int(r["step"]): float(r["train/tokens_per_sec"]) for r in rows if r.get("train/tokens_per_sec")}
+    device = {int(r["step"]): float(r["train/device/items_per_sec"]) for r in rows
+              if r.get("train/device/items_per_sec")}
+    assert sorted(rates) == sorted(device) == [3, 5] and all(v > 0 for v in rates.values())
+    assert all(math.isclose(rates[s], device[s], rel_tol=1e-6) for s in rates)  # one device: global = per device
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert main(common + ["--max-steps", "9", "--resume", str(run / "checkpoints" / "last.ckpt")]) == 0
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
@@ -181,7 +189,8 @@ def test_mba_dna_context_sweep_scores_every_length_on_the_same_bases(genome, tmp
             "--data.max_eval_windows", "4", "--trainer.val_check_interval", "2"]
     assert main(args) == 0
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0] == "seq_len,seed,test_bits_per_base,best_valid_bits_per_base,wall_s" and len(rows) == 5
+    assert rows[0] == "seq_len,seed,test_bits_per_base,best_valid_bits_per_base,steps,wall_s" and len(rows) == 5
+    assert all(r.split(",")[4] == "2" for r in rows[1:])  # the steps every run took
     assert (out / "context_scaling.png").read_bytes()[:4] == b"\x89PNG"
     config = (out / "L128-seed1" / "logs" / "version_0" / "config.yaml").read_text()
     assert "eval_scored_len: 32" in config and "batch_size: 2" in config and "seed_everything: 1" in config
@@ -196,6 +205,15 @@ def test_mba_dna_context_sweep_scores_every_length_on_the_same_bases(genome, tmp
     assert "at least --scored-len" in capsys.readouterr().err
     assert main(args + ["--max-steps", "3"]) == 1  # the same folder, other settings: not silently reused
     assert "holds a finished run with other settings" in capsys.readouterr().err
+
+
+def test_context_sweep_plot_title_says_when_a_time_limit_cut_runs_short():
+    from mamba_bio_audio.pipelines.dna_context_sweep import _steps_taken
+
+    assert _steps_taken([{"steps": 600}, {"steps": 600}], 600) == "600 steps"
+    assert _steps_taken([{"steps": 155}, {"steps": 150}], 600) == "150–155 of 600 steps"
+    assert _steps_taken([{"steps": 155}], 600) == "155 of 600 steps"
+    assert _steps_taken([{}], 600) == "600 steps"  # results written before runs recorded their steps
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /
