@@ -13,3 +13,15 @@ class TrainingDiverged(MbaError, RuntimeError):
 
 class InputError(MbaError, ValueError):
     """A file or record the toolkit was given is unreadable or malformed (a ValueError too)."""
+
+
+class GenerationDiverged(MbaError, RuntimeError):
+    """Generation produced non-finite logits or a non-finite recurrent state (a diverging model, an overflow in low
+    precision), and was stopped rather than go on writing garbage. `position`: the first position whose logits were
+    not finite, else the position at which the state check found the state so; `rows`: the affected rows of the
+    batch (sequences or clips)."""
+
+    def __init__(self, message: str, position: int | None = None, rows: list[int] | tuple[int, ...] = ()):
+        super().__init__(message)
+        self.position = position
+        self.rows = list(rows)

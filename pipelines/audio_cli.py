@@ -135,7 +135,10 @@ def _generate(args: argparse.Namespace) -> int:
     stages of a U-Net step once every p samples; CUDA graphs on the GPU), with temperature and top-p, optionally
     continuing a prompt; or from a `mba audio train-diffusion` checkpoint by its reverse diffusion steps. Writes
     OUT/sample_NNN.wav (16 kHz, 16-bit), OUT/spectrograms.png and OUT/samples.tsv (for autoregressive models each
-    clip's log-likelihood under the model, in nats and in bits per generated sample)."""
+    clip's log-likelihood under the model, in nats and in bits per generated sample). Memory does not grow with
+    --seconds beyond the clips themselves; a model whose logits or recurrent state turn NaN or infinite stops with an
+    error naming the sample position and the clip. The last line reports samples/s and, for autoregressive models, the
+    largest |state| entry at the end."""
     import time
 
     import torch
@@ -173,12 +176,15 @@ def _generate(args: argparse.Namespace) -> int:
         prompt = None
         if args.prompt:
             prompt = quantize(load_audio(args.prompt), scheme)[:round(args.prompt_seconds * SAMPLE_RATE)]
-        codes, loglik = [], []
+        codes, loglik, state_max = [], [], 0.0
         for first in range(0, args.n, batch):
+            stats = {}
             c, ll = sample_audio(model, min(batch, args.n - first), length, prompt, args.temperature, args.top_p,
-                                 seed=args.seed + first, cuda_graphs=not args.no_cuda_graphs, progress=True)
+                                 seed=args.seed + first, cuda_graphs=not args.no_cuda_graphs, progress=True,
+                                 stats=stats)
             codes.append(c.cpu())
             loglik.append(ll.cpu())
+            state_max = max(state_max, stats["state_max_abs"])
         codes, loglik = torch.cat(codes), torch.cat(loglik)
         waves = dequantize(codes, scheme)
         generated = length - (len(prompt) if prompt is not None else 0)
@@ -193,7 +199,8 @@ def _generate(args: argparse.Namespace) -> int:
                 f"{p.name}\t{ll:.3f}\t{b:.4f}\n" for p, ll, b in zip(paths, loglik.tolist(), bits)))
     titles = [p.stem if bits is None else f"{p.stem} {b:.2f} b/s" for p, b in zip(paths, bits or [None] * len(paths))]
     spectrogram_grid(waves, Path(args.out) / "spectrograms.png", titles)
-    summary = "" if bits is None else f"; mean {sum(bits) / len(bits):.4f} bits per generated sample"
+    summary = "" if bits is None else (f"; mean {sum(bits) / len(bits):.4f} bits per generated sample; logits and "
+                                       f"states finite throughout, largest |state| at the end {state_max:.4g}")
     print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out} ({waves.numel() / seconds:,.0f} samples/s "
           f"on {device}{summary})")
     return 0

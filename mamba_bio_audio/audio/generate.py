@@ -5,7 +5,8 @@
     sample_audio    (n, length) codes and each row's log-likelihood: an optional prompt fed first, then sampling with
                     temperature and top-p. Positions go in chunks (a multiple of the U-Net's pooling period); on CUDA a
                     recurrent model replays one CUDA graph per chunk: the steps, the draws and the bookkeeping of a
-                    whole chunk, with no host work in between.
+                    whole chunk, with no host work in between. Non-finite logits or states stop it with
+                    GenerationDiverged (naming the sample position and the clip) instead of producing noise.
     write_wavs      waveforms → 16 kHz 16-bit WAV files (written under temporary names, then renamed).
     spectrogram_grid  a PNG of log-mel spectrograms of up to 64 clips.
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..kernels import sample_step
+from ..generation import FiniteWatch
 from ..io import atomic_path
+from ..kernels import sample_step
 from . import SAMPLE_RATE
 from .codec import START_TOKEN
 
@@ -56,10 +58,12 @@ class Stepper:
 
 class _Chunk:
     """The work of `size` consecutive positions on fixed buffers, so that it can be captured in a CUDA graph: for
-    each position i, logits = step(token); the next token is forced[i] ? forced_tokens[i] : a draw with noise[i];
-    codes[:, i] = token; loglik += log p(token) where drawn. `token` carries over to the next chunk."""
+    each position i, logits = step(token), marked by `watch` where not finite; the next token is forced[i] ?
+    forced_tokens[i] : a draw with noise[i]; codes[:, i] = token; loglik += log p(token) where drawn. `token` carries
+    over to the next chunk."""
 
-    def __init__(self, stepper: Stepper, n: int, size: int, temperature: float, top_p: float, device):
+    def __init__(self, stepper: Stepper, n: int, size: int, temperature: float, top_p: float, device,
+                 watch: FiniteWatch):
         self.stepper, self.size, self.temperature, self.top_p = stepper, size, temperature, top_p
         self.token = torch.full((n,), START_TOKEN, dtype=torch.int64, device=device)
         self.noise = torch.empty(size, n, N_CODES, device=device)
@@ -67,11 +71,13 @@ class _Chunk:
         self.forced_tokens = torch.zeros(size, n, dtype=torch.int64, device=device)
         self.codes = torch.empty(n, size, dtype=torch.int64, device=device)
         self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
+        self.watch = watch
         self.graph = None
 
     def run(self, steps: int) -> None:
         for i in range(steps):
             logits = self.stepper.step(self.token)                                 # (n, 256)
+            self.watch.mark(i, logits)
             sample_step(logits.contiguous(), self.noise[i], self.forced[i], self.forced_tokens[i], self.token,
                         self.codes[:, i], self.loglik, self.temperature, self.top_p)
 
@@ -86,13 +92,19 @@ class _Chunk:
 @torch.inference_mode()
 def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tensor | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, cuda_graphs: bool = True,
-                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 progress: bool = False, check_every: int = 8192, stats: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate `n` clips of `length` codes. prompt: (n, T) or (T,) int64 codes (T < length) continued by every row.
     Returns codes (n, length) int64 (the prompt first) and the log-likelihood in nats (n,) float64 of the generated
     part under the model (temperature 1, no top-p). The draws come from uniform noise of a generator seeded with
     `seed`, one chunk at a time, so the same seed gives the same clips with and without CUDA graphs.
     `cuda_graphs` (recurrent models on CUDA): the first chunk runs eagerly (compiling the kernels), the whole chunks
-    after it are replays of one graph."""
+    after it are replays of one graph. Memory is that of the states plus the (n, length) codes, whatever the length.
+
+    Every position's logits are checked for NaN/inf on the device, and every `check_every` samples (and at the end)
+    the recurrent state too, with one host sync: a non-finite value raises GenerationDiverged naming the first such
+    sample position and the clips. `stats`, if given, receives "state_max_abs" (the largest |state| entry at the last
+    check) and "checks"."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -105,11 +117,13 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     prompt = prompt.to(device)
     stepper = Stepper(model, n, length)
     size = stepper.period * math.ceil(16 / stepper.period)                        # ≥ 16 positions per chunk
-    chunk = _Chunk(stepper, n, size, temperature, top_p, device)
+    watch = FiniteWatch(n, size, device, row="clip", unit="sample")
+    chunk = _Chunk(stepper, n, size, temperature, top_p, device, watch)
+    check_chunks = max(1, math.ceil(check_every / size))
     use_graphs = cuda_graphs and stepper.recurrent and device.type == "cuda"
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
     with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
-        for start in range(0, length, size):
+        for index, start in enumerate(range(0, length, size)):
             steps = min(size, length - start)
             torch.rand(chunk.noise.shape, generator=generator, device=device, out=chunk.noise)
             forced = min(max(prompt.shape[1] - start, 0), steps)                  # prompt positions in this chunk
@@ -121,8 +135,15 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
                 chunk.graph.replay()
             else:
                 chunk.run(steps)
+            watch.end_chunk(start, steps)
             codes[:, start:start + steps] = chunk.codes[:, :steps]
             bar.update(steps)
+            if (index + 1) % check_chunks == 0:
+                watch.check(stepper.state, start + steps)
+    if watch.checked_to != length:
+        watch.check(stepper.state, length)
+    if stats is not None:
+        stats.update(state_max_abs=watch.max_abs, checks=watch.checks)
     return codes, chunk.loglik.clone()
 
 

@@ -151,6 +151,11 @@ class UNetStepState:
     up_buffer: list[torch.Tensor]
     phase: list[int]
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every state tensor, batch first."""
+        caches = [*self.down, *self.up, self.centre]
+        return [t for cache in caches for t in cache.tensors()] + self.down_buffer + self.up_buffer
+
 
 class AudioUNet(nn.Module):
     """Sample-level language model over quantised audio. forward: tokens (b, L) int64 (L a multiple of

@@ -49,5 +49,5 @@ class MambaLMHeadModel(nn.Module, PretrainedMixin):
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
         """See `mamba_bio_audio.generation.generate` (temperature, top_k, top_p, min_p, repetition_penalty, seed,
-        eos_token_id)."""
+        eos_token_id, allowed_token_ids, cuda_graphs, progress, check_every, stats)."""
         return generate(self, input_ids, max_new_tokens, **sampling)
