@@ -89,3 +89,18 @@ def test_numba_saves_only_segment_start_states():
     batch_dim, n, length = 4, 8, 4096
     assert saved <= batch_dim * (4 * length + n * (length // 64 + 1)) + 4 * n * length  # never batch·dim·N·L
     assert saved < batch_dim * n * length
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_leaves_torch_thread_count_alone(threads):
+    """numba's OpenMP layer shares libgomp with torch: a parallel kernel must not reset torch.set_num_threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        u = torch.randn(2, 4, 40, dtype=F64, requires_grad=True)
+        delta, A = torch.rand(2, 4, 40, dtype=F64), -torch.rand(4, 3, dtype=F64)
+        B, C = torch.randn(2, 3, 40, dtype=F64), torch.randn(2, 3, 40, dtype=F64)
+        selective_scan_numba(u, delta, A, B, C, chunk_size=16).sum().backward()
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ B and C shared by a group's channels are summed without races.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import torch
@@ -107,6 +108,21 @@ def _compile():
     return _kernels
 
 
+@contextlib.contextmanager
+def _torch_thread_count():
+    """Run numba's parallel kernels on as many threads as torch uses, and leave torch's count as it was: numba's
+    OpenMP layer shares libgomp with torch, and a parallel kernel would otherwise reset torch's intra-op threads to
+    every core (`torch.set_num_threads(1)` undone by the first scan)."""
+    import numba
+
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _decays(dlt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """a = exp(Δ·A): (b, G, Dg, T, N), contiguous."""
     return exp_fast(dlt[..., None] * A[..., None, :])
@@ -127,10 +143,11 @@ class _NumbaScan(torch.autograd.Function):
         h = h0.clone().contiguous()
         y = torch.empty(u.shape, dtype=h.dtype)
         starts = []
-        for s in range(0, length, chunk):
-            starts.append(h.clone())
-            a = _decays(dlt[..., s:s + chunk], A)
-            forward_kernel(a.numpy(), dtu.numpy(), s, Bt.numpy(), Ct.numpy(), h.numpy(), y.numpy())
+        with _torch_thread_count():
+            for s in range(0, length, chunk):
+                starts.append(h.clone())
+                a = _decays(dlt[..., s:s + chunk], A)
+                forward_kernel(a.numpy(), dtu.numpy(), s, Bt.numpy(), Ct.numpy(), h.numpy(), y.numpy())
         ctx.save_for_backward(u, dlt, A, B, C, torch.stack(starts))
         ctx.chunk = chunk
         return (2 * y.real if y.is_complex() else y), h
@@ -151,10 +168,11 @@ class _NumbaScan(torch.autograd.Function):
         dCt = torch.zeros((u.shape[0],) + Ct.shape[1:], dtype=Ct.dtype)
         arrays = [X.numpy() for X in (dtu, A, dlt, Bt, Ct)]
         outputs = [X.numpy() for X in (gy, lam, d_dtu, d_dlt, dA, dBt, dCt)]
-        for i in reversed(range(starts.shape[0])):
-            s = i * chunk
-            a = _decays(dlt[..., s:s + chunk], A).numpy()
-            backward_kernel(a, arrays[0], s, *arrays[1:], starts[i].contiguous().numpy(), *outputs)
+        with _torch_thread_count():
+            for i in reversed(range(starts.shape[0])):
+                s = i * chunk
+                a = _decays(dlt[..., s:s + chunk], A).numpy()
+                backward_kernel(a, arrays[0], s, *arrays[1:], starts[i].contiguous().numpy(), *outputs)
         dB = dBt.sum(0, keepdim=True) if B.shape[0] == 1 else dBt
         dC = dCt.sum(0, keepdim=True) if C.shape[0] == 1 else dCt
         return (d_dtu * dlt, d_dtu * u + d_dlt, dA.sum(0), dB.transpose(-1, -2), dC.transpose(-1, -2), lam, None)
