@@ -43,7 +43,7 @@ def test_model_on_cuda_matches_cpu_and_steps_match_parallel():
     assert (torch.cat(parts, 1) - gpu).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["unet", "mamba"])
+@pytest.mark.parametrize("arch", ["unet", "mamba", "transformer"])
 def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_forward(arch):
     """The same seed gives the same clips with and without graphs (a replay runs the same kernels on the same state
     and noise), and the sampled log-likelihood is the parallel forward's."""
@@ -52,7 +52,8 @@ def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_f
     from mamba_bio_audio.pipelines.audio_lm import build_audio_model
 
     torch.manual_seed(0)
-    config = {"d_model": 16, "pools": (4, 4), "n_layers": 2} if arch == "unet" else {"d_model": 32, "n_layer": 2}
+    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 2}, "mamba": {"d_model": 32, "n_layer": 2},
+              "transformer": {"d_model": 32, "n_layer": 2, "n_head": 2}}[arch]
     model = build_audio_model(arch, None, config).cuda().eval()
     prompt = torch.randint(0, 256, (3, 20))
     eager, eager_ll = sample_audio(model, 3, 96, prompt, seed=3, cuda_graphs=False)

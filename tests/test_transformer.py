@@ -62,3 +62,31 @@ def test_it_learns_a_periodic_sequence():
 def test_heads_must_have_an_even_size():
     with pytest.raises(ValueError, match="heads of even size"):
         TransformerConfig(d_model=30, n_head=2)
+
+
+def test_static_kv_cache_steps_match_the_parallel_forward_over_any_attention_span():
+    """The CUDA-graph mode of the KV cache (position on the device, attention over the first attend_len slots with
+    the later ones masked) gives the parallel forward's logits, token by token, whatever span covers the position."""
+    torch.manual_seed(3)
+    model = TransformerLM(TransformerConfig(d_model=32, n_layer=2, n_head=2, vocab_size=12)).double().eval()
+    ids = torch.randint(0, 12, (2, 40))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.allocate_inference_cache(2, 64, static=True)
+        steps = []
+        for t in range(40):
+            cache.attend_len = (16, 32, 64)[min(t // 16, 2)] if t % 2 else 64  # spans that cover position t
+            steps.append(model(ids[:, t:t + 1], cache=cache))
+    assert int(cache.position) == 40 and cache.seqlen_offset == 0
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-10, atol=1e-10)
+    cache.attend_len = 0
+    with pytest.raises(ValueError, match="one token at a time"):
+        model(ids[:, :1], cache=cache)
+
+
+def test_audio_stepper_attends_to_a_power_of_two_span_that_covers_the_chunk():
+    from mamba_bio_audio.audio.generate import Stepper
+
+    model = TransformerLM(TransformerConfig(d_model=16, n_layer=1, n_head=2, vocab_size=256))
+    stepper = Stepper(model, 1, 16000)
+    assert [stepper.attend(s, 16) for s in (0, 1008, 1024, 4000, 15984)] == [1024, 1024, 2048, 4096, 16000]

@@ -29,8 +29,10 @@ N_CODES = 256
 class Stepper:
     """step(tokens (b,) int64) → logits (b, 256) (the model's dtype) of the next position, for a batch of
     `batch_size` sequences started from empty states. `period`: the U-Net's total pooling (its step depends on the
-    position modulo the period), else 1. `recurrent`: the state has a fixed size and is updated in place (U-Net,
-    flat Mamba), so a CUDA graph of some steps can be replayed; not so for a Transformer's growing KV cache."""
+    position modulo the period), else 1. Every state is updated in place on fixed buffers, so a CUDA graph of some
+    steps can be replayed: the recurrent states of a U-Net or a flat Mamba, or a Transformer's KV cache in its static
+    mode (the position on the device; `attend(start, steps)` sets how many cache slots the steps attend to, a power
+    of two, so that a few graphs serve a whole clip)."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int):
         from ..models import MambaLMHeadModel, TransformerLM
@@ -38,17 +40,26 @@ class Stepper:
 
         self.model = model
         self.unet = isinstance(model, AudioUNet)
-        self.period, self.recurrent = 1, True
+        self.transformer = isinstance(model, TransformerLM)
+        self.period = 1
         if self.unet:
             self.state = model.allocate_step_state(batch_size)
             self.period = model.config.total_pool
-        elif isinstance(model, TransformerLM):
-            self.state = model.allocate_inference_cache(batch_size, max_len)
-            self.recurrent = False
+        elif self.transformer:
+            self.state = model.allocate_inference_cache(batch_size, max_len, static=True)
         elif isinstance(model, MambaLMHeadModel):
             self.state = model.allocate_inference_cache(batch_size)
         else:
             raise ValueError(f"{type(model).__name__} has no recurrent state to generate with")
+
+    def attend(self, start: int, steps: int) -> int | None:
+        """Before the steps of positions [start, start + steps): a Transformer attends to the first
+        min(max_len, next power of two ≥ start + steps, at least 1024) cache slots; returns that count (the key of
+        the chunk's CUDA graph), or None for recurrent models (one graph for every chunk)."""
+        if not self.transformer:
+            return None
+        self.state.attend_len = min(self.state.cos.shape[0], max(1024, 1 << (start + steps - 1).bit_length()))
+        return self.state.attend_len
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.unet:
@@ -72,7 +83,7 @@ class _Chunk:
         self.codes = torch.empty(n, size, dtype=torch.int64, device=device)
         self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
         self.watch = watch
-        self.graph = None
+        self.graphs = {}                                                         # Stepper.attend key → CUDA graph
 
     def run(self, steps: int) -> None:
         for i in range(steps):
@@ -81,12 +92,14 @@ class _Chunk:
             sample_step(logits.contiguous(), self.noise[i], self.forced[i], self.forced_tokens[i], self.token,
                         self.codes[:, i], self.loglik, self.temperature, self.top_p)
 
-    def capture(self) -> None:
-        """Record `run(size)` in a CUDA graph (recording runs nothing; a U-Net's phase counters come back to where
-        they were, the chunk being a whole number of pooling periods)."""
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.run(self.size)
+    def replay(self, key) -> None:
+        """Run `run(size)` as a CUDA graph, recorded on first use of `key` (recording runs nothing; a U-Net's phase
+        counters come back to where they were, the chunk being a whole number of pooling periods)."""
+        if key not in self.graphs:
+            self.graphs[key] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graphs[key]):
+                self.run(self.size)
+        self.graphs[key].replay()
 
 
 @torch.inference_mode()
@@ -98,8 +111,8 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     Returns codes (n, length) int64 (the prompt first) and the log-likelihood in nats (n,) float64 of the generated
     part under the model (temperature 1, no top-p). The draws come from uniform noise of a generator seeded with
     `seed`, one chunk at a time, so the same seed gives the same clips with and without CUDA graphs.
-    `cuda_graphs` (recurrent models on CUDA): the first chunk runs eagerly (compiling the kernels), the whole chunks
-    after it are replays of one graph. Memory is that of the states plus the (n, length) codes, whatever the length.
+    `cuda_graphs` (on CUDA): the first chunk runs eagerly (compiling the kernels), the whole chunks after it are
+    replays of one graph (a Transformer: one per attention span, a power of two). Memory is that of the states plus the (n, length) codes, whatever the length.
 
     Every position's logits are checked for NaN/inf on the device, and every `check_every` samples (and at the end)
     the recurrent state too, with one host sync: a non-finite value raises GenerationDiverged naming the first such
@@ -120,7 +133,7 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     watch = FiniteWatch(n, size, device, row="clip", unit="sample")
     chunk = _Chunk(stepper, n, size, temperature, top_p, device, watch)
     check_chunks = max(1, math.ceil(check_every / size))
-    use_graphs = cuda_graphs and stepper.recurrent and device.type == "cuda"
+    use_graphs = cuda_graphs and device.type == "cuda"
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
     with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
         for index, start in enumerate(range(0, length, size)):
@@ -129,10 +142,9 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
             forced = min(max(prompt.shape[1] - start, 0), steps)                  # prompt positions in this chunk
             chunk.forced.copy_(torch.arange(size, device=device) < forced)
             chunk.forced_tokens[:forced] = prompt[:, start:start + forced].t()
+            key = stepper.attend(start, size)
             if use_graphs and start > 0 and steps == size:
-                if chunk.graph is None:
-                    chunk.capture()
-                chunk.graph.replay()
+                chunk.replay(key)
             else:
                 chunk.run(steps)
             watch.end_chunk(start, steps)

@@ -65,13 +65,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 @dataclass
 class KVCache:
     """Keys and values of the tokens consumed so far, per layer: keys[i], values[i] (b, heads, max_len, head), and
-    the rotary tables for max_len positions. seqlen_offset counts the consumed tokens."""
+    the rotary tables for max_len positions. seqlen_offset counts the consumed tokens.
+
+    Static mode (`position` set, for CUDA graphs): one token per call, written at the device-side `position` ((1,)
+    int64, advanced in place by the model), attending to the first `attend_len` slots with those after `position`
+    masked out; no host value changes from call to call, so a graph of several steps can be replayed. `attend_len`
+    (a Python int the caller sets, ≥ position + 1 for every step of a graph) bounds the attention's work."""
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     cos: torch.Tensor
     sin: torch.Tensor
     seqlen_offset: int = 0
     layer_of: dict = field(default_factory=dict)  # id(Attention module) → its index
+    position: torch.Tensor | None = None
+    attend_len: int = 0
 
 
 class Attention(nn.Module):
@@ -91,6 +98,19 @@ class Attention(nn.Module):
             cos, sin = rotary_tables(length, width // self.n_head, self.rope_base, x.device, q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)               # (batch, heads, L, head)
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif cache.position is not None:  # static mode: one token at the device-side position
+            pos, span = cache.position, cache.attend_len
+            if length != 1 or not 0 < span <= cache.cos.shape[0]:
+                raise ValueError(f"static KV cache: one token at a time over 1…{cache.cos.shape[0]} slots, got "
+                                 f"{length} token(s) over {span}")
+            cos, sin = cache.cos.index_select(0, pos).to(q.dtype), cache.sin.index_select(0, pos).to(q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            layer = cache.layer_of[id(self)]
+            cache.keys[layer].index_copy_(2, pos, k)
+            cache.values[layer].index_copy_(2, pos, v)
+            visible = (torch.arange(span, device=x.device) <= pos)[None]              # (1, span): slots ≤ position
+            y = nn.functional.scaled_dot_product_attention(q, cache.keys[layer][:, :, :span],
+                                                           cache.values[layer][:, :, :span], attn_mask=visible)
         else:
             start, end = cache.seqlen_offset, cache.seqlen_offset + length
             if start and length != 1 or end > cache.cos.shape[0]:
@@ -158,15 +178,21 @@ class TransformerLM(nn.Module):
         recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None
         for layer in self.layers:
             x = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False) if recompute else layer(x, cache)
-        if cache is not None:
+        if cache is not None and cache.position is not None:
+            cache.position += input_ids.shape[1]
+        elif cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
         return self.lm_head(self.norm_f(x))[..., : self.config.vocab_size]
 
-    def allocate_inference_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-        """A KV cache for `max_len` tokens: (b, heads, max_len, head) keys and values per layer, zeroed."""
+    def allocate_inference_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+                                 static: bool = False) -> KVCache:
+        """A KV cache for `max_len` tokens: (b, heads, max_len, head) keys and values per layer, zeroed. `static`:
+        the CUDA-graph mode of KVCache (position on the device, one token per call)."""
         config, weight = self.config, self.embedding.weight
         shape = (batch_size, config.n_head, max_len, config.d_model // config.n_head)
         keys = [torch.zeros(shape, device=weight.device, dtype=dtype or weight.dtype) for _ in self.layers]
         cos, sin = rotary_tables(max_len, shape[-1], config.rope_base, weight.device)
         return KVCache(keys, [torch.zeros_like(k) for k in keys], cos, sin,
-                       layer_of={id(layer.attn): i for i, layer in enumerate(self.layers)})
+                       layer_of={id(layer.attn): i for i, layer in enumerate(self.layers)},
+                       position=torch.zeros(1, dtype=torch.int64, device=weight.device) if static else None,
+                       attend_len=max_len if static else 0)
