@@ -6,12 +6,15 @@
     SequenceLengthWarmup   Callback: the training length doubles every k epochs up to the target, the batch
                            shrinking so that tokens per step stay constant.
     AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
+    TokenThroughput        Callback: Lightning's ThroughputMonitor over the toolkit's batches; logs the global
+                           training tokens/s (all ranks) as train/tokens_per_sec.
     adamw_cosine           AdamW (no weight decay on A_log, D, norms, biases) with linear warm-up then cosine decay.
     EvaluatedModule        LightningModule base: valid/test steps and epoch ends routed to _eval_step/_eval_end,
                            the optimizer from adamw_cosine over `self.model`.
     summed_nll             cross-entropy summed in nats over the labels that count (not IGNORE_INDEX), and their number.
     LanguageModelModule    EvaluatedModule base of next-token models: train/valid/test NLL in bits per `unit`.
-    build_cli              a LightningCLI with the toolkit's defaults (checkpoints, logs, precision, warm-up).
+    build_cli              a LightningCLI with the toolkit's defaults (checkpoints, logs, throughput, precision,
+                           warm-up).
 """
 from __future__ import annotations
 
@@ -21,7 +24,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_only
 
 from mamba_bio_audio.dna.windows import IGNORE_INDEX
 from mamba_bio_audio.io import atomic_path
@@ -176,6 +182,64 @@ class NonFiniteLossGuard(L.Callback):
         self.skipped = state_dict["skipped"]
 
 
+def sequence_batch(batch) -> torch.Tensor:
+    """The (batch, length[, ...]) tensor of one of the toolkit's batches: `input_ids` (DNA, audio LM) or `waves`
+    (audio classifier, diffusion)."""
+    for key in ("input_ids", "waves"):
+        if key in batch:
+            return batch[key]
+    raise KeyError(f"a batch with neither input_ids nor waves (keys: {', '.join(map(str, batch))})")
+
+
+def batch_samples(batch) -> int:
+    """Sequences in a batch (TokenThroughput's samples)."""
+    return len(sequence_batch(batch))
+
+
+def batch_tokens(batch) -> int:
+    """Positions in a batch, batch × length (TokenThroughput's tokens)."""
+    return sequence_batch(batch).numel()
+
+
+class TokenThroughput(ThroughputMonitor):
+    """Training throughput measured by Lightning's ThroughputMonitor over the toolkit's batches: samples are the rows
+    of `input_ids` (or `waves`), tokens their positions (batch × length, padding included). Rank 0 counts them at the
+    end of every step, after synchronising CUDA, and a rate is taken between the ends of the first and the last of
+    the latest `window` steps (so over window − 1 steps): the first step (compilation, autotuning) never counts, a
+    rate first appears once `window` steps are done, and validation time is left out (as Lightning's monitor does).
+
+    Logged every `log_every_n_steps` to the run's loggers (metrics.csv, TensorBoard), under Lightning's names:
+    train/device/items_per_sec and train/device/samples_per_sec (one rank), under DDP/FSDP also train/items_per_sec
+    and train/samples_per_sec (all ranks: rank 0's rate × world size; the ranks step together, so this is exact when
+    every rank's batches have one shape, as in pretraining: EpochSampler's equal shares, whole batches only),
+    train/time, train/samples, train/lengths (cumulative on rank 0; tokens = lengths). Plus `train/tokens_per_sec`:
+    the global tokens per second for any number of devices (train/items_per_sec under DDP,
+    train/device/items_per_sec on one device), in the same row as the training loss and in the progress bar.
+    Evaluation throughput is not logged: Lightning would log it at steps that count evaluation batches, which would
+    read as training steps in metrics.csv."""
+
+    def __init__(self, window: int = 50):
+        if window < 2:
+            raise ValueError(f"throughput.window must be at least 2 steps, got {window}")
+        super().__init__(batch_size_fn=batch_samples, length_fn=batch_tokens, window_size=window)
+
+    def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
+        # ThroughputMonitor's logging step, for training only (evaluation batches are still counted: validation time
+        # is taken out of training's)
+        if trainer.state.stage == RunningStage.TRAINING:
+            super()._compute(trainer, iter_num)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        before = trainer.logged_metrics.get("train/time")
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        logged = trainer.logged_metrics
+        if logged.get("train/time") == before or "train/device/items_per_sec" not in logged:
+            return  # nothing logged at this step, or the window is not full yet
+        rate = float(logged["train/device/items_per_sec"]) * trainer.world_size
+        pl_module.log("train/tokens_per_sec", rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+
+
 def adamw_cosine(module: L.LightningModule, model: torch.nn.Module) -> dict:
     """configure_optimizers for a module with hparams lr, weight_decay, betas, warmup, final_lr_ratio: AdamW over
     `model` (no weight decay on A_log, D, norms and biases), linear warm-up over `warmup` of the steps, cosine decay
@@ -191,6 +255,8 @@ def adamw_cosine(module: L.LightningModule, model: torch.nn.Module) -> dict:
 class EvaluatedModule(L.LightningModule):
     """Base of the pipelines' modules: subclasses set `self.model` and define `_eval_step(batch, split)` (accumulate)
     and `_eval_end(split)` (reduce and log) for split "valid" and "test"."""
+
+    flops_per_batch = None  # read by Lightning's ThroughputMonitor (TokenThroughput): FLOPs are not counted
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "valid")
@@ -264,12 +330,13 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     """LightningCLI over `model_class` and `data_class` with the toolkit's defaults, not run: the caller fits and
     tests.
 
-    Defaults (each can be overridden by --trainer.*, --checkpoint.*, --nonfinite.*, --length_warmup.* or the YAML, and
-    all are saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping 1.0; last and
-    best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically; a NaN or inf loss stops training
-    (NonFiniteLossGuard; --nonfinite.action skip skips such steps); CSV and TensorBoard logs in RUN; the
-    length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders rebuilt
-    every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
+    Defaults (each can be overridden by --trainer.*, --checkpoint.*, --nonfinite.*, --throughput.*, --length_warmup.*
+    or the YAML, and all are saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping
+    1.0; last and best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically; a NaN or inf loss stops
+    training (NonFiniteLossGuard; --nonfinite.action skip skips such steps); training throughput (TokenThroughput:
+    train/tokens_per_sec over all ranks, a rate over the last --throughput.window steps); CSV and TensorBoard logs in
+    RUN; the length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders
+    rebuilt every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
     the model's init argument `target` at instantiation (e.g. the number of classes). Under DDP/FSDP
     (--trainer.devices, --trainer.num_nodes, --trainer.strategy) each rank trains on its own share of every epoch
     (EpochSampler with `data_rank`), so Lightning's sampler replacement is off. `length_warmup=False` leaves
@@ -282,6 +349,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
+            parser.add_lightning_class_args(TokenThroughput, "throughput")
             if length_warmup:
                 parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")
             for source, target in links:

@@ -1,8 +1,11 @@
 """Data-parallel training on the CPU (2 processes, gloo): the ranks train on disjoint halves of each global batch,
-end with identical parameters, match a single process that takes the same global batch, and a run resumed from a
-mid-epoch checkpoint continues each rank exactly where it stopped."""
+end with identical parameters, match a single process that takes the same global batch, log the global training
+throughput (both ranks' tokens), and a run resumed from a mid-epoch checkpoint continues each rank exactly where it
+stopped."""
 from __future__ import annotations
 
+import csv
+import math
 import subprocess
 import sys
 import textwrap
@@ -19,6 +22,7 @@ SCRIPT = textwrap.dedent('''
     import sys
     import lightning as L
     import torch
+    from mamba_bio_audio.pipelines.common import TokenThroughput
     from mamba_bio_audio.pipelines.dna_pretrain import DNALanguageModel, DNAPretrainData
 
     fasta, out, devices, batch_size, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
@@ -42,18 +46,23 @@ SCRIPT = textwrap.dedent('''
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=f"{out}/ckpt", every_n_train_steps=5, save_top_k=-1,
                                                       filename="{step}")
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        max_steps=max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        max_steps=max_steps, logger=L.pytorch.loggers.CSVLogger(out, name="logs"),
+                        log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
-                        reload_dataloaders_every_n_epochs=1, deterministic=True, callbacks=[Record(), checkpoints])
+                        reload_dataloaders_every_n_epochs=1, deterministic=True,
+                        callbacks=[Record(), checkpoints, TokenThroughput(window=WINDOW)])
     trainer.fit(model, datamodule=data, ckpt_path=resume)
 ''')
+
+
+WINDOW = 3  # TokenThroughput's window in these runs (steps)
 
 
 def run(tmp_path, name, devices, batch_size, fasta, max_steps=6, resume=None):
     out = tmp_path / name
     out.mkdir()
     script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
+    script.write_text(SCRIPT.replace("WINDOW", str(WINDOW)))
     result = subprocess.run([sys.executable, str(script), str(fasta), str(out), str(devices), str(batch_size),
                              str(max_steps), *([str(resume)] if resume else [])],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -79,6 +88,29 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     torch.testing.assert_close(losses, torch.tensor(single["losses"]), rtol=1e-3, atol=1e-4)
     for name, tensor in single["params"].items():
         torch.testing.assert_close(rank0["params"][name], tensor, rtol=1e-3, atol=1e-3)
+    # throughput: the global figure counts both ranks' tokens, so both runs log the same tokens per step (8 × 64)
+    assert_throughput(tmp_path / "ddp", world=2, tokens_per_rank_step=4 * 64)
+    assert_throughput(tmp_path / "single", world=1, tokens_per_rank_step=8 * 64)
+
+
+def assert_throughput(out, world, tokens_per_rank_step):
+    """TokenThroughput's metrics.csv rows: train/tokens_per_sec is positive, is world × rank 0's rate (Lightning's
+    global train/items_per_sec under DDP), and times the window's elapsed time gives world × rank 0's tokens over
+    the window, i.e. tokens_per_rank_step × world per step."""
+    rows = list(csv.DictReader((out / "logs" / "version_0" / "metrics.csv").read_text().splitlines()))
+    counts = {int(r["step"]): r for r in rows if r.get("train/lengths")}  # cumulative counts on rank 0, every step
+    rates = {int(r["step"]): float(r["train/tokens_per_sec"]) for r in rows if r.get("train/tokens_per_sec")}
+    assert sorted(counts) == list(range(6)) and sorted(rates) == list(range(WINDOW - 1, 6)), (counts, rates)
+    assert [int(counts[s]["train/lengths"]) for s in range(6)] == [tokens_per_rank_step * (s + 1) for s in range(6)]
+    for step, rate in rates.items():
+        row, first = counts[step], counts[step - WINDOW + 1]
+        device = float(row["train/device/items_per_sec"])
+        assert rate > 0 and math.isclose(rate, world * device, rel_tol=1e-6), (step, rate, device)
+        assert ("train/items_per_sec" in row and row["train/items_per_sec"] != "") == (world > 1)
+        if world > 1:
+            assert math.isclose(rate, float(row["train/items_per_sec"]), rel_tol=1e-6)
+        elapsed = float(row["train/time"]) - float(first["train/time"])
+        assert math.isclose(rate * elapsed, world * tokens_per_rank_step * (WINDOW - 1), rel_tol=1e-5), step
 
 
 @pytest.mark.timeout(900)
