@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -q -n 2 tests/
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test bench test-gpu clean
+.PHONY: help demo test bench bench-ddp bench-longgen test-gpu clean
 
 help:  ## list the targets
 	@echo "make demo    train a small Mamba LM on yeast chromosome I on the CPU (a few minutes), then sample from it"
@@ -20,6 +20,8 @@ help:  ## list the targets
 	@echo "make bench   GPU: selective-scan timings against the reference CUDA kernel (BENCHMARKS.md)"
 	@echo "make test-gpu GPU: the Triton and CUDA tests at GPU shapes"
 	@echo "             on a machine with the project already installed: make bench RUN_PY=python3"
+	@echo "make bench-ddp      2 GPUs: DNA pretraining tokens/s on 1 and 2 GPUs at L = 2^16, 2^20 (benchmarks/)"
+	@echo "make bench-longgen  GPU: 1 Mb of DNA and 4 x 60 s of audio generated, checked finite (benchmarks/)"
 	@echo "make clean   remove build artifacts and caches (keeps $(VENV))"
 	@echo "The first demo/test creates $(VENV) with $(PYTHON) and installs the project into it (several minutes)."
 
@@ -54,6 +56,12 @@ RUN_PY ?= $(BIN)/python
 
 bench:
 	$(RUN_PY) -m mamba_bio_audio.kernels.bench
+
+bench-ddp:
+	bash benchmarks/ddp_throughput.sh 16 20
+
+bench-longgen:
+	bash benchmarks/long_generation.sh dna audio
 
 test-gpu:
 	$(RUN_PY) -m pytest -q tests/test_selective_scan_triton.py tests/test_cuda.py
