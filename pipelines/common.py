@@ -302,13 +302,15 @@ class LanguageModelModule(EvaluatedModule):
 
         Under data parallelism the mean is over the targets of the global batch: each rank divides its sum by the
         count of all ranks (times their number, as DDP averages the ranks' gradients), so that ranks with more
-        padding or N weigh what they would in one process."""
+        padding or N weigh what they would in one process; the logged loss is averaged over the ranks (one scalar
+        all-reduce a step), i.e. the global batch's mean NLL, not rank 0's part of it."""
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1:
             count = self.trainer.strategy.reduce(count.float(), reduce_op="sum") / world
         loss = total / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log(f"train/bits_per_{self.unit}", loss / LN2, on_step=True, on_epoch=False)
+        # logged: the mean over ranks of these per-rank terms, which is the global batch's mean NLL
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=world > 1)
+        self.log(f"train/bits_per_{self.unit}", loss / LN2, on_step=True, on_epoch=False, sync_dist=world > 1)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 

@@ -88,9 +88,20 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     torch.testing.assert_close(losses, torch.tensor(single["losses"]), rtol=1e-3, atol=1e-4)
     for name, tensor in single["params"].items():
         torch.testing.assert_close(rank0["params"][name], tensor, rtol=1e-3, atol=1e-3)
+    # the logged training loss is the global batch's (the mean of the ranks' terms), not rank 0's
+    logged = logged_losses(tmp_path / "ddp")
+    assert len(logged) == len(losses)
+    torch.testing.assert_close(torch.tensor(logged), losses, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(torch.tensor(logged), torch.tensor(rank0["losses"]), rtol=1e-4, atol=0)
     # throughput: the global figure counts both ranks' tokens, so both runs log the same tokens per step (8 × 64)
     assert_throughput(tmp_path / "ddp", world=2, tokens_per_rank_step=4 * 64)
     assert_throughput(tmp_path / "single", world=1, tokens_per_rank_step=8 * 64)
+
+
+def logged_losses(out) -> list[float]:
+    """train/loss as the run's metrics.csv logged it, by step."""
+    rows = list(csv.DictReader((out / "logs" / "version_0" / "metrics.csv").read_text().splitlines()))
+    return [float(r["train/loss"]) for r in sorted(rows, key=lambda r: int(r["step"])) if r.get("train/loss")]
 
 
 def assert_throughput(out, world, tokens_per_rank_step):
