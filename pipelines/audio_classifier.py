@@ -99,7 +99,7 @@ class DigitClassifier(EvaluatedModule):
 
     def training_step(self, batch, batch_idx):
         loss = nn.functional.cross_entropy(self(batch["waves"]).float(), batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, split: str) -> None:

@@ -27,7 +27,7 @@ class AudioDiffusion(EvaluatedModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.model.loss(batch["waves"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, split: str) -> None:

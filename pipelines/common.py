@@ -258,6 +258,12 @@ class EvaluatedModule(L.LightningModule):
 
     flops_per_batch = None  # read by Lightning's ThroughputMonitor (TokenThroughput): FLOPs are not counted
 
+    def log_train(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+        """Log a training-step value; under data parallelism its mean over the ranks (one scalar all-reduce), so
+        that the figure is the global batch's, not rank 0's."""
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        self.log(name, value, prog_bar=prog_bar, on_step=True, on_epoch=False, sync_dist=distributed)
+
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "valid")
 
@@ -309,8 +315,8 @@ class LanguageModelModule(EvaluatedModule):
             count = self.trainer.strategy.reduce(count.float(), reduce_op="sum") / world
         loss = total / count.clamp(min=1)
         # logged: the mean over ranks of these per-rank terms, which is the global batch's mean NLL
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=world > 1)
-        self.log(f"train/bits_per_{self.unit}", loss / LN2, on_step=True, on_epoch=False, sync_dist=world > 1)
+        self.log_train("train/loss", loss, prog_bar=True)
+        self.log_train(f"train/bits_per_{self.unit}", loss / LN2)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 

@@ -88,9 +88,8 @@ class DNAClassifier(EvaluatedModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["input_ids"], batch.get("attention_mask"))
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/accuracy", (logits.argmax(-1) == batch["labels"]).float().mean(), on_step=True,
-                 on_epoch=False)
+        self.log_train("train/loss", loss, prog_bar=True)
+        self.log_train("train/accuracy", (logits.argmax(-1) == batch["labels"]).float().mean())
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 

@@ -149,7 +149,7 @@ def test_context_sweep_of_species_accuracy(apes_dir, tmp_path, capsys):
                  "--parallel", "2", "--out", str(out), "--data.split_names", str(SPLIT).replace("'", '"'),
                  "--data.samples_per_epoch", "8", "--data.eval_samples", "10"]) == 0
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0] == "seq_len,seed,test_accuracy,best_valid_accuracy,wall_s" and len(rows) == 3
+    assert rows[0] == "seq_len,seed,test_accuracy,best_valid_accuracy,steps,wall_s" and len(rows) == 3
     assert all(0.0 <= float(row.split(",")[2]) <= 1.0 for row in rows[1:])
     assert "test accuracy" in capsys.readouterr().out and (out / "context_scaling.png").is_file()
     config = (out / "L256-seed0" / "logs" / "version_0" / "config.yaml").read_text()
