@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -381,5 +382,11 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
                 **(defaults or {}),
             })
 
-    return ToolkitCLI(model_class, data_class, run=False, args=args, seed_everything_default=0,
-                      save_config_kwargs={"overwrite": True})
+    # `args` holds the whole configuration (the toolkit parsed its command line already); LightningCLI warns when
+    # sys.argv holds arguments too, so it sees none while it parses (a DDP launcher reads sys.argv later, at fit)
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return ToolkitCLI(model_class, data_class, run=False, args=args, seed_everything_default=0,
+                          save_config_kwargs={"overwrite": True})
+    finally:
+        sys.argv = argv
