@@ -18,7 +18,7 @@ help:  ## list the targets
 	@echo "make test    run the test suite (pytest, 2 workers)"
 	@echo "             options through DEMO_ARGS='--minutes 1' and PYTEST_ARGS='-q -x tests/test_cli.py'"
 	@echo "make bench   GPU: selective-scan timings against the reference CUDA kernel (BENCHMARKS.md)"
-	@echo "make test-gpu GPU: the Triton and CUDA tests at GPU shapes"
+	@echo "make test-gpu GPU: the Triton and CUDA tests at GPU shapes (and DDP/FSDP with 2 GPUs)"
 	@echo "             on a machine with the project already installed: make bench RUN_PY=python3"
 	@echo "make bench-ddp      2 GPUs: DNA pretraining tokens/s on 1 and 2 GPUs at L = 2^16, 2^20 (benchmarks/)"
 	@echo "make bench-longgen  GPU: 1 Mb of DNA and 4 x 60 s of audio generated, checked finite (benchmarks/)"
@@ -64,7 +64,7 @@ bench-longgen:
 	bash benchmarks/long_generation.sh dna audio
 
 test-gpu:
-	$(RUN_PY) -m pytest -q tests/test_selective_scan_triton.py tests/test_cuda.py
+	$(RUN_PY) -m pytest -q tests/test_selective_scan_triton.py tests/test_cuda.py tests/test_multi_gpu.py
 
 clean:
 	rm -rf build dist .pytest_cache *.egg-info mamba_bio_audio.egg-info

@@ -154,8 +154,8 @@ class FiniteWatch:
     sync: a CUDA graph can hold it); `end_chunk(position, steps)` (after the chunk, still no sync) keeps each row's
     first such position; `check(state, position)` (every few thousand positions: one host sync) raises
     GenerationDiverged if a row had non-finite logits or if any entry of the recurrent state is NaN or ±inf, and
-    records the largest |entry| of the state in `max_abs`. `row` and `unit` name the rows and positions in the
-    message ("sequence"/"position", "clip"/"sample")."""
+    records the largest |entry| of the state in `max_abs` (None for a state without tensors: a KV cache). `row` and
+    `unit` name the rows and positions in the message ("sequence"/"position", "clip"/"sample")."""
 
     def __init__(self, n: int, size: int, device, row: str = "sequence", unit: str = "position"):
         self.n, self.row, self.unit = n, row, unit
@@ -175,8 +175,8 @@ class FiniteWatch:
 
     def check(self, state, position: int) -> None:
         """`position`: how many positions the state has consumed."""
-        row_max = state_max_abs(state, self.n)
-        row_max = [0.0] * self.n if row_max is None else row_max.tolist()
+        per_row = state_max_abs(state, self.n)
+        row_max = [0.0] * self.n if per_row is None else per_row.tolist()
         first = self.first.tolist()
         bad_logits = sorted((p, r) for r, p in enumerate(first) if p >= 0)
         bad_state = [r for r, value in enumerate(row_max) if not math.isfinite(value)]
@@ -195,7 +195,7 @@ class FiniteWatch:
             raise GenerationDiverged(f"generation diverged: {'; '.join(parts)} ({since})",
                                      bad_logits[0][0] if bad_logits else position,
                                      sorted({r for _, r in bad_logits} | set(bad_state)))
-        self.max_abs = max(row_max, default=0.0)
+        self.max_abs = None if per_row is None else max(row_max, default=0.0)  # None: no recurrent state
         self.checks += 1
         self.checked_to = position
 

@@ -176,7 +176,7 @@ def _generate(args: argparse.Namespace) -> int:
         prompt = None
         if args.prompt:
             prompt = quantize(load_audio(args.prompt), scheme)[:round(args.prompt_seconds * SAMPLE_RATE)]
-        codes, loglik, state_max = [], [], 0.0
+        codes, loglik, state_max = [], [], None
         for first in range(0, args.n, batch):
             stats = {}
             c, ll = sample_audio(model, min(batch, args.n - first), length, prompt, args.temperature, args.top_p,
@@ -184,7 +184,8 @@ def _generate(args: argparse.Namespace) -> int:
                                  stats=stats)
             codes.append(c.cpu())
             loglik.append(ll.cpu())
-            state_max = max(state_max, stats["state_max_abs"])
+            if stats["state_max_abs"] is not None:  # None: a Transformer's KV cache, no recurrent state
+                state_max = max(state_max or 0.0, stats["state_max_abs"])
         codes, loglik = torch.cat(codes), torch.cat(loglik)
         waves = dequantize(codes, scheme)
         generated = length - (len(prompt) if prompt is not None else 0)
@@ -199,8 +200,11 @@ def _generate(args: argparse.Namespace) -> int:
                 f"{p.name}\t{ll:.3f}\t{b:.4f}\n" for p, ll, b in zip(paths, loglik.tolist(), bits)))
     titles = [p.stem if bits is None else f"{p.stem} {b:.2f} b/s" for p, b in zip(paths, bits or [None] * len(paths))]
     spectrogram_grid(waves, Path(args.out) / "spectrograms.png", titles)
-    summary = "" if bits is None else (f"; mean {sum(bits) / len(bits):.4f} bits per generated sample; logits and "
-                                       f"states finite throughout, largest |state| at the end {state_max:.4g}")
+    summary = ""
+    if bits is not None:  # autoregressive models
+        state = ("logits finite throughout (no recurrent state)" if state_max is None else
+                 f"logits and states finite throughout, largest |state| at the end {state_max:.4g}")
+        summary = f"; mean {sum(bits) / len(bits):.4f} bits per generated sample; {state}"
     print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out} ({waves.numel() / seconds:,.0f} samples/s "
           f"on {device}{summary})")
     return 0

@@ -359,3 +359,29 @@ def test_shipped_audio_configs_parse_and_build(tmp_path):
     cli = build_cli(LongAudioData, ["--config", str(shipped_config("audio", "youtubemix_mamba_unet_L65536")),
                                     "--data.root", str(tmp_path)], run_dir=str(tmp_path / "b"))
     assert cli.datamodule.batch_size == 8 and cli.model.model.config.complex_ssm
+
+
+@pytest.mark.parametrize("samples", [1, 160, 200, 201, 16_000])
+def test_spectrogram_grid_draws_clips_of_any_length(tmp_path, samples):
+    """A 0.01 s clip (160 samples) is shorter than the mel transform's centred padding: it is drawn, not a crash."""
+    from mamba_bio_audio.audio.generate import spectrogram_grid
+
+    path = spectrogram_grid(torch.rand(3, samples) * 2 - 1, tmp_path / "grid.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_generate_cli_says_a_transformer_has_no_recurrent_state(tmp_path, capsys):
+    """A KV cache has no recurrent state to check: the summary says so instead of 'largest |state| 0'."""
+    import lightning
+
+    from mamba_bio_audio.pipelines.audio_lm import AudioLM
+
+    torch.manual_seed(0)
+    module = AudioLM(arch="transformer", config={"d_model": 16, "n_layer": 1, "n_head": 2})
+    ckpt = tmp_path / "t.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, ckpt)
+    assert main(["audio", "generate", "--ckpt", str(ckpt), "--n", "2", "--seconds", "0.002", "--out",
+                 str(tmp_path / "gen")]) == 0
+    out = capsys.readouterr().out
+    assert "logits finite throughout (no recurrent state)" in out and "|state|" not in out

@@ -184,6 +184,8 @@ def spectrogram_grid(waves: torch.Tensor, path: str | Path, titles: list[str] | 
     import torchaudio
 
     waves = waves[:64].float().cpu()
+    if waves.shape[-1] <= 200:  # clips shorter than the centred window's half: zero-padded to one window
+        waves = torch.nn.functional.pad(waves, (0, 401 - waves.shape[-1]))
     mel = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=80)(waves)
     log_mel = torch.log10(mel + 1e-5)
     cols = min(8, len(waves))
