@@ -9,6 +9,7 @@
                         (one CUDA graph per chunk on the GPU), the output written into one preallocated tensor
     FiniteWatch         stops a generation whose logits or recurrent state stop being finite, with GenerationDiverged
                         naming the position and the rows (used by `generate` and `audio.generate.sample_audio`)
+    replay_graph        run a chunk of steps as a CUDA graph recorded on first use (both generators)
 """
 from __future__ import annotations
 
@@ -185,8 +186,8 @@ class FiniteWatch:
             if bad_logits:
                 p, r = bad_logits[0]
                 others = sorted({r2 for _, r2 in bad_logits} - {r})
-                parts.append(f"non-finite logits at {unit} {p:,} of {row} {r}"
-                             + (f" (also in {row}{'s' if len(others) > 1 else ''} {_row_list(others)})" if others else ""))
+                also = f" (also in {row}{'s' if len(others) > 1 else ''} {_row_list(others)})" if others else ""
+                parts.append(f"non-finite logits at {unit} {p:,} of {row} {r}{also}")
             if bad_state:
                 parts.append(f"a non-finite recurrent state in {row}{'s' if len(bad_state) > 1 else ''} "
                              f"{_row_list(bad_state)} after {position:,} {unit}s")
@@ -198,6 +199,16 @@ class FiniteWatch:
         self.max_abs = None if per_row is None else max(row_max, default=0.0)  # None: no recurrent state
         self.checks += 1
         self.checked_to = position
+
+
+def replay_graph(graphs: dict, key, record) -> None:
+    """Replay the CUDA graph of `key` in `graphs`, recording `record()` into it on first use (recording runs none of
+    its work: the steps' buffers and counters are as they were)."""
+    if key not in graphs:
+        graphs[key] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[key]):
+            record()
+    graphs[key].replay()
 
 
 # ------------------------------------------------------------------------------------------------------ generate
@@ -218,16 +229,13 @@ class _StepChunk:
         self.codes = torch.empty(n, size, dtype=torch.int64, device=device)
         self.finished = None if eos_token_id is None else torch.zeros(n, dtype=torch.bool, device=device)
         self.watch = FiniteWatch(n, size, device)
-        self.graph = None
+        self.graphs = {}
 
     def run(self, steps: int) -> None:
         for i in range(steps):
             self.watch.mark(i, self.logits)
             logits = sampling_logits(self.logits, **self.sampling, seen=self.seen, allowed=self.allowed)
-            if self.greedy:
-                token = logits.argmax(-1)
-            else:
-                token = (logits - torch.log(-torch.log(self.noise[i]))).argmax(-1)
+            token = logits.argmax(-1) if self.greedy else sample_with_noise(logits, self.noise[i])
             if self.finished is not None:
                 token = token.masked_fill(self.finished, self.eos)
                 self.finished |= token == self.eos
@@ -236,11 +244,9 @@ class _StepChunk:
             self.codes[:, i] = token
             self.logits.copy_(self.model(token[:, None], cache=self.cache)[:, -1])
 
-    def capture(self) -> None:
-        """Record `run(size)` in a CUDA graph (recording runs nothing)."""
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.run(self.size)
+    def replay(self) -> None:
+        """`run(size)` as a CUDA graph, recorded on first use."""
+        replay_graph(self.graphs, None, lambda: self.run(self.size))
 
 
 @torch.inference_mode()
@@ -298,9 +304,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: f
             if chunk.noise is not None:
                 torch.rand(chunk.noise.shape, generator=generator, device=device, out=chunk.noise)
             if use_graphs and start > 0 and steps == size:
-                if chunk.graph is None:
-                    chunk.capture()
-                chunk.graph.replay()
+                chunk.replay()
             else:
                 chunk.run(steps)
             watch.end_chunk(position, steps)

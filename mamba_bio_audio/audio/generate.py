@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..generation import FiniteWatch
+from ..generation import FiniteWatch, replay_graph
 from ..io import atomic_path
 from ..kernels import sample_step
 from . import SAMPLE_RATE
@@ -95,11 +95,7 @@ class _Chunk:
     def replay(self, key) -> None:
         """Run `run(size)` as a CUDA graph, recorded on first use of `key` (recording runs nothing; a U-Net's phase
         counters come back to where they were, the chunk being a whole number of pooling periods)."""
-        if key not in self.graphs:
-            self.graphs[key] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graphs[key]):
-                self.run(self.size)
-        self.graphs[key].replay()
+        replay_graph(self.graphs, key, lambda: self.run(self.size))
 
 
 @torch.inference_mode()
@@ -112,7 +108,8 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     part under the model (temperature 1, no top-p). The draws come from uniform noise of a generator seeded with
     `seed`, one chunk at a time, so the same seed gives the same clips with and without CUDA graphs.
     `cuda_graphs` (on CUDA): the first chunk runs eagerly (compiling the kernels), the whole chunks after it are
-    replays of one graph (a Transformer: one per attention span, a power of two). Memory is that of the states plus the (n, length) codes, whatever the length.
+    replays of one graph (a Transformer: one per attention span, a power of two). Memory is that of the states plus
+    the (n, length) codes, whatever the length.
 
     Every position's logits are checked for NaN/inf on the device, and every `check_every` samples (and at the end)
     the recurrent state too, with one host sync: a non-finite value raises GenerationDiverged naming the first such
