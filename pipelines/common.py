@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -264,6 +265,16 @@ class EvaluatedModule(L.LightningModule):
         that the figure is the global batch's, not rank 0's."""
         distributed = self._trainer is not None and self.trainer.world_size > 1
         self.log(name, value, prog_bar=prog_bar, on_step=True, on_epoch=False, sync_dist=distributed)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip as the Trainer's gradient_clip_val/_algorithm ask. Under FSDP, clipping by norm goes through the
+        sharded root module's clip_grad_norm_ (the norm over every rank's shards): Lightning's FSDP precision plugin
+        only clips by value and raises for norm."""
+        if (gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+                and isinstance(self.trainer.strategy, FSDPStrategy)):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "valid")
