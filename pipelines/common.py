@@ -13,6 +13,7 @@
                            the optimizer from adamw_cosine over `self.model`.
     summed_nll             cross-entropy summed in nats over the labels that count (not IGNORE_INDEX), and their number.
     LanguageModelModule    EvaluatedModule base of next-token models: train/valid/test NLL in bits per `unit`.
+    sharded_strategy       `--trainer.strategy fsdp`: FSDP with one unit per residual block.
     build_cli              a LightningCLI with the toolkit's defaults (checkpoints, logs, throughput, precision,
                            warm-up).
 """
@@ -344,6 +345,17 @@ class LanguageModelModule(EvaluatedModule):
         return (total / count.clamp(min=1)).float()
 
 
+def sharded_strategy():
+    """`--trainer.strategy fsdp`: Lightning's FSDPStrategy with one FSDP unit per residual block (Mamba's `Block`,
+    `TransformerBlock`) and the rest (embedding, tied LM head, final norm, U-Net pooling) in the root unit. Wrapping
+    the whole model as one unit, Lightning's default, gathers every parameter at once, and its test stage after `fit`
+    re-wrapped the already sharded module (2 × H200: size-0 parameters when the best checkpoint was loaded)."""
+    from mamba_bio_audio.models.transformer import TransformerBlock
+    from mamba_bio_audio.modules.block import Block
+
+    return FSDPStrategy(auto_wrap_policy={Block, TransformerBlock})
+
+
 def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: str, mode: str,
               links: tuple[tuple[str, str], ...] = (), warmup_defaults: dict | None = None,
               length_warmup: bool = True, callbacks: list[dict] | None = None, defaults: dict | None = None):
@@ -366,6 +378,12 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     from lightning.pytorch.cli import LightningCLI
 
     class ToolkitCLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs):
+            trainer_config = self._get(self.config_init, "trainer", default={})
+            if trainer_config.get("strategy") == "fsdp":
+                trainer_config["strategy"] = sharded_strategy()
+            return super().instantiate_trainer(**kwargs)
+
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
