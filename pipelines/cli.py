@@ -166,11 +166,21 @@ def _lightning_args(pipeline: str, args: argparse.Namespace, direct: dict) -> li
 
 
 def _fit_then_test(cli, resume: str | None) -> dict:
-    """Fit (resuming from `resume`), then test the best checkpoint (the last weights if there is none)."""
+    """Fit (resuming from `resume`), then test the best checkpoint (the last weights if there is none). Under FSDP
+    the test runs on a fresh copy of the module: fit leaves the trained one's parameters as this rank's flattened
+    shards, which the test stage cannot wrap again nor load a checkpoint into."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     checkpoint = cli.trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    return cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best)[0]
+    model = cli.model
+    if isinstance(cli.trainer.strategy, FSDPStrategy):
+        model = type(model)(**model.hparams)
+        best = best or (checkpoint.last_model_path if checkpoint is not None else None)
+        if not best:
+            raise RuntimeError("testing after an FSDP fit needs a checkpoint of the trained weights; none was saved")
+    return cli.trainer.test(model, datamodule=cli.datamodule, ckpt_path=best)[0]
 
 
 def _species(args: argparse.Namespace) -> int:

@@ -347,9 +347,8 @@ class LanguageModelModule(EvaluatedModule):
 
 def sharded_strategy():
     """`--trainer.strategy fsdp`: Lightning's FSDPStrategy with one FSDP unit per residual block (Mamba's `Block`,
-    `TransformerBlock`) and the rest (embedding, tied LM head, final norm, U-Net pooling) in the root unit. Wrapping
-    the whole model as one unit, Lightning's default, gathers every parameter at once, and its test stage after `fit`
-    re-wrapped the already sharded module (2 × H200: size-0 parameters when the best checkpoint was loaded)."""
+    `TransformerBlock`) and the rest (embedding, tied LM head, final norm, U-Net pooling) in the root unit, so that
+    only one block's parameters are gathered at a time (Lightning's default wraps the whole model as one unit)."""
     from mamba_bio_audio.models.transformer import TransformerBlock
     from mamba_bio_audio.modules.block import Block
 
