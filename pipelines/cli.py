@@ -176,7 +176,8 @@ def _fit_then_test(cli, resume: str | None) -> dict:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     model = cli.model
     if isinstance(cli.trainer.strategy, FSDPStrategy):
-        model = type(model)(**model.hparams)
+        init_args = {k: v for k, v in model.hparams.items() if not k.startswith("_")}  # not LightningCLI's _instantiator
+        model = type(model)(**init_args)
         best = best or (checkpoint.last_model_path if checkpoint is not None else None)
         if not best:
             raise RuntimeError("testing after an FSDP fit needs a checkpoint of the trained weights; none was saved")
