@@ -36,7 +36,7 @@ class DigitNet(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=n_mels)
         self.project = nn.Linear(n_mels, d_model)
         self.unet = AudioUNet(AudioUNetConfig(d_model=d_model, pools=tuple(pools), n_layers=n_layers,
-                                              n_classes=n_classes, bidirectional=True))
+                                              n_classes=n_classes, bidirectional=True, embed_tokens=False))
 
     def frames(self, waves: torch.Tensor) -> torch.Tensor:
         """(b, T) → (b, F, n_mels) log-mel frames, normalised per clip, F cut to a multiple of the total pooling."""

@@ -385,3 +385,21 @@ def test_generate_cli_says_a_transformer_has_no_recurrent_state(tmp_path, capsys
                  str(tmp_path / "gen")]) == 0
     out = capsys.readouterr().out
     assert "logits finite throughout (no recurrent state)" in out and "|state|" not in out
+
+
+def test_classifier_and_denoiser_train_every_parameter():
+    """DDP rejects parameters that the loss does not reach: the spectrogram classifier and the diffusion denoiser
+    read `inputs_embeds`, so their U-Nets have no token embedding (and the denoiser no head)."""
+    from mamba_bio_audio.models.diffusion import DiffusionConfig, WaveDenoiser
+    from mamba_bio_audio.pipelines.audio_classifier import DigitNet
+
+    torch.manual_seed(0)
+    classifier = DigitNet(d_model=8, pools=(2,), n_layers=1)
+    torch.nn.functional.cross_entropy(classifier(torch.randn(2, 3200)), torch.tensor([1, 2])).backward()
+    denoiser = WaveDenoiser(DiffusionConfig(4, unet={"d_model": 8, "pools": [4], "n_layers": 1}))
+    denoiser.loss(torch.randn(2, 64)).backward()
+    for model in (classifier, denoiser):
+        unused = [name for name, p in model.named_parameters() if p.grad is None]
+        assert not unused, unused
+    with pytest.raises(ValueError, match="no token embedding"):
+        denoiser.unet.features(torch.zeros(1, 64, dtype=torch.long))

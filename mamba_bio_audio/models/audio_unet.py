@@ -34,8 +34,10 @@ from .backbone import build_mixer, init_weights
 class AudioUNetConfig:
     """d_model: width D of the full-rate stages; pools: pooling factor of each level (widths D, widen·D, widen²·D …);
     n_layers: Mamba blocks per stage (down, centre and up stages alike); n_classes: quantisation levels (inputs and
-    outputs); Mamba mixer options as in MambaConfig (d_state, d_conv, expand, complex_ssm); bidirectional: BiMamba
-    blocks and no UpPool delay (a non-causal model, for classification or diffusion; no `step`)."""
+    outputs; 0: no head, `features` only); Mamba mixer options as in MambaConfig (d_state, d_conv, expand,
+    complex_ssm); bidirectional: BiMamba blocks and no UpPool delay (a non-causal model, for classification or
+    diffusion; no `step`); embed_tokens: False for a model that only reads `inputs_embeds` (no token embedding, so
+    that no parameter goes unused, which DDP rejects)."""
     d_model: int = 64
     pools: tuple[int, ...] = (4, 4)
     widen: int = 2
@@ -48,12 +50,14 @@ class AudioUNetConfig:
     bidirectional: bool = False
     norm_eps: float = 1e-5
     residual_in_fp32: bool = True
+    embed_tokens: bool = True
     extra: dict = field(default_factory=dict)  # free-form metadata (quantisation, training recipe)
 
     def __post_init__(self):
         self.pools = tuple(int(p) for p in self.pools)
-        if any(p < 2 for p in self.pools) or self.widen < 1 or self.n_layers < 0 or self.d_model < 1:
-            raise ValueError(f"AudioUNetConfig: pools must be ≥ 2, widen ≥ 1, n_layers ≥ 0, got {self}")
+        if (any(p < 2 for p in self.pools) or self.widen < 1 or self.n_layers < 0 or self.d_model < 1
+                or self.n_classes < 0):
+            raise ValueError(f"AudioUNetConfig: pools must be ≥ 2, widen ≥ 1, n_layers ≥ 0, n_classes ≥ 0, got {self}")
 
     @property
     def widths(self) -> list[int]:
@@ -165,7 +169,7 @@ class AudioUNet(nn.Module):
         super().__init__()
         self.config = config
         widths, pools = config.widths, config.pools
-        self.embedding = nn.Embedding(config.n_classes, config.d_model)
+        self.embedding = nn.Embedding(config.n_classes, config.d_model) if config.embed_tokens else None
         self.down = nn.ModuleList(MambaStage(config, widths[k]) for k in range(len(pools)))
         self.down_pool = nn.ModuleList(DownPool(widths[k], p, widths[k + 1]) for k, p in enumerate(pools))
         self.centre = MambaStage(config, widths[-1])
@@ -173,13 +177,16 @@ class AudioUNet(nn.Module):
                                      for k, p in enumerate(pools))
         self.up = nn.ModuleList(MambaStage(config, widths[k]) for k in range(len(pools)))
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
-        self.head = nn.Linear(config.d_model, config.n_classes)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        self.head = nn.Linear(config.d_model, config.n_classes) if config.n_classes else None
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=0.02)
 
     def features(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None
                  ) -> torch.Tensor:
         """input_ids (b, L) int64, or inputs_embeds (b, L, D) (e.g. projected spectrogram frames) → the normalised
         output of the last up stage (b, L, D), what the head reads. L must be a multiple of config.total_pool."""
+        if inputs_embeds is None and self.embedding is None:
+            raise ValueError("AudioUNet: this model has no token embedding (embed_tokens=False); pass inputs_embeds")
         x = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds     # (b, L, D)
         if x.shape[1] % self.config.total_pool:
             raise ValueError(f"AudioUNet: the length ({x.shape[1]}) must be a multiple of the total pooling "
@@ -200,7 +207,7 @@ class AudioUNet(nn.Module):
     def allocate_step_state(self, batch_size: int) -> UNetStepState:
         if self.config.bidirectional:
             raise ValueError("a bidirectional AudioUNet is not causal: it has no recurrent step")
-        weight = self.head.weight
+        weight = self.norm.weight
         buffers = [torch.zeros(batch_size, p, w, device=weight.device, dtype=weight.dtype)
                    for p, w in zip(self.config.pools, self.config.widths)]
         return UNetStepState([s.allocate_inference_cache(batch_size) for s in self.down],

@@ -35,7 +35,8 @@ class WaveDenoiser(nn.Module):
     def __init__(self, config: DiffusionConfig):
         super().__init__()
         self.config = config
-        self.unet = AudioUNet(AudioUNetConfig(**{**config.unet, "bidirectional": True}))
+        self.unet = AudioUNet(AudioUNetConfig(**{**config.unet, "bidirectional": True, "embed_tokens": False,
+                                                 "n_classes": 0}))
         width = self.unet.config.d_model
         self.project_in = nn.Linear(1, width)
         self.step_mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Linear(4 * width, width))
