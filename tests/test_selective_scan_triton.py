@@ -79,6 +79,55 @@ def test_fused_chunk_count_does_not_change_the_result(monkeypatch):
         assert (one - four).norm() <= 1e-5 * one.norm()
 
 
+@pytest.fixture
+def rows_forward(monkeypatch):
+    """The rows forward forced (the backward of `fused` after it), the backward's tiles of 32 tokens so that the rows
+    kernel saves states every 2 tiles and splits L into 3 chunks at length 90."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
+    monkeypatch.setenv("MBA_SCAN_ROWS", "1")
+
+
+@pytest.mark.parametrize("regime", ["small", "steep"])
+@pytest.mark.parametrize("extras", ["bare", "full"])
+def test_rows_forward_matches_naive(rows_forward, regime, extras):
+    opts = full_extras() if extras == "full" else {}
+    case = make_case(length=90, regime=regime, bc="var", dtype=torch.float32, **opts)
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+def test_rows_forward_with_more_states_than_a_carry_tile(rows_forward):
+    """17 states: the last one is carried in the second [BLOCK_D, Q] tile."""
+    case = make_case(length=40, n=17, regime="small", bc="var", dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+@pytest.mark.parametrize("length", [1, 17])
+def test_rows_forward_short_lengths(rows_forward, length):
+    for opts in ({"z": True}, {"init": True}, {"bias": True, "softplus": True, "D": True}):
+        case = make_case(length=length, regime="small", bc="var", dtype=torch.float32, **opts)
+        check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+def test_rows_forward_bf16_and_the_same_states_as_fused(monkeypatch):
+    """bf16 inputs; and the rows forward leaves the backward the same tile-start states as `fused` (so gradients and
+    the last state agree to rounding whichever forward ran)."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (64, 1), "bwd": (64, 1)})
+    case = make_case(length=100, n=4, regime="small", bc="var", dtype=torch.bfloat16, **full_extras())
+    monkeypatch.setenv("MBA_SCAN_ROWS", "1")
+    check_against_naive(case, TOL[torch.bfloat16], 16, fn=fused)
+    case32 = {k: (v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in case.items()}
+    results = []
+    for rows in ("1", "0"):
+        monkeypatch.setenv("MBA_SCAN_ROWS", rows)
+        results.append(fused(**case32, return_last_state=True))
+    for by_rows, by_fused in zip(*results):
+        assert (by_rows - by_fused).norm() <= 1e-5 * by_fused.norm()
+
+
 def test_fused_bf16_inputs():
     case = make_case(length=40, regime="small", bc="var", dtype=torch.bfloat16, **full_extras())
     out, h = fused(**case, return_last_state=True)

@@ -21,6 +21,10 @@ gradient; the reference CUDA kernel does the same). The carry between tiles and 
 tile start; a chunk's summary for the backward is ν at its start from a zero carry, Σ_t exp(A·S_t)·go_t·C_t with
 S the cumulative Δ from the chunk start. dB and dC of shared B/C are summed with atomic adds; per-channel parameter
 gradients are written per (batch row, channel, chunk) and summed by the caller. Offsets are int64.
+
+Two forwards. Where `fused_rows.use_rows` says so (variable B/C of one group, and batch·dim either large enough to
+fill the GPU one program per 32 channels, or so small that this kernel splits L anyway), the forward is the
+channels-as-rows kernel of `fused_rows`, which writes the same tile-start states for this backward.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import triton.language as tl
 
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
+from .fused_rows import rows_forward, use_rows
 from .triton_tiles import LOG2E, _combine, _mul_rn, _softplus
 
 
@@ -313,6 +318,11 @@ SPLIT_BELOW_PER_SM = 3
 MIN_TILES_PER_CHUNK = 2
 
 
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (an H100's 132 elsewhere, e.g. under TRITON_INTERPRET)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
 def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass."""
     block_t, warps = SHAPES[kind]
@@ -321,7 +331,7 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     block_t = min(block_t, max(32 * max(w for _, w in SHAPES.values()), triton.next_power_of_2(L)))
     n_tiles = triton.cdiv(L, block_t)
     programs = batch * dim
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    sms = _sm_count(device)
     forced = os.environ.get("MBA_SCAN_CHUNKS")
     if forced:
         n_chunks = max(1, min(int(forced), n_tiles))
@@ -341,10 +351,38 @@ def _register_cap(kind: str, programs: int, device: torch.device) -> dict:
     never capped (every cap tried spilled and ran 1.3–2.5× slower)."""
     if kind != "fwd" or device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return {}
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device)
     if programs <= 5 * sms:
         return {}
     return {"maxnreg": 64 if programs <= 8 * sms else 80}
+
+
+def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, groups: int):
+    """The forward of `_fwd_kernel` (summary pass first when L is split): out, the pre-gate output (or None) and the
+    tile-start states h_start (batch, dim, n_tiles + 1, N) fp32, the last state in the last entry."""
+    batch, dim, L = u.shape
+    n_state = A32.shape[1]
+    block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    out = torch.empty_like(u)
+    pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
+    h_start = torch.empty(batch, dim, n_tiles + 1, n_state, **f32)  # tile starts, then the last state
+    chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
+    chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
+    dummy = chunk_dt
+    args = (u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
+            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
+            pre if pre is not None else out, h_start,
+            chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
+    flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
+                 HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
+                 BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps,
+                 **_register_cap("fwd", batch * dim * n_chunks, u.device))
+    grid = (batch, dim, n_chunks)
+    if n_chunks > 1:
+        _fwd_kernel[grid](*args, SUMMARY=True, **flags)
+    _fwd_kernel[grid](*args, SUMMARY=False, **flags)
+    return out, pre, h_start
 
 
 class _FusedScan(torch.autograd.Function):
@@ -361,31 +399,16 @@ class _FusedScan(torch.autograd.Function):
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
-        f32 = dict(device=u.device, dtype=torch.float32)
-        out = torch.empty_like(u)
-        pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
-        h_start = torch.empty(batch, dim, n_tiles + 1, n_state, **f32)  # tile starts, then the last state
-        chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
-        chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
-        dummy = chunk_dt
-        args = (u, delta, z if z is not None else u, A32, B, C, D32 if D is not None else dummy,
-                bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
-                pre if pre is not None else out, h_start,
-                chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
-        flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D is not None, HAS_Z=z is not None,
-                     HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
-                     BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps,
-                     **_register_cap("fwd", batch * dim * n_chunks, u.device))
-        grid = (batch, dim, n_chunks)
-        if n_chunks > 1:
-            _fwd_kernel[grid](*args, SUMMARY=True, **flags)
-        _fwd_kernel[grid](*args, SUMMARY=False, **flags)
+        if use_rows(batch, dim, L, B, C, n_state, fused_splits=batch * dim < SPLIT_BELOW_PER_SM * _sm_count(u.device)):
+            block_t = _plan("bwd", batch, dim, L, u.device)[0]  # the backward starts from states at its tile starts
+            out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, block_t)
+        else:
+            out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups)
         ctx.save_for_backward(u, delta, z, pre, A32, B, C, D32, bias32, h_start)
         ctx.meta = (softplus, groups)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
                           initial_state is not None)
-        return out, h_start[:, :, n_tiles].clone()
+        return out, h_start[:, :, -1].clone()
 
     @staticmethod
     def backward(ctx, dout, dh_last):

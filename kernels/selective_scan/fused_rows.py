@@ -1,0 +1,180 @@
+"""Forward selective scan with channels as tile rows (real A, variable B/C of one group).
+
+Layout. A program owns BLOCK_D channels of one batch row and walks its chunk of L in tiles of Q = 16 tokens: a tile
+is [BLOCK_D channels, Q tokens], each thread holding 8 consecutive tokens of one channel, so the scan along the tokens
+is in-thread but for one shuffle. The N states are a loop unrolled at compile time; the state carried from tile to
+tile lives in registers, in two [BLOCK_D, Q] tiles whose column n is state n (states 0 … Q−1) and n − Q (Q … 2Q−1).
+The output is a running sum over the states, as in `fused`. The next tile's u and Δ are loaded one tile ahead, and
+the tile loop is software-pipelined (`num_stages`, B and C through shared memory); without both the kernel waited on
+memory at every tile (1.2–1.7× slower).
+
+Where it wins. Per program the work is serial over L, so a program has little to do in parallel; the kernel fills
+the GPU when batch·dim is large (batch 8 × 2048 channels: one chunk, 2.04 ms against 2.42 ms for `fused` at
+L = 8192), or by splitting L into chunks (the summary pass of `fused`, which costs a second exp per element), which
+pays only where `fused` itself splits (batch 1 × 256 channels at L = 2^20: 6.0 against 9.4 ms). Where neither holds
+(batch 1 × 1024 at L = 2^15, batch 4 × 1536 at 2^16) `fused` was 9–21% faster (H100, BENCHMARKS.md); `use_rows`
+encodes that rule.
+
+It writes what the backward of `fused` reads: the state at every start of the backward's tiles (BLOCK_T tokens; the
+chunks of L are whole numbers of those tiles), the last state, and the output before the z gate.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_tiles import LOG2E, _combine, _softplus
+
+Q = 16          # tokens per tile: 8 per thread, 2 threads per channel
+BLOCK_D = 32    # channels per program (2 warps)
+WARPS = 2
+STAGES = 3      # software pipelining of the tile loop
+SPLIT_TARGET_THREADS = 128 * 132 * 4  # when splitting L: about 16 warps per SM of an H100
+
+
+@triton.jit
+def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, pre_ptr,
+                     hstart_ptr, sum_ptr, dtsum_ptr, dim, L, n_tiles, tiles_per_chunk, n_saves,
+                     N: tl.constexpr, BLOCK_D: tl.constexpr, Q: tl.constexpr, SAVE_EVERY: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     HAS_H0: tl.constexpr, SAVE_PRE: tl.constexpr, SUMMARY: tl.constexpr, STAGES: tl.constexpr):
+    """One (batch row, block of channels, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ.
+    Otherwise: outputs, the state at every SAVE_EVERY-th tile boundary (entry e of hstart: the state after e·SAVE_EVERY
+    tiles; entry n_saves − 1: the last state) and with SAVE_PRE the output before the z gate."""
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]          # [BD, 1] channels
+    chunk = tl.program_id(2)
+    n_chunks = tl.num_programs(2)
+    row = b * dim + d                                                          # [BD, 1] int64
+    q = tl.arange(0, Q)[None, :]                                               # [1, Q]
+    cols = q + 0 * d                                                           # [BD, Q]: column n is state n (or n + Q)
+    mask_d = d < dim
+    lo = mask_d & (cols < N)
+    hi = mask_d & (cols + Q < N)
+    bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0) if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0) if HAS_D else 0.0
+    if HAS_H0 and not SUMMARY:
+        H = tl.load(h0_ptr + row * N + cols, mask=lo, other=0.0)                # states 0 … Q−1
+        H2 = tl.load(h0_ptr + row * N + Q + cols, mask=hi, other=0.0)           # states Q … 2Q−1
+    else:
+        H = tl.zeros([BLOCK_D, Q], tl.float32)
+        H2 = tl.zeros([BLOCK_D, Q], tl.float32)
+    if not SUMMARY:  # fold the summaries of the chunks before this one: H ← exp(A·ΣΔ_c)·H + s_c
+        A2 = tl.load(A_ptr + d * N + cols, mask=lo, other=0.0) * LOG2E
+        A2h = tl.load(A_ptr + d * N + Q + cols, mask=hi, other=0.0) * LOG2E
+        for j in range(0, chunk):
+            S = tl.load(dtsum_ptr + row * n_chunks + j, mask=mask_d, other=0.0)
+            s_ptr = sum_ptr + (row * n_chunks + j) * N + cols
+            H = tl.exp2(A2 * S) * H + tl.load(s_ptr, mask=lo, other=0.0)
+            H2 = tl.exp2(A2h * S) * H2 + tl.load(s_ptr + Q, mask=hi, other=0.0)
+    k0 = chunk * tiles_per_chunk
+    k1 = tl.minimum(k0 + tiles_per_chunk, n_tiles)
+    if not SUMMARY and chunk == 0:
+        tl.store(hstart_ptr + row * n_saves * N + cols, H, mask=lo)
+        tl.store(hstart_ptr + row * n_saves * N + Q + cols, H2, mask=hi)
+    dt_sum = tl.zeros([BLOCK_D, 1], tl.float32)
+    t = k0 * Q + q
+    m = mask_d & (t < L)
+    u_next = tl.load(u_ptr + row * L + t, mask=m, other=0.0)
+    dt_next = tl.load(dt_ptr + row * L + t, mask=m, other=0.0)
+    for k in tl.range(k0, k1, num_stages=STAGES):
+        t = k * Q + q
+        m = mask_d & (t < L)
+        u = u_next.to(tl.float32)
+        dt = dt_next.to(tl.float32)
+        m_next = mask_d & (t + Q < L) & (k + 1 < k1)  # the next tile's u and Δ load while this one computes
+        u_next = tl.load(u_ptr + row * L + t + Q, mask=m_next, other=0.0)
+        dt_next = tl.load(dt_ptr + row * L + t + Q, mask=m_next, other=0.0)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m, dt, 0.0)                                              # padding: identity steps
+        dtu = dt * u
+        y = Dv * u
+        if SUMMARY:
+            dt_sum += tl.sum(dt, axis=1)[:, None]
+        for n in tl.static_range(N):
+            A2n = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E                   # [BD, 1]
+            Bn = tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)                 # [1, Q] fp32
+            a = tl.exp2(dt * A2n)
+            if n < Q:
+                h_in = tl.sum(tl.where(cols == n, H, 0.0), axis=1)[:, None]                  # [BD, 1]
+            else:
+                h_in = tl.sum(tl.where(cols == n - Q, H2, 0.0), axis=1)[:, None]
+            x = dtu * Bn
+            x = tl.where(cols == 0, x + a * h_in, x)                                     # the carried state enters
+            _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+            if not SUMMARY:
+                y += h * tl.load(C_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
+            h_end = tl.sum(tl.where(cols == Q - 1, h, 0.0), axis=1)[:, None]
+            if n < Q:
+                H = tl.where(cols == n, h_end, H)
+            else:
+                H2 = tl.where(cols == n - Q, h_end, H2)
+        if not SUMMARY:
+            if HAS_Z:
+                if SAVE_PRE:
+                    tl.store(pre_ptr + row * L + t, y.to(pre_ptr.dtype.element_ty), mask=m)
+                z = tl.load(z_ptr + row * L + t, mask=m, other=0.0).to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(out_ptr + row * L + t, y.to(out_ptr.dtype.element_ty), mask=m)
+            save = ((k + 1) % SAVE_EVERY == 0) | (k + 1 == n_tiles)  # a masked store keeps the loop branch-free
+            e = (k + SAVE_EVERY) // SAVE_EVERY                                       # ⌈(k + 1) / SAVE_EVERY⌉
+            tl.store(hstart_ptr + (row * n_saves + e) * N + cols, H, mask=lo & save)
+            tl.store(hstart_ptr + (row * n_saves + e) * N + Q + cols, H2, mask=hi & save)
+    if SUMMARY:
+        tl.store(sum_ptr + (row * n_chunks + chunk) * N + cols, H, mask=lo)
+        tl.store(sum_ptr + (row * n_chunks + chunk) * N + Q + cols, H2, mask=hi)
+        tl.store(dtsum_ptr + row * n_chunks + chunk + 0 * d, dt_sum, mask=mask_d)
+
+
+def use_rows(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor, n_state: int, fused_splits: bool) -> bool:
+    """Whether the rows forward beats `fused` here (H100 sweep, BENCHMARKS.md): when batch·dim fills the GPU without
+    splitting L (a quarter of SPLIT_TARGET_THREADS), or when `fused` would split L itself (`fused_splits`). Only for
+    variable B and C of one group, N ≤ 2Q and L ≥ 1024. MBA_SCAN_ROWS=1 or 0 forces the choice."""
+    if B.dim() != 4 or C.dim() != 4 or B.shape[1] != 1 or C.shape[1] != 1 or n_state > 2 * Q:
+        return False
+    forced = os.environ.get("MBA_SCAN_ROWS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return L >= 1024 and (batch * dim * (Q // 8) >= SPLIT_TARGET_THREADS // 4 or fused_splits)
+
+
+def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, block_t: int):
+    """u, delta, z (batch, dim, L) any float dtype; A32 (dim, N) fp32; B, C (batch, 1, N, L); D32, bias32 (dim,) fp32 or
+    None; h0 (batch, dim, N) fp32 or None. block_t: the backward's tile (tokens), a multiple of Q.
+    Returns out (batch, dim, L) in u's dtype, the pre-gate output (or None) and h_start (batch, dim, ⌈L/block_t⌉ + 1,
+    N) fp32 (the state at each backward tile start, then the last state)."""
+    batch, dim, L = u.shape
+    n_state = A32.shape[1]
+    save_every = block_t // Q
+    n_tiles = triton.cdiv(L, Q)
+    n_saves = triton.cdiv(L, block_t) + 1
+    threads = batch * dim * (Q // 8)
+    n_chunks = 1 if threads >= SPLIT_TARGET_THREADS // 4 else triton.cdiv(SPLIT_TARGET_THREADS, threads)
+    n_chunks = max(1, min(n_chunks, n_saves - 1))
+    tiles_per_chunk = triton.cdiv(triton.cdiv(n_tiles, n_chunks), save_every) * save_every  # whole backward tiles
+    n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    B32, C32 = B.float().contiguous(), C.float().contiguous()  # converted once here, not by every channel's program
+    out = torch.empty_like(u)
+    pre = torch.empty_like(u) if save_pre else None
+    h_start = torch.empty(batch, dim, n_saves, n_state, **f32)
+    chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
+    chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
+    dummy = chunk_dt
+    args = (u, delta, z if z is not None else u, A32, B32, C32, D32 if D32 is not None else dummy,
+            bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
+            pre if pre is not None else out, h_start, chunk_sum, chunk_dt, dim, L, n_tiles, tiles_per_chunk, n_saves)
+    flags = dict(N=n_state, BLOCK_D=BLOCK_D, Q=Q, SAVE_EVERY=save_every, HAS_D=D32 is not None, HAS_Z=z is not None,
+                 HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
+                 STAGES=STAGES, num_warps=WARPS)
+    grid = (batch, triton.cdiv(dim, BLOCK_D), n_chunks)
+    if n_chunks > 1:
+        _rows_fwd_kernel[grid](*args, SUMMARY=True, **flags)
+    _rows_fwd_kernel[grid](*args, SUMMARY=False, **flags)
+    return out, pre, h_start
