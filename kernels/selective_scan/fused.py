@@ -357,6 +357,14 @@ def _register_cap(kind: str, programs: int, device: torch.device) -> dict:
     return {"maxnreg": 64 if programs <= 8 * sms else 80}
 
 
+def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor, n_state: int,
+                 device: torch.device) -> str:
+    """Which forward a real-A call runs: "rows" (`fused_rows`) or "fused" (`_fwd_kernel`); B, C as passed to the
+    kernels ((batch, G, N, L), or (dim, N) when constant)."""
+    fused_splits = batch * dim < SPLIT_BELOW_PER_SM * _sm_count(device)
+    return "rows" if use_rows(batch, dim, L, B, C, n_state, fused_splits) else "fused"
+
+
 def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, groups: int):
     """The forward of `_fwd_kernel` (summary pass first when L is split): out, the pre-gate output (or None) and the
     tile-start states h_start (batch, dim, n_tiles + 1, N) fp32, the last state in the last entry."""
@@ -399,7 +407,7 @@ class _FusedScan(torch.autograd.Function):
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        if use_rows(batch, dim, L, B, C, n_state, fused_splits=batch * dim < SPLIT_BELOW_PER_SM * _sm_count(u.device)):
+        if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
             block_t = _plan("bwd", batch, dim, L, u.device)[0]  # the backward starts from states at its tile starts
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, block_t)
         else:
