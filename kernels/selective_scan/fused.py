@@ -37,7 +37,7 @@ import triton.language as tl
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
-from .triton_tiles import LOG2E, _combine, _mul_rn, _softplus
+from .triton_tiles import LOG2E, _combine, _mul_rn, _softplus, _store_output
 
 
 @triton.jit
@@ -169,14 +169,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                          mask=is_last & ((k + 1 < k1) | (k + 1 == n_tiles)))
             if HAS_D:  # u again: fewer live registers through the loop over states
                 y += Dv * tl.load(u_ptr + row * L + t, mask=t < L, other=0.0).to(tl.float32)
-            out = y
-            mask_t = t < L
-            if HAS_Z:
-                if SAVE_PRE:
-                    tl.store(pre_ptr + row * L + t, out.to(pre_ptr.dtype.element_ty), mask=mask_t)
-                z = tl.load(z_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
-                out = out * z * tl.sigmoid(z)
-            tl.store(out_ptr + row * L + t, out.to(out_ptr.dtype.element_ty), mask=mask_t)
+            _store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, t < L, HAS_Z, SAVE_PRE)
             tl.debug_barrier()  # the next tile reads the start states written above by other threads
     if SUMMARY:
         tl.store(sum_ptr + (row * n_chunks + chunk) * n_state + offs_n, H, mask=mask_n)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import LOG2E, _block_d, _load_bc, _load_tile, _program_block
+from .triton_tiles import LOG2E, _block_d, _load_bc, _load_tile, _program_block, _store_output
 
 
 @triton.jit
@@ -79,10 +79,7 @@ def _fwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
         out = y + Dv[:, None] * u
         io = rows[:, None] * L + t[None, :]
         mask_io = mask_d[:, None] & (t < L)[None, :]
-        if HAS_Z:
-            z = tl.load(z_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
-            out = out * z * tl.sigmoid(z)
-        tl.store(out_ptr + io, out.to(out_ptr.dtype.element_ty), mask=mask_io)
+        _store_output(out_ptr, out_ptr, z_ptr, io, out, mask_io, HAS_Z, False)
     tl.store(hlr_ptr + state_offs, hr, mask=mask_dn)
     tl.store(hli_ptr + state_offs, hi, mask=mask_dn)
 

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import LOG2E, _combine, _softplus
+from .triton_tiles import LOG2E, _combine, _softplus, _store_output
 
 Q = 16          # tokens per tile: 8 per thread, 2 threads per channel
 BLOCK_D = 32    # channels per program (2 warps)
@@ -116,12 +116,7 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
             else:
                 H2 = tl.where(cols == n - Q, h_end, H2)
         if not SUMMARY:
-            if HAS_Z:
-                if SAVE_PRE:
-                    tl.store(pre_ptr + row * L + t, y.to(pre_ptr.dtype.element_ty), mask=m)
-                z = tl.load(z_ptr + row * L + t, mask=m, other=0.0).to(tl.float32)
-                y = y * z * tl.sigmoid(z)
-            tl.store(out_ptr + row * L + t, y.to(out_ptr.dtype.element_ty), mask=m)
+            _store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, m, HAS_Z, SAVE_PRE)
             save = ((k + 1) % SAVE_EVERY == 0) | (k + 1 == n_tiles)  # a masked store keeps the loop branch-free
             e = (k + SAVE_EVERY) // SAVE_EVERY                                       # ⌈(k + 1) / SAVE_EVERY⌉
             tl.store(hstart_ptr + (row * n_saves + e) * N + cols, H, mask=lo & save)

@@ -1,5 +1,6 @@
 """Triton building blocks shared by the fused scans (real and complex A) and the decoding step: the scan's combine
-operator, softplus, and tile loads with the masks that turn out-of-range tokens into identity steps (Δ = 0)."""
+operator, softplus, the gated output store, and tile loads with the masks that turn out-of-range tokens into
+identity steps (Δ = 0)."""
 from __future__ import annotations
 
 import triton
@@ -17,6 +18,17 @@ def _combine(a1, x1, a2, x2):
 @triton.jit
 def _softplus(x):
     return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _store_output(out_ptr, pre_ptr, z_ptr, offs, y, mask, HAS_Z: tl.constexpr, SAVE_PRE: tl.constexpr):
+    """out = y·silu(z) (or y) at offs in out's dtype; with SAVE_PRE also y itself, the output before the gate."""
+    if HAS_Z:
+        if SAVE_PRE:
+            tl.store(pre_ptr + offs, y.to(pre_ptr.dtype.element_ty), mask=mask)
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
