@@ -128,6 +128,29 @@ def test_rows_forward_bf16_and_the_same_states_as_fused(monkeypatch):
         assert (by_rows - by_fused).norm() <= 1e-5 * by_fused.norm()
 
 
+def test_forward_choice_follows_the_h100_sweep(monkeypatch):
+    """The rows forward where it was faster on an H100 (BENCHMARKS.md), `fused` elsewhere and for B/C it does not
+    handle; MBA_SCAN_ROWS forces it."""
+    from mamba_bio_audio.kernels.selective_scan.fused import forward_kind
+
+    monkeypatch.delenv("MBA_SCAN_ROWS", raising=False)
+    cpu = torch.device("cpu")  # counted as an H100's 132 SMs
+
+    def kind(batch, dim, L, B_shape=None):
+        B = torch.empty(B_shape or (batch, 1, 16, 1))
+        return forward_kind(batch, dim, L, B, B, 16, cpu)
+
+    assert kind(8, 2048, 8192) == "rows" and kind(1, 256, 2 ** 20) == "rows"
+    assert kind(1, 1024, 2 ** 15) == "fused" and kind(4, 1536, 2 ** 16) == "fused"
+    assert kind(8, 2048, 512) == "fused"                                       # shorter than a backward tile
+    assert kind(8, 2048, 8192, (8, 2, 16, 1)) == "fused"                      # two groups
+    assert kind(8, 2048, 8192, (2048, 16)) == "fused"                         # constant B, C
+    monkeypatch.setenv("MBA_SCAN_ROWS", "0")
+    assert kind(8, 2048, 8192) == "fused"
+    monkeypatch.setenv("MBA_SCAN_ROWS", "1")
+    assert kind(1, 1024, 2 ** 15) == "rows"
+
+
 def test_fused_bf16_inputs():
     case = make_case(length=40, regime="small", bc="var", dtype=torch.bfloat16, **full_extras())
     out, h = fused(**case, return_last_state=True)
