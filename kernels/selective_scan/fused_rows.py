@@ -12,8 +12,8 @@ Where it wins. Per program the work is serial over L, so a program has little to
 the GPU when batch·dim is large (batch 8 × 2048 channels: one chunk, 2.04 ms against 2.42 ms for `fused` at
 L = 8192), or by splitting L into chunks (the summary pass of `fused`, which costs a second exp per element), which
 pays only where `fused` itself splits (batch 1 × 256 channels at L = 2^20: 6.0 against 9.4 ms). Where neither holds
-(batch 1 × 1024 at L = 2^15, batch 4 × 1536 at 2^16) `fused` was 9–21% faster (H100, BENCHMARKS.md); `use_rows`
-encodes that rule.
+(batch 1 × 1024 at L = 2^15, batch 4 × 1536 at 2^16) `fused` was 9–21% faster (H100, BENCHMARKS.md; timed with the
+experiment version of this loop, before the saved states were added); `use_rows` encodes that rule.
 
 It writes what the backward of `fused` reads: the state at every start of the backward's tiles (BLOCK_T tokens; the
 chunks of L are whole numbers of those tiles), the last state, and the output before the z gate.
