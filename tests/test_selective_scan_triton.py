@@ -128,6 +128,18 @@ def test_rows_forward_bf16_and_the_same_states_as_fused(monkeypatch):
         assert (by_rows - by_fused).norm() <= 1e-5 * by_fused.norm()
 
 
+@pytest.mark.parametrize("regime", ["small", "steep"])
+def test_rows_backward_matches_naive(rows_forward, monkeypatch, regime):
+    """The opt-in backward in the rows layout (MBA_SCAN_ROWS_BWD=1), all options, initial state and dh_last included;
+    and 17 states (the second carry tile)."""
+    monkeypatch.setenv("MBA_SCAN_ROWS_BWD", "1")
+    case = make_case(length=90, regime=regime, bc="var", dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+    if regime == "small":
+        case = make_case(length=40, n=17, regime="small", bc="var", dtype=torch.float32, **full_extras())
+        check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
 def test_forward_choice_follows_the_h100_sweep(monkeypatch):
     """The rows forward where it was faster on an H100 (BENCHMARKS.md), `fused` elsewhere and for B/C it does not
     handle; MBA_SCAN_ROWS forces it."""

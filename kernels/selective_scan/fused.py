@@ -36,7 +36,7 @@ import triton.language as tl
 
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
-from .fused_rows import rows_forward, use_rows
+from .fused_rows import rows_backward, rows_forward, use_rows
 from .triton_tiles import LOG2E, _combine, _mul_rn, _softplus, _store_output
 
 
@@ -400,9 +400,11 @@ class _FusedScan(torch.autograd.Function):
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
+        ctx.rows_backward = False
         if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
             block_t = _plan("bwd", batch, dim, L, u.device)[0]  # the backward starts from states at its tile starts
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, block_t)
+            ctx.rows_backward = os.environ.get("MBA_SCAN_ROWS_BWD") == "1"
         else:
             out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups)
         ctx.save_for_backward(u, delta, z, pre, A32, B, C, D32, bias32, h_start)
@@ -419,6 +421,12 @@ class _FusedScan(torch.autograd.Function):
         batch, dim, L = u.shape
         n_state = A32.shape[1]
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device)
+        if ctx.rows_backward:
+            du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = rows_backward(u, delta, z, pre, A32, B, C, D32, bias32,
+                                                                       h_start, dout, dh_last, softplus, block_t)
+            return (du, ddelta, dA.to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
+                    dD.to(D_dtype) if dD is not None else None, dz,
+                    dbias.to(bias_dtype) if dbias is not None else None, dh0 if has_h0 else None, None, None, None)
         assert n_tiles + 1 == h_start.shape[2], "forward and backward must use the same tokens per tile"
         f32 = dict(device=u.device, dtype=torch.float32)
         per_chunk = (batch, dim, n_chunks, n_state)

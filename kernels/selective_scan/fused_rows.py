@@ -17,6 +17,12 @@ experiment version of this loop, before the saved states were added); `use_rows`
 
 It writes what the backward of `fused` reads: the state at every start of the backward's tiles (BLOCK_T tokens; the
 chunks of L are whole numbers of those tiles), the last state, and the output before the z gate.
+
+Opt-in backward in the same layout (MBA_SCAN_ROWS_BWD=1 with the rows forward; L not split): per backward tile, a
+forward pass writes the start state of each Q-token tile to a transient scratch, then the tiles run backwards (the
+states by a scan from their start, the adjoint by a reverse scan, dB/dC summed over the block's channels before the
+atomic add). Three exps per element against `fused`'s two; correct against the float64 loop, not yet timed (compiled
+for sm_90 it takes 255 registers and spills ~300 bytes), so it is not the default.
 """
 from __future__ import annotations
 
@@ -173,3 +179,179 @@ def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_p
         _rows_fwd_kernel[grid](*args, SUMMARY=True, **flags)
     _rows_fwd_kernel[grid](*args, SUMMARY=False, **flags)
     return out, pre, h_start
+
+
+@triton.jit
+def _column(X, cols, n: tl.constexpr, Q: tl.constexpr, X2):
+    """Column n of the state tiles (X holds states 0 … Q−1, X2 states Q … 2Q−1) as [BD, 1]."""
+    if n < Q:
+        return tl.sum(tl.where(cols == n, X, 0.0), axis=1)[:, None]
+    else:
+        return tl.sum(tl.where(cols == n - Q, X2, 0.0), axis=1)[:, None]
+
+
+@triton.jit
+def _rows_bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hstart_ptr, dout_ptr,
+                     dhlast_ptr, scratch_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+                     nu_ptr, dim, L, n_tiles, n_saves,
+                     N: tl.constexpr, BLOCK_D: tl.constexpr, Q: tl.constexpr, SAVE_EVERY: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     HAS_DHLAST: tl.constexpr):
+    """One (batch row, block of channels), the whole of L, from the last tile to the first. Per backward tile
+    (SAVE_EVERY tiles of Q tokens): the forward from its saved start state writes the start state of each of its tiles
+    to `scratch`; then, tile by tile backwards, the states h (scan from the tile's start), the adjoint λ (reverse scan,
+    λ_t = g_t·C_t + a_{t+1}·λ_{t+1}, the carry ν = a·λ at the tile start entering at the tile's end) and the
+    gradients. dB and dC are summed over the block's channels, then added atomically."""
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]          # [BD, 1]
+    row = b * dim + d
+    q = tl.arange(0, Q)[None, :]
+    cols = q + 0 * d
+    mask_d = d < dim
+    lo = mask_d & (cols < N)
+    hi = mask_d & (cols + Q < N)
+    bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0) if HAS_BIAS else 0.0
+    Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0) if HAS_D else 0.0
+    if HAS_DHLAST:
+        NU = tl.load(dhlast_ptr + row * N + cols, mask=lo, other=0.0)
+        NU2 = tl.load(dhlast_ptr + row * N + Q + cols, mask=hi, other=0.0)
+    else:
+        NU = tl.zeros([BLOCK_D, Q], tl.float32)
+        NU2 = tl.zeros([BLOCK_D, Q], tl.float32)
+    dA = tl.zeros([BLOCK_D, Q], tl.float32)
+    dA2 = tl.zeros([BLOCK_D, Q], tl.float32)
+    dD = tl.zeros([BLOCK_D, 1], tl.float32)
+    dbias = tl.zeros([BLOCK_D, 1], tl.float32)
+    scratch = scratch_ptr + row * SAVE_EVERY * N                                # [BD, 1] pointers
+    n_big = n_saves - 1
+    for jb in range(0, n_big):
+        kb = n_big - 1 - jb
+        H = tl.load(hstart_ptr + (row * n_saves + kb) * N + cols, mask=lo, other=0.0)
+        H2 = tl.load(hstart_ptr + (row * n_saves + kb) * N + Q + cols, mask=hi, other=0.0)
+        k_first = kb * SAVE_EVERY
+        k_last = tl.minimum(k_first + SAVE_EVERY, n_tiles)
+        for k in range(k_first, k_last):                                        # the tiles' start states
+            tl.store(scratch + (k - k_first) * N + cols, H, mask=lo)
+            tl.store(scratch + (k - k_first) * N + Q + cols, H2, mask=hi)
+            t = k * Q + q
+            m = mask_d & (t < L)
+            u = tl.load(u_ptr + row * L + t, mask=m, other=0.0).to(tl.float32)
+            dt = tl.load(dt_ptr + row * L + t, mask=m, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m, dt, 0.0)
+            dtu = dt * u
+            for n in tl.static_range(N):
+                A2n = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E
+                a = tl.exp2(dt * A2n)
+                x = dtu * tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
+                x = tl.where(cols == 0, x + a * _column(H, cols, n, Q, H2), x)
+                _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+                h_end = tl.sum(tl.where(cols == Q - 1, h, 0.0), axis=1)[:, None]
+                if n < Q:
+                    H = tl.where(cols == n, h_end, H)
+                else:
+                    H2 = tl.where(cols == n - Q, h_end, H2)
+        tl.debug_barrier()  # the scratch written above is read below by the threads that own other columns
+        for jk in range(0, k_last - k_first):
+            k = k_last - 1 - jk
+            t = k * Q + q
+            m = mask_d & (t < L)
+            io = row * L + t
+            u = tl.load(u_ptr + io, mask=m, other=0.0).to(tl.float32)
+            raw = tl.load(dt_ptr + io, mask=m, other=0.0).to(tl.float32) + bias
+            dt = _softplus(raw) if SOFTPLUS else raw
+            dt = tl.where(m, dt, 0.0)
+            m_next = mask_d & (cols < Q - 1) & (t + 1 < L)                      # a_{t+1}; 1 at the tile's end
+            dt_next = tl.load(dt_ptr + io + 1, mask=m_next, other=0.0).to(tl.float32) + bias
+            dt_next = _softplus(dt_next) if SOFTPLUS else dt_next
+            dt_next = tl.where(m_next, dt_next, 0.0)
+            g = tl.load(dout_ptr + io, mask=m, other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + io, mask=m, other=0.0).to(tl.float32)
+                sig = tl.sigmoid(z)
+                pre = tl.load(pre_ptr + io, mask=m, other=0.0).to(tl.float32)
+                tl.store(dz_ptr + io, (g * pre * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=m)
+                g = g * z * sig                                                  # ∂L/∂(y + D·u)
+            dtu = dt * u
+            lam_B = tl.zeros([BLOCK_D, Q], tl.float32)
+            lam_AhA = tl.zeros([BLOCK_D, Q], tl.float32)
+            for n in tl.static_range(N):
+                An = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0)
+                A2n = An * LOG2E
+                Bn = tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
+                Cn = tl.load(C_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
+                h_in = tl.load(scratch + (k - k_first) * N + n, mask=mask_d, other=0.0)
+                a = tl.exp2(dt * A2n)
+                x = dtu * Bn
+                x_in = tl.where(cols == 0, x + a * h_in, x)
+                _, h = tl.associative_scan((a, x_in), axis=1, combine_fn=_combine)
+                p_cum, lam = tl.associative_scan((tl.exp2(dt_next * A2n), g * Cn), axis=1, combine_fn=_combine,
+                                                 reverse=True)
+                lam += p_cum * _column(NU, cols, n, Q, NU2)                         # λ_t
+                lam_B += lam * Bn
+                dP = lam * (h - x)                                                  # λ·a_t·h_{t−1}
+                lam_AhA += dP * An
+                dA_n = tl.sum(dP * dt, axis=1)[:, None]
+                nu_n = tl.sum(tl.where(cols == 0, a * lam, 0.0), axis=1)[:, None]  # ν at the tile start
+                if n < Q:
+                    dA = tl.where(cols == n, dA + dA_n, dA)
+                    NU = tl.where(cols == n, nu_n, NU)
+                else:
+                    dA2 = tl.where(cols == n - Q, dA2 + dA_n, dA2)
+                    NU2 = tl.where(cols == n - Q, nu_n, NU2)
+                tl.atomic_add(dB_ptr + (b * N + n) * L + t, tl.sum(lam * dtu, axis=0)[None, :], mask=t < L,
+                              sem="relaxed")
+                tl.atomic_add(dC_ptr + (b * N + n) * L + t, tl.sum(h * g, axis=0)[None, :], mask=t < L,
+                              sem="relaxed")
+            tl.store(du_ptr + io, (lam_B * dt + Dv * g).to(du_ptr.dtype.element_ty), mask=m)
+            ddt = lam_B * u + lam_AhA
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(raw)
+            ddt = tl.where(m, ddt, 0.0)
+            tl.store(ddt_ptr + io, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
+            dD += tl.sum(g * u, axis=1)[:, None]
+            dbias += tl.sum(ddt, axis=1)[:, None]
+        tl.debug_barrier()  # the next backward tile overwrites the scratch
+    tl.store(dA_ptr + row * N + cols, dA, mask=lo)
+    tl.store(dA_ptr + row * N + Q + cols, dA2, mask=hi)
+    tl.store(nu_ptr + row * N + cols, NU, mask=lo)
+    tl.store(nu_ptr + row * N + Q + cols, NU2, mask=hi)
+    if HAS_D:
+        tl.store(dD_ptr + row + 0 * d, dD, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + row + 0 * d, dbias, mask=mask_d)
+
+
+def rows_backward(u, delta, z, pre, A32, B, C, D32, bias32, h_start, dout, dh_last, softplus: bool, block_t: int):
+    """The backward from the rows layout (L not split). Shapes as in rows_forward; h_start from it. Returns du, ddelta,
+    dz (inputs' dtypes), dA (dim, N), dB, dC (batch, 1, N, L) fp32, dD, dbias (dim,) fp32 or None, dh0 (batch, dim,
+    N) fp32."""
+    batch, dim, L = u.shape
+    n_state = A32.shape[1]
+    n_saves = h_start.shape[2]
+    save_every = block_t // Q
+    f32 = dict(device=u.device, dtype=torch.float32)
+    B32, C32 = B.float().contiguous(), C.float().contiguous()
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dz = torch.empty_like(z) if z is not None else None
+    dA = torch.empty(batch, dim, n_state, **f32)
+    dB = torch.zeros(B.shape, **f32)
+    dC = torch.zeros(C.shape, **f32)
+    dD = torch.empty(batch, dim, **f32)
+    dbias = torch.empty(batch, dim, **f32)
+    nu = torch.empty(batch, dim, n_state, **f32)
+    scratch = torch.empty(batch, dim, save_every, n_state, **f32)
+    dummy = nu
+    grid = (batch, triton.cdiv(dim, BLOCK_D))
+    _rows_bwd_kernel[grid](u, delta, z if z is not None else u, pre if pre is not None else u, A32, B32, C32,
+                           D32 if D32 is not None else dummy, bias32 if bias32 is not None else dummy, h_start,
+                           dout.contiguous(), dh_last.contiguous() if dh_last is not None else dummy, scratch,
+                           du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, dbias, nu, dim, L,
+                           triton.cdiv(L, Q), n_saves, N=n_state, BLOCK_D=BLOCK_D, Q=Q, SAVE_EVERY=save_every,
+                           HAS_D=D32 is not None, HAS_Z=z is not None, HAS_BIAS=bias32 is not None,
+                           SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None, num_warps=WARPS)
+    return (du, ddelta, dz, dA.sum(0), dB, dC, dD.sum(0) if D32 is not None else None,
+            dbias.sum(0) if bias32 is not None else None, nu)
