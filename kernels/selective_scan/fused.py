@@ -37,7 +37,7 @@ import triton.language as tl
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_backward, rows_forward, use_rows
-from .triton_tiles import LOG2E, _combine, _mul_rn, _softplus, _store_output
+from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _store_output
 
 
 @triton.jit
@@ -53,12 +53,7 @@ def _load_seq(u_ptr, dt_ptr, bias, row, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: 
     """u and Δ of one channel over a tile as fp32 [BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
     valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
     u = tl.load(u_ptr + row * L + t, mask=valid, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + row * L + t, mask=valid, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt += bias
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    return u, tl.where(valid, dt, 0.0)
+    return u, _delta(tl.load(dt_ptr + row * L + t, mask=valid, other=0.0), bias, valid, HAS_BIAS, SOFTPLUS)
 
 
 @triton.jit

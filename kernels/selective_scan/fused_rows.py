@@ -32,13 +32,56 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import LOG2E, _combine, _softplus, _store_output
+from .triton_tiles import LOG2E, _combine, _delta, _store_output
 
 Q = 16          # tokens per tile: 8 per thread, 2 threads per channel
 BLOCK_D = 32    # channels per program (2 warps)
 WARPS = 2
 STAGES = 3      # software pipelining of the tile loop
 SPLIT_TARGET_THREADS = 128 * 132 * 4  # when splitting L: about 16 warps per SM of an H100
+
+
+@triton.jit
+def _column(X, cols, n: tl.constexpr, Q: tl.constexpr, X2):
+    """Column n of the state tiles (X holds states 0 … Q−1, X2 states Q … 2Q−1) as [BD, 1]."""
+    if n < Q:
+        return tl.sum(tl.where(cols == n, X, 0.0), axis=1)[:, None]
+    else:
+        return tl.sum(tl.where(cols == n - Q, X2, 0.0), axis=1)[:, None]
+
+
+@triton.jit
+def _set_column(X, X2, cols, n: tl.constexpr, Q: tl.constexpr, value):
+    """The state tiles (X, X2) with column n set to value [BD, 1]."""
+    if n < Q:
+        X = tl.where(cols == n, value, X)
+    else:
+        X2 = tl.where(cols == n - Q, value, X2)
+    return X, X2
+
+
+@triton.jit
+def _add_to_column(X, X2, cols, n: tl.constexpr, Q: tl.constexpr, value):
+    """The state tiles (X, X2) with value [BD, 1] added to column n."""
+    if n < Q:
+        X = tl.where(cols == n, X + value, X)
+    else:
+        X2 = tl.where(cols == n - Q, X2 + value, X2)
+    return X, X2
+
+
+@triton.jit
+def _scan_from(H, H2, cols, a, x, n: tl.constexpr, Q: tl.constexpr):
+    """h_t [BD, Q] of state n over one tile: the steps (a, x) from the carried state, column n of (H, H2)."""
+    x = tl.where(cols == 0, x + a * _column(H, cols, n, Q, H2), x)                  # the carried state enters
+    _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+    return h
+
+
+@triton.jit
+def _last(h, cols, Q: tl.constexpr):
+    """The tile's last h, [BD, 1]."""
+    return tl.sum(tl.where(cols == Q - 1, h, 0.0), axis=1)[:, None]
 
 
 @triton.jit
@@ -90,15 +133,11 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
         t = k * Q + q
         m = mask_d & (t < L)
         u = u_next.to(tl.float32)
-        dt = dt_next.to(tl.float32)
+        raw = dt_next
         m_next = mask_d & (t + Q < L) & (k + 1 < k1)  # the next tile's u and Δ load while this one computes
         u_next = tl.load(u_ptr + row * L + t + Q, mask=m_next, other=0.0)
         dt_next = tl.load(dt_ptr + row * L + t + Q, mask=m_next, other=0.0)
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m, dt, 0.0)                                              # padding: identity steps
+        dt = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)                          # padding: identity steps
         dtu = dt * u
         y = Dv * u
         if SUMMARY:
@@ -106,21 +145,10 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E                   # [BD, 1]
             Bn = tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)                 # [1, Q] fp32
-            a = tl.exp2(dt * A2n)
-            if n < Q:
-                h_in = tl.sum(tl.where(cols == n, H, 0.0), axis=1)[:, None]                  # [BD, 1]
-            else:
-                h_in = tl.sum(tl.where(cols == n - Q, H2, 0.0), axis=1)[:, None]
-            x = dtu * Bn
-            x = tl.where(cols == 0, x + a * h_in, x)                                     # the carried state enters
-            _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+            h = _scan_from(H, H2, cols, tl.exp2(dt * A2n), dtu * Bn, n, Q)
             if not SUMMARY:
                 y += h * tl.load(C_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
-            h_end = tl.sum(tl.where(cols == Q - 1, h, 0.0), axis=1)[:, None]
-            if n < Q:
-                H = tl.where(cols == n, h_end, H)
-            else:
-                H2 = tl.where(cols == n - Q, h_end, H2)
+            H, H2 = _set_column(H, H2, cols, n, Q, _last(h, cols, Q))
         if not SUMMARY:
             _store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, m, HAS_Z, SAVE_PRE)
             save = ((k + 1) % SAVE_EVERY == 0) | (k + 1 == n_tiles)  # a masked store keeps the loop branch-free
@@ -182,15 +210,6 @@ def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_p
 
 
 @triton.jit
-def _column(X, cols, n: tl.constexpr, Q: tl.constexpr, X2):
-    """Column n of the state tiles (X holds states 0 … Q−1, X2 states Q … 2Q−1) as [BD, 1]."""
-    if n < Q:
-        return tl.sum(tl.where(cols == n, X, 0.0), axis=1)[:, None]
-    else:
-        return tl.sum(tl.where(cols == n - Q, X2, 0.0), axis=1)[:, None]
-
-
-@triton.jit
 def _rows_bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, hstart_ptr, dout_ptr,
                      dhlast_ptr, scratch_ptr, du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                      nu_ptr, dim, L, n_tiles, n_saves,
@@ -236,24 +255,13 @@ def _rows_bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, 
             t = k * Q + q
             m = mask_d & (t < L)
             u = tl.load(u_ptr + row * L + t, mask=m, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + row * L + t, mask=m, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(m, dt, 0.0)
+            dt = _delta(tl.load(dt_ptr + row * L + t, mask=m, other=0.0), bias, m, HAS_BIAS, SOFTPLUS)
             dtu = dt * u
             for n in tl.static_range(N):
                 A2n = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E
-                a = tl.exp2(dt * A2n)
-                x = dtu * tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
-                x = tl.where(cols == 0, x + a * _column(H, cols, n, Q, H2), x)
-                _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
-                h_end = tl.sum(tl.where(cols == Q - 1, h, 0.0), axis=1)[:, None]
-                if n < Q:
-                    H = tl.where(cols == n, h_end, H)
-                else:
-                    H2 = tl.where(cols == n - Q, h_end, H2)
+                Bn = tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
+                h = _scan_from(H, H2, cols, tl.exp2(dt * A2n), dtu * Bn, n, Q)
+                H, H2 = _set_column(H, H2, cols, n, Q, _last(h, cols, Q))
         tl.debug_barrier()  # the scratch written above is read below by the threads that own other columns
         for jk in range(0, k_last - k_first):
             k = k_last - 1 - jk
@@ -261,13 +269,10 @@ def _rows_bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, 
             m = mask_d & (t < L)
             io = row * L + t
             u = tl.load(u_ptr + io, mask=m, other=0.0).to(tl.float32)
-            raw = tl.load(dt_ptr + io, mask=m, other=0.0).to(tl.float32) + bias
-            dt = _softplus(raw) if SOFTPLUS else raw
-            dt = tl.where(m, dt, 0.0)
+            raw = tl.load(dt_ptr + io, mask=m, other=0.0)
+            dt = _delta(raw, bias, m, HAS_BIAS, SOFTPLUS)
             m_next = mask_d & (cols < Q - 1) & (t + 1 < L)                      # a_{t+1}; 1 at the tile's end
-            dt_next = tl.load(dt_ptr + io + 1, mask=m_next, other=0.0).to(tl.float32) + bias
-            dt_next = _softplus(dt_next) if SOFTPLUS else dt_next
-            dt_next = tl.where(m_next, dt_next, 0.0)
+            dt_next = _delta(tl.load(dt_ptr + io + 1, mask=m_next, other=0.0), bias, m_next, HAS_BIAS, SOFTPLUS)
             g = tl.load(dout_ptr + io, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(z_ptr + io, mask=m, other=0.0).to(tl.float32)
@@ -296,12 +301,8 @@ def _rows_bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, 
                 lam_AhA += dP * An
                 dA_n = tl.sum(dP * dt, axis=1)[:, None]
                 nu_n = tl.sum(tl.where(cols == 0, a * lam, 0.0), axis=1)[:, None]  # ν at the tile start
-                if n < Q:
-                    dA = tl.where(cols == n, dA + dA_n, dA)
-                    NU = tl.where(cols == n, nu_n, NU)
-                else:
-                    dA2 = tl.where(cols == n - Q, dA2 + dA_n, dA2)
-                    NU2 = tl.where(cols == n - Q, nu_n, NU2)
+                dA, dA2 = _add_to_column(dA, dA2, cols, n, Q, dA_n)
+                NU, NU2 = _set_column(NU, NU2, cols, n, Q, nu_n)
                 tl.atomic_add(dB_ptr + (b * N + n) * L + t, tl.sum(lam * dtu, axis=0)[None, :], mask=t < L,
                               sem="relaxed")
                 tl.atomic_add(dC_ptr + (b * N + n) * L + t, tl.sum(h * g, axis=0)[None, :], mask=t < L,
@@ -309,7 +310,7 @@ def _rows_bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, 
             tl.store(du_ptr + io, (lam_B * dt + Dv * g).to(du_ptr.dtype.element_ty), mask=m)
             ddt = lam_B * u + lam_AhA
             if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(raw)
+                ddt = ddt * tl.sigmoid(raw.to(tl.float32) + bias)
             ddt = tl.where(m, ddt, 0.0)
             tl.store(ddt_ptr + io, ddt.to(ddt_ptr.dtype.element_ty), mask=m)
             dD += tl.sum(g * u, axis=1)[:, None]

@@ -1,6 +1,6 @@
 """Triton building blocks shared by the fused scans (real and complex A) and the decoding step: the scan's combine
-operator, softplus, the gated output store, and tile loads with the masks that turn out-of-range tokens into
-identity steps (Δ = 0)."""
+operator, softplus and Δ from the raw delta, the gated output store, and tile loads with the masks that turn
+out-of-range tokens into identity steps (Δ = 0)."""
 from __future__ import annotations
 
 import triton
@@ -18,6 +18,17 @@ def _combine(a1, x1, a2, x2):
 @triton.jit
 def _softplus(x):
     return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ as fp32 from the raw delta loaded over a tile: + bias, softplus, 0 (the identity step) outside mask."""
+    dt = raw.to(tl.float32)
+    if HAS_BIAS:
+        dt += bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    return tl.where(mask, dt, 0.0)
 
 
 @triton.jit
@@ -39,12 +50,8 @@ def _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS: tl.constexpr, 
     mask = mask_d[:, None] & valid[None, :]
     offs = rows[:, None] * L + t[None, :]
     u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        dt += bias[:, None]
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    return u, tl.where(mask, dt, 0.0)
+    raw = tl.load(dt_ptr + offs, mask=mask, other=0.0)
+    return u, _delta(raw, bias[:, None] if HAS_BIAS else bias, mask, HAS_BIAS, SOFTPLUS)
 
 
 @triton.jit
