@@ -5,8 +5,8 @@
 For each configuration of the reference table: fwd and fwd+bwd ms (median of triton.testing.do_bench) of the
 fused Triton scan (which forward ran, `fused` or `fused_rows`, the other one's fwd ms, and where the rows forward runs
 the fwd+bwd with the opt-in rows backward) and of the chunked PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C,
-fp32 A/D/Δ-bias, softplus, B and C shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes
-it must move over the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate
+fp32 A/D/Δ-bias, softplus, B and C shared by all channels; the ratio to the reference kernel's time; the forward's
+HBM floor (bytes it must move over the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate
 measured in the same run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same
 lengths, and the model-level figures.
 """
@@ -208,8 +208,8 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
           f"exp2 rate {exps_per_s / 1e12:.2f} T/s")
     print("| batch | dim | L | z | forward | triton fwd ms | other forward's fwd ms | triton fwd+bwd ms "
-          "| fwd+bwd with the rows backward | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref | fwd+bwd / ref "
-          "| hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
+          "| fwd+bwd with the rows backward | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref "
+          "| fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, dim, n_state, length, with_z in CONFIGS:
         inputs = make_inputs(batch, dim, n_state, length, with_z)

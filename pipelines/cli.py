@@ -176,8 +176,8 @@ def _fit_then_test(cli, resume: str | None) -> dict:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     model = cli.model
     if isinstance(cli.trainer.strategy, FSDPStrategy):
-        init_args = {k: v for k, v in model.hparams.items() if not k.startswith("_")}  # not LightningCLI's _instantiator
-        model = type(model)(**init_args)
+        # a fresh module from the init arguments (not LightningCLI's _instantiator entry)
+        model = type(model)(**{k: v for k, v in model.hparams.items() if not k.startswith("_")})
         best = best or (checkpoint.last_model_path if checkpoint is not None else None)
         if not best:
             raise RuntimeError("testing after an FSDP fit needs a checkpoint of the trained weights; none was saved")
