@@ -36,6 +36,7 @@ import triton.language as tl
 
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
+from . import fused_rows
 from .fused_rows import rows_backward, rows_forward, use_rows
 from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _store_output
 
@@ -397,9 +398,10 @@ class _FusedScan(torch.autograd.Function):
         h0 = initial_state.float().contiguous() if initial_state is not None else None
         ctx.rows_backward = False
         if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
-            block_t = _plan("bwd", batch, dim, L, u.device)[0]  # the backward starts from states at its tile starts
+            ctx.rows_backward = os.environ.get("MBA_SCAN_ROWS_BWD") == "1" and n_state <= fused_rows.BWD_SHAPE[0]
+            # the state at every start of the backward's tiles
+            block_t = fused_rows.BWD_SHAPE[0] if ctx.rows_backward else _plan("bwd", batch, dim, L, u.device)[0]
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, block_t)
-            ctx.rows_backward = os.environ.get("MBA_SCAN_ROWS_BWD") == "1"
         else:
             out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups)
         ctx.save_for_backward(u, delta, z, pre, A32, B, C, D32, bias32, h_start)
@@ -418,7 +420,7 @@ class _FusedScan(torch.autograd.Function):
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device)
         if ctx.rows_backward:
             du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = rows_backward(u, delta, z, pre, A32, B, C, D32, bias32,
-                                                                       h_start, dout, dh_last, softplus, block_t)
+                                                                       h_start, dout, dh_last, softplus)
             return (du, ddelta, dA.to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
                     dD.to(D_dtype) if dD is not None else None, dz,
                     dbias.to(bias_dtype) if dbias is not None else None, dh0 if has_h0 else None, None, None, None)
