@@ -3,11 +3,12 @@
     python -m mamba_bio_audio.kernels.bench [--reference ../shared/reference/h100_selective_scan_reference.json]
 
 For each configuration of the reference table: fwd and fwd+bwd ms (median of triton.testing.do_bench) of the
-fused Triton scan (which forward ran, `fused` or `fused_rows`, the other one's fwd ms, and where the rows forward runs
-the fwd+bwd with the opt-in rows backward) and of the chunked PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C,
-fp32 A/D/Δ-bias, softplus, B and C shared by all channels; the ratio to the reference kernel's time; the forward's
-HBM floor (bytes it must move over the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps
-over the exp2 rate measured in the same run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16)
+fused Triton scan (which forward ran, `fused` or `fused_rows`, the other one's fwd ms, the fwd+bwd with the opt-in
+blocked reverse scan in `fused`'s backward, and where the rows forward runs the fwd+bwd with the opt-in rows
+backward) and of the chunked PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C
+shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over
+the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same
+run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16)
 at the same lengths, and the model-level figures.
 """
 from __future__ import annotations
@@ -208,15 +209,17 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
           f"exp2 rate {exps_per_s / 1e12:.2f} T/s")
     print("| batch | dim | L | z | forward | triton fwd ms | other forward's fwd ms | triton fwd+bwd ms "
-          "| fwd+bwd with the rows backward | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref "
+          "| fwd+bwd, blocked reverse scan | fwd+bwd with the rows backward | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref "
           "| fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, dim, n_state, length, with_z in CONFIGS:
         inputs = make_inputs(batch, dim, n_state, length, with_z)
         kind = forward_kind(batch, dim, length, inputs["B"], inputs["C"], n_state, inputs["u"].device)
         fwd, fwd_bwd = time_scan(selective_scan_fused, inputs)
         with _env("MBA_SCAN_ROWS", "0" if kind == "rows" else "1"):  # the forward the rule did not choose
             other_fwd = time_scan(selective_scan_fused, inputs, backward=False)[0]
+        with _env("MBA_SCAN_BLOCKED_REVERSE", "1"):  # `fused`'s backward with its opt-in blocked reverse scan
+            blocked_bwd = time_scan(selective_scan_fused, inputs)[1]
         rows_bwd = float("nan")
         if kind == "rows":  # the opt-in backward in the rows layout
             with _env("MBA_SCAN_ROWS_BWD", "1"):
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
         ref = reference.get((batch, dim, n_state, length), {})
         ref_f, ref_fb = ref.get("fwd_ms", float("nan")), ref.get("fwdbwd_ms", float("nan"))
         print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {kind} | {fwd:.3f} | {other_fwd:.3f} | "
-              f"{fwd_bwd:.3f} | {rows_bwd:.3f} | "
+              f"{fwd_bwd:.3f} | {blocked_bwd:.3f} | {rows_bwd:.3f} | "
               f"{torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | {fwd / ref_f:.2f} | {fwd_bwd / ref_fb:.2f} | {floor:.3f} | "
               f"{exp_floor:.3f} | {fwd / max(floor, exp_floor):.1f} |", flush=True)
         del inputs

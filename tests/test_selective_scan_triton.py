@@ -79,6 +79,21 @@ def test_fused_chunk_count_does_not_change_the_result(monkeypatch):
         assert (one - four).norm() <= 1e-5 * one.norm()
 
 
+@pytest.mark.parametrize("bc", ["grouped", "var_const"])
+def test_fused_blocked_reverse_scan_matches_naive(monkeypatch, bc):
+    """The backward with its blocked reverse scan (MBA_SCAN_BLOCKED_REVERSE=1): all options in the steep regime on one
+    tile of 64 tokens (8 rows of 8), then L split into 3 chunks of 32-token tiles."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setenv("MBA_SCAN_BLOCKED_REVERSE", "1")
+    case = make_case(length=45, regime="steep", bc=bc, dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", "3")
+    case = make_case(length=90, regime="small", bc=bc, dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
 @pytest.fixture
 def rows_forward(monkeypatch):
     """The rows forward forced (the backward of `fused` after it), the backward's tiles of 32 tokens so that the rows

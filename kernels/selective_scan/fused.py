@@ -38,7 +38,14 @@ from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from . import fused_rows
 from .fused_rows import rows_backward, rows_forward, use_rows
-from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _store_output
+from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _reverse_scan_1d, _store_output
+
+
+# The backward's reverse scan: Triton's (default), or with MBA_SCAN_BLOCKED_REVERSE=1 `_reverse_scan_1d`, blocked in
+# rows of REVERSE_SEG tokens (those a thread holds contiguously: 16-byte loads of 2-byte inputs; another value only
+# adds a layout conversion). Compiled for sm_90 the blocked one has 97 shuffles per state against 391, but spills 43
+# instructions against 33; it becomes the default if `make bench` finds it faster.
+REVERSE_SEG = tl.constexpr(8)
 
 
 @triton.jit
@@ -178,7 +185,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, SUMMARY: tl.constexpr,
-                PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                PTX: tl.constexpr, BLOCKED_REVERSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: ν at the chunk start from a zero carry, and its ΣΔ.
     Otherwise: du, dΔ (raw delta), dz for the chunk's tokens; dA, dD, dbias (and dB, dC if constant) per (batch
     row, channel, chunk); dB, dC (variable) accumulated atomically into fp32 buffers; ν at the chunk start in nu
@@ -253,8 +260,12 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum
                 a_next = tl.exp2(dt_next * A2n)                                      # a_{t+1}; 1 at the tile end
-                p_cum, lam = tl.associative_scan((a_next, go * Cn), axis=0, combine_fn=_combine, reverse=True)
-                lam += p_cum * nu_in                                                # λ_t
+                if BLOCKED_REVERSE:  # λ_t; the carry ν = a·λ at the next tile's start enters at the last token
+                    _, lam = _reverse_scan_1d(a_next, go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0), BLOCK_T,
+                                              REVERSE_SEG)
+                else:
+                    p_cum, lam = tl.associative_scan((a_next, go * Cn), axis=0, combine_fn=_combine, reverse=True)
+                    lam += p_cum * nu_in                                            # λ_t
                 tl.store(nu_ptr + (row * n_chunks + chunk) * n_state + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
@@ -449,6 +460,7 @@ class _FusedScan(torch.autograd.Function):
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
                      PTX=os.environ.get("TRITON_INTERPRET", "0") != "1",
+                     BLOCKED_REVERSE=os.environ.get("MBA_SCAN_BLOCKED_REVERSE") == "1",
                      BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
         if n_chunks > 1:

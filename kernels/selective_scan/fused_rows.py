@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _store_output
+from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _reverse_scan, _store_output
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
 BLOCK_D = 32    # forward: channels per program (2 warps)
@@ -88,16 +88,6 @@ def _scan_from(H, H2, cols, a, x, n: tl.constexpr, Q: tl.constexpr):
     x = tl.where(cols == 0, x + a * _column(H, cols, n, Q, H2), x)                  # the carried state enters
     _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
     return h
-
-
-@triton.jit
-def _reverse_scan(a, w):
-    """The reverse scan along axis 1 of the pairs (a, w): λ_t = w_t + a_t·λ_{t+1} and p_t = Π_{s≥t} a_s. Written as
-    flip, forward scan, flip: Triton's own reverse scan moved every element
-    through ~20 warp shuffles even where the axis is inside a thread (sm_90 SASS of Triton 3.8: 160–170 shuffles per
-    [16, 64] or [128, 8] tile against 0–104 this way)."""
-    p, lam = tl.associative_scan((tl.flip(a, 1), tl.flip(w, 1)), axis=1, combine_fn=_combine)
-    return tl.flip(p, 1), tl.flip(lam, 1)
 
 
 @triton.jit
