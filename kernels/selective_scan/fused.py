@@ -38,14 +38,7 @@ from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from . import fused_rows
 from .fused_rows import rows_backward, rows_forward, use_rows
-from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _reverse_scan_1d, _store_output
-
-
-# The backward's reverse scan: Triton's (default), or with MBA_SCAN_BLOCKED_REVERSE=1 `_reverse_scan_1d`, blocked in
-# rows of REVERSE_SEG tokens (those a thread holds contiguously: 16-byte loads of 2-byte inputs; another value only
-# adds a layout conversion). Compiled for sm_90 the blocked one has 97 shuffles per state against 391, but spills 43
-# instructions against 33; it becomes the default if `make bench` finds it faster.
-REVERSE_SEG = tl.constexpr(8)
+from .triton_tiles import LOG2E, REVERSE_SEG, _combine, _delta, _mul_rn, _reverse_scan, _store_output
 
 
 @triton.jit
@@ -260,12 +253,16 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum
                 a_next = tl.exp2(dt_next * A2n)                                      # a_{t+1}; 1 at the tile end
-                if BLOCKED_REVERSE:  # λ_t; the carry ν = a·λ at the next tile's start enters at the last token
-                    _, lam = _reverse_scan_1d(a_next, go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0), BLOCK_T,
-                                              REVERSE_SEG)
+                # λ_t. BLOCKED_REVERSE (MBA_SCAN_BLOCKED_REVERSE=1): the blocked `_reverse_scan`, the carry ν = a·λ at
+                # the next tile's start entering at the last token. For sm_90 it compiles to 97 shuffles per state
+                # against 391 for Triton's, and 22 spilled instructions against 26 (Triton 3.6); opt-in until timed.
+                if BLOCKED_REVERSE:
+                    w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
+                    lam = _reverse_scan(tl.reshape(a_next, [1, BLOCK_T]), tl.reshape(w, [1, BLOCK_T]), REVERSE_SEG)[1]
+                    lam = tl.reshape(lam, [BLOCK_T])
                 else:
                     p_cum, lam = tl.associative_scan((a_next, go * Cn), axis=0, combine_fn=_combine, reverse=True)
-                    lam += p_cum * nu_in                                            # λ_t
+                    lam += p_cum * nu_in
                 tl.store(nu_ptr + (row * n_chunks + chunk) * n_state + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)

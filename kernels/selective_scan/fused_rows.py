@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import LOG2E, _combine, _delta, _mul_rn, _reverse_scan, _store_output
+from .triton_tiles import LOG2E, REVERSE_SEG, _combine, _delta, _mul_rn, _reverse_scan, _store_output
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
 BLOCK_D = 32    # forward: channels per program (2 warps)
@@ -313,7 +313,7 @@ def _rows_bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, 
                 x = _mul_rn(dtu, Bn, PTX)  # not fused into h − x below: exact 0 where h_{t−1} = 0
                 a_cum, x_cum = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
                 h = a_cum * h_in + x_cum                                       # h_t
-                p_cum, lam = _reverse_scan(tl.exp2(dt_ahead * A2n), g * Cn)
+                p_cum, lam = _reverse_scan(tl.exp2(dt_ahead * A2n), g * Cn, REVERSE_SEG)
                 lam += p_cum * tl.sum(tl.where(cols == n, NU, 0.0), axis=1)[:, None]  # λ_t
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                             # λ·a_t·h_{t−1} = ∂(Δ·A)

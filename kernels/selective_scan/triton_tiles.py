@@ -7,22 +7,15 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2 e)
+# Tokens a thread holds contiguously in a tile of 2-byte inputs (16-byte loads): the segments of `_reverse_scan`.
+# Another value only adds a layout conversion; the result is the same.
+REVERSE_SEG = tl.constexpr(8)
 
 
 @triton.jit
 def _combine(a1, x1, a2, x2):
     """(a1, x1) then (a2, x2): h ↦ a2·(a1·h + x1) + x2."""
     return a1 * a2, a2 * x1 + x2
-
-
-@triton.jit
-def _reverse_scan(a, w):
-    """The reverse scan along axis 1 of the pairs (a, w), fp32 [R, T]: λ_t = w_t + a_t·λ_{t+1} and p_t = Π_{s≥t} a_s,
-    returned as (p, λ). Written as flip, forward scan, flip: Triton's own reverse scan moves every element through ~20
-    warp shuffles even where the axis lies inside a thread (sm_90 SASS, Triton 3.6 and 3.8: 160–170 shuffles for a
-    [128, 8] or [16, 64] tile against 0–104 this way; BENCHMARKS.md)."""
-    p, lam = tl.associative_scan((tl.flip(a, 1), tl.flip(w, 1)), axis=1, combine_fn=_combine)
-    return tl.flip(p, 1), tl.flip(lam, 1)
 
 
 @triton.jit
@@ -35,22 +28,27 @@ def _combine_with_tail(a1, x1, e1, f1, a2, x2, e2, f2):
 
 
 @triton.jit
-def _reverse_scan_1d(a, w, BLOCK_T: tl.constexpr, SEG: tl.constexpr):
-    """The reverse scan of the pairs (a, w), fp32 [BLOCK_T] (as `_reverse_scan`, along the only axis), blocked: the
-    tile as [BLOCK_T/SEG, SEG] rows (SEG = the tokens a thread holds contiguously, so that the reshape moves nothing),
-    each row scanned inside its thread, then an exclusive reverse scan over the rows' totals (one element per row)
-    gives each row what follows it. On sm_90, 60 shuffles and 336 instructions per 1024-token tile of 2 warps against
-    344 and 584 for Triton's reverse scan (whose forward scan takes 24 and 264)."""
-    ROWS: tl.constexpr = BLOCK_T // SEG
-    p_row, lam_row = _reverse_scan(tl.reshape(a, [ROWS, SEG]), tl.reshape(w, [ROWS, SEG]))
-    first = tl.arange(0, SEG)[None, :] == 0
-    P = tl.sum(tl.where(first, p_row, 0.0), axis=1)                       # each row's whole segment, [ROWS]
-    LAM = tl.sum(tl.where(first, lam_row, 0.0), axis=1)
+def _reverse_scan(a, w, SEG: tl.constexpr):
+    """The reverse scan along axis 1 of the pairs (a, w), fp32 [R, T]: λ_t = w_t + a_t·λ_{t+1} and p_t = Π_{s≥t} a_s,
+    returned as (p, λ). Blocked: each row as segments of SEG tokens (those a thread holds contiguously, so that the
+    reshape moves no data; T a multiple of SEG), each segment scanned inside its thread as flip, forward scan, flip,
+    then an exclusive reverse scan over the segments' totals gives each segment what follows it.
+    Triton's own reverse scan moves every element through ~20 warp shuffles, even where the axis lies inside a thread.
+    Compiled for sm_90 (Triton 3.6 and 3.8; BENCHMARKS.md), against Triton's: [16, 64] tile over 4 warps, 26 shuffles
+    and 144 instructions against 168 and 280; [1, 1024] over 2 warps, 60 and 336 against 344 and 584."""
+    R: tl.constexpr = a.shape[0]
+    S: tl.constexpr = a.shape[1] // SEG
+    p_seg, lam_seg = tl.associative_scan((tl.flip(tl.reshape(a, [R, S, SEG]), 2), tl.flip(tl.reshape(w, [R, S, SEG]), 2)),
+                                         axis=2, combine_fn=_combine)
+    p_seg, lam_seg = tl.flip(p_seg, 2), tl.flip(lam_seg, 2)
+    first = tl.arange(0, SEG)[None, None, :] == 0
+    P = tl.sum(tl.where(first, p_seg, 0.0), axis=2)                          # each segment whole, [R, S]
+    LAM = tl.sum(tl.where(first, lam_seg, 0.0), axis=2)
     _, _, P_after, LAM_after = tl.associative_scan((P, LAM, tl.full(P.shape, 1.0, tl.float32), tl.zeros_like(P)),
-                                                   axis=0, combine_fn=_combine_with_tail, reverse=True)
-    p = p_row * P_after[:, None]
-    lam = lam_row + p_row * LAM_after[:, None]
-    return tl.reshape(p, [BLOCK_T]), tl.reshape(lam, [BLOCK_T])
+                                                   axis=1, combine_fn=_combine_with_tail, reverse=True)
+    p = p_seg * P_after[:, :, None]
+    lam = lam_seg + p_seg * LAM_after[:, :, None]
+    return tl.reshape(p, a.shape), tl.reshape(lam, a.shape)
 
 
 @triton.jit
