@@ -1,0 +1,83 @@
+"""Static counts of the selective scan's Triton backwards compiled for an H100 (sm_90), on any machine, GPU or not.
+
+    python3 benchmarks/sass_counts.py            (make sass-counts; a few minutes on 2 CPU cores)
+
+Compiles `fused`'s backward (Triton's reverse scan and the blocked one) and the rows backward (at the tile shapes
+of `scan_backward_sweep.py`) for sm_90 with `triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D,
+Δ-bias, softplus), N = 16; pointer and length arguments marked divisible by 16 as Triton's JIT does for real shapes.
+Then reads the cubin with the `cuobjdump` that ships with Triton and prints, per kernel: registers per thread, bytes
+of stack, spill instructions (STL/LDL), warp shuffles (SHFL), barriers (BAR), multi-function-unit ops (MUFU: exp2,
+log2, reciprocal) and all instructions. The counts are of the code, not of its execution: a loop body counts once.
+No timing: that needs the GPU (`make bench`, `make bench-bwd-sweep`).
+"""
+from __future__ import annotations
+
+import collections
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from mamba_bio_audio.kernels.selective_scan import fused, fused_rows
+from scan_backward_sweep import SHAPES  # the rows backward's tile shapes that the GPU sweep times
+
+BF16_POINTERS = {"u_ptr", "dt_ptr", "z_ptr", "pre_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
+DIVISIBLE = {"L", "dim", "n_state"}
+OPTIONS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_DHLAST=False, SUMMARY=False, PTX=True)
+
+
+def compile_sm90(kernel, constexprs: dict, num_warps: int, bf16: set[str]):
+    """The kernel compiled for sm_90: pointers fp32 unless named in bf16, other arguments int32."""
+    signature = {}
+    for param in kernel.params:
+        if param.name in constexprs:
+            signature[param.name] = "constexpr"
+        elif param.name.endswith("_ptr"):
+            signature[param.name] = "*bf16" if param.name in bf16 else "*fp32"
+        else:
+            signature[param.name] = "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, param in enumerate(kernel.params)
+             if param.name.endswith("_ptr") or param.name in DIVISIBLE}
+    source = ASTSource(kernel, signature, constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def counts(compiled) -> dict:
+    """Registers, stack bytes and instruction counts of a compiled kernel's SASS."""
+    cuobjdump = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
+    registers, stack = re.search(r"REG:(\d+).*?STACK:(\d+)", usage).groups()
+    ops = collections.Counter(op.split(".")[0] for op in
+                              re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", sass, re.M))
+    return dict(registers=int(registers), stack=int(stack), spills=ops["STL"] + ops["LDL"], shfl=ops["SHFL"],
+                bar=ops["BAR"], mufu=ops["MUFU"], instructions=sum(ops.values()))
+
+
+def main() -> int:
+    print(f"Triton {triton.__version__}, sm_90, bf16 inputs, N = 16, z, D, Δ-bias, softplus")
+    print("| kernel | registers | stack bytes | STL/LDL | SHFL | BAR | MUFU | instructions |\n|---|---|---|---|---|---|---|---|")
+    block_t, warps = fused.SHAPES["bwd"]
+    for blocked in (False, True):
+        constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCKED_REVERSE=blocked, BLOCK_N=16, BLOCK_T=block_t)
+        row = counts(compile_sm90(fused._bwd_kernel, constexprs, warps, BF16_POINTERS | {"B_ptr", "C_ptr"}))
+        scan = "the blocked" if blocked else "Triton's"
+        name = f"`fused` backward, {block_t} tokens, {warps} warps, {scan} reverse scan"
+        print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
+    for tokens, channels, warps in sorted({shape[:3] for shape in SHAPES}):
+        constexprs = dict(OPTIONS, N=16, BLOCK_D=channels, QB=tokens, SUM_BC=True, STAGES=fused_rows.STAGES)
+        row = counts(compile_sm90(fused_rows._rows_bwd_kernel, constexprs, warps, BF16_POINTERS))
+        name = f"rows backward, {tokens} tokens × {channels} channels, {warps} warps"
+        print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
