@@ -63,7 +63,8 @@ def counts(compiled) -> dict:
 
 def main() -> int:
     print(f"Triton {triton.__version__}, sm_90, bf16 inputs, N = 16, z, D, Δ-bias, softplus")
-    print("| kernel | registers | stack bytes | STL/LDL | SHFL | BAR | MUFU | instructions |\n|---|---|---|---|---|---|---|---|")
+    print("| kernel | registers | stack bytes | STL/LDL | SHFL | BAR | MUFU | instructions |")
+    print("|---|---|---|---|---|---|---|---|")
     block_t, warps = fused.SHAPES["bwd"]
     for blocked in (False, True):
         constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCKED_REVERSE=blocked, BLOCK_N=16, BLOCK_T=block_t)

@@ -8,8 +8,8 @@ blocked reverse scan in `fused`'s backward, and where the rows forward runs the 
 backward) and of the chunked PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C
 shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over
 the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same
-run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16)
-at the same lengths, and the model-level figures.
+run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same lengths, and the
+model-level figures.
 """
 from __future__ import annotations
 
@@ -209,8 +209,8 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
           f"exp2 rate {exps_per_s / 1e12:.2f} T/s")
     print("| batch | dim | L | z | forward | triton fwd ms | other forward's fwd ms | triton fwd+bwd ms "
-          "| fwd+bwd, blocked reverse scan | fwd+bwd with the rows backward | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref "
-          "| fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
+          "| fwd+bwd, blocked reverse scan | fwd+bwd with the rows backward | torch fwd+bwd ms | ref fwd ms "
+          "| ref fwd+bwd ms | fwd / ref | fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, dim, n_state, length, with_z in CONFIGS:
         inputs = make_inputs(batch, dim, n_state, length, with_z)

@@ -82,7 +82,7 @@ def test_fused_chunk_count_does_not_change_the_result(monkeypatch):
 @pytest.mark.parametrize("bc", ["grouped", "var_const"])
 def test_fused_blocked_reverse_scan_matches_naive(monkeypatch, bc):
     """The backward with its blocked reverse scan (MBA_SCAN_BLOCKED_REVERSE=1): all options in the steep regime on one
-    tile of 64 tokens (8 rows of 8), then L split into 3 chunks of 32-token tiles."""
+    tile of 64 tokens (8 segments of 8), then L split into 3 chunks of 32-token tiles."""
     from mamba_bio_audio.kernels.selective_scan import fused as fused_module
 
     monkeypatch.setenv("MBA_SCAN_BLOCKED_REVERSE", "1")

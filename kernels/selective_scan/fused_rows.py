@@ -73,16 +73,6 @@ def _set_column(X, X2, cols, n: tl.constexpr, Q: tl.constexpr, value):
 
 
 @triton.jit
-def _add_to_column(X, X2, cols, n: tl.constexpr, Q: tl.constexpr, value):
-    """The state tiles (X, X2) with value [BD, 1] added to column n."""
-    if n < Q:
-        X = tl.where(cols == n, X + value, X)
-    else:
-        X2 = tl.where(cols == n - Q, X2 + value, X2)
-    return X, X2
-
-
-@triton.jit
 def _scan_from(H, H2, cols, a, x, n: tl.constexpr, Q: tl.constexpr):
     """h_t [BD, Q] of state n over one tile: the steps (a, x) from the carried state, column n of (H, H2)."""
     x = tl.where(cols == 0, x + a * _column(H, cols, n, Q, H2), x)                  # the carried state enters

@@ -38,8 +38,8 @@ def _reverse_scan(a, w, SEG: tl.constexpr):
     and 144 instructions against 168 and 280; [1, 1024] over 2 warps, 60 and 336 against 344 and 584."""
     R: tl.constexpr = a.shape[0]
     S: tl.constexpr = a.shape[1] // SEG
-    p_seg, lam_seg = tl.associative_scan((tl.flip(tl.reshape(a, [R, S, SEG]), 2), tl.flip(tl.reshape(w, [R, S, SEG]), 2)),
-                                         axis=2, combine_fn=_combine)
+    a_seg, w_seg = tl.reshape(a, [R, S, SEG]), tl.reshape(w, [R, S, SEG])
+    p_seg, lam_seg = tl.associative_scan((tl.flip(a_seg, 2), tl.flip(w_seg, 2)), axis=2, combine_fn=_combine)
     p_seg, lam_seg = tl.flip(p_seg, 2), tl.flip(lam_seg, 2)
     first = tl.arange(0, SEG)[None, None, :] == 0
     P = tl.sum(tl.where(first, p_seg, 0.0), axis=2)                          # each segment whole, [R, S]
