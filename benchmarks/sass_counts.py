@@ -1,14 +1,14 @@
-"""Static counts of the selective scan's Triton backwards compiled for an H100 (sm_90), on any machine, GPU or not.
+"""Static counts of the selective scan's Triton kernels compiled for an H100 (sm_90), on any machine, GPU or not.
 
     python3 benchmarks/sass_counts.py            (make sass-counts; a few minutes on 2 CPU cores)
 
-Compiles `fused`'s backward (Triton's reverse scan and the blocked one) and the rows backward (at the tile shapes
-of `scan_backward_sweep.py`) for sm_90 with `triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D,
-Δ-bias, softplus), N = 16; pointer and length arguments marked divisible by 16 as Triton's JIT does for real shapes.
+Compiles the real-A kernels (`fused`'s forward and backward, the rows forward) at their default shapes for sm_90 with
+`triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D, Δ-bias, softplus), N = 16; pointer and length
+arguments marked divisible by 16 as Triton's JIT does for real shapes.
 Then reads the cubin with the `cuobjdump` that ships with Triton and prints, per kernel: registers per thread, bytes
 of stack, spill instructions (STL/LDL), warp shuffles (SHFL), barriers (BAR), multi-function-unit ops (MUFU: exp2,
 log2, reciprocal) and all instructions. The counts are of the code, not of its execution: a loop body counts once.
-No timing: that needs the GPU (`make bench`, `make bench-bwd-sweep`).
+No timing: that needs the GPU (`make bench`).
 """
 from __future__ import annotations
 
@@ -23,11 +23,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from mamba_bio_audio.kernels.selective_scan import fused, fused_rows
-from scan_backward_sweep import SHAPES  # the rows backward's tile shapes that the GPU sweep times
 
 BF16_POINTERS = {"u_ptr", "dt_ptr", "z_ptr", "pre_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
 DIVISIBLE = {"L", "dim", "n_state"}
-OPTIONS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_DHLAST=False, SUMMARY=False, PTX=True)
+OPTIONS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SUMMARY=False)
 
 
 def compile_sm90(kernel, constexprs: dict, num_warps: int, bf16: set[str]):
@@ -65,17 +64,21 @@ def main() -> int:
     print(f"Triton {triton.__version__}, sm_90, bf16 inputs, N = 16, z, D, Δ-bias, softplus")
     print("| kernel | registers | stack bytes | STL/LDL | SHFL | BAR | MUFU | instructions |")
     print("|---|---|---|---|---|---|---|---|")
-    block_t, warps = fused.SHAPES["bwd"]
-    for blocked in (False, True):
-        constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCKED_REVERSE=blocked, BLOCK_N=16, BLOCK_T=block_t)
-        row = counts(compile_sm90(fused._bwd_kernel, constexprs, warps, BF16_POINTERS | {"B_ptr", "C_ptr"}))
-        scan = "the blocked" if blocked else "Triton's"
-        name = f"`fused` backward, {block_t} tokens, {warps} warps, {scan} reverse scan"
-        print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
-    for tokens, channels, warps in sorted({shape[:3] for shape in SHAPES}):
-        constexprs = dict(OPTIONS, N=16, BLOCK_D=channels, QB=tokens, SUM_BC=True, STAGES=fused_rows.STAGES)
-        row = counts(compile_sm90(fused_rows._rows_bwd_kernel, constexprs, warps, BF16_POINTERS))
-        name = f"rows backward, {tokens} tokens × {channels} channels, {warps} warps"
+    fwd_t, fwd_warps = fused.SHAPES["fwd"]
+    bwd_t, bwd_warps = fused.SHAPES["bwd"]
+    fused_flags = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16)
+    kernels = [
+        (f"`fused` forward, {fwd_t} tokens, {fwd_warps} warps", fused._fwd_kernel,
+         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=fwd_t), fwd_warps, {"B_ptr", "C_ptr"}),
+        (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
+         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
+        (f"rows forward, {fused_rows.Q} tokens × {fused_rows.BLOCK_D} channels, {fused_rows.WARPS} warps",
+         fused_rows._rows_fwd_kernel,
+         dict(OPTIONS, N=16, BLOCK_D=fused_rows.BLOCK_D, Q=fused_rows.Q, SAVE_EVERY=bwd_t // fused_rows.Q,
+              HAS_H0=False, SAVE_PRE=True, STAGES=fused_rows.STAGES), fused_rows.WARPS, set()),
+    ]
+    for name, kernel, constexprs, warps, bf16_bc in kernels:
+        row = counts(compile_sm90(kernel, constexprs, warps, BF16_POINTERS | bf16_bc))
         print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
     return 0
 

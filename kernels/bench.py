@@ -3,9 +3,9 @@
     python -m mamba_bio_audio.kernels.bench [--reference ../shared/reference/h100_selective_scan_reference.json]
 
 For each configuration of the reference table: fwd and fwd+bwd ms (median of triton.testing.do_bench) of the
-fused Triton scan (which forward ran, `fused` or `fused_rows`, the other one's fwd ms, the fwd+bwd with the opt-in
-blocked reverse scan in `fused`'s backward, and where the rows forward runs the fwd+bwd with the opt-in rows
-backward) and of the chunked PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C
+fused Triton scan (which forward ran, `fused` or `fused_rows`, and the other one's fwd ms; also its fwd replayed
+from a CUDA graph, which leaves out the host's launch cost that bounds the short configs) and of the chunked PyTorch
+scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C
 shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over
 the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same
 run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same lengths, and the
@@ -132,6 +132,15 @@ def time_scan(fn, inputs, backward: bool = True) -> tuple[float, float]:
     return fwd, triton.testing.do_bench(fwd_bwd, grad_to_none=[v for v in leaves.values() if v is not None])
 
 
+def time_forward_graph(fn, inputs) -> float:
+    """fwd ms (no grad) of `fn` replayed from a CUDA graph: the GPU's time without the host's launch cost."""
+    import triton
+
+    with torch.no_grad():
+        fn(**inputs, delta_softplus=True)  # compiled before the capture
+        return triton.testing.do_bench_cudagraph(lambda: fn(**inputs, delta_softplus=True))
+
+
 def model_level() -> None:
     """A Mamba layer's fwd+bwd throughput and peak memory, then the training steps of a 6-layer, d_model 128 DNA
     model from L = 2^10 to 2^20 (the last at batch 1) (bf16 autocast, default backends)."""
@@ -208,32 +217,27 @@ def main(argv=None) -> int:
     bandwidth, exps_per_s = copy_bandwidth(), exp_rate()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
           f"exp2 rate {exps_per_s / 1e12:.2f} T/s")
-    print("| batch | dim | L | z | forward | triton fwd ms | other forward's fwd ms | triton fwd+bwd ms "
-          "| fwd+bwd, blocked reverse scan | fwd+bwd with the rows backward | torch fwd+bwd ms | ref fwd ms "
-          "| ref fwd+bwd ms | fwd / ref | fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| batch | dim | L | z | forward | triton fwd ms | fwd ms, CUDA graph | other forward's fwd ms "
+          "| triton fwd+bwd ms | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref | fwd+bwd / ref "
+          "| hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, dim, n_state, length, with_z in CONFIGS:
         inputs = make_inputs(batch, dim, n_state, length, with_z)
         kind = forward_kind(batch, dim, length, inputs["B"], inputs["C"], n_state, inputs["u"].device)
         fwd, fwd_bwd = time_scan(selective_scan_fused, inputs)
         with _env("MBA_SCAN_ROWS", "0" if kind == "rows" else "1"):  # the forward the rule did not choose
             other_fwd = time_scan(selective_scan_fused, inputs, backward=False)[0]
-        with _env("MBA_SCAN_BLOCKED_REVERSE", "1"):  # `fused`'s backward with its opt-in blocked reverse scan
-            blocked_bwd = time_scan(selective_scan_fused, inputs)[1]
-        rows_bwd = float("nan")
-        if kind == "rows":  # the opt-in backward in the rows layout
-            with _env("MBA_SCAN_ROWS_BWD", "1"):
-                rows_bwd = time_scan(selective_scan_fused, inputs)[1]
+        graph_fwd = time_forward_graph(selective_scan_fused, inputs)
         torch_fb = time_scan(selective_scan_chunked, inputs)[1] if length <= args.torch_max_len else float("nan")
         moved = batch * dim * length * 2 * (3 + with_z) + 2 * batch * n_state * length * 2
         floor = moved / bandwidth * 1e3
         exp_floor = batch * dim * length * n_state / exps_per_s * 1e3
         ref = reference.get((batch, dim, n_state, length), {})
         ref_f, ref_fb = ref.get("fwd_ms", float("nan")), ref.get("fwdbwd_ms", float("nan"))
-        print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {kind} | {fwd:.3f} | {other_fwd:.3f} | "
-              f"{fwd_bwd:.3f} | {blocked_bwd:.3f} | {rows_bwd:.3f} | "
-              f"{torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | {fwd / ref_f:.2f} | {fwd_bwd / ref_fb:.2f} | {floor:.3f} | "
-              f"{exp_floor:.3f} | {fwd / max(floor, exp_floor):.1f} |", flush=True)
+        print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {kind} | {fwd:.3f} | {graph_fwd:.3f} | "
+              f"{other_fwd:.3f} | {fwd_bwd:.3f} | {torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | {fwd / ref_f:.2f} | "
+              f"{fwd_bwd / ref_fb:.2f} | {floor:.3f} | {exp_floor:.3f} | {fwd / max(floor, exp_floor):.1f} |",
+              flush=True)
         del inputs
         torch.cuda.empty_cache()
     sdpa_rows([2 ** 11, 2 ** 13, 2 ** 15, 2 ** 17])

@@ -81,11 +81,10 @@ def test_fused_chunk_count_does_not_change_the_result(monkeypatch):
 
 @pytest.mark.parametrize("bc", ["grouped", "var_const"])
 def test_fused_blocked_reverse_scan_matches_naive(monkeypatch, bc):
-    """The backward with its blocked reverse scan (MBA_SCAN_BLOCKED_REVERSE=1): all options in the steep regime on one
-    tile of 64 tokens (8 segments of 8), then L split into 3 chunks of 32-token tiles."""
+    """The backward's blocked reverse scan: all options in the steep regime on one tile of 64 tokens (8 segments of
+    8), then L split into 3 chunks of 32-token tiles."""
     from mamba_bio_audio.kernels.selective_scan import fused as fused_module
 
-    monkeypatch.setenv("MBA_SCAN_BLOCKED_REVERSE", "1")
     case = make_case(length=45, regime="steep", bc=bc, dtype=torch.float32, **full_extras())
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
     monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
@@ -141,62 +140,6 @@ def test_rows_forward_bf16_and_the_same_states_as_fused(monkeypatch):
         results.append(fused(**case32, return_last_state=True))
     for by_rows, by_fused in zip(*results):
         assert (by_rows - by_fused).norm() <= 1e-5 * by_fused.norm()
-
-
-@pytest.fixture
-def rows_backward(rows_forward, monkeypatch):
-    """The backward in the rows layout (MBA_SCAN_ROWS_BWD=1) after the rows forward."""
-    monkeypatch.setenv("MBA_SCAN_ROWS_BWD", "1")
-
-
-@pytest.fixture
-def small_rows_backward(rows_backward, monkeypatch):
-    """Backward tiles of 32 tokens and 8 channels (one warp): several tiles, chunks and channel blocks at test sizes;
-    dB and dC added per channel (the default sums them over the block's channels first)."""
-    from mamba_bio_audio.kernels.selective_scan import fused_rows
-
-    monkeypatch.setattr(fused_rows, "BWD_SHAPE", (32, 8, 1, False))
-
-
-@pytest.mark.parametrize("regime", ["small", "steep"])
-def test_rows_backward_matches_naive(rows_backward, regime):
-    """All options, initial state and dh_last included, at the default tile (L = 90: two tiles, split into two
-    chunks); and 17 states."""
-    case = make_case(length=90, regime=regime, bc="var", dtype=torch.float32, **full_extras())
-    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
-    if regime == "small":
-        case = make_case(length=40, n=17, regime="small", bc="var", dtype=torch.float32, **full_extras())
-        check_against_naive(case, TOL[torch.float32], 16, fn=fused)
-
-
-@pytest.mark.parametrize("length", [1, 17, 90])
-def test_rows_backward_small_tiles_and_channel_blocks(small_rows_backward, length):
-    """12 channels in blocks of 8 (the last one partial); 1, 1 and 3 tiles of 32 tokens (3 chunks); all options, and
-    none at the short lengths."""
-    case = make_case(dim=12, length=length, regime="small", bc="var", dtype=torch.float32, **full_extras())
-    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
-    if length < 32:
-        case = make_case(dim=12, length=length, regime="small", bc="var", dtype=torch.float32)
-        check_against_naive(case, TOL[torch.float32], 16, fn=fused)
-
-
-def test_rows_backward_chunk_count_and_bf16(small_rows_backward, monkeypatch):
-    """Splitting L changes the order of operations only (3 chunks against 1 agree to rounding); bf16 inputs."""
-    from mamba_bio_audio.kernels.selective_scan import fused_rows
-
-    case = make_case(dim=8, length=96, regime="small", bc="var", dtype=torch.float32, **full_extras())
-    grads = []
-    for target in (fused_rows.SPLIT_TARGET_THREADS, 0):  # 3 chunks, then 1
-        monkeypatch.setattr(fused_rows, "SPLIT_TARGET_THREADS", target)
-        inputs = {k: (v.clone().requires_grad_(v.is_floating_point()) if isinstance(v, torch.Tensor) else v)
-                  for k, v in case.items()}
-        out, last = fused(**inputs, return_last_state=True)
-        (out.square().sum() + last.sum()).backward()
-        grads.append([inputs[k].grad for k in sorted(inputs) if isinstance(inputs[k], torch.Tensor)])
-    for split, whole in zip(*grads):
-        assert (split - whole).norm() <= 1e-5 * whole.norm()
-    case = make_case(dim=8, length=70, n=4, regime="small", bc="var", dtype=torch.bfloat16, **full_extras())
-    check_against_naive(case, TOL[torch.bfloat16], 16, fn=fused)
 
 
 def test_forward_choice_follows_the_h100_sweep(monkeypatch):

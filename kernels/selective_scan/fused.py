@@ -15,7 +15,8 @@ and the chunk's ΣΔ (from within-tile cumulative sums: one exp per token and st
 chunk folds the summaries of the chunks before it, H ← exp(A·ΣΔ_c)·H + s_c, and runs the full pass from its start.
 
 Backward, per tile from last to first: recompute h_t from the saved tile start (scan over (a_t, x_t)); the adjoint
-λ_t = go_t·C_t + a_{t+1}·λ_{t+1} by a reverse scan over (a_{t+1}, go_t·C_t) (Δ loaded one token ahead);
+λ_t = go_t·C_t + a_{t+1}·λ_{t+1} by a blocked reverse scan over (a_{t+1}, go_t·C_t) (Δ loaded one token ahead;
+`triton_tiles._reverse_scan`);
 a_t·h_{t−1} = h_t − x_t (its rounding error is at most ε·|x_t|, small next to the λ·x/Δ term of the same
 gradient; the reference CUDA kernel does the same). The carry between tiles and chunks is ν = a_t·λ_t at the
 tile start; a chunk's summary for the backward is ν at its start from a zero carry, Σ_t exp(A·S_t)·go_t·C_t with
@@ -36,8 +37,7 @@ import triton.language as tl
 
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
-from . import fused_rows
-from .fused_rows import rows_backward, rows_forward, use_rows
+from .fused_rows import rows_forward, use_rows
 from .triton_tiles import LOG2E, REVERSE_SEG, _combine, _delta, _mul_rn, _reverse_scan, _store_output
 
 
@@ -178,7 +178,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, SUMMARY: tl.constexpr,
-                PTX: tl.constexpr, BLOCKED_REVERSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: ν at the chunk start from a zero carry, and its ΣΔ.
     Otherwise: du, dΔ (raw delta), dz for the chunk's tokens; dA, dD, dbias (and dB, dC if constant) per (batch
     row, channel, chunk); dB, dC (variable) accumulated atomically into fp32 buffers; ν at the chunk start in nu
@@ -253,16 +253,12 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum
                 a_next = tl.exp2(dt_next * A2n)                                      # a_{t+1}; 1 at the tile end
-                # λ_t. BLOCKED_REVERSE (MBA_SCAN_BLOCKED_REVERSE=1): the blocked `_reverse_scan`, the carry ν = a·λ at
-                # the next tile's start entering at the last token. For sm_90 it compiles to 97 shuffles per state
-                # against 391 for Triton's, and 22 spilled instructions against 26 (Triton 3.6); opt-in until timed.
-                if BLOCKED_REVERSE:
-                    w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
-                    lam = _reverse_scan(tl.reshape(a_next, [1, BLOCK_T]), tl.reshape(w, [1, BLOCK_T]), REVERSE_SEG)[1]
-                    lam = tl.reshape(lam, [BLOCK_T])
-                else:
-                    p_cum, lam = tl.associative_scan((a_next, go * Cn), axis=0, combine_fn=_combine, reverse=True)
-                    lam += p_cum * nu_in
+                # λ_t by the blocked `_reverse_scan`, the carry ν = a·λ at the next tile's start entering at the
+                # last token. Triton's own reverse scan sends every element through ~20 warp shuffles (391 per
+                # state for sm_90 against 97 here); fwd+bwd took 1.13-1.27× as long with it on the H100 (BENCHMARKS.md).
+                w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
+                lam = _reverse_scan(tl.reshape(a_next, [1, BLOCK_T]), tl.reshape(w, [1, BLOCK_T]), REVERSE_SEG)[1]
+                lam = tl.reshape(lam, [BLOCK_T])
                 tl.store(nu_ptr + (row * n_chunks + chunk) * n_state + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
@@ -404,11 +400,8 @@ class _FusedScan(torch.autograd.Function):
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        ctx.rows_backward = False
-        if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
-            ctx.rows_backward = os.environ.get("MBA_SCAN_ROWS_BWD") == "1" and n_state <= fused_rows.BWD_SHAPE[0]
-            # the state at every start of the backward's tiles
-            block_t = fused_rows.BWD_SHAPE[0] if ctx.rows_backward else _plan("bwd", batch, dim, L, u.device)[0]
+        if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":  # it saves the backward's tile starts
+            block_t = _plan("bwd", batch, dim, L, u.device)[0]
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, block_t)
         else:
             out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups)
@@ -426,12 +419,6 @@ class _FusedScan(torch.autograd.Function):
         batch, dim, L = u.shape
         n_state = A32.shape[1]
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device)
-        if ctx.rows_backward:
-            du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = rows_backward(u, delta, z, pre, A32, B, C, D32, bias32,
-                                                                       h_start, dout, dh_last, softplus)
-            return (du, ddelta, dA.to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
-                    dD.to(D_dtype) if dD is not None else None, dz,
-                    dbias.to(bias_dtype) if dbias is not None else None, dh0 if has_h0 else None, None, None, None)
         assert n_tiles + 1 == h_start.shape[2], "forward and backward must use the same tokens per tile"
         f32 = dict(device=u.device, dtype=torch.float32)
         per_chunk = (batch, dim, n_chunks, n_state)
@@ -457,7 +444,6 @@ class _FusedScan(torch.autograd.Function):
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
                      PTX=os.environ.get("TRITON_INTERPRET", "0") != "1",
-                     BLOCKED_REVERSE=os.environ.get("MBA_SCAN_BLOCKED_REVERSE") == "1",
                      BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
         if n_chunks > 1:
