@@ -197,12 +197,17 @@ def test_fused_fp16_inputs():
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2 ** 30,
                     reason="needs a GPU with 40 GiB")
-def test_fused_offsets_past_2_31(monkeypatch):
+@pytest.mark.parametrize("rows", ["0", "1"])
+def test_fused_offsets_past_2_31(monkeypatch, rows):
     """batch·dim·L = 2^31 (and ·N far beyond): the last channels live past 2^31 elements. Channels are independent
-    (B and C shared), so they must match the same channels scanned on their own, forward and backward."""
+    (B and C shared), so they must match the same channels scanned on their own, forward and backward; with either
+    forward (`fused`, rows) forced, L never split (the same arithmetic for 8 channels as for 2048)."""
+    from mamba_bio_audio.kernels.selective_scan import fused_rows
     from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
 
-    monkeypatch.setenv("MBA_SCAN_CHUNKS", "1")  # the same arithmetic for 8 channels as for 2048
+    monkeypatch.setenv("MBA_SCAN_ROWS", rows)
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", "1")
+    monkeypatch.setattr(fused_rows, "SPLIT_TARGET_THREADS", 0)
     g = torch.Generator(device="cuda").manual_seed(0)
     dim, length, n = 2048, 2 ** 20, 16
     bf = dict(device="cuda", dtype=torch.bfloat16)
