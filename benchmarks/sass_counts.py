@@ -69,7 +69,7 @@ def main() -> int:
     fused_flags = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16)
     kernels = [
         (f"`fused` forward, {fwd_t} tokens, {fwd_warps} warps", fused._fwd_kernel,
-         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=fwd_t), fwd_warps, {"B_ptr", "C_ptr"}),
+         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=fwd_t, SAVE_T=bwd_t), fwd_warps, {"B_ptr", "C_ptr"}),
         (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
          dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
         (f"rows forward, {fused_rows.Q} tokens × {fused_rows.BLOCK_D} channels, {fused_rows.WARPS} warps",

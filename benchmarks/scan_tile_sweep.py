@@ -1,5 +1,5 @@
-"""GPU sweep of `fused`'s tile shapes: tokens per tile (shared by the forward and the backward, whose tile starts
-the forward saves) and warps of each pass, timed at the benchmark's long configurations.
+"""GPU sweep of `fused`'s tile shapes: tokens per tile and warps of each pass (the forward saves the state at every
+start of the backward's tiles, which divide its own), timed at the benchmark's long configurations.
 
     python3 benchmarks/scan_tile_sweep.py            (make bench-tiles; ~6 minutes on an H100)
 
@@ -18,8 +18,8 @@ from mamba_bio_audio.kernels.selective_scan import fused
 
 CONFIGS = [(1, 1024, 16, 2 ** 15, False), (1, 1024, 16, 2 ** 19, False), (8, 2048, 16, 8192, True),
            (4, 1536, 16, 2 ** 16, True), (1, 256, 16, 2 ** 20, True), (1, 512, 16, 2 ** 20, True)]
-# (tokens per tile, forward warps, backward warps)
-SHAPES = [(1024, 4, 2), (512, 4, 1), (512, 4, 2), (512, 2, 1), (2048, 4, 4), (1024, 4, 4)]
+# (forward tokens per tile, forward warps, backward tokens per tile, backward warps); None: the module's rule
+SHAPES = [None, (1024, 4, 1024, 2), (1024, 4, 512, 1), (1024, 4, 256, 1), (1024, 4, 512, 2), (512, 2, 512, 1)]
 
 
 def gradients(inputs) -> dict:
@@ -30,9 +30,10 @@ def gradients(inputs) -> dict:
 
 
 def main() -> int:
-    default = dict(fused.SHAPES)
+    default = dict(fused.SHAPES), fused.BWD_SHAPE_FEW_PROGRAMS
     print(f"{torch.cuda.get_device_name()}; default {default}")
-    print("| batch | dim | L | z | forward | " + " | ".join(f"{t} tokens, {fw}/{bw} warps" for t, fw, bw in SHAPES)
+    print("| batch | dim | L | z | forward | " + " | ".join(
+        "default" if shape is None else "fwd {} × {}w, bwd {} × {}w".format(*shape) for shape in SHAPES)
           + " |  (fwd / fwd+bwd ms)")
     print("|---|---|---|---|---|" + "---|" * len(SHAPES))
     for batch, dim, n_state, length, with_z in CONFIGS:
@@ -40,13 +41,18 @@ def main() -> int:
         kind = fused.forward_kind(batch, dim, length, inputs["B"], inputs["C"], n_state, inputs["u"].device)
         reference = gradients(inputs)
         cells = []
-        for tokens, fwd_warps, bwd_warps in SHAPES:
-            fused.SHAPES.update(fwd=(tokens, fwd_warps), bwd=(tokens, bwd_warps))
+        for shape in SHAPES:
+            fused.SHAPES.update(default[0])
+            fused.BWD_SHAPE_FEW_PROGRAMS = default[1]
+            if shape is not None:
+                fused.SHAPES.update(fwd=shape[:2], bwd=shape[2:])
+                fused.BWD_SHAPE_FEW_PROGRAMS = shape[2:]
             for name, grad in gradients(inputs).items():
                 error = ((grad - reference[name]).norm() / reference[name].norm()).item()
                 assert error < 2e-2, f"{name}: relative error {error:.2e} against the default shape"
             cells.append(time_scan(fused.selective_scan_fused, inputs))
-        fused.SHAPES.update(default)
+        fused.SHAPES.update(default[0])
+        fused.BWD_SHAPE_FEW_PROGRAMS = default[1]
         best = min(range(len(cells)), key=lambda i: cells[i][1])
         print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {kind} | " + " | ".join(
             ("**" if i == best else "") + f"{f:.3f} / {fb:.3f}" + ("**" if i == best else "")

@@ -79,6 +79,21 @@ def test_fused_chunk_count_does_not_change_the_result(monkeypatch):
         assert (one - four).norm() <= 1e-5 * one.norm()
 
 
+@pytest.mark.parametrize("chunks", ["1", "2"])
+def test_fused_backward_tiles_inside_the_forward_tiles(monkeypatch, chunks):
+    """Forward tiles of 64 tokens, backward tiles of 32: the forward saves two states per tile; L = 90 leaves the
+    last forward tile half padding (its second save falls past the end and must not be written) and, split, the
+    chunk boundaries of the passes differ."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (64, 1), "bwd": (32, 1)})
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", chunks)
+    monkeypatch.setenv("MBA_SCAN_ROWS", "0")
+    for length in (90, 128):
+        case = make_case(length=length, regime="small", bc="var", dtype=torch.float32, **full_extras())
+        check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
 @pytest.mark.parametrize("bc", ["grouped", "var_const"])
 def test_fused_blocked_reverse_scan_matches_naive(monkeypatch, bc):
     """The backward's blocked reverse scan: all options in the steep regime on one tile of 64 tokens (8 segments of

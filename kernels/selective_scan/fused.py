@@ -1,13 +1,13 @@
 """Fused selective scan in Triton (real A): discretisation, scan, readout, D skip and z gate in one kernel.
 
 Layout (that of the reference CUDA kernel). One program owns one (batch row, channel, chunk of L) and walks its
-chunk in tiles of BLOCK_T tokens (a few thousand: 8 to 16 per thread). A tile loads u, Δ (and z) once, then loops
+chunk in tiles of BLOCK_T tokens (512 to 1024: 8 to 16 per thread). A tile loads u, Δ (and z) once, then loops
 over the N states: for state n it loads B[n], C[n] over the tile, forms a = exp2(Δ·A_n·log2 e) and x = Δ·u·B_n,
 scans along the tile with `tl.associative_scan` and adds C_n·h into the output. One state at a time makes the
 output a running sum (no reduction over N), and every per-state value (A_n, the carried state) is a scalar, so
-all tensors share one layout. The state at each tile start goes to memory: it carries the scan from tile to tile
-and is all the backward keeps (O(L/BLOCK_T·N) per channel, nothing of size L·N). B and C are read by every
-channel's program (from L2: a (batch, G, N, L) tensor is small next to u).
+all tensors share one layout. The state at each start of the backward's tiles (which divide the forward's) goes to
+memory: it carries the scan from tile to tile and is all the backward keeps (O(L/BLOCK_T·N) per channel, nothing of
+size L·N). B and C are read by every channel's program (from L2: a (batch, G, N, L) tensor is small next to u).
 
 Sequence parallelism. When batch·dim programs cannot fill the GPU, L is split into chunks run by different
 programs: a summary pass computes, per chunk, the end state from a zero start, s_c = Σ_t exp(A·(S_end − S_t))·x_t,
@@ -110,18 +110,22 @@ def _carry_through_tile(H, E, S_tile, w, A_ptr, d, n, n_state, offs_n):
 @triton.jit
 def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_ptr, out_ptr, pre_ptr,
                 hstart_ptr, sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
-                B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                n_saves, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
-                SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+                SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, SAVE_T: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
-    tile-start states (the carry between tiles goes through them; entry n_tiles is the last state), and with
-    SAVE_PRE the output before the z gate (for dz in the backward)."""
+    the state at every SAVE_T-th token boundary, the backward's tile starts (entry e: the state after e·SAVE_T
+    tokens; the tile-to-tile carry goes through them; entry n_saves − 1 is the last state), and with SAVE_PRE the
+    output before the z gate (for dz in the backward). SAVE_T divides BLOCK_T."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
     chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n_state
-    is_last = offs_t == BLOCK_T - 1
+    # the saves inside a tile: after token offs_t where offs_t + 1 is a multiple of SAVE_T; entry k·R + j in tile k
+    R: tl.constexpr = BLOCK_T // SAVE_T
+    save_j = (offs_t + 1) // SAVE_T
+    is_save = (offs_t + 1) % SAVE_T == 0
     A2 = tl.load(A_ptr + d * n_state + offs_n, mask=mask_n, other=0.0) * LOG2E      # A·log2 e, [BLOCK_N]
     bias = tl.load(bias_ptr + d) if HAS_BIAS else 0.0
     Dv = tl.load(D_ptr + d) if HAS_D else 0.0
@@ -131,7 +135,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
         H = tl.zeros([BLOCK_N], tl.float32)
     if not SUMMARY:
         H = _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chunks, 0, chunk, 1)
-        tl.store(hstart_ptr + (row * (n_tiles + 1) + k0) * n_state + offs_n, H, mask=mask_n)
+        tl.store(hstart_ptr + (row * n_saves + k0 * R) * n_state + offs_n, H, mask=mask_n)
         tl.debug_barrier()
     dt_acc = tl.zeros([BLOCK_T], tl.float32)
     for k in range(k0, k1):
@@ -156,14 +160,15 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 n_next = tl.minimum(n + 1, n_state - 1)
                 B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, t, L, B_CONST)
                 C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, t, L, C_CONST)
-                h_in = tl.load(hstart_ptr + (row * (n_tiles + 1) + k) * n_state + n)
+                h_in = tl.load(hstart_ptr + (row * n_saves + k * R) * n_state + n)
                 a_cum, x_cum = tl.associative_scan((tl.exp2(dt * A2n), dtu * Bn), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum                                              # h_t
                 y += h * Cn
-                # the tile's last state (padding steps are identities) starts the next tile or is the last state;
-                # the next chunk's start is written by that chunk
-                tl.store(hstart_ptr + (row * (n_tiles + 1) + k + 1) * n_state + n + 0 * offs_t, h,
-                         mask=is_last & ((k + 1 < k1) | (k + 1 == n_tiles)))
+                # the saves: those inside the tile, then the tile's last state, which starts the next tile or is the
+                # last state (padding steps are identities; the next chunk's start is written by that chunk)
+                save = k * R + save_j
+                tl.store(hstart_ptr + (row * n_saves + save) * n_state + n, h,
+                         mask=is_save & (save < n_saves) & ((save_j < R) | (k + 1 < k1) | (k + 1 == n_tiles)))
             if HAS_D:  # u again: fewer live registers through the loop over states
                 y += Dv * tl.load(u_ptr + row * L + t, mask=t < L, other=0.0).to(tl.float32)
             _store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, t < L, HAS_Z, SAVE_PRE)
@@ -299,14 +304,17 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
             tl.store(dbias_ptr + row * n_chunks + chunk, dbias_acc)
 
 
-# Launch shapes per pass: (tokens per tile, warps). Both passes use the same tile (the backward starts from the
-# forward's tile-start states). L is split into chunks when batch·dim programs cannot fill the GPU;
-# MBA_SCAN_CHUNKS forces the number of chunks.
-# Best of a sweep on an H100 (BENCHMARKS.md): 1024 tokens per tile, 4 warps forward, 2 backward. L is split into
-# chunks when batch·dim programs are fewer than 3 per SM (at 512 programs on 132 SMs one chunk was faster, at 256
-# nine chunks were 1.2x faster, at 128 eight were 2.4x faster), aiming at 16 programs per SM. MBA_SCAN_CHUNKS
-# forces the count.
-SHAPES = {"fwd": (1024, 4), "bwd": (1024, 2)}
+# Launch shapes per pass: (tokens per tile, warps). The forward saves the state at every start of the backward's
+# tiles, so the backward's tile divides the forward's. L is split into chunks when batch·dim programs are fewer
+# than 3 per SM (at 512 programs on 132 SMs one chunk was faster, at 256 nine chunks were 1.2x faster, at 128 eight
+# were 2.4x faster), aiming at 16 programs per SM; MBA_SCAN_CHUNKS forces the count.
+# Sweeps on an H100 (BENCHMARKS.md, `make bench-tiles`): the forward 1024 tokens, 4 warps; the backward 512 tokens,
+# 1 warp (fwd+bwd 12-19% faster than 1024 and 2 warps), except between 3 and BWD_NARROW_FROM_PER_SM programs per SM
+# (L not split, and too few warps in flight at one per program: batch 1 × 512 channels at L = 2^20 took 1.5x as
+# long), where it keeps BWD_SHAPE_FEW_PROGRAMS.
+SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
+BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
+BWD_NARROW_FROM_PER_SM = 6
 PROGRAMS_PER_SM = 16
 SPLIT_BELOW_PER_SM = 3
 MIN_TILES_PER_CHUNK = 2
@@ -321,13 +329,15 @@ def _sm_count(device: torch.device) -> int:
 
 def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass."""
+    programs = batch * dim
+    sms = _sm_count(device)
     block_t, warps = SHAPES[kind]
+    if kind == "bwd" and SPLIT_BELOW_PER_SM * sms <= programs < BWD_NARROW_FROM_PER_SM * sms:
+        block_t, warps = BWD_SHAPE_FEW_PROGRAMS
     # at least one token per thread of the widest pass (reductions over replicated short tiles went wrong on an
     # H100), the same in both passes
     block_t = min(block_t, max(32 * max(w for _, w in SHAPES.values()), triton.next_power_of_2(L)))
     n_tiles = triton.cdiv(L, block_t)
-    programs = batch * dim
-    sms = _sm_count(device)
     forced = os.environ.get("MBA_SCAN_CHUNKS")
     if forced:
         n_chunks = max(1, min(int(forced), n_tiles))
@@ -363,24 +373,28 @@ def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor,
 
 def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, groups: int):
     """The forward of `_fwd_kernel` (summary pass first when L is split): out, the pre-gate output (or None) and the
-    tile-start states h_start (batch, dim, n_tiles + 1, N) fp32, the last state in the last entry."""
+    states at the backward's tile starts h_start (batch, dim, n_bwd_tiles + 1, N) fp32, the last state in the last
+    entry."""
     batch, dim, L = u.shape
     n_state = A32.shape[1]
     block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
+    save_t = _plan("bwd", batch, dim, L, u.device)[0]
+    assert block_t % save_t == 0, "the backward's tiles must divide the forward's"
+    n_saves = triton.cdiv(L, save_t) + 1
     f32 = dict(device=u.device, dtype=torch.float32)
     out = torch.empty_like(u)
     pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
-    h_start = torch.empty(batch, dim, n_tiles + 1, n_state, **f32)  # tile starts, then the last state
+    h_start = torch.empty(batch, dim, n_saves, n_state, **f32)  # the backward's tile starts, then the last state
     chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
     chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
     dummy = chunk_dt
     args = (u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
             bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
             pre if pre is not None else out, h_start,
-            chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
+            chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk, n_saves)
     flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
-                 BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps,
+                 BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps,
                  **_register_cap("fwd", batch * dim * n_chunks, u.device))
     grid = (batch, dim, n_chunks)
     if n_chunks > 1:
@@ -422,7 +436,7 @@ class _FusedScan(torch.autograd.Function):
         batch, dim, L = u.shape
         n_state = A32.shape[1]
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device)
-        assert n_tiles + 1 == h_start.shape[2], "forward and backward must use the same tokens per tile"
+        assert n_tiles + 1 == h_start.shape[2], "the forward saves the state at every start of the backward's tiles"
         f32 = dict(device=u.device, dtype=torch.float32)
         per_chunk = (batch, dim, n_chunks, n_state)
         # du, dΔ, dz in the inputs' dtypes, written once by the kernel (fp32 inside)
