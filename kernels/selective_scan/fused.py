@@ -309,7 +309,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 # than 3 per SM (at 512 programs on 132 SMs one chunk was faster, at 256 nine chunks were 1.2x faster, at 128 eight
 # were 2.4x faster), aiming at 16 programs per SM; MBA_SCAN_CHUNKS forces the count.
 # Sweeps on an H100 (BENCHMARKS.md, `make bench-tiles`): the forward 1024 tokens, 4 warps; the backward 512 tokens,
-# 1 warp (fwd+bwd 12-19% faster than 1024 and 2 warps), except between 3 and BWD_NARROW_FROM_PER_SM programs per SM
+# 1 warp (fwd+bwd 10-19% faster than 1024 and 2 warps), except between 3 and BWD_NARROW_FROM_PER_SM programs per SM
 # (L not split, and too few warps in flight at one per program: batch 1 × 512 channels at L = 2^20 took 1.5x as
 # long), where it keeps BWD_SHAPE_FEW_PROGRAMS.
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
