@@ -2,7 +2,7 @@
 
     python3 benchmarks/sass_counts.py            (make sass-counts; a few minutes on 2 CPU cores)
 
-Compiles the real-A kernels (`fused`'s forward and backward, the rows forward) at their default shapes for sm_90 with
+Compiles the kernels (`fused`'s forward and backward, the rows forward, the complex-A pair) at their default shapes for sm_90 with
 `triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D, Δ-bias, softplus), N = 16; pointer and length
 arguments marked divisible by 16 as Triton's JIT does for real shapes.
 Then reads the cubin with the `cuobjdump` that ships with Triton and prints, per kernel: registers per thread, bytes
@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mamba_bio_audio.kernels.selective_scan import fused, fused_rows
+from mamba_bio_audio.kernels.selective_scan import fused, fused_complex, fused_rows
 
 BF16_POINTERS = {"u_ptr", "dt_ptr", "z_ptr", "pre_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
 DIVISIBLE = {"L", "dim", "n_state"}
@@ -77,6 +77,15 @@ def main() -> int:
          dict(OPTIONS, N=16, BLOCK_D=fused_rows.BLOCK_D, Q=fused_rows.Q, SAVE_EVERY=bwd_t // fused_rows.Q,
               HAS_H0=False, SAVE_PRE=True, STAGES=fused_rows.STAGES), fused_rows.WARPS, set()),
     ]
+    block_t = fused_complex.TOKENS_PER_TILE
+    for kind, kernel, flags in (("fwd", fused_complex._fwd_kernel_complex, dict(HAS_H0=False)),
+                                ("bwd", fused_complex._bwd_kernel_complex, dict(HAS_DHLAST=False))):
+        block_d, block_n, warps = fused_complex._launch_config(kind, 1024, 16, block_t, 1)
+        constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t,
+                          **flags)
+        constexprs.pop("SUMMARY")
+        kernels.append((f"complex-A {kind}, [{block_d}, {block_n}, {block_t}] tiles, {warps} warps", kernel,
+                        constexprs, warps, set()))
     for name, kernel, constexprs, warps, bf16_bc in kernels:
         row = counts(compile_sm90(kernel, constexprs, warps, BF16_POINTERS | bf16_bc))
         print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
