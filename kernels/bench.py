@@ -3,10 +3,9 @@
     python -m mamba_bio_audio.kernels.bench [--reference ../shared/reference/h100_selective_scan_reference.json]
 
 For each configuration of the reference table: fwd and fwd+bwd ms (median of triton.testing.do_bench) of the
-fused Triton scan (which forward ran, `fused` or `fused_rows`, and the other one's fwd ms; also its fwd replayed
-from a CUDA graph, which leaves out the host's launch cost that bounds the short configs) and of the chunked PyTorch
-scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C
-shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over
+fused Triton scan (which forward ran, `fused` or `fused_rows`, and the other one's fwd ms; also its fwd and fwd+bwd
+replayed from CUDA graphs, which leave out the host's launch cost that bounds the short configs) and of the chunked
+PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over
 the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same
 run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same lengths, and the
 model-level figures.
@@ -132,13 +131,33 @@ def time_scan(fn, inputs, backward: bool = True) -> tuple[float, float]:
     return fwd, triton.testing.do_bench(fwd_bwd, grad_to_none=[v for v in leaves.values() if v is not None])
 
 
-def time_forward_graph(fn, inputs) -> float:
-    """fwd ms (no grad) of `fn` replayed from a CUDA graph: the GPU's time without the host's launch cost."""
+def time_graphs(fn, inputs) -> tuple[float, float]:
+    """fwd ms (no grad) and fwd+bwd ms of `fn` replayed from CUDA graphs: the GPU's time without the host's launch
+    cost (medians of triton.testing.do_bench over graph replays)."""
     import triton
 
     with torch.no_grad():
         fn(**inputs, delta_softplus=True)  # compiled before the capture
-        return triton.testing.do_bench_cudagraph(lambda: fn(**inputs, delta_softplus=True))
+        fwd = triton.testing.do_bench_cudagraph(lambda: fn(**inputs, delta_softplus=True))
+    leaves = {k: (v.detach().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    dout = torch.randn_like(inputs["u"])
+
+    def fwd_bwd():
+        for v in leaves.values():
+            if v is not None:
+                v.grad = None
+        fn(**leaves, delta_softplus=True).backward(dout)
+
+    side = torch.cuda.Stream()  # warm-up on a side stream, as CUDA graph capture asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fwd_bwd()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fwd_bwd()
+    return fwd, triton.testing.do_bench(graph.replay)
 
 
 def model_level() -> None:
@@ -218,16 +237,16 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
           f"exp2 rate {exps_per_s / 1e12:.2f} T/s")
     print("| batch | dim | L | z | forward | triton fwd ms | fwd ms, CUDA graph | other forward's fwd ms "
-          "| triton fwd+bwd ms | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref | fwd+bwd / ref "
-          "| hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| triton fwd+bwd ms | fwd+bwd ms, CUDA graph | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref "
+          "| fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, dim, n_state, length, with_z in CONFIGS:
         inputs = make_inputs(batch, dim, n_state, length, with_z)
         kind = forward_kind(batch, dim, length, inputs["B"], inputs["C"], n_state, inputs["u"].device)
         fwd, fwd_bwd = time_scan(selective_scan_fused, inputs)
         with _env("MBA_SCAN_ROWS", "0" if kind == "rows" else "1"):  # the forward the rule did not choose
             other_fwd = time_scan(selective_scan_fused, inputs, backward=False)[0]
-        graph_fwd = time_forward_graph(selective_scan_fused, inputs)
+        graph_fwd, graph_fwd_bwd = time_graphs(selective_scan_fused, inputs)
         torch_fb = time_scan(selective_scan_chunked, inputs)[1] if length <= args.torch_max_len else float("nan")
         moved = batch * dim * length * 2 * (3 + with_z) + 2 * batch * n_state * length * 2
         floor = moved / bandwidth * 1e3
@@ -235,9 +254,9 @@ def main(argv=None) -> int:
         ref = reference.get((batch, dim, n_state, length), {})
         ref_f, ref_fb = ref.get("fwd_ms", float("nan")), ref.get("fwdbwd_ms", float("nan"))
         print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {kind} | {fwd:.3f} | {graph_fwd:.3f} | "
-              f"{other_fwd:.3f} | {fwd_bwd:.3f} | {torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | {fwd / ref_f:.2f} | "
-              f"{fwd_bwd / ref_fb:.2f} | {floor:.3f} | {exp_floor:.3f} | {fwd / max(floor, exp_floor):.1f} |",
-              flush=True)
+              f"{other_fwd:.3f} | {fwd_bwd:.3f} | {graph_fwd_bwd:.3f} | {torch_fb:.3f} | {ref_f:.3f} | {ref_fb:.3f} | "
+              f"{fwd / ref_f:.2f} | {fwd_bwd / ref_fb:.2f} | {floor:.3f} | {exp_floor:.3f} | "
+              f"{fwd / max(floor, exp_floor):.1f} |", flush=True)
         del inputs
         torch.cuda.empty_cache()
     sdpa_rows([2 ** 11, 2 ** 13, 2 ** 15, 2 ** 17])

@@ -115,3 +115,13 @@ def test_fused_block_step_at_the_unets_sizes_matches_the_pytorch_step(d_model, b
             assert (out.double() - ref).norm() / ref.norm() < tolerance
             assert torch.allclose(res.double(), ref_res, atol=1e-2)
     assert (ssm_state.double() - ref_ssm).norm() / ref_ssm.norm() < tolerance
+
+
+def test_bench_times_the_scan_from_cuda_graphs():
+    """`make bench`'s graph timings: the fused scan's forward and its fwd+bwd (autograd backward included) capture
+    into CUDA graphs and replay."""
+    from mamba_bio_audio.kernels.bench import make_inputs, time_graphs
+    from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
+
+    fwd, fwd_bwd = time_graphs(selective_scan_fused, make_inputs(1, 64, 16, 2048, True))
+    assert 0 < fwd < fwd_bwd < 50
