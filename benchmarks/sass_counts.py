@@ -2,9 +2,9 @@
 
     python3 benchmarks/sass_counts.py            (make sass-counts; a few minutes on 2 CPU cores)
 
-Compiles the kernels (`fused`'s forward and backward, the rows forward, the complex-A pair) at their default shapes for sm_90 with
-`triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D, Δ-bias, softplus), N = 16; pointer and length
-arguments marked divisible by 16 as Triton's JIT does for real shapes.
+Compiles the kernels (`fused`'s forward and backward, the rows forward, the complex-A pair) at their default shapes
+for sm_90 with `triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D, Δ-bias, softplus), N = 16; pointer
+and length arguments marked divisible by 16 as Triton's JIT does for real shapes.
 Then reads the cubin with the `cuobjdump` that ships with Triton and prints, per kernel: registers per thread, bytes
 of stack, spill instructions (STL/LDL), warp shuffles (SHFL), barriers (BAR), multi-function-unit ops (MUFU: exp2,
 log2, reciprocal) and all instructions. The counts are of the code, not of its execution: a loop body counts once.

@@ -29,6 +29,13 @@ def gradients(inputs) -> dict:
     return {k: v.grad.float() for k, v in leaves.items() if v is not None}
 
 
+def use_shape(shape, default) -> None:
+    """Set `fused`'s launch shapes: (fwd tokens, fwd warps, bwd tokens, bwd warps) for every launch, or None for the
+    module's rule (`default`: its SHAPES and BWD_SHAPE_FEW_PROGRAMS)."""
+    fused.SHAPES.update(default[0] if shape is None else dict(fwd=shape[:2], bwd=shape[2:]))
+    fused.BWD_SHAPE_FEW_PROGRAMS = default[1] if shape is None else shape[2:]
+
+
 def main() -> int:
     default = dict(fused.SHAPES), fused.BWD_SHAPE_FEW_PROGRAMS
     print(f"{torch.cuda.get_device_name()}; default {default}")
@@ -42,17 +49,12 @@ def main() -> int:
         reference = gradients(inputs)
         cells = []
         for shape in SHAPES:
-            fused.SHAPES.update(default[0])
-            fused.BWD_SHAPE_FEW_PROGRAMS = default[1]
-            if shape is not None:
-                fused.SHAPES.update(fwd=shape[:2], bwd=shape[2:])
-                fused.BWD_SHAPE_FEW_PROGRAMS = shape[2:]
+            use_shape(shape, default)
             for name, grad in gradients(inputs).items():
                 error = ((grad - reference[name]).norm() / reference[name].norm()).item()
                 assert error < 2e-2, f"{name}: relative error {error:.2e} against the default shape"
             cells.append(time_scan(fused.selective_scan_fused, inputs))
-        fused.SHAPES.update(default[0])
-        fused.BWD_SHAPE_FEW_PROGRAMS = default[1]
+        use_shape(None, default)
         best = min(range(len(cells)), key=lambda i: cells[i][1])
         print(f"| {batch} | {dim} | {length} | {'yes' if with_z else 'no'} | {kind} | " + " | ".join(
             ("**" if i == best else "") + f"{f:.3f} / {fb:.3f}" + ("**" if i == best else "")

@@ -5,10 +5,10 @@
 For each configuration of the reference table: fwd and fwd+bwd ms (median of triton.testing.do_bench) of the
 fused Triton scan (which forward ran, `fused` or `fused_rows`, and the other one's fwd ms; also its fwd and fwd+bwd
 replayed from CUDA graphs, which leave out the host's launch cost that bounds the short configs) and of the chunked
-PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C shared by all channels; the ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over
-the copy bandwidth measured in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same
-run). Then FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same lengths, and the
-model-level figures.
+PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C shared by all channels; the
+ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over the copy bandwidth measured
+in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same run). Then
+FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same lengths, and the model-level figures.
 """
 from __future__ import annotations
 

@@ -371,14 +371,13 @@ def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor,
     return "rows" if use_rows(batch, dim, L, B, C, n_state, fused_splits) else "fused"
 
 
-def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, groups: int):
+def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, groups: int, save_t: int):
     """The forward of `_fwd_kernel` (summary pass first when L is split): out, the pre-gate output (or None) and the
-    states at the backward's tile starts h_start (batch, dim, n_bwd_tiles + 1, N) fp32, the last state in the last
-    entry."""
+    states at the backward's tile starts (every save_t tokens) h_start (batch, dim, n_bwd_tiles + 1, N) fp32, the last
+    state in the last entry."""
     batch, dim, L = u.shape
     n_state = A32.shape[1]
     block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
-    save_t = _plan("bwd", batch, dim, L, u.device)[0]
     assert block_t % save_t == 0, "the backward's tiles must divide the forward's"
     n_saves = triton.cdiv(L, save_t) + 1
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -417,11 +416,11 @@ class _FusedScan(torch.autograd.Function):
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":  # it saves the backward's tile starts
-            block_t = _plan("bwd", batch, dim, L, u.device)[0]
-            out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, block_t)
+        save_t = _plan("bwd", batch, dim, L, u.device)[0]  # either forward saves the state at the backward's tiles
+        if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
+            out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, save_t)
         else:
-            out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups)
+            out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups, save_t)
         ctx.save_for_backward(u, delta, z, pre, A32, B, C, D32, bias32, h_start)
         ctx.meta = (softplus, groups)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
