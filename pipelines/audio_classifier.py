@@ -102,14 +102,14 @@ class DigitClassifier(EvaluatedModule):
         self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, split: str) -> None:
+    def _eval_step(self, batch, split: str, kept: int) -> None:
         probs = self(batch["waves"]).float().softmax(-1)
-        self._eval.setdefault(split, []).append(torch.cat([probs, batch["labels"][:, None].float()], 1).cpu())
+        self._eval.setdefault(split, []).append(torch.cat([probs, batch["labels"][:, None].float()], 1)[:kept])
 
     def _eval_end(self, split: str) -> None:
         from .dna_classifier import classification_metrics
 
-        rows = torch.cat(self._eval.pop(split)).double().numpy()
+        rows = self.gather_rows(torch.cat(self._eval.pop(split))).cpu().double().numpy()
         metrics = classification_metrics(rows[:, :-1], rows[:, -1].astype(int), list(DIGITS))
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items() if k != "confusion"}, prog_bar=split == "valid")
 

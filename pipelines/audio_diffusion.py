@@ -30,16 +30,18 @@ class AudioDiffusion(EvaluatedModule):
         self.log_train("train/loss", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, split: str) -> None:
+    def _eval_step(self, batch, split: str, kept: int) -> None:
+        """The denoising loss of the batch's first `kept` clips (of all of them, weighted 0, when none counts: the
+        forward still runs, in step with the other ranks)."""
         index = len(self._eval.get(split, []))
         generator = torch.Generator(device=self.device).manual_seed(index)
-        loss = self.model.loss(batch["waves"], generator)
-        self._eval.setdefault(split, []).append(torch.stack([loss.detach() * len(batch["waves"]),
-                                                             torch.tensor(float(len(batch["waves"])),
-                                                                          device=self.device)]))
+        waves = batch["waves"][:kept] if kept else batch["waves"]
+        loss = self.model.loss(waves, generator)
+        self._eval.setdefault(split, []).append(torch.stack([loss.detach() * kept,
+                                                             torch.tensor(float(kept), device=self.device)]))
 
     def _eval_end(self, split: str) -> None:
-        total, count = torch.stack(self._eval.pop(split)).sum(0)
+        total, count = self.gather_rows(torch.stack(self._eval.pop(split))).sum(0)
         self.log(f"{split}/loss", total / count, prog_bar=split == "valid")
 
 

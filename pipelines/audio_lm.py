@@ -25,7 +25,8 @@ from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE, audio_files
 from mamba_bio_audio.audio.codec import N_CLASSES, START_TOKEN, load_audio, quantize, shift_right
 from mamba_bio_audio.errors import InputError
 
-from .common import IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, data_rank, resume_point, summed_nll
+from .common import (IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, data_rank, eval_sampler, resume_point,
+                     summed_nll)
 from .common import build_cli as _build_cli
 
 
@@ -102,11 +103,16 @@ class SC09Data(L.LightningDataModule):
         return _loader(dataset, hp.batch_size, EpochSampler(len(dataset), hp.seed, epoch, True, skip,
                                                                 **data_rank(self.trainer)), hp.num_workers)
 
+    def _eval_loader(self, split: str):
+        dataset = self._dataset(split)
+        return _loader(dataset, self.hparams.batch_size, eval_sampler(len(dataset), self.trainer),
+                       self.hparams.num_workers)
+
     def val_dataloader(self):
-        return _loader(self._dataset("valid"), self.hparams.batch_size, None, self.hparams.num_workers)
+        return self._eval_loader("valid")
 
     def test_dataloader(self):
-        return _loader(self._dataset("test"), self.hparams.batch_size, None, self.hparams.num_workers)
+        return self._eval_loader("test")
 
 
 class Crops(torch.utils.data.Dataset):
@@ -182,8 +188,8 @@ class LongAudioData(L.LightningDataModule):
                        EpochSampler(len(dataset), hp.seed, epoch, False, skip, **data_rank(self.trainer)), hp.num_workers)
 
     def _eval_loader(self, split: str):
-        return _loader(Crops(self._tracks[split], self.hparams.sample_len, tile=True), self.batch_size, None,
-                       self.hparams.num_workers)
+        dataset = Crops(self._tracks[split], self.hparams.sample_len, tile=True)
+        return _loader(dataset, self.batch_size, eval_sampler(len(dataset), self.trainer), self.hparams.num_workers)
 
     def val_dataloader(self):
         return self._eval_loader("valid")
@@ -232,8 +238,8 @@ class AudioLM(LanguageModelModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._train_loss(*summed_nll(self(batch["input_ids"]), batch["labels"]))
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
-        self._add_eval_nll(split, *summed_nll(self(batch["input_ids"]), batch["labels"]))
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str, kept: int) -> None:
+        self._add_eval_nll(split, *summed_nll(self(batch["input_ids"])[:kept], batch["labels"][:kept]))
 
     def _eval_end(self, split: str) -> None:
         loss = self._eval_nll(split)

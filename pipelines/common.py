@@ -1,6 +1,8 @@
 """Pieces every Lightning pipeline of the toolkit shares.
 
     EpochSampler           indices in an order fixed by (seed, epoch), skipping those a resumed epoch already used.
+    EvalShardSampler       evaluation indices split over the ranks, padded so that every rank runs the same batches.
+    eval_sampler           the EvalShardSampler of this process (the trainer's rank and world).
     resume_point           (epoch, samples to skip) of the epoch a data module serves, for exact mid-epoch resume.
     LengthScheduledData    LightningDataModule base: training (length, batch) per epoch from a length schedule.
     SequenceLengthWarmup   Callback: the training length doubles every k epochs up to the target, the batch
@@ -9,8 +11,9 @@
     TokenThroughput        Callback: Lightning's ThroughputMonitor over the toolkit's batches; logs the global
                            training tokens/s (all ranks) as train/tokens_per_sec.
     adamw_cosine           AdamW (no weight decay on A_log, D, norms, biases) with linear warm-up then cosine decay.
-    EvaluatedModule        LightningModule base: valid/test steps and epoch ends routed to _eval_step/_eval_end,
-                           the optimizer from adamw_cosine over `self.model`.
+    EvaluatedModule        LightningModule base: valid/test steps and epoch ends routed to _eval_step/_eval_end
+                           (told how many rows of a batch count), gather_rows over the ranks, the optimizer from
+                           adamw_cosine over `self.model`.
     summed_nll             cross-entropy summed in nats over the labels that count (not IGNORE_INDEX), and their number.
     LanguageModelModule    EvaluatedModule base of next-token models: train/valid/test NLL in bits per `unit`.
     sharded_strategy       `--trainer.strategy fsdp`: FSDP with one unit per residual block.
@@ -69,11 +72,40 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def data_rank(trainer: "L.Trainer | None") -> dict[str, int]:
-    """{"rank", "world_size"} of the process serving a training loader (rank 0 of 1 without a trainer), for
-    EpochSampler. Evaluation loaders are not sharded: every rank scores the whole split, and the metrics, reduced over
-    ranks, are those of one pass."""
+    """{"rank", "world_size"} of the process serving a loader (rank 0 of 1 without a trainer), for EpochSampler and
+    EvalShardSampler."""
     return {"rank": trainer.global_rank, "world_size": trainer.world_size} if trainer is not None else \
         {"rank": 0, "world_size": 1}
+
+
+class EvalShardSampler(torch.utils.data.Sampler):
+    """Evaluation indices 0 … n−1 shared out over the ranks: rank r takes r, r + W, r + 2W, … in order. A rank that
+    comes out one short repeats its first index at the end, so that every rank runs the same number of batches of
+    the same sizes: data-parallel ranks must run their forwards in step (FSDP gathers parameters in every forward).
+    The first `real` indices of the rank count; `kept` says how many rows of a batch those are, and EvaluatedModule
+    passes it to `_eval_step`, so each sample is scored exactly once over the ranks."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"EvalShardSampler: rank {rank} of a world of {world_size}")
+        self.own = list(range(rank, n, world_size))
+        self.real = len(self.own)
+        self.padded = self.own + [rank % max(n, 1)] * (-(-n // world_size) - self.real)
+
+    def __iter__(self):
+        return iter(self.padded)
+
+    def __len__(self) -> int:
+        return len(self.padded)
+
+    def kept(self, batch_idx: int, batch_size: int, rows: int) -> int:
+        """How many of the `rows` rows of batch `batch_idx` (batches of `batch_size`) are real samples."""
+        return max(0, min(rows, self.real - batch_idx * batch_size))
+
+
+def eval_sampler(n: int, trainer: "L.Trainer | None") -> EvalShardSampler:
+    """The EvalShardSampler of this process over an evaluation set of n samples."""
+    return EvalShardSampler(n, **data_rank(trainer))
 
 
 def resume_point(trainer: "L.Trainer | None", batch_size: int) -> tuple[int, int]:
@@ -256,8 +288,10 @@ def adamw_cosine(module: L.LightningModule, model: torch.nn.Module) -> dict:
 
 
 class EvaluatedModule(L.LightningModule):
-    """Base of the pipelines' modules: subclasses set `self.model` and define `_eval_step(batch, split)` (accumulate)
-    and `_eval_end(split)` (reduce and log) for split "valid" and "test"."""
+    """Base of the pipelines' modules: subclasses set `self.model` and define `_eval_step(batch, split, kept)`
+    (accumulate; only the first `kept` rows of the batch count: the rest pad this rank's share of an EvalShardSampler,
+    but the forward runs on the whole batch, in step with the other ranks) and `_eval_end(split)` (reduce over the
+    ranks, e.g. with gather_rows, and log) for split "valid" and "test"."""
 
     flops_per_batch = None  # read by Lightning's ThroughputMonitor (TokenThroughput): FLOPs are not counted
 
@@ -277,14 +311,29 @@ class EvaluatedModule(L.LightningModule):
         else:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def _kept(self, batch: dict[str, torch.Tensor], batch_idx: int, loader) -> int:
+        """Rows of the batch that count: all of them unless the loader's sampler is an EvalShardSampler."""
+        rows = len(next(iter(batch.values())))
+        sampler = getattr(loader, "sampler", None)
+        return sampler.kept(batch_idx, loader.batch_size, rows) if isinstance(sampler, EvalShardSampler) else rows
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's rows (n_r, k) → every rank's rows (Σ n_r, k), in rank order (ranks may hold different counts)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return rows
+        counts = self.all_gather(torch.tensor(len(rows), device=self.device)).flatten().tolist()
+        padded = torch.cat([rows, rows.new_zeros(max(counts) - len(rows), *rows.shape[1:])])
+        gathered = self.all_gather(padded)                                          # (world, max n_r, k)
+        return torch.cat([gathered[rank, :count] for rank, count in enumerate(counts)])
+
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "valid")
+        self._eval_step(batch, "valid", self._kept(batch, batch_idx, self.trainer.val_dataloaders))
 
     def on_validation_epoch_end(self):
         self._eval_end("valid")
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
+        self._eval_step(batch, "test", self._kept(batch, batch_idx, self.trainer.test_dataloaders))
 
     def on_test_epoch_end(self):
         self._eval_end("test")

@@ -93,15 +93,15 @@ class DNAClassifier(EvaluatedModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str, kept: int) -> None:
         logits = self(batch["input_ids"], batch.get("attention_mask"))
         rows = torch.cat([logits.softmax(-1), batch["labels"][:, None].float(),
                           torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")[:, None]], 1)
-        self._eval.setdefault(split, []).append(rows)
+        self._eval.setdefault(split, []).append(rows[:kept])
 
     def _eval_end(self, split: str) -> None:
         names = self.hparams.class_names
-        rows = self.all_gather(torch.cat(self._eval.pop(split))).reshape(-1, len(names) + 2).cpu().double().numpy()
+        rows = self.gather_rows(torch.cat(self._eval.pop(split))).cpu().double().numpy()
         metrics = classification_metrics(rows[:, :len(names)], rows[:, len(names)].astype(int), names)
         self.log(f"{split}/accuracy", metrics.pop("accuracy"), prog_bar=True)
         self.log_dict({f"{split}/loss": float(rows[:, -1].mean()), **{f"{split}/{k}": v for k, v in metrics.items()

@@ -20,7 +20,7 @@ import torch
 from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.errors import InputError
 
-from .common import EpochSampler, data_rank, resume_point
+from .common import EpochSampler, data_rank, eval_sampler, resume_point
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 from .dna_species import FASTA_SUFFIXES
@@ -159,10 +159,14 @@ class LabelledData(L.LightningDataModule):
             self._datasets[split] = LabelledSequences(examples, self.class_names, str(source), hp.max_len)
 
     def _loader(self, split: str, sampler: EpochSampler | None = None) -> torch.utils.data.DataLoader:
+        """The split's loader: training with its EpochSampler; evaluation (no sampler given) shared out over the
+        ranks."""
         if split not in self._datasets:
             raise ValueError(f"no {split} data: give --{split}")
-        return torch.utils.data.DataLoader(self._datasets[split], batch_size=self.hparams.batch_size,
-                                           sampler=sampler, collate_fn=pad_batch,
+        dataset = self._datasets[split]
+        return torch.utils.data.DataLoader(dataset, batch_size=self.hparams.batch_size,
+                                           sampler=sampler or eval_sampler(len(dataset), self.trainer),
+                                           collate_fn=pad_batch,
                                            num_workers=self.hparams.num_workers)
 
     def train_dataloader(self):

@@ -21,7 +21,7 @@ from mamba_bio_audio.models import TransformerLM, dna_mamba_config, dna_transfor
 
 from .common import (  # noqa: F401  (AtomicCheckpointIO, SequenceLengthWarmup: part of this pipeline's API)
     LN2, AtomicCheckpointIO, EpochSampler, LanguageModelModule, LengthScheduledData, SequenceLengthWarmup, data_rank,
-    resume_point, summed_nll)
+    eval_sampler, resume_point, summed_nll)
 from .common import build_cli as _build_cli
 
 
@@ -116,12 +116,12 @@ class DNAPretrainData(LengthScheduledData):
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         dataset = self._dataset("valid", self.seq_len)
         return self._loader(dataset, self.hparams.eval_batch_size or self.batch_size,
-                            EpochSampler(len(dataset), 0, 0, shuffle=False))
+                            eval_sampler(len(dataset), self.trainer))
 
     def test_dataloader(self) -> torch.utils.data.DataLoader:
         dataset = self._dataset("test", self.seq_len)
         return self._loader(dataset, self.hparams.eval_batch_size or self.batch_size,
-                            EpochSampler(len(dataset), 0, 0, shuffle=False))
+                            eval_sampler(len(dataset), self.trainer))
 
 
 class DNALanguageModel(LanguageModelModule):
@@ -177,10 +177,10 @@ class DNALanguageModel(LanguageModelModule):
         inputs, labels = self._inputs_and_labels(batch, self.hparams.mask_seed * 1_000_003 + self.global_step)
         return self._train_loss(*summed_nll(self(inputs), labels))
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str, kept: int) -> None:
         index = self._eval_batches[split] = self._eval_batches.get(split, 0) + 1  # the same masks every evaluation
         inputs, labels = self._inputs_and_labels(batch, -index)
-        self._add_eval_nll(split, *summed_nll(self(inputs), labels))
+        self._add_eval_nll(split, *summed_nll(self(inputs)[:kept], labels[:kept]))
 
     def _eval_end(self, split: str) -> None:
         self._eval_batches.pop(split, None)

@@ -23,7 +23,7 @@ from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.dna.windows import GenomeWindows
 from mamba_bio_audio.errors import InputError
 
-from .common import EpochSampler, LengthScheduledData, data_rank, resume_point
+from .common import EpochSampler, LengthScheduledData, data_rank, eval_sampler, resume_point
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 
@@ -181,7 +181,7 @@ class SpeciesData(LengthScheduledData):
     def _eval_loader(self, split: str) -> torch.utils.data.DataLoader:
         dataset = self._dataset(split, self.seq_len, self.hparams.eval_samples)
         return self._loader(dataset, self.hparams.eval_batch_size or self.batch_size,
-                            EpochSampler(len(dataset), 0, 0, shuffle=False))
+                            eval_sampler(len(dataset), self.trainer))
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         return self._eval_loader("valid")

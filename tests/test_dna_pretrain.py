@@ -56,6 +56,25 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_and_skips():
     assert full != list(EpochSampler(50, seed=1, epoch=4, shuffle=True))
 
 
+@pytest.mark.parametrize("n,world,batch", [(7, 3, 2), (12, 4, 3), (2, 3, 1), (9, 2, 4)])
+def test_eval_shard_sampler_scores_every_sample_once_in_equal_batches(n, world, batch):
+    """Every rank runs the same number of batches of the same sizes; the rows that `kept` counts are all n samples,
+    each once; the padding is a valid index."""
+    from mamba_bio_audio.pipelines.common import EvalShardSampler
+
+    samplers = [EvalShardSampler(n, rank, world) for rank in range(world)]
+    assert len({len(s) for s in samplers}) == 1 and all(0 <= i < n for s in samplers for i in s)
+    counted = []
+    for sampler in samplers:
+        order = list(sampler)
+        for b, first in enumerate(range(0, len(order), batch)):
+            rows = order[first:first + batch]
+            counted += rows[:sampler.kept(b, batch, len(rows))]
+    assert sorted(counted) == list(range(n))
+    with pytest.raises(ValueError, match="rank 3 of a world of 3"):
+        EvalShardSampler(5, 3, 3)
+
+
 def test_a_trainer_that_keeps_its_first_loader_is_refused(genome, tmp_path):
     data = DNAPretrainData(str(genome), seq_len=64, batch_size=4, split_fractions=(0.8, 0.1, 0.1))
     plain = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_progress_bar=False,

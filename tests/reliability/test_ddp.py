@@ -133,3 +133,62 @@ def test_a_ddp_run_resumed_mid_epoch_continues_each_rank_exactly(tmp_path):
         assert resumed[rank]["rows"] == full[rank]["rows"][5:]  # steps 5 … 15: no batch repeated or skipped
         for name, tensor in full[rank]["params"].items():
             assert torch.equal(resumed[rank]["params"][name], tensor), (rank, name)
+
+
+VALIDATE = textwrap.dedent('''
+    import json, sys
+    import lightning as L
+    from mamba_bio_audio.pipelines.dna_pretrain import DNALanguageModel, DNAPretrainData
+
+    source, out, devices, task = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    L.seed_everything(0)
+    config = {"d_model": 16, "n_layer": 1, "vocab_size": 12, "d_state": 4}
+    if task == "pretrain":
+        model = DNALanguageModel(config=config)
+        data = DNAPretrainData(source, seq_len=64, batch_size=4, split_fractions=(0.8, 0.1, 0.1))
+    else:  # a classifier: every window's probabilities gathered from the ranks for the metrics
+        from mamba_bio_audio.pipelines.dna_classifier import DNAClassifier
+        from mamba_bio_audio.pipelines.dna_finetune import LabelledData
+        data = LabelledData(train=source, valid=source, batch_size=4)
+        model = DNAClassifier(class_names=data.class_names, model_size=None, config=config)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    metrics = trainer.validate(model, datamodule=data)[0]
+    if trainer.is_global_zero:
+        batches = trainer.num_val_batches[0]
+        json.dump({"metrics": metrics, "windows": len(data.val_dataloader().dataset), "batches": batches},
+                  open(f"{out}/validate.json", "w"))
+''')
+
+
+def validate(tmp_path, source, task, devices):
+    """Metrics (rank 0's), validation windows and rank 0's batch count of `trainer.validate` on `devices` ranks."""
+    import json
+
+    script = tmp_path / "validate.py"
+    script.write_text(VALIDATE)
+    out = tmp_path / f"{task}{devices}"
+    out.mkdir()
+    done = subprocess.run([sys.executable, str(script), str(source), str(out), str(devices), task],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "validate.json").read_text())
+
+
+@pytest.mark.timeout(900)
+def test_evaluation_is_shared_out_over_the_ranks_and_scores_each_window_once(tmp_path):
+    """2 ranks validate an odd number of windows: each runs half the batches (one rank pads its share with a repeat,
+    which is not scored), and the metrics equal one process's over all windows: the language model's summed loss,
+    and a classifier's, whose per-window probabilities are gathered from the ranks (accuracy, MCC, AUROC)."""
+    from test_dna_finetune import examples, write_csv
+
+    fasta = write_fasta(tmp_path / "g.fa", random_genome(11, lengths=(8640,)))
+    table = write_csv(tmp_path / "labelled.csv", examples(13))
+    for source, task, names in ((fasta, "pretrain", ["valid/loss"]),
+                                (table, "classifier", ["valid/loss", "valid/accuracy", "valid/mcc", "valid/auroc"])):
+        one, two = validate(tmp_path, source, task, 1), validate(tmp_path, source, task, 2)
+        windows = one["windows"]
+        assert windows % 2 == 1 and one["batches"] == math.ceil(windows / 4), task
+        assert two["batches"] == math.ceil(math.ceil(windows / 2) / 4), task  # each rank: its half, padded
+        for name in names:
+            assert math.isclose(one["metrics"][name], two["metrics"][name], rel_tol=1e-6), (task, name, one, two)
