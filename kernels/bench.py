@@ -7,8 +7,9 @@ fused Triton scan (which forward ran, `fused` or `fused_rows`, and the other one
 replayed from CUDA graphs, which leave out the host's launch cost that bounds the short configs) and of the chunked
 PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus, B and C shared by all channels; the
 ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over the copy bandwidth measured
-in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same run). Then
-FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the same lengths, and the model-level figures.
+in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same run). Then the complex-A
+scan at the sizes of COMPLEX_CONFIGS, FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the
+same lengths as above, and the model-level figures.
 """
 from __future__ import annotations
 
@@ -83,6 +84,31 @@ def sdpa_rows(lengths) -> None:
             fwd_bwd = triton.testing.do_bench(lambda: attend().backward(dout), grad_to_none=[q, k, v])
         print(f"| {length} | {fwd:.3f} | {fwd_bwd:.3f} |", flush=True)
         del q, k, v
+
+
+COMPLEX_CONFIGS = [(8, 256, 16, 2 ** 14), (2, 512, 16, 2 ** 16), (1, 256, 16, 2 ** 18)]
+
+
+def complex_rows(torch_max_len: int) -> None:
+    """The complex-A scan (the YouTubeMix U-Net's SSM): fwd and fwd+bwd ms of the fused Triton kernels and of the
+    chunked PyTorch scan; bf16 u/Δ/z, complex64 A (S4D-Lin: −1/2 + iπn) and B, C shared by all channels."""
+    from .selective_scan.chunked import selective_scan_chunked
+    from .selective_scan.fused import selective_scan_fused
+
+    print("\n| complex A: batch | dim | L | triton fwd ms | triton fwd+bwd ms | torch fwd+bwd ms |\n"
+          "|---|---|---|---|---|---|")
+    for batch, dim, n_state, length in COMPLEX_CONFIGS:
+        inputs = make_inputs(batch, dim, n_state, length, True)
+        g = torch.Generator(device="cuda").manual_seed(1)
+        inputs["A"] = torch.complex(torch.full((dim, n_state), -0.5, device="cuda"),
+                                    torch.pi * torch.arange(n_state, device="cuda").float().expand(dim, n_state))
+        inputs["B"], inputs["C"] = (torch.randn(batch, 1, n_state, length, generator=g, device="cuda",
+                                                dtype=torch.complex64) for _ in range(2))
+        fwd, fwd_bwd = time_scan(selective_scan_fused, inputs)
+        torch_fb = time_scan(selective_scan_chunked, inputs)[1] if length <= torch_max_len else float("nan")
+        print(f"| {batch} | {dim} | {length} | {fwd:.3f} | {fwd_bwd:.3f} | {torch_fb:.3f} |", flush=True)
+        del inputs
+        torch.cuda.empty_cache()
 
 
 def make_inputs(batch, dim, n_state, length, with_z):
@@ -259,6 +285,7 @@ def main(argv=None) -> int:
               f"{fwd / max(floor, exp_floor):.1f} |", flush=True)
         del inputs
         torch.cuda.empty_cache()
+    complex_rows(args.torch_max_len)
     sdpa_rows([2 ** 11, 2 ** 13, 2 ** 15, 2 ** 17])
     model_level()
     return 0
