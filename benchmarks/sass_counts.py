@@ -77,15 +77,12 @@ def main() -> int:
          dict(OPTIONS, N=16, BLOCK_D=fused_rows.BLOCK_D, Q=fused_rows.Q, SAVE_EVERY=bwd_t // fused_rows.Q,
               HAS_H0=False, SAVE_PRE=True, STAGES=fused_rows.STAGES), fused_rows.WARPS, set()),
     ]
-    block_t = fused_complex.TOKENS_PER_TILE
     for kind, kernel, flags in (("fwd", fused_complex._fwd_kernel_complex, dict(HAS_H0=False)),
                                 ("bwd", fused_complex._bwd_kernel_complex, dict(HAS_DHLAST=False))):
-        block_d, block_n, warps = fused_complex._launch_config(kind, 1024, 16, block_t, 1)
-        constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t,
-                          **flags)
+        block_t, warps = fused_complex.SHAPES[kind]
+        constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16, BLOCK_T=block_t, **flags)
         constexprs.pop("SUMMARY")
-        kernels.append((f"complex-A {kind}, [{block_d}, {block_n}, {block_t}] tiles, {warps} warps", kernel,
-                        constexprs, warps, set()))
+        kernels.append((f"complex-A {kind}, {block_t} tokens, {warps} warps", kernel, constexprs, warps, set()))
     for name, kernel, constexprs, warps, bf16_bc in kernels:
         row = counts(compile_sm90(kernel, constexprs, warps, BF16_POINTERS | bf16_bc))
         print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |", flush=True)

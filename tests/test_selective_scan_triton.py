@@ -187,17 +187,28 @@ def test_fused_bf16_inputs():
     check_against_naive(case, TOL[torch.bfloat16], 16, fn=fused)
 
 
+@pytest.fixture
+def small_complex_tiles(monkeypatch):
+    """Tiles of 32 tokens on one warp for the complex-A kernels: several tiles (and the carries between them) at test
+    lengths, 4 segments of 8 in the blocked reverse scan."""
+    from mamba_bio_audio.kernels.selective_scan import fused_complex
+
+    monkeypatch.setattr(fused_complex, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
+
+
 @pytest.mark.parametrize("bc", ["var", "grouped", "const", "var_const"])
 @pytest.mark.parametrize("regime", ["small", "steep"])
 @pytest.mark.parametrize("extras", ["bare", "full"])
-def test_fused_complex_A_matches_naive(bc, regime, extras):
+def test_fused_complex_A_matches_naive(small_complex_tiles, bc, regime, extras):
+    """Three tiles, the last one partial."""
     opts = full_extras() if extras == "full" else {}
-    case = make_case(length=45, regime=regime, bc=bc, complex_a=True, dtype=torch.float32, **opts)
+    case = make_case(length=70, regime=regime, bc=bc, complex_a=True, dtype=torch.float32, **opts)
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
-@pytest.mark.parametrize("length", [1, 33])
+@pytest.mark.parametrize("length", [1, 33, 600])
 def test_fused_complex_A_with_real_B_C(length):
+    """The default tiles: one short one, and at 600 tokens two of 512."""
     case = make_case(length=length, regime="small", bc="var", complex_a=True, real_bc=True, dtype=torch.float32,
                      **full_extras())
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)

@@ -39,33 +39,8 @@ import triton.language as tl
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
-from .triton_tiles import LOG2E, REVERSE_SEG, _combine, _delta, _mul_rn, _reverse_scan, _store_output
-
-
-@triton.jit
-def _channel(dim, n_groups, dim_per_group):
-    """This program's channel d, its int64 row of (batch·dim) and its B/C row (batch·G + group)."""
-    b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1)
-    return d, b * dim + d, b * n_groups + d // dim_per_group
-
-
-@triton.jit
-def _load_seq(u_ptr, dt_ptr, bias, row, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, t_lo, t_hi):
-    """u and Δ of one channel over a tile as fp32 [BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
-    valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
-    u = tl.load(u_ptr + row * L + t, mask=valid, other=0.0).to(tl.float32)
-    return u, _delta(tl.load(dt_ptr + row * L + t, mask=valid, other=0.0), bias, valid, HAS_BIAS, SOFTPLUS)
-
-
-@triton.jit
-def _load_state_row(ptr, row_bc, d, n, n_state, t, L, CONST: tl.constexpr):
-    """B or C of state n over a tile, fp32 [BLOCK_T]: variable (batch, G, N, L) or constant (dim, N)."""
-    if CONST:
-        X = tl.load(ptr + d * n_state + n).to(tl.float32) + tl.zeros(t.shape, tl.float32)
-    else:
-        X = tl.load(ptr + (row_bc * n_state + n) * L + t, mask=t < L, other=0.0).to(tl.float32)
-    return X
+from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _combine, _element, _load_seq, _load_state_row, _mul_rn,
+                           _reverse_scan, _store_output, _update)
 
 
 @triton.jit
@@ -77,17 +52,6 @@ def _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chun
         s = tl.load(sum_ptr + (row * n_chunks + c) * n_state + offs_n, mask=mask_n, other=0.0)
         H = tl.exp2(A2 * tl.load(dtsum_ptr + row * n_chunks + c)) * H + s
     return H
-
-
-@triton.jit
-def _update(X, offs_n, n, value):
-    """X [BLOCK_N] with element n replaced by the scalar value."""
-    return tl.where(offs_n == n, value, X)
-
-
-@triton.jit
-def _element(X, offs_n, n):
-    return tl.sum(tl.where(offs_n == n, X, 0.0), axis=0)
 
 
 @triton.jit

@@ -1,6 +1,6 @@
 """Triton building blocks shared by the fused scans (real and complex A) and the decoding step: the scan's combine
-operator, softplus and Δ from the raw delta, the gated output store, and tile loads with the masks that turn
-out-of-range tokens into identity steps (Δ = 0)."""
+operators (real and complex) and the blocked reverse scans built on them, softplus and Δ from the raw delta, the gated
+output store, and tile loads with the masks that turn out-of-range tokens into identity steps (Δ = 0)."""
 from __future__ import annotations
 
 import triton
@@ -25,6 +25,46 @@ def _combine_with_tail(a1, x1, e1, f1, a2, x2, e2, f2):
     a, x = _combine(a1, x1, a2, x2)
     e, f = _combine(a1, x1, e2, f2)
     return a, x, e, f
+
+
+@triton.jit
+def _combine_complex(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
+    """`_combine` for complex a, x held as (real, imaginary) pairs: (a2·a1, a2·x1 + x2)."""
+    return (ar2 * ar1 - ai2 * ai1, ar2 * ai1 + ai2 * ar1,
+            ar2 * xr1 - ai2 * xi1 + xr2, ar2 * xi1 + ai2 * xr1 + xi2)
+
+
+@triton.jit
+def _combine_complex_with_tail(ar1, ai1, xr1, xi1, er1, ei1, fr1, fi1, ar2, ai2, xr2, xi2, er2, ei2, fr2, fi2):
+    """`_combine_with_tail` for complex pairs."""
+    ar, ai, xr, xi = _combine_complex(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2)
+    er, ei, fr, fi = _combine_complex(ar1, ai1, xr1, xi1, er2, ei2, fr2, fi2)
+    return ar, ai, xr, xi, er, ei, fr, fi
+
+
+@triton.jit
+def _reverse_scan_complex(ar, ai, wr, wi, SEG: tl.constexpr):
+    """`_reverse_scan` for complex (a, w) as real and imaginary planes, fp32 [R, T]: λ_t = w_t + a_t·λ_{t+1}; returns
+    (p, λ) as (p_r, p_i, λ_r, λ_i), p_t = Π_{s≥t} a_s. The same blocks: segments of SEG tokens scanned inside their
+    thread (flip, forward scan, flip), then an exclusive reverse scan over the segments' totals."""
+    R: tl.constexpr = ar.shape[0]
+    S: tl.constexpr = ar.shape[1] // SEG
+    shape3: tl.constexpr = [R, S, SEG]
+    pr, pi, lr, li = tl.associative_scan((tl.flip(tl.reshape(ar, shape3), 2), tl.flip(tl.reshape(ai, shape3), 2),
+                                          tl.flip(tl.reshape(wr, shape3), 2), tl.flip(tl.reshape(wi, shape3), 2)),
+                                         axis=2, combine_fn=_combine_complex)
+    pr, pi, lr, li = tl.flip(pr, 2), tl.flip(pi, 2), tl.flip(lr, 2), tl.flip(li, 2)
+    first = tl.arange(0, SEG)[None, None, :] == 0
+    Pr, Pi = tl.sum(tl.where(first, pr, 0.0), axis=2), tl.sum(tl.where(first, pi, 0.0), axis=2)  # [R, S]
+    Lr, Li = tl.sum(tl.where(first, lr, 0.0), axis=2), tl.sum(tl.where(first, li, 0.0), axis=2)
+    one, zero = tl.full(Pr.shape, 1.0, tl.float32), tl.zeros_like(Pr)
+    _, _, _, _, Qr, Qi, Mr, Mi = tl.associative_scan((Pr, Pi, Lr, Li, one, zero, zero, zero), axis=1,
+                                                     combine_fn=_combine_complex_with_tail, reverse=True)
+    Qr, Qi, Mr, Mi = Qr[:, :, None], Qi[:, :, None], Mr[:, :, None], Mi[:, :, None]  # what follows each segment
+    out_pr, out_pi = pr * Qr - pi * Qi, pr * Qi + pi * Qr
+    out_lr, out_li = lr + pr * Mr - pi * Mi, li + pr * Mi + pi * Mr
+    return (tl.reshape(out_pr, ar.shape), tl.reshape(out_pi, ar.shape), tl.reshape(out_lr, ar.shape),
+            tl.reshape(out_li, ar.shape))
 
 
 @triton.jit
@@ -78,57 +118,6 @@ def _store_output(out_ptr, pre_ptr, z_ptr, offs, y, mask, HAS_Z: tl.constexpr, S
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _load_tile(u_ptr, dt_ptr, bias, rows, t, mask_d, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               t_lo, t_hi):
-    """u and Δ of one tile as fp32 [BLOCK_D, BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
-    valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
-    mask = mask_d[:, None] & valid[None, :]
-    offs = rows[:, None] * L + t[None, :]
-    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    raw = tl.load(dt_ptr + offs, mask=mask, other=0.0)
-    return u, _delta(raw, bias[:, None] if HAS_BIAS else bias, mask, HAS_BIAS, SOFTPLUS)
-
-
-@triton.jit
-def _load_bc(ptr, row_bc, n_state, t, offs_n, mask_n, L, CONST: tl.constexpr, const_offs, const_mask, t_lo, t_hi):
-    """B or C for a tile as fp32: [1, N, BLOCK_T] (variable; row_bc = batch·G + group, int64) or [BLOCK_D, N, 1]
-    (constant (dim, N))."""
-    if CONST:  # (one return: the compiler wants the same return type on every path, constexpr or not)
-        X = tl.load(ptr + const_offs, mask=const_mask, other=0.0).to(tl.float32)[:, :, None]
-    else:
-        valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
-        offs = (row_bc * n_state + offs_n[:, None]) * L + t[None, :]
-        X = tl.load(ptr + offs, mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)[None, :, :]
-    return X
-
-
-@triton.jit
-def _program_block(dim, n_state, n_groups, dim_per_group, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """This program's (batch row, channel block): offsets, masks, int64 rows of (batch·dim), the block's B/C row
-    (batch·G + group: a block never straddles groups) and the offsets of (dim, N) parameters."""
-    pid_b = tl.program_id(0).to(tl.int64)
-    d0 = tl.program_id(1) * BLOCK_D
-    offs_d = d0 + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d, mask_n = offs_d < dim, offs_n < n_state
-    rows = pid_b * dim + offs_d
-    row_bc = pid_b * n_groups + d0 // dim_per_group
-    dn_offs = offs_d[:, None] * n_state + offs_n[None, :]
-    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :], rows, row_bc, dn_offs
-
-
-@triton.jit
-def _load_bc_row(ptr, row_bc, n, n_state, t, offs_d, mask_d, L, CONST: tl.constexpr):
-    """State n of B or C for a [BLOCK_D, BLOCK_T] tile, fp32: [1, BLOCK_T] (variable, row_bc = batch·G + group) or
-    [BLOCK_D, 1] (constant (dim, N)); zero outside [0, L)."""
-    if CONST:
-        X = tl.load(ptr + offs_d * n_state + n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
-    else:
-        X = tl.load(ptr + (row_bc * n_state + n) * L + t, mask=(t >= 0) & (t < L), other=0.0).to(tl.float32)[None, :]
-    return X
-
-
 def _block_d(dim_per_group: int, cap: int) -> int:
     """Channels per program: a power of two ≤ cap dividing the group's channel count (one group per block)."""
     block = 1
@@ -148,3 +137,39 @@ def _mul_rn(x, y, PTX: tl.constexpr):
         r = x * y
     return r
 
+
+@triton.jit
+def _channel(dim, n_groups, dim_per_group):
+    """This program's channel d, its int64 row of (batch·dim) and its B/C row (batch·G + group)."""
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1)
+    return d, b * dim + d, b * n_groups + d // dim_per_group
+
+
+@triton.jit
+def _load_seq(u_ptr, dt_ptr, bias, row, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, t_lo, t_hi):
+    """u and Δ of one channel over a tile as fp32 [BLOCK_T]; Δ = 0 (the identity step) outside [t_lo, t_hi) ∩ [0, L)."""
+    valid = (t >= t_lo) & (t < t_hi) & (t < L) & (t >= 0)
+    u = tl.load(u_ptr + row * L + t, mask=valid, other=0.0).to(tl.float32)
+    return u, _delta(tl.load(dt_ptr + row * L + t, mask=valid, other=0.0), bias, valid, HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def _load_state_row(ptr, row_bc, d, n, n_state, t, L, CONST: tl.constexpr):
+    """B or C of state n over a tile, fp32 [BLOCK_T]: variable (batch, G, N, L) or constant (dim, N)."""
+    if CONST:
+        X = tl.load(ptr + d * n_state + n).to(tl.float32) + tl.zeros(t.shape, tl.float32)
+    else:
+        X = tl.load(ptr + (row_bc * n_state + n) * L + t, mask=t < L, other=0.0).to(tl.float32)
+    return X
+
+
+@triton.jit
+def _update(X, offs_n, n, value):
+    """X [BLOCK_N] with element n replaced by the scalar value."""
+    return tl.where(offs_n == n, value, X)
+
+
+@triton.jit
+def _element(X, offs_n, n):
+    return tl.sum(tl.where(offs_n == n, X, 0.0), axis=0)
