@@ -206,6 +206,16 @@ def test_fused_complex_A_matches_naive(small_complex_tiles, bc, regime, extras):
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
+@pytest.mark.parametrize("bc", ["var", "const"])
+@pytest.mark.parametrize("regime", ["small", "steep"])
+def test_fused_complex_A_chunked_sequence_matches_naive(small_complex_tiles, monkeypatch, bc, regime):
+    """L split into 3 chunks of one or two tiles: the summaries of both passes, their folding, the carries across
+    chunks, per-chunk parameter gradients."""
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", "3")
+    case = make_case(length=150, regime=regime, bc=bc, complex_a=True, dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
 @pytest.mark.parametrize("length", [1, 33, 600])
 def test_fused_complex_A_with_real_B_C(length):
     """The default tiles: one short one, and at 600 tokens two of 512."""

@@ -29,7 +29,6 @@ channels-as-rows kernel of `fused_rows`, which writes the same tile-start states
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -39,8 +38,9 @@ import triton.language as tl
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
-from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _combine, _element, _load_seq, _load_state_row, _mul_rn,
-                           _reverse_scan, _store_output, _update)
+from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
+                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update, sm_count,
+                           split_tiles)
 
 
 @triton.jit
@@ -52,14 +52,6 @@ def _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chun
         s = tl.load(sum_ptr + (row * n_chunks + c) * n_state + offs_n, mask=mask_n, other=0.0)
         H = tl.exp2(A2 * tl.load(dtsum_ptr + row * n_chunks + c)) * H + s
     return H
-
-
-@triton.jit
-def _chunk_tiles(tiles_per_chunk, n_tiles):
-    """This program's chunk of L (program axis 2), the number of chunks and its tiles k0 … k1 − 1."""
-    chunk = tl.program_id(2)
-    k0 = chunk * tiles_per_chunk
-    return chunk, tl.num_programs(2), k0, tl.minimum(k0 + tiles_per_chunk, n_tiles)
 
 
 @triton.jit
@@ -269,9 +261,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 
 
 # Launch shapes per pass: (tokens per tile, warps). The forward saves the state at every start of the backward's
-# tiles, so the backward's tile divides the forward's. L is split into chunks when batch·dim programs are fewer
-# than 3 per SM (at 512 programs on 132 SMs one chunk was faster, at 256 nine chunks were 1.2x faster, at 128 eight
-# were 2.4x faster), aiming at 16 programs per SM; MBA_SCAN_CHUNKS forces the count.
+# tiles, so the backward's tile divides the forward's. When L is split into chunks: `triton_tiles.split_tiles`.
 # Sweeps on an H100 (BENCHMARKS.md, `make bench-tiles`): the forward 1024 tokens, 4 warps; the backward 512 tokens,
 # 1 warp (fwd+bwd 10-19% faster than 1024 and 2 warps), except between 3 and BWD_NARROW_FROM_PER_SM programs per SM
 # (L not split, and too few warps in flight at one per program: batch 1 × 512 channels at L = 2^20 took 1.5x as
@@ -279,22 +269,12 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
-PROGRAMS_PER_SM = 16
-SPLIT_BELOW_PER_SM = 3
-MIN_TILES_PER_CHUNK = 2
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (an H100's 132 elsewhere, e.g. under TRITON_INTERPRET); cached: it
-    is asked three times per call, and each torch query cost ~5 µs of the ~0.3 ms host time of a short scan."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
 def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass."""
     programs = batch * dim
-    sms = _sm_count(device)
+    sms = sm_count(device)
     block_t, warps = SHAPES[kind]
     if kind == "bwd" and SPLIT_BELOW_PER_SM * sms <= programs < BWD_NARROW_FROM_PER_SM * sms:
         block_t, warps = BWD_SHAPE_FEW_PROGRAMS
@@ -302,15 +282,7 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     # H100), the same in both passes
     block_t = min(block_t, max(32 * max(w for _, w in SHAPES.values()), triton.next_power_of_2(L)))
     n_tiles = triton.cdiv(L, block_t)
-    forced = os.environ.get("MBA_SCAN_CHUNKS")
-    if forced:
-        n_chunks = max(1, min(int(forced), n_tiles))
-    elif programs >= SPLIT_BELOW_PER_SM * sms:
-        n_chunks = 1
-    else:
-        n_chunks = max(1, min(triton.cdiv(PROGRAMS_PER_SM * sms, programs), n_tiles // MIN_TILES_PER_CHUNK))
-    tiles_per_chunk = triton.cdiv(n_tiles, n_chunks)
-    return block_t, warps, n_tiles, tiles_per_chunk, triton.cdiv(n_tiles, tiles_per_chunk)
+    return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device)
 
 
 def _register_cap(kind: str, programs: int, device: torch.device) -> dict:
@@ -321,7 +293,7 @@ def _register_cap(kind: str, programs: int, device: torch.device) -> dict:
     never capped (every cap tried spilled and ran 1.3–2.5× slower)."""
     if kind != "fwd" or device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return {}
-    sms = _sm_count(device)
+    sms = sm_count(device)
     if programs <= 5 * sms:
         return {}
     return {"maxnreg": 64 if programs <= 8 * sms else 80}
@@ -331,7 +303,7 @@ def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor,
                  device: torch.device) -> str:
     """Which forward a real-A call runs: "rows" (`fused_rows`) or "fused" (`_fwd_kernel`); B, C as passed to the
     kernels ((batch, G, N, L), or (dim, N) when constant)."""
-    fused_splits = batch * dim < SPLIT_BELOW_PER_SM * _sm_count(device)
+    fused_splits = batch * dim < SPLIT_BELOW_PER_SM * sm_count(device)
     return "rows" if use_rows(batch, dim, L, B, C, n_state, fused_splits) else "fused"
 
 

@@ -1,8 +1,13 @@
 """Triton building blocks shared by the fused scans (real and complex A) and the decoding step: the scan's combine
 operators (real and complex) and the blocked reverse scans built on them, softplus and Δ from the raw delta, the gated
-output store, and tile loads with the masks that turn out-of-range tokens into identity steps (Δ = 0)."""
+output store, and tile loads with the masks that turn out-of-range tokens into identity steps (Δ = 0); and on the host,
+how many chunks L is split into (sequence parallelism)."""
 from __future__ import annotations
 
+import functools
+import os
+
+import torch
 import triton
 import triton.language as tl
 
@@ -116,6 +121,44 @@ def _store_output(out_ptr, pre_ptr, z_ptr, offs, y, mask, HAS_Z: tl.constexpr, S
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = y * z * tl.sigmoid(z)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# Sequence parallelism: L is split into chunks run by different programs when batch·dim programs are fewer than
+# SPLIT_BELOW_PER_SM per SM, aiming at PROGRAMS_PER_SM programs per SM (real A on an H100: at 512 programs on 132 SMs
+# one chunk was faster, at 256 nine chunks were 1.2x faster, at 128 eight were 2.4x faster); MBA_SCAN_CHUNKS forces
+# the count.
+PROGRAMS_PER_SM = 16
+SPLIT_BELOW_PER_SM = 3
+MIN_TILES_PER_CHUNK = 2
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (an H100's 132 elsewhere, e.g. under TRITON_INTERPRET); cached: it
+    is asked several times per call, and each torch query cost ~5 µs of the ~0.3 ms host time of a short scan."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+
+
+def split_tiles(programs: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
+    """(tiles per chunk, chunks) for `programs` (batch·dim) programs walking n_tiles tiles each."""
+    forced = os.environ.get("MBA_SCAN_CHUNKS")
+    sms = sm_count(device)
+    if forced:
+        n_chunks = max(1, min(int(forced), n_tiles))
+    elif programs >= SPLIT_BELOW_PER_SM * sms:
+        n_chunks = 1
+    else:
+        n_chunks = max(1, min(triton.cdiv(PROGRAMS_PER_SM * sms, programs), n_tiles // MIN_TILES_PER_CHUNK))
+    tiles_per_chunk = triton.cdiv(n_tiles, n_chunks)
+    return tiles_per_chunk, triton.cdiv(n_tiles, tiles_per_chunk)
+
+
+@triton.jit
+def _chunk_tiles(tiles_per_chunk, n_tiles):
+    """This program's chunk of L (program axis 2), the number of chunks and its tiles k0 … k1 − 1."""
+    chunk = tl.program_id(2)
+    k0 = chunk * tiles_per_chunk
+    return chunk, tl.num_programs(2), k0, tl.minimum(k0 + tiles_per_chunk, n_tiles)
 
 
 def _block_d(dim_per_group: int, cap: int) -> int:
