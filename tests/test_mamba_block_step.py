@@ -80,10 +80,10 @@ triton_only = pytest.mark.skipif(not triton_available(), reason="needs triton (a
 
 @triton_only
 @pytest.mark.parametrize("batch,d_model,d_state,bias,first", [
-    (1, 16, 5, False, False),    # one row in a program of 16; dt_rank 1, N padded to 16
+    (1, 16, 5, False, False),    # one row in a program of 16; dt_rank 1, N padded to 16; d_inner 32 = one E tile
     (3, 16, 16, True, True),     # projection biases; the first block of a stage (no residual in)
-    (19, 32, 4, False, False),   # two programs, the second mostly masked; d_inner 64 = one chunk of E
-    (2, 24, 7, True, False),     # d_model not a power of two (masked columns), d_inner 48
+    (19, 32, 4, False, False),   # two row blocks, the second mostly masked; d_inner 64 = two E tiles of shares
+    (2, 24, 7, True, False),     # d_model not a power of two (masked columns), d_inner 48: a partial E tile
 ])
 def test_fused_step_matches_the_definition_in_float64(batch, d_model, d_state, bias, first):
     torch.manual_seed(batch + d_model)
@@ -122,27 +122,50 @@ def test_a_wrong_shape_is_named():
 
 
 @triton_only
-def test_fp32_and_fp64_models_take_the_pytorch_step_and_complex_ssm_is_refused(monkeypatch):
-    from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_fused
+def test_fp64_models_take_the_pytorch_step_and_complex_ssm_is_refused(monkeypatch):
+    from mamba_bio_audio.kernels.mamba_block_step import fused
 
+    launched = []
+    kernel = fused.mamba_block_step_kernel
+    monkeypatch.setattr(fused, "mamba_block_step_kernel", lambda *a, **k: launched.append(1) or kernel(*a, **k))
     layer = block(dtype=torch.float64)
     conv_state, ssm_state = random_states(layer, 2, torch.float64)
     ref_conv, ref_ssm = conv_state.clone(), ssm_state.clone()
     hidden = torch.randn(2, 16, dtype=torch.float64)
     with torch.no_grad():
-        out, _ = mamba_block_step_fused(hidden, None, *step_args(layer), conv_state, ssm_state)
+        out, _ = fused.mamba_block_step_fused(hidden, None, *step_args(layer), conv_state, ssm_state)
         ref, _ = mamba_block_step_naive(hidden, None, *step_args(layer), ref_conv, ref_ssm)
-    assert torch.equal(out, ref) and torch.equal(ssm_state, ref_ssm)
-    from mamba_bio_audio.kernels.mamba_block_step import fused
-
-    launched = []
-    monkeypatch.setattr(fused, "mamba_block_step_kernel", lambda *a: launched.append(1))
+    assert torch.equal(out, ref) and torch.equal(ssm_state, ref_ssm) and not launched
     layer = block()
-    conv_state, ssm_state = random_states(layer, 2)
-    with torch.no_grad():
-        mamba_block_step_fused(torch.randn(2, 16), None, *step_args(layer), conv_state, ssm_state)  # fp32
-    assert not launched
+    conv_state, ssm_state = (s.to(DEVICE) for s in random_states(layer, 2))
+    with torch.no_grad():  # fp32 takes the kernels
+        fused.mamba_block_step_fused(torch.randn(2, 16, device=DEVICE), None,
+                                     *[a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in step_args(layer)],
+                                     conv_state, ssm_state)
+    assert launched
     complex_layer = Block(16, Mamba(16, d_state=5, complex_ssm=True, layer_idx=0))
     conv_state, ssm_state = complex_layer.mixer.allocate_inference_cache(2)
     with pytest.raises(ValueError, match="real A only"):
-        mamba_block_step_fused(torch.randn(2, 16), None, *step_args(complex_layer), conv_state, ssm_state)
+        fused.mamba_block_step_fused(torch.randn(2, 16), None, *step_args(complex_layer), conv_state, ssm_state)
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_block_steps_through_mamba_block_step_with_the_same_result(monkeypatch, first):
+    """`Block.forward` hands a single recurrent step to `mamba_block_step` (on CUDA by default; forced here, so on the
+    CPU it is the PyTorch definition): outputs, residual and both states equal the block's own step."""
+    layer = block(bias=True)
+    batch = 3
+    hidden = torch.randn(batch, 1, 16, device=DEVICE)
+    residual = None if first else torch.randn(batch, 1, 16, device=DEVICE)
+    layer = layer.to(DEVICE)
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(Block, "_fused_step", lambda self, h: fused)
+        torch.manual_seed(1)
+        cache = InferenceCache(batch, {0: tuple(s.to(DEVICE) for s in random_states(layer, batch))})
+        cache.seqlen_offset = 3
+        with torch.no_grad():
+            out, res = layer(hidden, residual, cache=cache)
+        results.append((out, res, *cache.states[0]))
+    for own, stepped in zip(*results):
+        torch.testing.assert_close(stepped, own, rtol=2e-5, atol=2e-5)

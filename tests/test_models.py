@@ -226,3 +226,27 @@ def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_gradients(arch):
         assert len(calls) == (2 if enabled else 1)  # the first block ran again in the backward
     for plain, recomputed in zip(*grads):
         assert torch.allclose(plain, recomputed, atol=1e-6, rtol=1e-5)
+
+
+def test_step_reuses_its_ssm_parameters_until_a_weight_changes():
+    """Under no_grad `Mamba.step` computes A = −exp(A_log) once per set of weights (generation would otherwise run it
+    at every token); an in-place change of a weight is seen at the next step, and the result equals a fresh step's."""
+    torch.manual_seed(0)
+    mixer = Mamba(16, layer_idx=0)
+    conv_state, ssm_state = (s.normal_() for s in mixer.allocate_inference_cache(2))
+    hidden = torch.randn(2, 16)
+    computed = []
+    ssm_A = mixer.ssm_A
+    mixer.ssm_A = lambda: computed.append(1) or ssm_A()
+
+    def step():
+        return mixer.step(hidden, conv_state.clone(), ssm_state.clone())
+
+    with torch.no_grad():
+        first = step()
+        assert torch.equal(step(), first) and len(computed) == 1
+        mixer.A_log.mul_(1.5)
+        changed = step()
+    assert len(computed) == 2 and not torch.allclose(changed, first)
+    assert torch.equal(changed, step().detach())  # with grad enabled: computed afresh, not cached
+    assert len(computed) == 3

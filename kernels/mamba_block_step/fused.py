@@ -1,21 +1,25 @@
-"""One token through a pre-norm residual Mamba block in a single Triton kernel (real A).
+"""One token through a pre-norm residual Mamba block (real A): two Triton kernels and one product, each spread over
+the inner width E so that a batch of any size keeps many SMs busy.
 
-Why: a recurrent step runs ≈ 10 small kernels per block (norm, in_proj, conv, x_proj, dt_proj, state update, gate,
-out_proj …), each far too small to fill the GPU, so generation is bound by kernel launches and their latency. Here a
-program owns BLOCK_B batch rows and does the whole block for them; the projections are tensor-core products
-(BLOCK_B ≥ 16 rows, padded with masked rows at small batch) and the weights are read once per program.
+Why: the models' recurrent step runs ≈ 10 small kernels per block (add+norm, in_proj, conv, x_proj, Δ, −exp(A_log),
+state update, out_proj and their split-K reductions), each far too small to fill the GPU, so generation is bound by
+their count and latency (BENCHMARKS.md: 201 kernels per sample of the SC09 U-Net at batch 1). A first version ran
+the whole block in one program per 16 rows; walking E in sequence, each chunk waiting on its loads, it took 30–140 µs.
 
-Two passes over the inner width E in chunks of BLOCK_E:
-    1. x = in_proj_x(u); shift x into conv_state; x = silu(conv); accumulate x_proj(x) = (dt_r, B, C) over chunks.
-    2. Δ = softplus(dt_proj(dt_r)); z = in_proj_z(u); x again from the new conv_state; advance ssm_state;
-       y = (C·h + D·x)·silu(z); accumulate out_proj(y).
-Pass 2 rereads the conv_state this program wrote in pass 1 (a barrier orders it), so no chunk of x is kept.
-Intermediate values are rounded to the model's dtype where the unfused path rounds them (in_proj, conv and x_proj
-outputs, Δ before its bias, y), so a bf16 model steps the same in both; states and sums are fp32.
+Here a program owns BLOCK_B rows × BLOCK_E channels of E, issues all of its loads before any arithmetic, and does:
+    _step_in:  residual' = hidden + residual; u = RMSNorm(residual')·w            (BLOCK_B, d)
+               x, z = in_proj(u) on its channels; x enters conv_state; x = silu(conv)   (BLOCK_B, BLOCK_E)
+               its share of x_proj(x) = (dt_r, B, C), summed over the E tiles by the next kernel
+    _step_ssm: (dt_r, B, C) = Σ shares; Δ = softplus(dt_proj(dt_r) + bias); h = exp(Δ·A)·h + Δ·B·x (in place);
+               y = (C·h + D·x)·silu(z)                                            (BLOCK_B, BLOCK_E)
+    out = out_proj(y)                                                             one cuBLAS product
+Intermediate values are rounded to the model's dtype where the unfused path rounds them (u, in_proj, conv and
+x_proj outputs, Δ before its bias, y), so a step matches the models' own; states and sums are fp32.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -24,131 +28,119 @@ from .naive import mamba_block_step_naive
 
 
 @triton.jit
-def _mamba_block_step_kernel(
-        hidden_ptr, residual_ptr, out_ptr, residual_out_ptr, norm_w_ptr,
-        in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr, x_w_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, out_w_ptr, out_b_ptr,
-        conv_state_ptr, ssm_state_ptr,
-        batch, d_model, d_inner, dt_rank, d_state, eps,
-        HAS_RESIDUAL: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
-        HAS_OUT_BIAS: tl.constexpr, D_CONV: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr,
-        BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-        PRECISION: tl.constexpr):
+def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr,
+                    x_w_ptr, conv_state_ptr, xc_ptr, z_ptr, part_ptr, batch, d_model, d_inner, n_proj, eps,
+                    HAS_RESIDUAL: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+                    D_CONV: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_E: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, PRECISION: tl.constexpr):
+    """Rows × a tile of E: the norm, in_proj, the conv step and this tile's share of x_proj, written to
+    part (n_e_tiles, batch, n_proj) fp32; x after the conv and z to xc, z (batch, E) in the model's dtype."""
     dtype = in_w_ptr.dtype.element_ty
+    pid_e = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_dm, offs_r = tl.arange(0, BLOCK_DM), tl.arange(0, BLOCK_R)
-    offs_n, offs_w = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_W)
-    mask_b, mask_dm = rows < batch, offs_dm < d_model
-    mask_r, mask_n, mask_w = offs_r < dt_rank, offs_n < d_state, offs_w < D_CONV
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_dm, offs_p, offs_w = tl.arange(0, BLOCK_DM), tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_W)
+    mask_b, mask_e, mask_dm = rows < batch, offs_e < d_inner, offs_dm < d_model
+    mask_p, mask_w = offs_p < n_proj, offs_w < D_CONV
     rows64 = rows.to(tl.int64)
-
-    # residual' = hidden + residual (fp32); u = RMSNorm(residual')·w, rounded to the model's dtype   (BLOCK_B, d)
     io = rows64[:, None] * d_model + offs_dm[None, :]
     mask_io = mask_b[:, None] & mask_dm[None, :]
+    # every load first: none depends on arithmetic, so their latencies overlap
     res = tl.load(hidden_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         res += tl.load(residual_ptr + io, mask=mask_io, other=0.0).to(tl.float32)
-    tl.store(residual_out_ptr + io, res.to(residual_out_ptr.dtype.element_ty), mask=mask_io)
+    norm_w = tl.load(norm_w_ptr + offs_dm, mask=mask_dm, other=0.0).to(tl.float32)
+    mask_de = mask_dm[:, None] & mask_e[None, :]
+    w_x = tl.load(in_w_ptr + offs_e[None, :] * d_model + offs_dm[:, None], mask=mask_de, other=0.0)      # (d, BE)
+    w_z = tl.load(in_w_ptr + (d_inner + offs_e[None, :]) * d_model + offs_dm[:, None], mask=mask_de, other=0.0)
+    state_offs = (rows64[:, None, None] * d_inner + offs_e[None, :, None]) * D_CONV + offs_w[None, None, :]
+    mask_s = mask_b[:, None, None] & mask_e[None, :, None] & mask_w[None, None, :]
+    older = tl.load(conv_state_ptr + state_offs + 1, mask=mask_s & (offs_w < D_CONV - 1)[None, None, :], other=0.0)
+    conv_w = tl.load(conv_w_ptr + offs_e[:, None] * D_CONV + offs_w[None, :],
+                     mask=mask_e[:, None] & mask_w[None, :], other=0.0).to(tl.float32)                   # (BE, W)
+    w_proj = tl.load(x_w_ptr + offs_p[None, :] * d_inner + offs_e[:, None],
+                     mask=mask_e[:, None] & mask_p[None, :], other=0.0)                                  # (BE, P)
+
+    if pid_e == 0:
+        tl.store(residual_out_ptr + io, res.to(residual_out_ptr.dtype.element_ty), mask=mask_io)
     rstd = 1.0 / tl.sqrt(tl.sum(res * res, axis=1) / d_model + eps)
-    u = (res * rstd[:, None] * tl.load(norm_w_ptr + offs_dm, mask=mask_dm, other=0.0).to(tl.float32)[None, :])
-    u = u.to(hidden_ptr.dtype.element_ty).to(dtype)
-
-    # pass 1: conv step and x_proj, accumulated over chunks of E
-    dt_r = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
-    B = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    C = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for e0 in range(0, d_inner, BLOCK_E):
-        offs_e = e0 + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < d_inner
-        w_x = tl.load(in_w_ptr + offs_e[None, :] * d_model + offs_dm[:, None],
-                      mask=mask_dm[:, None] & mask_e[None, :], other=0.0)                    # (d, BLOCK_E)
-        x = tl.dot(u, w_x, input_precision=PRECISION)                                                                    # (BLOCK_B, BLOCK_E)
-        if HAS_IN_BIAS:
-            x += tl.load(in_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
-        # conv_state (b, E, W): drop the oldest input, append x
-        state_offs = (rows64[:, None, None] * d_inner + offs_e[None, :, None]) * D_CONV + offs_w[None, None, :]
-        mask_s = mask_b[:, None, None] & mask_e[None, :, None] & mask_w[None, None, :]
-        older = tl.load(conv_state_ptr + state_offs + 1, mask=mask_s & (offs_w < D_CONV - 1)[None, None, :],
-                        other=0.0)
-        x = x.to(conv_state_ptr.dtype.element_ty)
-        window = tl.where((offs_w == D_CONV - 1)[None, None, :], x[:, :, None], older)
-        tl.store(conv_state_ptr + state_offs, window, mask=mask_s)
-        xc = _conv_silu(window, conv_w_ptr, conv_b_ptr, offs_e, mask_e, offs_w, mask_w, D_CONV, HAS_CONV_BIAS)
-        xc = xc.to(hidden_ptr.dtype.element_ty).to(dtype)
-        w_dbl = x_w_ptr + offs_e[:, None]                                                    # x_proj (R + 2N, E)
-        dt_r += tl.dot(xc, tl.load(w_dbl + offs_r[None, :] * d_inner, mask=mask_e[:, None] & mask_r[None, :],
-                                   other=0.0), input_precision=PRECISION)
-        B += tl.dot(xc, tl.load(w_dbl + (dt_rank + offs_n[None, :]) * d_inner,
-                                mask=mask_e[:, None] & mask_n[None, :], other=0.0), input_precision=PRECISION)
-        C += tl.dot(xc, tl.load(w_dbl + (dt_rank + d_state + offs_n[None, :]) * d_inner,
-                                mask=mask_e[:, None] & mask_n[None, :], other=0.0), input_precision=PRECISION)
-    dt_r = dt_r.to(hidden_ptr.dtype.element_ty).to(dtype)
-    B = B.to(hidden_ptr.dtype.element_ty).to(tl.float32)
-    C = C.to(hidden_ptr.dtype.element_ty).to(tl.float32)
-    tl.debug_barrier()  # pass 2 reads conv_state entries other threads of this program wrote
-
-    # pass 2: Δ, gate, state update and out_proj, accumulated over chunks of E
-    out = tl.zeros((BLOCK_B, BLOCK_DM), dtype=tl.float32)
-    for e0 in range(0, d_inner, BLOCK_E):
-        offs_e = e0 + tl.arange(0, BLOCK_E)
-        mask_e = offs_e < d_inner
-        dt = tl.dot(dt_r, tl.load(dt_w_ptr + offs_e[None, :] * dt_rank + offs_r[:, None],
-                                  mask=mask_r[:, None] & mask_e[None, :], other=0.0),
-                    input_precision=PRECISION)                                                  # (BLOCK_B, BLOCK_E)
-        dt = dt.to(hidden_ptr.dtype.element_ty).to(tl.float32)
-        dt = _softplus(dt + tl.load(dt_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :])
-        z = tl.dot(u, tl.load(in_w_ptr + (d_inner + offs_e[None, :]) * d_model + offs_dm[:, None],
-                              mask=mask_dm[:, None] & mask_e[None, :], other=0.0), input_precision=PRECISION)
-        if HAS_IN_BIAS:
-            z += tl.load(in_b_ptr + d_inner + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
-        z = z.to(hidden_ptr.dtype.element_ty).to(tl.float32)
-        state_offs = (rows64[:, None, None] * d_inner + offs_e[None, :, None]) * D_CONV + offs_w[None, None, :]
-        mask_s = mask_b[:, None, None] & mask_e[None, :, None] & mask_w[None, None, :]
-        window = tl.load(conv_state_ptr + state_offs, mask=mask_s, other=0.0)
-        xc = _conv_silu(window, conv_w_ptr, conv_b_ptr, offs_e, mask_e, offs_w, mask_w, D_CONV, HAS_CONV_BIAS)
-        xc = xc.to(hidden_ptr.dtype.element_ty).to(tl.float32)
-        # ssm_state (b, E, N) fp32: h = exp(Δ·A)·h + Δ·B·x; y = C·h + D·x, gated by silu(z)
-        mask_en = mask_e[:, None] & mask_n[None, :]
-        A = -tl.exp(tl.load(A_log_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en,
-                            other=0.0).to(tl.float32))
-        h_offs = (rows64[:, None, None] * d_inner + offs_e[None, :, None]) * d_state + offs_n[None, None, :]
-        mask_h = mask_b[:, None, None] & mask_en[None, :, :]
-        h = tl.load(ssm_state_ptr + h_offs, mask=mask_h, other=0.0)
-        h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * xc)[:, :, None] * B[:, None, :]
-        tl.store(ssm_state_ptr + h_offs, h, mask=mask_h)
-        y = tl.sum(h * C[:, None, :], axis=2) + tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :] * xc
-        y = (y * z * tl.sigmoid(z)).to(hidden_ptr.dtype.element_ty).to(dtype)
-        out += tl.dot(y, tl.load(out_w_ptr + offs_dm[None, :] * d_inner + offs_e[:, None],
-                                 mask=mask_e[:, None] & mask_dm[None, :], other=0.0),
-                      input_precision=PRECISION)                                                # (BLOCK_B, d)
-    if HAS_OUT_BIAS:
-        out += tl.load(out_b_ptr + offs_dm, mask=mask_dm, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + io, out.to(out_ptr.dtype.element_ty), mask=mask_io)
+    u = (res * rstd[:, None] * norm_w[None, :]).to(hidden_ptr.dtype.element_ty).to(dtype)               # (BB, d)
+    x = tl.dot(u, w_x, input_precision=PRECISION)                                                        # (BB, BE)
+    z = tl.dot(u, w_z, input_precision=PRECISION)
+    if HAS_IN_BIAS:
+        x += tl.load(in_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
+        z += tl.load(in_b_ptr + d_inner + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
+    mask_be = mask_b[:, None] & mask_e[None, :]
+    be = rows64[:, None] * d_inner + offs_e[None, :]
+    tl.store(z_ptr + be, z.to(z_ptr.dtype.element_ty), mask=mask_be)
+    # conv_state (b, E, W): drop the oldest input, append x; then silu(Σ_w window·weight + bias)
+    window = tl.where((offs_w == D_CONV - 1)[None, None, :], x.to(conv_state_ptr.dtype.element_ty)[:, :, None], older)
+    tl.store(conv_state_ptr + state_offs, window, mask=mask_s)
+    xc = tl.sum(window.to(tl.float32) * conv_w[None, :, :], axis=2)
+    if HAS_CONV_BIAS:
+        xc += tl.load(conv_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
+    xc = (xc * tl.sigmoid(xc)).to(xc_ptr.dtype.element_ty)
+    tl.store(xc_ptr + be, xc, mask=mask_be)
+    part = tl.dot(xc.to(dtype), w_proj, input_precision=PRECISION)                                       # (BB, P)
+    tl.store(part_ptr + (pid_e * batch + rows64[:, None]) * n_proj + offs_p[None, :], part,
+             mask=mask_b[:, None] & mask_p[None, :])
 
 
 @triton.jit
-def _conv_silu(window, conv_w_ptr, conv_b_ptr, offs_e, mask_e, offs_w, mask_w, D_CONV: tl.constexpr,
-               HAS_CONV_BIAS: tl.constexpr):
-    """window (BLOCK_B, BLOCK_E, BLOCK_W) of the last inputs → silu(Σ_w window·weight + bias) (BLOCK_B, BLOCK_E)."""
-    weight = tl.load(conv_w_ptr + offs_e[:, None] * D_CONV + offs_w[None, :],
-                     mask=mask_e[:, None] & mask_w[None, :], other=0.0).to(tl.float32)
-    xc = tl.sum(window.to(tl.float32) * weight[None, :, :], axis=2)
-    if HAS_CONV_BIAS:
-        xc += tl.load(conv_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
-    return xc * tl.sigmoid(xc)
+def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_ptr, ssm_state_ptr, y_ptr,
+                     batch, d_inner, dt_rank, d_state, n_proj, n_e_tiles,
+                     BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place) and the gated
+    output y (batch, E) in the model's dtype."""
+    dtype = dt_w_ptr.dtype.element_ty
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_r, offs_n = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_N)
+    mask_b, mask_e, mask_r, mask_n = rows < batch, offs_e < d_inner, offs_r < dt_rank, offs_n < d_state
+    rows64 = rows.to(tl.int64)
+    mask_be = mask_b[:, None] & mask_e[None, :]
+    be = rows64[:, None] * d_inner + offs_e[None, :]
+    mask_en = mask_e[:, None] & mask_n[None, :]
+    h_offs = (rows64[:, None, None] * d_inner + offs_e[None, :, None]) * d_state + offs_n[None, None, :]
+    mask_h = mask_b[:, None, None] & mask_en[None, :, :]
+    # every load first
+    w_dt = tl.load(dt_w_ptr + offs_e[None, :] * dt_rank + offs_r[:, None], mask=mask_r[:, None] & mask_e[None, :],
+                   other=0.0)                                                                            # (R, BE)
+    dt_b = tl.load(dt_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    A = -tl.exp(tl.load(A_log_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en, other=0.0)
+                .to(tl.float32))                                                                         # (BE, N)
+    Dv = tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
+    xc = tl.load(xc_ptr + be, mask=mask_be, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + be, mask=mask_be, other=0.0).to(tl.float32)
+    h = tl.load(ssm_state_ptr + h_offs, mask=mask_h, other=0.0)
+    dt_r = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
+    B = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    C = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    for tile in range(n_e_tiles):
+        shares = part_ptr + (tile * batch + rows64[:, None]) * n_proj
+        dt_r += tl.load(shares + offs_r[None, :], mask=mask_b[:, None] & mask_r[None, :], other=0.0)
+        B += tl.load(shares + dt_rank + offs_n[None, :], mask=mask_b[:, None] & mask_n[None, :], other=0.0)
+        C += tl.load(shares + dt_rank + d_state + offs_n[None, :], mask=mask_b[:, None] & mask_n[None, :], other=0.0)
+
+    B = B.to(xc_ptr.dtype.element_ty).to(tl.float32)
+    C = C.to(xc_ptr.dtype.element_ty).to(tl.float32)
+    dt = tl.dot(dt_r.to(xc_ptr.dtype.element_ty).to(dtype), w_dt, input_precision=PRECISION)             # (BB, BE)
+    dt = _softplus(dt.to(xc_ptr.dtype.element_ty).to(tl.float32) + dt_b[None, :])
+    # ssm_state (b, E, N) fp32: h = exp(Δ·A)·h + Δ·B·x; y = C·h + D·x, gated by silu(z)
+    h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * xc)[:, :, None] * B[:, None, :]
+    tl.store(ssm_state_ptr + h_offs, h, mask=mask_h)
+    y = tl.sum(h * C[:, None, :], axis=2) + Dv[None, :] * xc
+    tl.store(y_ptr + be, (y * z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask_be)
 
 
 def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                            dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
                            in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
-    """Same contract as `mamba_block_step_naive`: the Triton kernel for bf16/fp16 weights, the PyTorch step otherwise.
-
-    fp32 takes the PyTorch step: with fp32 products in IEEE precision (PyTorch's default for fp32 matmuls) the
-    kernel's products run on the FMA units and it is slower than the separate ops (H100, µs per step at batch 1 for
-    d_model 64 / 128 / 256: 45 / 613 / 1364 fused against 45 / 54 / 58; BENCHMARKS.md). So do fp64, states that are
-    not contiguous, and weights not in hidden's dtype. The models do not call this op yet: their recurrent step
-    (Block + Mamba.step over the per-op kernels) generates faster (BENCHMARKS.md, 2026-11-23)."""
+    """Same contract as `mamba_block_step_naive`: the Triton kernels for fp32/bf16/fp16 weights, the PyTorch step for
+    fp64, states that are not contiguous, and weights not in hidden's dtype."""
     weights = (in_proj_weight, conv_weight, x_proj_weight, dt_proj_weight, out_proj_weight)
-    if (hidden.dtype not in (torch.bfloat16, torch.float16) or ssm_state.dtype != torch.float32
+    if (hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or ssm_state.dtype != torch.float32
             or not ssm_state.is_contiguous() or not conv_state.is_contiguous() or conv_state.dtype != hidden.dtype
             or any(w.dtype != hidden.dtype for w in weights)):
         return mamba_block_step_naive(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias,
@@ -159,16 +151,21 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
                                    ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
 
 
+# Rows and channels of E per program; 16 rows is tl.dot's smallest tile (a batch of 1 runs masked rows).
+BLOCK_B, BLOCK_E = 16, 32
+
+
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                             dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
                             in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
-    """The Triton kernel itself, for any float dtype but fp64 (tests and benchmarks; `mamba_block_step_fused` picks
-    it where it is the faster path). States must be contiguous, conv_state and the weights in hidden's dtype."""
+    """The Triton kernels themselves, for any float dtype but fp64 (tests and benchmarks; `mamba_block_step_fused`
+    picks them where they apply). States must be contiguous, conv_state and the weights in hidden's dtype."""
     batch, d_model = hidden.shape
     d_inner, d_conv = conv_weight.shape
     dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
+    n_proj = dt_rank + 2 * d_state
     expected = {"in_proj_weight": (in_proj_weight, (2 * d_inner, d_model)),
-                "x_proj_weight": (x_proj_weight, (dt_rank + 2 * d_state, d_inner)),
+                "x_proj_weight": (x_proj_weight, (n_proj, d_inner)),
                 "dt_proj_weight": (dt_proj_weight, (d_inner, dt_rank)),
                 "out_proj_weight": (out_proj_weight, (d_model, d_inner)),
                 "conv_state": (conv_state, (batch, d_inner, d_conv)), "ssm_state": (ssm_state, (batch, d_inner, d_state)),
@@ -179,26 +176,28 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
                              f"(batch {batch}, d_model {d_model}, d_inner {d_inner}, dt_rank {dt_rank}, "
                              f"d_state {d_state}, d_conv {d_conv})")
     hidden = hidden.contiguous()
-    out = torch.empty_like(hidden)
-    residual_out = torch.empty(batch, d_model, device=hidden.device,
-                               dtype=torch.float32 if residual_in_fp32 else hidden.dtype)
-    block_dm = max(16, triton.next_power_of_2(d_model))
-    block_e = 32 if block_dm >= 256 else 64
-    block_b = 16
+    dtype, device = hidden.dtype, hidden.device
+    residual_out = torch.empty(batch, d_model, device=device, dtype=torch.float32 if residual_in_fp32 else dtype)
+    xc, z, y = (torch.empty(batch, d_inner, device=device, dtype=dtype) for _ in range(3))
+    grid = (triton.cdiv(batch, BLOCK_B), triton.cdiv(d_inner, BLOCK_E))
+    part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
+    precision = _dot_precision(dtype)
     dummy = hidden  # pointer for absent optional tensors (never read)
-    _mamba_block_step_kernel[(triton.cdiv(batch, block_b),)](
-        hidden, residual.contiguous() if residual is not None else dummy, out, residual_out, norm_weight,
+    _step_in_kernel[grid](
+        hidden, residual.contiguous() if residual is not None else dummy, residual_out, norm_weight,
         in_proj_weight.contiguous(), in_proj_bias if in_proj_bias is not None else dummy, conv_weight.contiguous(),
-        conv_bias if conv_bias is not None else dummy, x_proj_weight.contiguous(), dt_proj_weight.contiguous(),
-        dt_proj_bias, A_log.contiguous(), D, out_proj_weight.contiguous(),
-        out_proj_bias if out_proj_bias is not None else dummy, conv_state, ssm_state,
-        batch, d_model, d_inner, dt_rank, d_state, eps,
+        conv_bias if conv_bias is not None else dummy, x_proj_weight.contiguous(), conv_state, xc, z, part,
+        batch, d_model, d_inner, n_proj, eps,
         HAS_RESIDUAL=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None,
-        HAS_OUT_BIAS=out_proj_bias is not None, D_CONV=d_conv, BLOCK_B=block_b, BLOCK_DM=block_dm, BLOCK_E=block_e,
-        BLOCK_R=max(16, triton.next_power_of_2(dt_rank)), BLOCK_N=max(16, triton.next_power_of_2(d_state)),
-        BLOCK_W=triton.next_power_of_2(d_conv), PRECISION=_dot_precision(hidden.dtype), num_warps=8 if block_dm >= 256 else 4,
-        num_stages=1)
-    return out, residual_out
+        D_CONV=d_conv, BLOCK_B=BLOCK_B, BLOCK_DM=max(16, triton.next_power_of_2(d_model)), BLOCK_E=BLOCK_E,
+        BLOCK_P=max(16, triton.next_power_of_2(n_proj)), BLOCK_W=triton.next_power_of_2(d_conv),
+        PRECISION=precision, num_warps=4)
+    _step_ssm_kernel[grid](
+        part, dt_proj_weight.contiguous(), dt_proj_bias, A_log.contiguous(), D, xc, z, ssm_state, y,
+        batch, d_inner, dt_rank, d_state, n_proj, grid[1],
+        BLOCK_B=BLOCK_B, BLOCK_E=BLOCK_E, BLOCK_R=max(16, triton.next_power_of_2(dt_rank)),
+        BLOCK_N=max(16, triton.next_power_of_2(d_state)), PRECISION=precision, num_warps=4)
+    return F.linear(y, out_proj_weight, out_proj_bias), residual_out
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

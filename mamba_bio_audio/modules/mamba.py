@@ -51,6 +51,7 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(E))
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
+        self._step_params_cache = None  # (key of the weights, (A, D, Δ bias)) for `step` under no_grad
 
     def ssm_A(self) -> torch.Tensor:
         """A: (E, N) fp32, or complex64 in complex mode (fp64 / complex128 in an fp64 model)."""
@@ -99,9 +100,23 @@ class Mamba(nn.Module):
         x = causal_conv1d_update(x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         dt, B, C = self._split_x_proj(self.x_proj(x))                      # (b, R), (b, N) x2
         dt = dt @ self.dt_proj.weight.t()                                   # (b, E)
-        y = selective_state_update(ssm_state, x, dt, self.ssm_A(), B, C, _fp32_or_wider(self.D), z,
-                                   dt_bias=_fp32_or_wider(self.dt_proj.bias), dt_softplus=True)
+        A, D, dt_bias = self._step_params()
+        y = selective_state_update(ssm_state, x, dt, A, B, C, D, z, dt_bias=dt_bias, dt_softplus=True)
         return self.out_proj(y)
+
+    def _step_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A (E, N), D (E,) and the Δ bias (E,) as the scan takes them (fp32 or wider). Under no_grad they are kept
+        until a weight changes (in place or replaced: the key holds each one's storage, version and dtype), so
+        generation does not run −exp(A_log) and the casts again at every token: in the SC09 U-Net that was 2 of
+        the ~10 kernels of each block step (BENCHMARKS.md, 2026-11-23)."""
+        weights = (self.A_log, self.D, self.dt_proj.bias) + ((self.A_imag,) if self.complex_ssm else ())
+        key = None if torch.is_grad_enabled() else tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
+        if key is None or self._step_params_cache is None or self._step_params_cache[0] != key:
+            params = (self.ssm_A(), _fp32_or_wider(self.D), _fp32_or_wider(self.dt_proj.bias))
+            if key is None:
+                return params
+            self._step_params_cache = (key, params)
+        return self._step_params_cache[1]
 
     def allocate_inference_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None):
         """(conv_state (b, E, W) in the conv's dtype, ssm_state (b, E, N) fp32 or complex64 (float64/complex128 for
