@@ -151,8 +151,14 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
                                    ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
 
 
-# Rows and channels of E per program; 16 rows is tl.dot's smallest tile (a batch of 1 runs masked rows).
-BLOCK_B, BLOCK_E = 16, 32
+# Rows per program: tl.dot's smallest tile (a batch of 1 runs masked rows). Channels of E per program: 32, or 16 at
+# d_model ≥ 256, where the in_proj tiles of 32 channels (loaded up front) spilled: one fp32 step of d_model 256 took
+# 29.6 µs at batch 1 on an H100 (BENCHMARKS.md).
+BLOCK_B = 16
+
+
+def _block_e(block_dm: int) -> int:
+    return max(16, min(32, 4096 // block_dm))
 
 
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -179,7 +185,9 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     dtype, device = hidden.dtype, hidden.device
     residual_out = torch.empty(batch, d_model, device=device, dtype=torch.float32 if residual_in_fp32 else dtype)
     xc, z, y = (torch.empty(batch, d_inner, device=device, dtype=dtype) for _ in range(3))
-    grid = (triton.cdiv(batch, BLOCK_B), triton.cdiv(d_inner, BLOCK_E))
+    block_dm = max(16, triton.next_power_of_2(d_model))
+    block_e = _block_e(block_dm)
+    grid = (triton.cdiv(batch, BLOCK_B), triton.cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
     precision = _dot_precision(dtype)
     dummy = hidden  # pointer for absent optional tensors (never read)
@@ -189,13 +197,13 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         conv_bias if conv_bias is not None else dummy, x_proj_weight.contiguous(), conv_state, xc, z, part,
         batch, d_model, d_inner, n_proj, eps,
         HAS_RESIDUAL=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None,
-        D_CONV=d_conv, BLOCK_B=BLOCK_B, BLOCK_DM=max(16, triton.next_power_of_2(d_model)), BLOCK_E=BLOCK_E,
+        D_CONV=d_conv, BLOCK_B=BLOCK_B, BLOCK_DM=block_dm, BLOCK_E=block_e,
         BLOCK_P=max(16, triton.next_power_of_2(n_proj)), BLOCK_W=triton.next_power_of_2(d_conv),
-        PRECISION=precision, num_warps=4)
+        PRECISION=precision, num_warps=8 if block_dm >= 512 else 4)
     _step_ssm_kernel[grid](
         part, dt_proj_weight.contiguous(), dt_proj_bias, A_log.contiguous(), D, xc, z, ssm_state, y,
         batch, d_inner, dt_rank, d_state, n_proj, grid[1],
-        BLOCK_B=BLOCK_B, BLOCK_E=BLOCK_E, BLOCK_R=max(16, triton.next_power_of_2(dt_rank)),
+        BLOCK_B=BLOCK_B, BLOCK_E=block_e, BLOCK_R=max(16, triton.next_power_of_2(dt_rank)),
         BLOCK_N=max(16, triton.next_power_of_2(d_state)), PRECISION=precision, num_warps=4)
     return F.linear(y, out_proj_weight, out_proj_bias), residual_out
 
