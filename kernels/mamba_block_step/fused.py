@@ -152,13 +152,14 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
 
 
 # Rows per program: tl.dot's smallest tile (a batch of 1 runs masked rows). Channels of E per program: 32, or 16 at
-# d_model ≥ 256, where the in_proj tiles of 32 channels (loaded up front) spilled: one fp32 step of d_model 256 took
-# 29.6 µs at batch 1 on an H100 (BENCHMARKS.md).
+# d_model ≥ 256 when the batch fits one block of rows. On an H100 (BENCHMARKS.md), a d_model-256 fp32 step took
+# 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16; at batch 256, 16 channels were slower (fp32 64.0 → 69.6 µs,
+# bf16 19.4 → 32.2 µs).
 BLOCK_B = 16
 
 
-def _block_e(block_dm: int) -> int:
-    return max(16, min(32, 4096 // block_dm))
+def _block_e(block_dm: int, batch: int) -> int:
+    return 16 if block_dm >= 256 and batch <= BLOCK_B else 32
 
 
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -186,7 +187,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     residual_out = torch.empty(batch, d_model, device=device, dtype=torch.float32 if residual_in_fp32 else dtype)
     xc, z, y = (torch.empty(batch, d_inner, device=device, dtype=dtype) for _ in range(3))
     block_dm = max(16, triton.next_power_of_2(d_model))
-    block_e = _block_e(block_dm)
+    block_e = _block_e(block_dm, batch)
     grid = (triton.cdiv(batch, BLOCK_B), triton.cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
     precision = _dot_precision(dtype)
