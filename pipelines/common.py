@@ -17,8 +17,10 @@
     summed_nll             cross-entropy summed in nats over the labels that count (not IGNORE_INDEX), and their number.
     LanguageModelModule    EvaluatedModule base of next-token models: train/valid/test NLL in bits per `unit`.
     sharded_strategy       `--trainer.strategy fsdp`: FSDP with one unit per residual block.
+    TRAINER_ALIASES        the short options of every training command (--devices, --num-nodes, --strategy).
+    expand_trainer_aliases a command line with those short options written as the --trainer.* options they stand for.
     build_cli              a LightningCLI with the toolkit's defaults (checkpoints, logs, throughput, precision,
-                           warm-up).
+                           warm-up); takes the short options.
 """
 from __future__ import annotations
 
@@ -404,6 +406,41 @@ def sharded_strategy():
     return FSDPStrategy(auto_wrap_policy={Block, TransformerBlock})
 
 
+TRAINER_ALIASES = {  # short option of every training command: the Trainer option it stands for
+    "--devices": "--trainer.devices",      # devices per machine: a number, a list of device indices, or auto
+    "--num-nodes": "--trainer.num_nodes",  # machines in the run, each running --devices processes (torchrun, SLURM)
+    "--strategy": "--trainer.strategy",    # ddp, fsdp (one FSDP unit per residual block), auto, ...
+}
+
+
+def expand_trainer_aliases(args: list[str]) -> list[str]:
+    """`args` with each short option of TRAINER_ALIASES (`--devices 2` or `--devices=2`) written as the Trainer option
+    it stands for, where it stood: it overrides a --config file as that option does. ValueError when one option is
+    given in both forms with different values."""
+    full = {target: alias for alias, target in TRAINER_ALIASES.items()}
+    expanded, given = [], {}  # given: Trainer option -> {(form, value)}
+    position = 0
+    while position < len(args):
+        name, equals, value = args[position].partition("=")
+        if name not in TRAINER_ALIASES and name not in full:
+            expanded.append(args[position])
+            position += 1
+            continue
+        if not equals:
+            if position + 1 == len(args):
+                raise ValueError(f"{name} needs a value")
+            value = args[position + 1]
+        target = TRAINER_ALIASES.get(name, name)
+        given.setdefault(target, set()).add((name, value))
+        expanded += [target, value]
+        position += 1 if equals else 2
+    for target, forms in given.items():
+        if len({value for _, value in forms}) > 1 and len({name for name, _ in forms}) > 1:
+            raise ValueError(f"{full[target]} is short for {target}; they were given different values: "
+                             + ", ".join(f"{name} {value}" for name, value in sorted(forms)))
+    return expanded
+
+
 def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: str, mode: str,
               links: tuple[tuple[str, str], ...] = (), warmup_defaults: dict | None = None,
               length_warmup: bool = True, callbacks: list[dict] | None = None, defaults: dict | None = None):
@@ -418,10 +455,11 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     RUN; the length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders
     rebuilt every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
     the model's init argument `target` at instantiation (e.g. the number of classes). Under DDP/FSDP
-    (--trainer.devices, --trainer.num_nodes, --trainer.strategy) each rank trains on its own share of every epoch
-    (EpochSampler with `data_rank`), so Lightning's sampler replacement is off. `length_warmup=False` leaves
-    the warm-up out (data modules without a length); `callbacks`: default trainer callbacks (class_path dicts);
-    `defaults`: other defaults of the pipeline (e.g. {"trainer.gradient_clip_val": 0.1})."""
+    (--trainer.devices, --trainer.num_nodes, --trainer.strategy, or for short --devices, --num-nodes, --strategy:
+    TRAINER_ALIASES) each rank trains on its own share of every epoch (EpochSampler with `data_rank`), so Lightning's
+    sampler replacement is off. `length_warmup=False` leaves the warm-up out (data modules without a length);
+    `callbacks`: default trainer callbacks (class_path dicts); `defaults`: other defaults of the pipeline (e.g.
+    {"trainer.gradient_clip_val": 0.1})."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
@@ -463,7 +501,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     # sys.argv holds arguments too, so it sees none while it parses (a DDP launcher reads sys.argv later, at fit)
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        return ToolkitCLI(model_class, data_class, run=False, args=args, seed_everything_default=0,
-                          save_config_kwargs={"overwrite": True})
+        return ToolkitCLI(model_class, data_class, run=False, args=expand_trainer_aliases(args),
+                          seed_everything_default=0, save_config_kwargs={"overwrite": True})
     finally:
         sys.argv = argv

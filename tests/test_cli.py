@@ -218,3 +218,26 @@ def test_a_module_without_run_is_rejected(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="must define run"):
         cli.main(["broken"])
     sys.modules.pop("mba_broken_command", None)
+
+
+def test_training_commands_take_devices_num_nodes_and_strategy(tmp_path, capsys):
+    """--devices, --num-nodes and --strategy stand for --trainer.devices, --trainer.num_nodes and --trainer.strategy
+    in every training command (common.build_cli, which all of them build their LightningCLI with); both forms may be
+    given, but not with different values."""
+    pytest.importorskip("lightning")
+    pytest.importorskip("pysam")
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from mamba_bio_audio.pipelines.dna_pretrain import build_cli
+
+    fasta = str(tmp_path / "g.fa")  # not read: the data module only opens it at fit
+    options = ["--data.fasta", fasta, "--model.config", '{"d_model": 16, "n_layer": 1, "vocab_size": 12}',
+               "--trainer.accelerator", "cpu", "--devices", "2", "--num-nodes=3", "--strategy", "ddp",
+               "--trainer.devices", "2"]
+    trainer = build_cli(options, run_dir=str(tmp_path)).trainer
+    assert (trainer.num_devices, trainer.num_nodes, type(trainer.strategy)) == (2, 3, DDPStrategy)
+    capsys.readouterr()  # Lightning's messages about the trainer
+    assert cli.main(["dna", "pretrain", "--fasta", fasta, "--out", str(tmp_path), "--trainer.devices", "1",
+                     "--devices", "2"]) == 1
+    assert capsys.readouterr().err == ("mba dna: error: --devices is short for --trainer.devices; they were given "
+                                       "different values: --devices 2, --trainer.devices 1\n")

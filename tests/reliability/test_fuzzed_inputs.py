@@ -17,6 +17,7 @@ sf = pytest.importorskip("soundfile")
 pytestmark = pytest.mark.timeout(300)
 
 VALID_FASTA = b">chr1 first\nACGTACGTNN\nACGTAC\n>chr2\nGGGGCCCCAA\n"
+FASTA_LINES = [b">chr1", b">x y", b"ACGT" * 5, b"NNNNACGT", b"acgtRYKM", b">", b""]
 
 
 def malformed(valid: bytes) -> dict[str, bytes]:
@@ -67,6 +68,12 @@ def read_fasta(path):
             fasta.fetch(name, 0, min(20, fasta.get_reference_length(name)))
 
 
+def read_demo_fasta(path):
+    from mamba_bio_audio.demo import read_first_record
+
+    read_first_record(path)
+
+
 def read_bed(path):
     from mamba_bio_audio.dna.windows import read_bed as reader
 
@@ -97,7 +104,8 @@ def wav_bytes(tmp_path) -> bytes:
 
 
 CASES = {  # reader, file name, a valid file, the lines random files are made of
-    "fasta": (read_fasta, "g.fa", VALID_FASTA, [b">chr1", b">x y", b"ACGT" * 5, b"NNNNACGT", b"acgtRYKM", b">", b""]),
+    "fasta": (read_fasta, "g.fa", VALID_FASTA, FASTA_LINES),
+    "demo fasta": (read_demo_fasta, "g.fa", VALID_FASTA, FASTA_LINES),  # `mba demo --fasta`
     "bed": (read_bed, "r.bed", b"chr1\t0\t100\ttrain\nchr2\t10\t400\ttest\n",
             [b"chr1\t0\t100\ttrain", b"chr2\t5\t50\tvalid", b"track name=x", b"chr9\t1\t2\ttest", b"chr1\t-5\t3\ttest",
              b"chr1\t10", b"#comment"]),

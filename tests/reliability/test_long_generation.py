@@ -5,9 +5,10 @@ On the CPU these run small random-weight models for as many recurrent steps as a
 bases; audio: 2 clips of 1 s at 16 kHz through the two pooling levels of the SC09 U-Net layout; an eager step costs
 about a millisecond on the CPU), with the logits checked at every step and the states every 1,024 or 2,048
 positions, and compare the outcome with the parallel forward over the generated sequence (a state that drifted
-away from the parallel scan's would show there). The full lengths on a GPU: devdata/scripts/longgen.sh. Then
-non-finite values forced into a run (an infinite state entry in one row mid-run, a NaN parameter from the start)
-must stop it with GenerationDiverged naming the position and the row, well before the end."""
+away from the parallel scan's would show there). The full lengths (DNA 1 Mb, audio 4 × 60 s) through `mba` on a GPU:
+benchmarks/long_generation.sh. Then non-finite values forced into a run (an infinite state entry in one row mid-run, a
+NaN parameter from the start) must stop it with GenerationDiverged naming the position and the row, well before the
+end."""
 from __future__ import annotations
 
 import math
