@@ -11,10 +11,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Under pytest-xdist every worker would otherwise start one intra-op thread per core: cap the total at the core count.
+# Under pytest-xdist every worker would otherwise start one intra-op thread per core: cap the total at the core count,
+# in the workers and in the processes tests start (notebook kernels, DDP ranks, `mba` runs), which read the variables.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 if _workers > 1:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+    _threads = max(1, (os.cpu_count() or 1) // _workers)
+    torch.set_num_threads(_threads)
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_variable, str(_threads))
 
 
 @pytest.fixture(autouse=True)
