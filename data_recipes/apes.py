@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mamba_bio_audio.errors import InputError
+from mamba_bio_audio.errors import DownloadError, InputError
 from mamba_bio_audio.io import atomic_path
 
 SPECIES = ("human", "chimpanzee", "bonobo", "gorilla", "orangutan")
@@ -286,6 +286,7 @@ def great_apes(dest: str | Path, base_url: str = UCSC_BASE_URL, progress: bool =
     """`mba data great-apes --dest DIR`: DIR/{human,chimpanzee,bonobo,gorilla,orangutan}.fa.gz from the UCSC
     assemblies (hg38, panTro6, panPan3, gorGor6, ponAbe3): each download resumable and checked against the MD5 that
     UCSC lists in the assembly's md5sum.txt, then rewritten as bgzip under the same name and indexed."""
+    import http.client
     import urllib.request
 
     from mamba_bio_audio.dna.fasta import recompress_and_index
@@ -301,8 +302,8 @@ def great_apes(dest: str | Path, base_url: str = UCSC_BASE_URL, progress: bool =
             try:
                 with urllib.request.urlopen(md5_url, timeout=60) as response:
                     listing = response.read().decode()
-            except OSError as error:
-                raise OSError(f"{md5_url}: {error}") from None
+            except (OSError, http.client.HTTPException) as error:  # also a listing cut short (IncompleteRead)
+                raise DownloadError(f"{md5_url}: {error!r}") from None
             md5 = next((parts[0] for parts in map(str.split, listing.splitlines())
                         if len(parts) == 2 and parts[1].lstrip("*") == f"{assembly}.fa.gz"), None)
             if md5 is None:

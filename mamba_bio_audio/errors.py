@@ -15,6 +15,11 @@ class InputError(MbaError, ValueError):
     """A file or record the toolkit was given is unreadable or malformed (a ValueError too)."""
 
 
+class DownloadError(MbaError, OSError):
+    """A download failed or stopped short (the server, the network); what arrived is kept for the next run to resume
+    from."""
+
+
 class GenerationDiverged(MbaError, RuntimeError):
     """Generation produced non-finite logits or a non-finite recurrent state (a diverging model, an overflow in low
     precision), and was stopped rather than go on writing garbage. `position`: the first position whose logits were

@@ -14,6 +14,7 @@ pysam = pytest.importorskip("pysam")
 from mamba_bio_audio.cli import main  # noqa: E402
 from mamba_bio_audio.data_recipes.download import download  # noqa: E402
 from mamba_bio_audio.dna.fasta import compression, open_fasta  # noqa: E402
+from mamba_bio_audio.errors import DownloadError  # noqa: E402
 from test_dna_data import random_genome, write_fasta  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def test_interrupted_download_keeps_the_part_and_never_the_final_name(tmp_path, 
     server = Server({"f.bin": payload})
     server.truncate = 123_456
     try:
-        with pytest.raises(OSError, match=r"f\.bin: got 123,456 of 1,024,000 bytes; run again to resume"):
+        with pytest.raises(DownloadError, match=r"f\.bin: got 123,456 of 1,024,000 bytes; run again to resume"):
             download(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False)
         assert not (tmp_path / "f.bin").exists() and (tmp_path / "f.bin.part").stat().st_size == 123_456
         server.truncate = None
@@ -97,7 +98,7 @@ def test_download_checks_the_digest_and_names_the_url(tmp_path, payload):
     try:
         with pytest.raises(ValueError, match=r"f\.bin: sha256 .* does not match"):
             download(f"{server.url}/f.bin", tmp_path / "f.bin", progress=False, checksum=("sha256", "0" * 64))
-        with pytest.raises(OSError, match=r"missing\.bin: HTTP 404"):
+        with pytest.raises(DownloadError, match=r"missing\.bin: HTTP 404"):
             download(f"{server.url}/missing.bin", tmp_path / "m.bin", progress=False)
     finally:
         server.close()
