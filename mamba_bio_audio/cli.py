@@ -46,7 +46,7 @@ COMMANDS: list[Command] = [
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.
 USER_ERRORS = (MbaError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
-OPTIONAL_PACKAGES = ("triton", "torchaudio", "lightning", "pysam", "soundfile")
+OPTIONAL_PACKAGES = ("triton", "torchaudio", "lightning", "pysam", "soundfile", "h5py")
 
 
 # ----------------------------------------------------------------------------------------------------------- info

@@ -6,9 +6,9 @@
     mba dna generate --ckpt CKPT --prompt ACGT... --length N [--out FILE.fa] [--device cuda]
     mba dna context-sweep --fasta GENOME --lengths 1024,4096,16384,65536 --seeds 0,1,2 [--parallel 3]
     mba dna species --data-dir GENOMES --seq-len 16384 --model-size 1.4M [--bidirectional] --max-steps N
-    mba dna finetune --ckpt PRETRAINED --train T --valid V [--test X]
+    mba dna finetune --ckpt PRETRAINED --train T --valid V [--test X] [--resume RUN/checkpoints/last.ckpt]
     mba dna classify --ckpt CKPT --fasta IN [--out OUT.tsv]
-    mba dna embed --ckpt CKPT --fasta IN --out OUT.npy
+    mba dna embed --ckpt CKPT --fasta IN --out OUT.npy|OUT.npz|OUT.h5 [--per-base] [--batch-size 16]
 
 Configuration goes through LightningCLI: a YAML file (see pipelines/configs/) and/or --data.*, --model.*,
 --trainer.* options after the direct ones; `--print-config` shows the resolved configuration.
@@ -65,6 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--no-cuda-graphs", action="store_true", help="step eagerly on the GPU too")
     generate.set_defaults(_task=_generate)
 
+    export = tasks.add_parser("export", help="write a pretraining checkpoint's model as a saved model directory",
+                              description=_export.__doc__)
+    export.add_argument("--ckpt", required=True)
+    export.add_argument("--out", required=True, help="directory to write (created if missing)")
+    export.add_argument("--layout", choices=["ours", "reference"], default="ours",
+                        help="ours: config.json + model.safetensors (MambaLMHeadModel.from_pretrained); reference: "
+                             "config.json + pytorch_model.bin as the paper's reference implementation reads them")
+    export.set_defaults(_task=_export)
+
     species = tasks.add_parser("species", help="classify DNA windows by species (the great-ape task)",
                                description=_species.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     species.add_argument("--config", help="YAML file (LightningCLI format) or the name of a shipped one "
@@ -92,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     finetune.add_argument("--max-epochs", type=int)
     finetune.add_argument("--lr", type=float)
     finetune.add_argument("--out", help="run folder (default runs/finetune)")
+    finetune.add_argument("--resume", help="checkpoint to resume from (epoch, step, learning rate and data position)")
     finetune.add_argument("--config", help="YAML file (LightningCLI format)")
     finetune.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
     finetune.set_defaults(_task=_finetune, _pass_through=True)
@@ -116,13 +126,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     classify.add_argument("--window", type=int, help="window of a bidirectional model (default: its training length)")
     classify.set_defaults(_task=_classify)
 
-    embed = tasks.add_parser("embed", help="pooled embeddings of every record of a FASTA (.npy + .tsv index)",
-                             description=_embed.__doc__)
-    embed.add_argument("--ckpt", required=True, help="a checkpoint of `mba dna species` (a DNAClassifier)")
+    embed = tasks.add_parser("embed", help="pooled (or per-base) embeddings of every record of a FASTA "
+                                           "(.npy, .npz or .h5)", description=_embed.__doc__)
+    embed.add_argument("--ckpt", required=True,
+                       help="a checkpoint of `mba dna species` or `finetune` (a DNAClassifier)")
     embed.add_argument("--fasta", required=True)
-    embed.add_argument("--out", required=True, help="FILE.npy (float32, records × width); FILE.tsv names the rows")
-    embed.add_argument("--chunk-len", type=int, default=1 << 16)
-    embed.add_argument("--window", type=int)
+    embed.add_argument("--out", required=True,
+                       help="FILE.npy (float32, records × width; FILE.tsv names the rows), or FILE.npz / FILE.h5 "
+                            "(embeddings, ids, lengths, and per_base/<record> with --per-base); the suffix decides")
+    embed.add_argument("--per-base", action="store_true",
+                       help="also the per-base hidden states, one (length × width) array per record (.npz or .h5)")
+    embed.add_argument("--batch-size", type=int, default=16,
+                       help="records no longer than --chunk-len (--window) embedded at a time (default 16)")
+    embed.add_argument("--chunk-len", type=int, default=1 << 16,
+                       help="bases per streamed chunk of a causal model (memory bound; default 65536)")
+    embed.add_argument("--window", type=int, help="window of a bidirectional model (default: its training length)")
     embed.set_defaults(_task=_embed)
 
     sweep = tasks.add_parser("context-sweep", help="held-out bits per base against training length, with a plot",
@@ -188,7 +206,8 @@ def _species(args: argparse.Namespace) -> int:
     """Train a species classifier on windows of several genomes (default split: HyenaDNA's chromosomes; length
     warm-up from 2^14, one epoch per doubling), keeping the last and the best (validation accuracy) checkpoints and
     CSV + TensorBoard logs in the run folder, then report test accuracy per species with the best checkpoint and
-    write RUN/confusion_test.csv and .png. Other options go to LightningCLI (--data.*, --model.*, --trainer.*)."""
+    write RUN/confusion_test.csv and .png (RUN/confusion_valid.* is the last validation epoch's). Other options go to
+    LightningCLI (--data.*, --model.*, --trainer.*)."""
     from .dna_species import accuracy_table, build_cli
 
     direct = {"data.data_dir": args.data_dir, "data.seq_len": args.seq_len, "data.batch_size": args.batch_size,
@@ -248,6 +267,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Write the language model of a `mba dna pretrain` checkpoint as a saved model directory, each file atomically:
+    `--layout ours` for `MambaLMHeadModel.from_pretrained`, `--layout reference` for the paper's reference
+    implementation (`mamba_ssm`'s MambaLMHeadModel.from_pretrained reads it; Mamba language models only)."""
+    from .dna_pretrain import DNALanguageModel
+
+    model = DNALanguageModel.load_from_checkpoint(args.ckpt, map_location="cpu").model
+    if not hasattr(model, "save_pretrained"):
+        raise ValueError(f"{args.ckpt}: a {type(model).__name__} checkpoint; export writes Mamba language models")
+    print(f"wrote {model.save_pretrained(args.out, layout=args.layout)} ({args.layout} layout)")
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     """Continue a DNA prompt with a Mamba checkpoint (recurrent decoding, one step per base, in CUDA graphs of 64
     steps on the GPU; only A/C/G/T are sampled) and write prompt + continuation as one FASTA record (atomically when
@@ -297,7 +329,8 @@ def _finetune(args: argparse.Namespace) -> int:
     """Fine-tune a classifier (a pretrained backbone + a new linear head) on labelled sequences: early stopping and
     the best checkpoint by validation MCC, then accuracy, MCC, macro F1, AUROC and the confusion matrix on --test
     with the best checkpoint. Causal backbones read out the last real position, bidirectional ones pool by mean
-    (--model.pooling overrides). Other options go to LightningCLI (--data.*, --model.*, --trainer.*)."""
+    (--model.pooling overrides). Interrupted runs continue with --resume RUN/checkpoints/last.ckpt. Other options go
+    to LightningCLI (--data.*, --model.*, --trainer.*)."""
     from .dna_finetune import build_cli
 
     if args.test is None and not args.config:
@@ -308,9 +341,9 @@ def _finetune(args: argparse.Namespace) -> int:
     cli_args = _lightning_args("dna_finetune", args, direct)
     cli = build_cli(cli_args, run_dir=args.out or "runs/finetune")
     if cli.datamodule.hparams.test is None:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=args.resume)
         return 0
-    metrics = _fit_then_test(cli, None)
+    metrics = _fit_then_test(cli, args.resume)
     print(" ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items()
                    if k in ("test/accuracy", "test/mcc", "test/f1", "test/auroc")))
     return 0
@@ -343,11 +376,17 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    """Pooled embeddings (the classifier's pooling of its backbone's last hidden states) of each record of
-    --fasta: OUT.npy (float32, records × width) and OUT.tsv (row, record, length), written atomically."""
+    """Pooled embeddings (the classifier's pooling of its backbone's last hidden states) of each record of --fasta,
+    written atomically in the format of --out's suffix: OUT.npy (float32, records × width) with OUT.tsv (row,
+    record, length); or OUT.npz / OUT.h5 (h5py) holding `embeddings` (records × width), `ids` and `lengths`, and
+    with --per-base one float32 array `per_base/<record>` (length × width) per record (a .npy cannot hold ragged
+    arrays). Records no longer than --chunk-len are embedded --batch-size at a time (a bidirectional model's only
+    with records of the same length, so that no padding reaches them); longer ones are streamed (causal) or
+    windowed (bidirectional) as by `mba dna classify`."""
     from .dna_infer import embed_fasta
 
-    for path in embed_fasta(args.ckpt, args.fasta, args.out, args.chunk_len, args.window):
+    for path in embed_fasta(args.ckpt, args.fasta, args.out, args.chunk_len, args.window, args.per_base,
+                            args.batch_size):
         print(f"wrote {path}")
     return 0
 

@@ -2,8 +2,8 @@
 
     DNAClassifier    a Mamba backbone (causal with last-position readout, bidirectional or reverse-complement-
                      equivariant with mean pooling), optionally initialised from a pretrained LM, and a linear head;
-                     valid/test accuracy, per-class accuracy, MCC, macro F1 and AUROC (scikit-learn), and the test
-                     confusion matrix as CSV and PNG in the run folder.
+                     valid/test accuracy, per-class accuracy, MCC, macro F1 and AUROC (scikit-learn), and the valid
+                     (latest validation) and test confusion matrices as CSV and PNG in the run folder.
     load_pretrained_backbone   (MambaConfig, backbone state dict) of a `mba dna pretrain` checkpoint or a
                      save_pretrained folder.
 """
@@ -103,15 +103,16 @@ class DNAClassifier(EvaluatedModule):
         names = self.hparams.class_names
         rows = self.gather_rows(torch.cat(self._eval.pop(split))).cpu().double().numpy()
         metrics = classification_metrics(rows[:, :len(names)], rows[:, len(names)].astype(int), names)
-        self.log(f"{split}/accuracy", metrics.pop("accuracy"), prog_bar=True)
+        accuracy = metrics.pop("accuracy")
+        self.log(f"{split}/accuracy", accuracy, prog_bar=True)
         self.log_dict({f"{split}/loss": float(rows[:, -1].mean()), **{f"{split}/{k}": v for k, v in metrics.items()
                                                                         if k != "confusion"}})
-        if split == "test" and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             data = self.trainer.datamodule
             where = f", windows of {data.seq_len:,} bases" if hasattr(data, "seq_len") else ""
-            accuracy = np.trace(metrics["confusion"]) / max(1, metrics["confusion"].sum())
-            save_confusion(metrics["confusion"], names, Path(self.trainer.default_root_dir),
-                           title=f"test accuracy {accuracy:.3f}{where}")
+            when = f", epoch {self.current_epoch}" if split == "valid" else ""
+            save_confusion(metrics["confusion"], names, Path(self.trainer.default_root_dir), split,
+                           title=f"{split} accuracy {accuracy:.3f}{where}{when}")
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str]) -> dict:
@@ -136,8 +137,9 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, names: list[st
     return metrics
 
 
-def save_confusion(matrix: np.ndarray, names: list[str], folder: Path, title: str = "") -> list[Path]:
-    """folder/confusion_test.csv (rows: true class, columns: predicted) and confusion_test.png, atomically."""
+def save_confusion(matrix: np.ndarray, names: list[str], folder: Path, split: str, title: str = "") -> list[Path]:
+    """folder/confusion_{split}.csv (rows: true class, columns: predicted) and confusion_{split}.png of the integer
+    matrix (C, C), each written atomically (replacing the previous ones)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +147,7 @@ def save_confusion(matrix: np.ndarray, names: list[str], folder: Path, title: st
     from sklearn.metrics import ConfusionMatrixDisplay
 
     folder.mkdir(parents=True, exist_ok=True)
-    csv_path, png_path = folder / "confusion_test.csv", folder / "confusion_test.png"
+    csv_path, png_path = folder / f"confusion_{split}.csv", folder / f"confusion_{split}.png"
     with atomic_path(csv_path) as tmp:
         tmp.write_text("true\\predicted," + ",".join(names) + "\n" + "".join(
             f"{name}," + ",".join(str(int(v)) for v in row) + "\n" for name, row in zip(names, matrix)))

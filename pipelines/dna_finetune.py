@@ -74,18 +74,37 @@ def _read_labelled(path: Path) -> list[tuple[str, str, str]]:
         except (OSError, ValueError) as error:  # pysam: truncated or garbled input
             raise InputError(f"{path}: unreadable FASTA ({error})") from None
         return examples
+    return _read_table(path)
+
+
+def _read_table(path: Path) -> list[tuple[str, str, str]]:
+    """(name, sequence, label) of each row of a CSV (TSV for .tsv/.tab) whose header names distinct columns including
+    'sequence' and 'label' (and optionally 'name'); every row must have the header's number of fields (a row with
+    more or fewer is an error naming the line, never silently cut or padded); blank lines are skipped."""
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # sequences may be far longer than 128 kb
     try:
         with open(path, newline="") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
-                raise InputError(f"{path}: needs a header with 'sequence' and 'label' columns, got "
-                                 f"{reader.fieldnames}")
-            return [(row.get("name") or f"line {reader.line_num}",
-                     *_check(row["sequence"] or "", row["label"] or "",
-                             f"{path}:{reader.line_num}" + (f" ({row['name']})" if row.get("name") else "")))
-                    for row in reader]
+            reader = csv.reader(handle, delimiter=delimiter)
+            header = next((row for row in reader if row), None)  # the first line that is not blank
+            if header is None or not {"sequence", "label"} <= set(header):
+                raise InputError(f"{path}: needs a header with 'sequence' and 'label' columns, got {header}")
+            repeated = sorted({c for c in header if header.count(c) > 1})
+            if repeated:
+                raise InputError(f"{path}:{reader.line_num}: the header names column(s) {repeated} more than once")
+            column = {c: i for i, c in enumerate(header)}
+            examples = []
+            for row in reader:
+                if not row:
+                    continue
+                name = row[column["name"]] if "name" in column and column["name"] < len(row) else ""
+                where = f"{path}:{reader.line_num}" + (f" ({name})" if name else "")
+                if len(row) != len(header):
+                    raise InputError(f"{where}: expected {len(header)} fields ({', '.join(header)}) as in the "
+                                     f"header, got {len(row)}")
+                examples.append((name or f"line {reader.line_num}",
+                                 *_check(row[column["sequence"]], row[column["label"]], where)))
+            return examples
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text CSV/TSV (or FASTA with a .fa/.fasta/.fna name)") from None
     except csv.Error as error:

@@ -79,24 +79,36 @@ def test_mba_data_simulate_apes(tmp_path, capsys):
     assert "unknown chromosome name(s) ['23']" in capsys.readouterr().err
 
 
-def test_mba_data_great_apes_downloads_checks_md5_and_indexes(tmp_path, capsys):
+def ucsc_layout(tmp_path, lengths=(700, 300)):
+    """(files for Server: a gzip genome and an md5sum.txt per assembly, as UCSC lays them out; {species: records})."""
     files, sequences = {}, {}
     for i, (species, assembly) in enumerate(apes.UCSC_ASSEMBLIES.items()):
-        records = random_genome(10 + i, lengths=(700, 300))
+        records = random_genome(10 + i, lengths=lengths)
         write_fasta(tmp_path / f"{assembly}.fa.gz", records, compress="gzip")
         payload = (tmp_path / f"{assembly}.fa.gz").read_bytes()
         files[f"{assembly}/bigZips/{assembly}.fa.gz"] = payload
         files[f"{assembly}/bigZips/md5sum.txt"] = (f"{'0' * 32}  {assembly}.fa.out.gz\n"
                                                     f"{hashlib.md5(payload).hexdigest()}  {assembly}.fa.gz\n").encode()
         sequences[species] = records
+    return files, sequences
+
+
+def check_genomes(dest, sequences):
+    """Every species' genome in `dest` is bgzip, indexed, and holds exactly its records."""
+    for species, records in sequences.items():
+        fasta = open_fasta(dest / f"{species}.fa.gz")
+        assert compression(dest / f"{species}.fa.gz") == "bgzf"
+        assert dict(zip(fasta.references, fasta.lengths)) == {name: len(seq) for name, seq in records.items()}
+        assert all(fasta.fetch(name) == seq for name, seq in records.items())
+
+
+def test_mba_data_great_apes_downloads_checks_md5_and_indexes(tmp_path, capsys):
+    files, sequences = ucsc_layout(tmp_path)
     server = Server(files)
     try:
         dest = tmp_path / "apes"
         assert main(["data", "great-apes", "--dest", str(dest), "--base-url", server.url]) == 0
-        for species, records in sequences.items():
-            fasta = open_fasta(dest / f"{species}.fa.gz")
-            assert compression(dest / f"{species}.fa.gz") == "bgzf"
-            assert all(fasta.fetch(name) == seq for name, seq in records.items())
+        check_genomes(dest, sequences)
         files["ponAbe3/bigZips/md5sum.txt"] = f"{'f' * 32}  ponAbe3.fa.gz\n".encode()
         (dest / "orangutan.fa.gz").unlink()
         assert main(["data", "great-apes", "--dest", str(dest), "--base-url", server.url]) == 1
@@ -105,3 +117,34 @@ def test_mba_data_great_apes_downloads_checks_md5_and_indexes(tmp_path, capsys):
         assert not (dest / "orangutan.fa.gz").exists() and not (dest / "orangutan.fa.gz.part").exists()
     finally:
         server.close()
+
+
+def test_mba_data_great_apes_resumes_interrupted_downloads(tmp_path, capsys):
+    """A genome whose connection dropped, and one left as .part by an earlier run, are resumed with Range requests
+    by the next run; a .part that does not match the MD5 UCSC lists is removed (an error naming the URL), and the run
+    after that completes every genome, verified."""
+    files, sequences = ucsc_layout(tmp_path, lengths=(12_000, 3_000))  # about 4 kB gzip each
+    dest = tmp_path / "apes"
+    dest.mkdir()
+    (dest / "orangutan.fa.gz.part").write_bytes(files["ponAbe3/bigZips/ponAbe3.fa.gz"][:1_234])
+    (dest / "gorilla.fa.gz.part").write_bytes(bytes(1_000))  # not a prefix of gorGor6.fa.gz
+    server = Server(files)
+    args = ["data", "great-apes", "--dest", str(dest), "--base-url", server.url]
+    try:
+        server.truncate = 2_000  # every response stops after 2,000 bytes (md5sum.txt is shorter)
+        size = len(files["hg38/bigZips/hg38.fa.gz"])
+        with pytest.raises(OSError, match=rf"hg38\.fa\.gz: got 2,000 of {size:,} bytes; run again to resume"):
+            apes.great_apes(dest, server.url, progress=False)
+        assert (dest / "human.fa.gz.part").stat().st_size == 2_000 and not (dest / "human.fa.gz").exists()
+        server.truncate = None
+        capsys.readouterr()
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "gorGor6/bigZips/gorGor6.fa.gz: md5" in err and "does not match" in err
+        assert not (dest / "gorilla.fa.gz.part").exists() and not (dest / "gorilla.fa.gz").exists()
+        assert main(args) == 0
+    finally:
+        server.close()
+    assert [r for r in server.seen_ranges if r] == ["bytes=2000-", "bytes=1000-", "bytes=1234-"]
+    check_genomes(dest, sequences)
+    assert not list(dest.glob("*.part")) and not list(dest.glob(".*"))

@@ -12,6 +12,7 @@ pytest.importorskip("lightning")
 
 from mamba_bio_audio.cli import main  # noqa: E402
 from mamba_bio_audio.dna import DNATokenizer  # noqa: E402
+from mamba_bio_audio.errors import InputError  # noqa: E402
 from mamba_bio_audio.pipelines.dna_classifier import DNAClassifier  # noqa: E402
 from mamba_bio_audio.pipelines.dna_finetune import (  # noqa: E402
     LabelledData, LabelledSequences, pad_batch, read_labelled)
@@ -57,11 +58,16 @@ def test_the_three_formats_read_the_same_examples(tmp_path):
     (">a label=x\nACGT\n>b\nACGT\n", "bad.fa", r"bad\.fa: record 'b' has no label="),
     ("name,sequence,label\na,ACGJT,x\nb,ACGT,y\n", "bad.csv", r"bad\.csv:2 \(a\): invalid DNA character 'J'"),
     ("sequence,label\nACGT,x\nAC\x00GT,y\n", "bad.csv", r"bad\.csv:3: invalid DNA character"),
+    ("sequence,label\nACGT,x\nb,ACGT,y,z\n", "bad.csv",
+     r"bad\.csv:3: expected 2 fields \(sequence, label\) as in the header, got 4"),
+    ("name,sequence,label\na,ACGT,x\nb,ACGT\n", "bad.csv", r"bad\.csv:3 \(b\): expected 3 fields .* got 2"),
+    ("sequence\tlabel\nACGT\tx\n\nACGT,y\n", "bad.tsv", r"bad\.tsv:4: expected 2 fields .* got 1"),
+    ("name,sequence,label,label\na,ACGT,x,y\n", "bad.csv", r"bad\.csv:1: the header names column\(s\) \['label'\]"),
 ])
 def test_bad_labelled_input_names_the_file_and_record(tmp_path, content, name, message):
     path = tmp_path / name
     path.write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         LabelledData(str(path), str(path)).setup()
 
 
@@ -114,9 +120,29 @@ def test_mba_dna_finetune_from_a_pretrained_checkpoint(tmp_path, capsys):
                  "--lr", "3e-3", "--out", str(tmp_path / "ft"), "--trainer.enable_progress_bar", "false"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("accuracy ") and " mcc " in line and " auroc " in line
-    assert (tmp_path / "ft" / "confusion_test.csv").read_text().startswith("true\\predicted,at,gc")
+    for split in ("valid", "test"):
+        assert (tmp_path / "ft" / f"confusion_{split}.csv").read_text().startswith("true\\predicted,at,gc")
     config = (tmp_path / "ft" / "logs" / "version_0" / "config.yaml").read_text()
     assert "EarlyStopping" in config and "pretrained:" in config
+
+
+def test_mba_dna_finetune_resumes_from_a_checkpoint(tmp_path):
+    """An interrupted run (1 of 2 epochs) continued with --resume trains only the second epoch, at the steps after
+    the checkpoint's, then tests; without --resume it would train both epochs again from step 0."""
+    import csv
+
+    paths = {split: write_csv(tmp_path / f"{split}.csv", examples(n, seed))
+             for split, n, seed in (("train", 16, 1), ("valid", 8, 2), ("test", 8, 3))}
+    run = tmp_path / "ft"
+    common = ["dna", "finetune", "--train", str(paths["train"]), "--valid", str(paths["valid"]), "--test",
+              str(paths["test"]), "--batch-size", "8", "--out", str(run), "--model.model_size", "null",
+              "--model.config", str(TINY).replace("'", '"'), "--trainer.enable_progress_bar", "false"]
+    assert main(common + ["--max-epochs", "1"]) == 0
+    (run / "checkpoints" / "last.ckpt").rename(tmp_path / "epoch0.ckpt")
+    assert main(common + ["--max-epochs", "2", "--resume", str(tmp_path / "epoch0.ckpt")]) == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4  # 2 steps/epoch
+    rows = list(csv.DictReader((run / "logs" / "version_1" / "metrics.csv").read_text().splitlines()))
+    assert {row["epoch"] for row in rows if row.get("valid/mcc")} == {"1"} and any(row.get("test/mcc") for row in rows)
 
 
 def test_coding_windows_recipe_matches_the_annotation(tmp_path, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -195,6 +196,28 @@ def test_mba_dna_evaluate_and_generate(genome, tmp_path, capsys):
     sequence = "".join(body)
     assert header.startswith(">generated") and len(sequence) == 108 and sequence.startswith("ACGTNACG")
     assert set(sequence[8:]) <= set("ACGT")
+
+
+def test_mba_dna_export_writes_both_layouts(genome, tmp_path):
+    """A training checkpoint exported as our layout and the reference implementation's loads back with the same
+    logits."""
+    from mamba_bio_audio import MambaLMHeadModel
+    from mamba_bio_audio.cli import main
+
+    run = tmp_path / "run"
+    assert main(["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out", str(run),
+                 "--model.config", json.dumps(TINY), "--max-steps", "2", "--trainer.enable_progress_bar", "false",
+                 "--trainer.limit_val_batches", "1"]) == 0
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    trained = DNALanguageModel.load_from_checkpoint(ckpt, map_location="cpu").model.eval()
+    ids = torch.randint(0, 12, (2, 40))
+    for layout, weights in (("ours", "model.safetensors"), ("reference", "pytorch_model.bin")):
+        out = tmp_path / layout
+        assert main(["dna", "export", "--ckpt", ckpt, "--out", str(out), "--layout", layout]) == 0
+        assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", weights])
+        loaded = MambaLMHeadModel.from_pretrained(out).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids), trained(ids))
 
 
 def test_mba_dna_context_sweep_scores_every_length_on_the_same_bases(genome, tmp_path, capsys):

@@ -2,8 +2,10 @@
 exact resume, post-hoc reverse-complement conjoining, and `mba dna species` end to end."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +18,8 @@ from mamba_bio_audio.dna import DNATokenizer  # noqa: E402
 from mamba_bio_audio.pipelines.common import AtomicCheckpointIO  # noqa: E402
 from mamba_bio_audio.pipelines.dna_species import (  # noqa: E402
     HYENADNA_SPLIT, SpeciesData, chromosome_key, find_species)
-from mamba_bio_audio.pipelines.dna_classifier import DNAClassifier  # noqa: E402
+from mamba_bio_audio.pipelines import dna_classifier  # noqa: E402
+from mamba_bio_audio.pipelines.dna_classifier import DNAClassifier, save_confusion  # noqa: E402
 from test_dna_data import write_fasta  # noqa: E402
 
 TINY = {"d_model": 16, "n_layer": 2, "vocab_size": 12, "d_state": 4}
@@ -124,7 +127,14 @@ def test_rc_conjoin_is_invariant_to_the_strand():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, bidirectional):
+def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, monkeypatch, bidirectional):
+    titles = []
+
+    def recording_save_confusion(matrix, names, folder, split, title=""):
+        titles.append(title)
+        return save_confusion(matrix, names, folder, split, title)
+
+    monkeypatch.setattr(dna_classifier, "save_confusion", recording_save_confusion)
     run = tmp_path / "run"
     args = ["dna", "species", "--data-dir", str(apes_dir), "--seq-len", "128", "--batch-size", "4", "--max-steps",
             "4", "--out", str(run), "--model.model_size", "null", "--model.config", str(TINY).replace("'", '"'),
@@ -133,10 +143,17 @@ def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, bidi
     assert main(args + (["--bidirectional"] if bidirectional else [])) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "(chance 0.2000)" in out and "orangutan" in out
-    matrix = (run / "confusion_test.csv").read_text().splitlines()
-    assert matrix[0] == "true\\predicted,bonobo,chimpanzee,gorilla,human,orangutan"
-    assert sum(int(v) for line in matrix[1:] for v in line.split(",")[1:]) == 10
-    assert (run / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = csv.DictReader((run / "logs" / "version_0" / "metrics.csv").read_text().splitlines())
+    logged = [float(row["valid/accuracy"]) for row in metrics if row.get("valid/accuracy")]
+    assert len(logged) == 2  # one validation per epoch (none in the sanity check), each writing confusion_valid
+    assert [t.split()[0] for t in titles] == ["valid", "valid", "test"] and titles[1].endswith(", epoch 1")
+    for split, accuracy in (("test", float(out.split("test accuracy ")[1].split()[0])), ("valid", logged[-1])):
+        header, *rows = (run / f"confusion_{split}.csv").read_text().splitlines()
+        assert header == "true\\predicted,bonobo,chimpanzee,gorilla,human,orangutan"
+        matrix = np.array([[int(v) for v in line.split(",")[1:]] for line in rows])
+        assert matrix.sum() == 10 and np.trace(matrix) / 10 == pytest.approx(accuracy, abs=1e-4)
+        assert (run / f"confusion_{split}.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
     config = (run / "logs" / "version_0" / "config.yaml").read_text()
     assert f"bidirectional: {str(bidirectional).lower()}" in config and "start_len: 16384" in config
     assert {"last.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
@@ -178,8 +195,6 @@ def test_bidirectional_classifier_learns_an_easy_task(tmp_path, capsys):
 def test_mba_dna_classify_and_embed_stream_whole_records(apes_dir, tmp_path, capsys):
     """A causal classifier scores whole chromosomes streamed in small chunks; the probabilities equal those of one
     pass over the record, the embeddings are the pooled features, and outputs are TSV / .npy."""
-    import numpy as np
-
     from mamba_bio_audio.dna.fasta import open_fasta
     from mamba_bio_audio.pipelines.dna_infer import RecordScorer
 
@@ -208,6 +223,115 @@ def test_mba_dna_classify_and_embed_stream_whole_records(apes_dir, tmp_path, cap
     assert embeddings.shape == (4, 16) and (tmp_path / "emb.tsv").read_text().splitlines()[1].startswith("0\tchr2A")
     assert np.allclose(embeddings[-1], scorer.features(handle, "chr21", fasta).numpy(), atol=1e-4)
     assert main(["dna", "embed", "--ckpt", ckpt, "--fasta", fasta, "--out", str(tmp_path / "emb.txt")]) == 1
+
+
+EMBED_LENGTHS = (50, 120, 7, 333, 120, 50)  # chunk / window 200: 333 is streamed (windowed), the rest batched
+
+
+def classifier_checkpoint(path, **kwargs):
+    """Save an untrained TINY DNAClassifier as a Lightning checkpoint at `path`; returns the model (eval mode)."""
+    torch.manual_seed(0)
+    model = DNAClassifier(class_names=["a", "b"], model_size=None, config=TINY, **kwargs)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": L.__version__}, path)
+    return model.eval()
+
+
+def embed_records(tmp_path):
+    """{name: bases} of records of EMBED_LENGTHS, plus `rc1`, the reverse complement of r1, written to tmp/x.fa. The
+    first record's id holds "/" (HDF5's group separator)."""
+    import random
+
+    rng = random.Random(0)
+    records = {f"r{i}" if i else "r0/1": "".join(rng.choices("ACGT", k=n)) for i, n in enumerate(EMBED_LENGTHS)}
+    records["rc1"] = records["r1"][::-1].translate(str.maketrans("ACGT", "TGCA"))
+    write_fasta(tmp_path / "x.fa", records)
+    return records
+
+
+EMBED_MODELS = {"causal": {"pooling": "max"}, "causal_last": {}, "bidirectional": {"bidirectional": True},
+                "rc_equivariant": {"bidirectional": True, "rc_equivariant": True}}
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional", "rc_equivariant"])
+def test_per_base_h5_holds_each_records_one_pass_hidden_states(tmp_path, kind):
+    """`--per-base` to .h5: per_base/<record> is the backbone's hidden states over the whole record in one pass
+    (causal; streamed in chunks of 200 for the long records) or window by window (bidirectional), for records
+    batched with others of other lengths (causal) or of the same length; the pooled rows are the classifier's
+    features. A reverse-complement-equivariant model's per-base embeddings of RC(x) are those of x in reverse order:
+    a base pair gets the same vector read on either strand."""
+    h5py = pytest.importorskip("h5py")
+    from mamba_bio_audio.pipelines.dna_infer import embed_fasta, h5_key
+
+    model = classifier_checkpoint(tmp_path / "m.ckpt", **EMBED_MODELS[kind])
+    records = embed_records(tmp_path)
+    out = tmp_path / "emb.h5"
+    assert embed_fasta(str(tmp_path / "m.ckpt"), str(tmp_path / "x.fa"), str(out), chunk_len=200, window=200,
+                       per_base=True, batch_size=3) == [out]
+    with h5py.File(out) as f, torch.no_grad():
+        assert list(f["ids"].asstr()[:]) == list(records)
+        assert list(f["lengths"][:]) == [len(s) for s in records.values()]
+        for row, (name, bases) in enumerate(records.items()):
+            ids = DNATokenizer().encode(bases)[None]
+            pieces = [ids] if kind == "causal" else list(ids.split(200, dim=1))
+            hidden = torch.cat([model.model.backbone(piece) for piece in pieces], 1)[0]
+            if kind == "rc_equivariant":
+                forward, reverse = hidden.chunk(2, dim=-1)
+                hidden = forward + reverse.flip(-1)
+            assert f["per_base"][h5_key(name)].dtype == np.float32
+            np.testing.assert_allclose(f["per_base"][h5_key(name)][:], hidden.numpy(), rtol=1e-4, atol=1e-5)
+            pooled = torch.cat([model.model.features(piece) for piece in pieces]).mean(0)
+            np.testing.assert_allclose(f["embeddings"][row], pooled.numpy(), rtol=1e-4, atol=1e-5)
+        if kind == "rc_equivariant":
+            np.testing.assert_allclose(f["per_base"]["rc1"][:], f["per_base"]["r1"][:][::-1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["causal", "causal_last", "bidirectional"])
+def test_batched_embeddings_equal_one_record_at_a_time_in_every_format(tmp_path, kind):
+    """Pooled embeddings in batches of 4 (.h5, .npz; right-padded records of different lengths for a causal model,
+    max-pooled or read out at the last real base; padding nowhere for the bidirectional one) equal those of batches
+    of one (.npy + .tsv), with the same ids and lengths read back; per-base .npz arrays equal the .h5 ones."""
+    h5py = pytest.importorskip("h5py")
+    from mamba_bio_audio.pipelines.dna_infer import embed_fasta, h5_key
+
+    classifier_checkpoint(tmp_path / "m.ckpt", **EMBED_MODELS[kind])
+    records = embed_records(tmp_path)
+    ckpt, fasta = str(tmp_path / "m.ckpt"), str(tmp_path / "x.fa")
+    assert main(["dna", "embed", "--ckpt", ckpt, "--fasta", fasta, "--out", str(tmp_path / "one.npy"), "--batch-size",
+                 "1", "--chunk-len", "200", "--window", "200"]) == 0
+    one = np.load(tmp_path / "one.npy")
+    index = [line.split("\t") for line in (tmp_path / "one.tsv").read_text().splitlines()[1:]]
+    assert index == [[str(i), name, str(len(bases))] for i, (name, bases) in enumerate(records.items())]
+    for suffix in (".h5", ".npz"):
+        embed_fasta(ckpt, fasta, str(tmp_path / f"b{suffix}"), chunk_len=200, window=200, batch_size=4,
+                    per_base=True)
+    with h5py.File(tmp_path / "b.h5") as f, np.load(tmp_path / "b.npz") as z:
+        for ids, lengths, embeddings in ((f["ids"].asstr()[:], f["lengths"][:], f["embeddings"][:]),
+                                         (z["ids"], z["lengths"], z["embeddings"])):
+            assert list(ids) == list(records) and list(lengths) == [len(s) for s in records.values()]
+            assert embeddings.dtype == np.float32 and embeddings.shape == (len(records), 16)
+            np.testing.assert_allclose(embeddings, one, rtol=1e-5, atol=1e-6)
+        assert sorted(f["per_base"]) == sorted(h5_key(name) for name in records)
+        for name in records:
+            np.testing.assert_array_equal(z[f"per_base/{name}"], f["per_base"][h5_key(name)][:])
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_embed_output_errors_come_before_any_work(tmp_path, monkeypatch):
+    """An output embed cannot write is refused, with the fix, before the checkpoint is even read."""
+    import sys
+
+    from mamba_bio_audio.errors import MbaError
+    from mamba_bio_audio.pipelines.dna_infer import embed_fasta
+
+    with pytest.raises(ValueError, match=r"emb\.npy: per-base .* write .*emb\.h5 or .*emb\.npz"):
+        embed_fasta("missing.ckpt", "missing.fa", str(tmp_path / "emb.npy"), per_base=True)
+    with pytest.raises(ValueError, match=r"emb\.txt: embeddings are written as \.npy, \.npz or \.h5"):
+        embed_fasta("missing.ckpt", "missing.fa", str(tmp_path / "emb.txt"))
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as if not installed
+    with pytest.raises(MbaError, match=r"needs h5py: pip install h5py"):
+        embed_fasta("missing.ckpt", "missing.fa", str(tmp_path / "emb.h5"))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /
