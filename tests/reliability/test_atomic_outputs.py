@@ -21,6 +21,10 @@ ATOMIC_ANOTHER_WAY = {  # file: (the calls allowed there, why)
     "data_recipes/apes.py": (["writers[sp].write"], "_AtomicWriters: temporary names renamed together at the end"),
     "data_recipes/piano.py": (["parsed.write"], "MIDI into a temporary folder"),
     "data_recipes/download.py": (["out.write"], "FILE.part, renamed after the size and checksum are verified"),
+    "pipelines/dna_infer.py": (["self.member.write", "write(hidden", "open(self.path, 'wb')", "np.save(handle",
+                                "self.zip.open("],
+                               "the embedding files' writers, each given the temporary name of embed_fasta's "
+                               "`with atomic_path(out)`"),
 }
 
 
