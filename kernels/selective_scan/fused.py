@@ -39,8 +39,8 @@ from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
-                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update, sm_count,
-                           split_tiles)
+                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
+                           launch_passes, sm_count, split_tiles)
 
 
 @triton.jit
@@ -332,9 +332,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
                  BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps,
                  **_register_cap("fwd", batch * dim * n_chunks, u.device))
     grid = (batch, dim, n_chunks)
-    if n_chunks > 1:
-        _fwd_kernel[grid](*args, SUMMARY=True, **flags)
-    _fwd_kernel[grid](*args, SUMMARY=False, **flags)
+    launch_passes(_fwd_kernel, grid, args, flags)
     return out, pre, h_start
 
 
@@ -398,9 +396,7 @@ class _FusedScan(torch.autograd.Function):
                      PTX=os.environ.get("TRITON_INTERPRET", "0") != "1",
                      BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
-        if n_chunks > 1:
-            _bwd_kernel[grid](*args, SUMMARY=True, **flags)
-        _bwd_kernel[grid](*args, SUMMARY=False, **flags)
+        launch_passes(_bwd_kernel, grid, args, flags)
         if B.dim() == 2:
             dB = dB.sum((0, 2))
         if C.dim() == 2:

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
-                           _load_state_row, _reverse_scan_complex, _store_output, _update, split_tiles)
+                           _load_state_row, _reverse_scan_complex, _store_output, _update, launch_passes,
+                           split_tiles)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -371,9 +372,7 @@ class _FusedScanComplex(torch.autograd.Function):
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0r is not None,
                      BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
-        if n_chunks > 1:
-            _fwd_kernel_complex[grid](*args, SUMMARY=True, **flags)
-        _fwd_kernel_complex[grid](*args, SUMMARY=False, **flags)
+        launch_passes(_fwd_kernel_complex, grid, args, flags)
         ctx.save_for_backward(u, delta, z, Ar, Ai, Br, Bi, Cr, Ci, D32, bias32, hsr, hsi)
         ctx.meta = (softplus, groups, n_tiles, B.dtype, C.dtype, D is not None and D.dtype,
                     delta_bias is not None and delta_bias.dtype, initial_state is not None and initial_state.dtype)
@@ -409,9 +408,7 @@ class _FusedScanComplex(torch.autograd.Function):
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dhr is not None,
                      BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
-        if n_chunks > 1:
-            _bwd_kernel_complex[grid](*args, SUMMARY=True, **flags)
-        _bwd_kernel_complex[grid](*args, SUMMARY=False, **flags)
+        launch_passes(_bwd_kernel_complex, grid, args, flags)
 
         def gathered(re, im, dtype, const):
             g = torch.complex(re.sum((0, 2)), im.sum((0, 2))) if const else torch.complex(re, im)

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_tiles import LOG2E, _combine, _delta, _store_output
+from .triton_tiles import LOG2E, _combine, _delta, _store_output, launch_passes
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
 BLOCK_D = 32    # forward: channels per program (2 warps)
@@ -193,8 +193,6 @@ def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_p
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
                  STAGES=STAGES, num_warps=WARPS)
     grid = (batch, triton.cdiv(dim, BLOCK_D), n_chunks)
-    if n_chunks > 1:
-        _rows_fwd_kernel[grid](*args, SUMMARY=True, **flags)
-    _rows_fwd_kernel[grid](*args, SUMMARY=False, **flags)
+    launch_passes(_rows_fwd_kernel, grid, args, flags)
     return out, pre, h_start
 

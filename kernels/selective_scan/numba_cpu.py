@@ -157,7 +157,7 @@ class _NumbaScan(torch.autograd.Function):
     def backward(ctx, dy, dh):
         _, backward_kernel = _compile()
         u, dlt, A, B, C, starts = ctx.saved_tensors
-        chunk, length = ctx.chunk, u.shape[-1]
+        chunk = ctx.chunk
         dtu = (dlt * u).contiguous()
         Bt, Ct = _state_last(B), _state_last(C)
         gy = (2 * dy if A.is_complex() else dy).contiguous()

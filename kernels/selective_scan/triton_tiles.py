@@ -153,6 +153,14 @@ def split_tiles(programs: int, n_tiles: int, device: torch.device) -> tuple[int,
     return tiles_per_chunk, triton.cdiv(n_tiles, tiles_per_chunk)
 
 
+def launch_passes(kernel, grid: tuple[int, int, int], args: tuple, flags: dict) -> None:
+    """A scan kernel over `grid` (its last axis the chunks of L): the summary pass when L is split, then the full
+    pass."""
+    if grid[2] > 1:
+        kernel[grid](*args, SUMMARY=True, **flags)
+    kernel[grid](*args, SUMMARY=False, **flags)
+
+
 @triton.jit
 def _chunk_tiles(tiles_per_chunk, n_tiles):
     """This program's chunk of L (program axis 2), the number of chunks and its tiles k0 … k1 − 1."""
