@@ -17,7 +17,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .cli import _fit_then_test, _int_list, _lightning_args, run_sweep
+from .cli import _fit_then_test, _int_list, _lightning_args, run_sweep, training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--out", help="run folder: checkpoints, CSV and TensorBoard logs (default runs/audio)")
     train.add_argument("--resume", help="checkpoint to resume from (step, learning rate and data position)")
     train.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    train.set_defaults(_task=_train, _pass_through=True)
+    training_command(train, _train)
 
     generate = tasks.add_parser("generate", help="sample clips from a checkpoint to WAV files",
                                 description=_generate.__doc__)
@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--n-layer", type=int, default=3, help="Mamba blocks per stage (default 3)")
     sweep.add_argument("--parallel", type=int, default=1, help="runs at a time (small models can share a GPU)")
     sweep.add_argument("--out", default="runs/audio-sweep", help="folder of the runs, results.csv and the plot")
-    sweep.set_defaults(_task=_context_sweep, _pass_through=True, batch_size=None, scored_len=0)
+    training_command(sweep, _context_sweep, batch_size=None, scored_len=0)
 
     _sc09_training_parser(tasks, "train-classifier", "train the SC09 digit classifier (bidirectional U-Net)",
                           _train_classifier, "runs/digits")
@@ -101,7 +101,7 @@ def _sc09_training_parser(tasks, name: str, help: str, task, default_out: str) -
     parser.add_argument("--resume", help="checkpoint to resume from")
     parser.add_argument("--config", help="YAML file of data, model and trainer settings")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    parser.set_defaults(_task=task, _pass_through=True)
+    training_command(parser, task)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,18 @@ from __future__ import annotations
 import argparse
 
 
+PASS_THROUGH_HELP = ("Options not listed above go to LightningCLI: --data.*, --model.*, --trainer.* (e.g.\n"
+                     "--trainer.max_time 00:01:00:00). On several devices or machines: --devices N, --num-nodes N and\n"
+                     "--strategy ddp|fsdp, short for --trainer.devices, --trainer.num_nodes and --trainer.strategy.")
+
+
+def training_command(parser: argparse.ArgumentParser, task, **defaults) -> None:
+    """Make `parser` a training command: it runs `task`, the options it does not know go to LightningCLI, and its
+    help says so."""
+    parser.epilog = PASS_THROUGH_HELP
+    parser.set_defaults(_task=task, _pass_through=True, **defaults)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     pretrain = tasks.add_parser("pretrain", help="next-base pretraining on an indexed FASTA",
@@ -34,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain.add_argument("--out", help="run folder: checkpoints, CSV and TensorBoard logs (default runs/dna)")
     pretrain.add_argument("--resume", help="checkpoint to resume from (step, learning rate and data position)")
     pretrain.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    pretrain.set_defaults(_task=_pretrain, _pass_through=True)  # other options go to LightningCLI
+    training_command(pretrain, _pretrain)
 
     evaluate = tasks.add_parser("evaluate", help="bits per base of a checkpoint on a split or a region",
                                 description=_evaluate.__doc__)
@@ -87,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     species.add_argument("--out", help="run folder (default runs/species)")
     species.add_argument("--resume", help="checkpoint to resume from")
     species.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    species.set_defaults(_task=_species, _pass_through=True)
+    training_command(species, _species)
 
     finetune = tasks.add_parser("finetune", help="fine-tune a pretrained Mamba on labelled sequences",
                                 description=_finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     finetune.add_argument("--resume", help="checkpoint to resume from (epoch, step, learning rate and data position)")
     finetune.add_argument("--config", help="YAML file (LightningCLI format)")
     finetune.add_argument("--print-config", action="store_true", help="print the resolved configuration and stop")
-    finetune.set_defaults(_task=_finetune, _pass_through=True)
+    training_command(finetune, _finetune)
 
     kmer = tasks.add_parser("kmer-baseline", help="k-mer logistic regression on labelled sequences (a baseline)",
                             description=_kmer_baseline.__doc__)
@@ -163,7 +175,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--n-layer", type=int, default=6)
     sweep.add_argument("--parallel", type=int, default=1, help="runs at a time (small models can share a GPU)")
     sweep.add_argument("--out", default="runs/context-sweep", help="folder of the runs, results.csv and the plot")
-    sweep.set_defaults(_task=_context_sweep, _pass_through=True)  # other options go to every run's LightningCLI
+    training_command(sweep, _context_sweep)  # the passed-through options go to every run
 
 
 def run(args: argparse.Namespace) -> int:

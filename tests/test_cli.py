@@ -241,3 +241,12 @@ def test_training_commands_take_devices_num_nodes_and_strategy(tmp_path, capsys)
                      "--devices", "2"]) == 1
     assert capsys.readouterr().err == ("mba dna: error: --devices is short for --trainer.devices; they were given "
                                        "different values: --devices 2, --trainer.devices 1\n")
+
+
+@pytest.mark.parametrize("command", [["dna", "pretrain"], ["dna", "species"], ["dna", "finetune"],
+                                     ["dna", "context-sweep"], ["audio", "train"], ["audio", "context-sweep"],
+                                     ["audio", "train-classifier"]])
+def test_training_commands_help_names_the_passed_through_options(command, capsys):
+    assert cli.main([*command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "go to LightningCLI" in text and "--devices N, --num-nodes N and --strategy ddp|fsdp" in text
