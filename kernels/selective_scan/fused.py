@@ -40,7 +40,7 @@ from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
                            _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
-                           launch_passes, sm_count, split_tiles)
+                           launch_passes, plan_tiles, sm_count)
 
 
 @triton.jit
@@ -278,11 +278,7 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
     block_t, warps = SHAPES[kind]
     if kind == "bwd" and SPLIT_BELOW_PER_SM * sms <= programs < BWD_NARROW_FROM_PER_SM * sms:
         block_t, warps = BWD_SHAPE_FEW_PROGRAMS
-    # at least one token per thread of the widest pass (reductions over replicated short tiles went wrong on an
-    # H100), the same in both passes
-    block_t = min(block_t, max(32 * max(w for _, w in SHAPES.values()), triton.next_power_of_2(L)))
-    n_tiles = triton.cdiv(L, block_t)
-    return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device)
+    return plan_tiles(block_t, warps, SHAPES, programs, L, device)
 
 
 def _register_cap(kind: str, programs: int, device: torch.device) -> dict:

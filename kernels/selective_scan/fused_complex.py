@@ -29,7 +29,7 @@ import triton.language as tl
 
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
                            _load_state_row, _reverse_scan_complex, _store_output, _update, launch_passes,
-                           split_tiles)
+                           plan_tiles)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -323,12 +323,8 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
 
 
 def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device) -> tuple[int, int, int, int, int]:
-    """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks of one pass: SHAPES, the tile shortened to the sequence but
-    to no fewer tokens than threads of the widest pass (the same tile in both passes), L split as `split_tiles` says."""
-    block_t, warps = SHAPES[kind]
-    block_t = min(block_t, max(32 * max(w for _, w in SHAPES.values()), triton.next_power_of_2(L)))
-    n_tiles = triton.cdiv(L, block_t)
-    return block_t, warps, n_tiles, *split_tiles(batch * dim, n_tiles, device)
+    """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks of one pass (`plan_tiles` over SHAPES)."""
+    return plan_tiles(*SHAPES[kind], SHAPES, batch * dim, L, device)
 
 
 def _planes(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,6 +153,17 @@ def split_tiles(programs: int, n_tiles: int, device: torch.device) -> tuple[int,
     return tiles_per_chunk, triton.cdiv(n_tiles, tiles_per_chunk)
 
 
+def plan_tiles(block_t: int, warps: int, shapes: dict, programs: int, L: int,
+               device: torch.device) -> tuple[int, int, int, int, int]:
+    """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks of one pass of a scan whose passes' (tokens, warps) are
+    `shapes`, with tiles of up to block_t tokens: the tile shortened to the sequence, but to no fewer tokens than
+    threads of the widest pass (reductions over replicated short tiles went wrong on an H100), L split as
+    `split_tiles` says for `programs` (batch·dim) programs."""
+    block_t = min(block_t, max(32 * max(w for _, w in shapes.values()), triton.next_power_of_2(L)))
+    n_tiles = triton.cdiv(L, block_t)
+    return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device)
+
+
 def launch_passes(kernel, grid: tuple[int, int, int], args: tuple, flags: dict) -> None:
     """A scan kernel over `grid` (its last axis the chunks of L): the summary pass when L is split, then the full
     pass."""
