@@ -14,6 +14,7 @@ pytest.importorskip("pysam")
 pytest.importorskip("lightning")
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
 
+from pipeline_runs import PIPELINES, pipeline_args, run_cli  # noqa: E402
 from test_dna_data import random_genome, write_fasta  # noqa: E402
 
 
@@ -48,60 +49,15 @@ def test_pretraining_on_two_gpus_checkpoints_and_resumes(tmp_path, strategy):
     assert resumed and min(resumed) >= 19, resumed  # it started from the checkpoint at step 20, not from scratch
 
 
-def run_cli(args: list[str], strategy: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "mamba_bio_audio.cli", *args, "--trainer.devices", "2", "--trainer.strategy",
-               strategy, "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("pipeline", ["audio-unet", "audio-classifier", "audio-diffusion", "dna-species",
-                                      "dna-finetune"])
+@pytest.mark.parametrize("pipeline", PIPELINES)
 def test_every_other_training_pipeline_trains_and_tests_under_fsdp(tmp_path, pipeline):
     """The pipelines other than DNA pretraining (above) share build_cli and the fit-then-test step; each trains a few
-    steps on 2 GPUs under FSDP and tests its best or last checkpoint (the same commands pass under DDP on 2 CPU
-    processes over gloo, which is how the unused-parameter failures of the classifier and the denoiser were found)."""
+    steps on 2 GPUs under FSDP and tests its best or last checkpoint (tests/reliability/test_ddp.py runs the same
+    commands under DDP on 2 CPU processes)."""
     pytest.importorskip("soundfile")
-    from test_audio import make_sc09
-    from test_dna_species import SPLIT, TINY
-
     out = tmp_path / "run"
-    if pipeline.startswith("audio"):
-        sc09 = make_sc09(tmp_path / "sc09", per_digit=8, seconds=0.05)
-        common = ["--sc09", str(sc09), "--batch-size", "8", "--max-steps", "6", "--out", str(out)]
-        args, expect = {
-            "audio-unet": (["audio", "train", *common, "--model.config",
-                            '{"d_model": 16, "pools": [4, 4], "n_layers": 1}', "--data.clip_len", "1024"], "test"),
-            "audio-classifier": (["audio", "train-classifier", *common, "--model.d_model", "16", "--model.n_layers",
-                                  "1", "--data.clip_len", "1600"], "test"),
-            "audio-diffusion": (["audio", "train-diffusion", *common, "--model.diffusion_steps", "4", "--model.unet",
-                                 '{"d_model": 8, "pools": [4, 4], "n_layers": 1}', "--data.clip_len", "512"],
-                                "test denoising loss"),
-        }[pipeline]
-    elif pipeline == "dna-finetune":
-        from test_dna_finetune import examples, write_csv
-
-        genome = write_fasta(tmp_path / "g.fa", random_genome(7, lengths=(20_000,)))
-        pre = run_cli(["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out",
-                       str(tmp_path / "pre"), "--model.config", '{"d_model": 16, "n_layer": 2, "vocab_size": 12}',
-                       "--max-steps", "2", "--trainer.limit_val_batches", "1"], "fsdp")
-        assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
-        csvs = [str(write_csv(tmp_path / f"{split}.csv", examples(n, seed)))
-                for split, n, seed in (("train", 64, 1), ("valid", 16, 2), ("test", 16, 3))]
-        args = ["dna", "finetune", "--ckpt", str(tmp_path / "pre" / "checkpoints" / "last.ckpt"), "--train", csvs[0],
-                "--valid", csvs[1], "--test", csvs[2], "--batch-size", "8", "--max-epochs", "2", "--lr", "3e-3",
-                "--out", str(out)]
-        expect = "accuracy "
-    else:
-        from mamba_bio_audio.data_recipes.apes import simulate_apes
-
-        apes = tmp_path / "apes"
-        simulate_apes(apes, scale=1000, chromosomes=["2", "5", "21"], progress=False)
-        args = ["dna", "species", "--data-dir", str(apes), "--seq-len", "128", "--batch-size", "4", "--max-steps",
-                "6", "--out", str(out), "--model.model_size", "null", "--model.config", str(TINY).replace("'", '"'),
-                "--data.split_names", str(SPLIT).replace("'", '"'), "--data.samples_per_epoch", "16",
-                "--data.eval_samples", "10"]
-        expect = "test accuracy"
+    args, expect = pipeline_args(pipeline, tmp_path, out, "fsdp")
     result = run_cli(args, "fsdp")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert expect in result.stdout

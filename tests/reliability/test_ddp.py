@@ -1,7 +1,7 @@
 """Data-parallel training on the CPU (2 processes, gloo): the ranks train on disjoint halves of each global batch,
 end with identical parameters, match a single process that takes the same global batch, log the global training
 throughput (both ranks' tokens), and a run resumed from a mid-epoch checkpoint continues each rank exactly where it
-stopped."""
+stopped, also through the length warm-up; every other training pipeline trains, checkpoints and tests under DDP."""
 from __future__ import annotations
 
 import csv
@@ -16,17 +16,19 @@ import torch
 pytest.importorskip("pysam")
 pytest.importorskip("lightning")
 
+from pipeline_runs import PIPELINES, pipeline_args, run_cli  # noqa: E402
 from test_dna_data import random_genome, write_fasta  # noqa: E402
 
 SCRIPT = textwrap.dedent('''
     import sys
     import lightning as L
     import torch
-    from mamba_bio_audio.pipelines.common import TokenThroughput
+    from mamba_bio_audio.pipelines.common import SequenceLengthWarmup, TokenThroughput
     from mamba_bio_audio.pipelines.dna_pretrain import DNALanguageModel, DNAPretrainData
 
     fasta, out, devices, batch_size, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    resume = sys.argv[6] if len(sys.argv) > 6 else None
+    resume = sys.argv[6] if sys.argv[6] != "-" else None
+    warmup_start = int(sys.argv[7])  # 0: no length warm-up
 
     class Record(L.Callback):
         """Per rank: every training batch's rows and loss, and the parameters at the end."""
@@ -50,7 +52,8 @@ SCRIPT = textwrap.dedent('''
                         log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
                         reload_dataloaders_every_n_epochs=1, deterministic=True,
-                        callbacks=[Record(), checkpoints, TokenThroughput(window=WINDOW)])
+                        callbacks=[Record(), checkpoints, TokenThroughput(window=WINDOW)]
+                        + ([SequenceLengthWarmup(start_len=warmup_start, epochs_per_stage=1)] if warmup_start else []))
     trainer.fit(model, datamodule=data, ckpt_path=resume)
 ''')
 
@@ -58,13 +61,13 @@ SCRIPT = textwrap.dedent('''
 WINDOW = 3  # TokenThroughput's window in these runs (steps)
 
 
-def run(tmp_path, name, devices, batch_size, fasta, max_steps=6, resume=None):
+def run(tmp_path, name, devices, batch_size, fasta, max_steps=6, resume=None, warmup_start=0):
     out = tmp_path / name
     out.mkdir()
     script = tmp_path / "train.py"
     script.write_text(SCRIPT.replace("WINDOW", str(WINDOW)))
     result = subprocess.run([sys.executable, str(script), str(fasta), str(out), str(devices), str(batch_size),
-                             str(max_steps), *([str(resume)] if resume else [])],
+                             str(max_steps), str(resume or "-"), str(warmup_start)],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(devices)]
@@ -133,6 +136,43 @@ def test_a_ddp_run_resumed_mid_epoch_continues_each_rank_exactly(tmp_path):
         assert resumed[rank]["rows"] == full[rank]["rows"][5:]  # steps 5 … 15: no batch repeated or skipped
         for name, tensor in full[rank]["params"].items():
             assert torch.equal(resumed[rank]["params"][name], tensor), (rank, name)
+
+
+@pytest.mark.timeout(900)
+def test_the_length_warm_up_under_ddp_keeps_the_ranks_in_step_and_resumes_in_its_stage(tmp_path):
+    """Length warm-up 16 → 32 → 64 bases, one epoch each, tokens per step constant (batch 16 → 8 → 4 per rank): at
+    every step both ranks train at the same length on disjoint windows, and a run resumed mid-epoch in the second stage
+    goes on at that stage's length and batch with exactly the uninterrupted run's windows and parameters."""
+    fasta = write_fasta(tmp_path / "g.fa", random_genome(11, lengths=(8000,)))  # 12 steps per epoch at every stage
+    full = run(tmp_path, "full", 2, 4, fasta, max_steps=30, warmup_start=16)
+    for step, (a, b) in enumerate(zip(*([rows for _, rows in rank["rows"]] for rank in full))):
+        length = 16 * 2 ** min(2, step // 12)
+        assert len(a) == len(b) == 4 * 64 // length and {len(row) for row in a + b} == {length}, step
+        assert not set(map(tuple, a)) & set(map(tuple, b)), step
+    assert len(full[0]["rows"]) == 30
+    resumed = run(tmp_path, "resumed", 2, 4, fasta, max_steps=30, warmup_start=16,
+                  resume=tmp_path / "full" / "ckpt" / "step=15.ckpt")
+    for rank in range(2):
+        assert resumed[rank]["rows"] == full[rank]["rows"][15:]  # steps 15 … 29, across the stage change at 24
+        for name, tensor in full[rank]["params"].items():
+            assert torch.equal(resumed[rank]["params"][name], tensor), (rank, name)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_every_other_training_pipeline_trains_checkpoints_and_tests_under_ddp(tmp_path, pipeline):
+    """The species, fine-tuning and audio pipelines run their own `mba` command on 2 CPU processes under DDP (gloo):
+    they train (species through its length warm-up, logged by stage), checkpoint and test."""
+    pytest.importorskip("soundfile")
+    out = tmp_path / "run"
+    args, expect = pipeline_args(pipeline, tmp_path, out, "ddp", accelerator="cpu")
+    result = run_cli(args, "ddp", accelerator="cpu")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert expect in result.stdout
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    if pipeline == "dna-species":
+        rows = list(csv.DictReader(open(next((out / "logs").glob("version_*/metrics.csv")))))
+        assert sorted({float(r["seq_len"]) for r in rows if r.get("seq_len")}) == [32.0, 64.0, 128.0]
 
 
 VALIDATE = textwrap.dedent('''
