@@ -94,6 +94,16 @@ def test_fused_backward_tiles_inside_the_forward_tiles(monkeypatch, chunks):
         check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
+@pytest.mark.parametrize("complex_a", [False, True], ids=["realA", "complexA"])
+def test_fused_gradient_through_the_last_state_only(complex_a):
+    """loss = f(last state), the output unused: autograd gives the backward no output gradient (None), which must
+    count as zeros; batch 1 in one chunk, where the per-channel gradients are views instead of sums over rows."""
+    case = make_case(batch=1, length=37, regime="small", bc="var_const", complex_a=complex_a, dtype=torch.float32,
+                     **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, out_grad=False, state_grad=True, fn=fused)
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
 @pytest.mark.parametrize("bc", ["grouped", "var_const"])
 def test_fused_blocked_reverse_scan_matches_naive(monkeypatch, bc):
     """The backward's blocked reverse scan: all options in the steep regime on one tile of 64 tokens (8 segments of

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import cdiv, next_power_of_2
 from .naive import causal_conv1d_update_naive
 
 
@@ -111,7 +112,7 @@ BLOCK_C, BLOCK_T = 16, 128
 
 
 def _grid(batch, channels, L):
-    return batch, triton.cdiv(channels, BLOCK_C), triton.cdiv(L, BLOCK_T)
+    return batch, cdiv(channels, BLOCK_C), cdiv(L, BLOCK_T)
 
 
 class _CausalConv1d(torch.autograd.Function):
@@ -160,7 +161,7 @@ def causal_conv1d_update_fused(x, conv_state, weight, bias=None, activation=None
         return causal_conv1d_update_naive(x, conv_state, weight, bias, activation)
     batch, channels, W = conv_state.shape
     out = torch.empty_like(x)
-    _conv_update_kernel[(batch, triton.cdiv(channels, BLOCK_C))](
+    _conv_update_kernel[(batch, cdiv(channels, BLOCK_C))](
         x.contiguous(), conv_state, weight.contiguous(), bias if bias is not None else weight, out, channels, W=W,
-        BLOCK_W=triton.next_power_of_2(W), HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_C=BLOCK_C)
+        BLOCK_W=next_power_of_2(W), HAS_BIAS=bias is not None, SILU=activation == "silu", BLOCK_C=BLOCK_C)
     return out

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..host import cdiv, next_power_of_2
 from ..selective_scan.triton_tiles import _softplus
 from .naive import mamba_block_step_naive
 
@@ -186,9 +187,9 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     dtype, device = hidden.dtype, hidden.device
     residual_out = torch.empty(batch, d_model, device=device, dtype=torch.float32 if residual_in_fp32 else dtype)
     xc, z, y = (torch.empty(batch, d_inner, device=device, dtype=dtype) for _ in range(3))
-    block_dm = max(16, triton.next_power_of_2(d_model))
+    block_dm = max(16, next_power_of_2(d_model))
     block_e = _block_e(block_dm, batch)
-    grid = (triton.cdiv(batch, BLOCK_B), triton.cdiv(d_inner, block_e))
+    grid = (cdiv(batch, BLOCK_B), cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
     precision = _dot_precision(dtype)
     dummy = hidden  # pointer for absent optional tensors (never read)
@@ -199,13 +200,13 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         batch, d_model, d_inner, n_proj, eps,
         HAS_RESIDUAL=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None,
         D_CONV=d_conv, BLOCK_B=BLOCK_B, BLOCK_DM=block_dm, BLOCK_E=block_e,
-        BLOCK_P=max(16, triton.next_power_of_2(n_proj)), BLOCK_W=triton.next_power_of_2(d_conv),
+        BLOCK_P=max(16, next_power_of_2(n_proj)), BLOCK_W=next_power_of_2(d_conv),
         PRECISION=precision, num_warps=8 if block_dm >= 512 else 4)
     _step_ssm_kernel[grid](
         part, dt_proj_weight.contiguous(), dt_proj_bias, A_log.contiguous(), D, xc, z, ssm_state, y,
         batch, d_inner, dt_rank, d_state, n_proj, grid[1],
-        BLOCK_B=BLOCK_B, BLOCK_E=block_e, BLOCK_R=max(16, triton.next_power_of_2(dt_rank)),
-        BLOCK_N=max(16, triton.next_power_of_2(d_state)), PRECISION=precision, num_warps=4)
+        BLOCK_B=BLOCK_B, BLOCK_E=block_e, BLOCK_R=max(16, next_power_of_2(dt_rank)),
+        BLOCK_N=max(16, next_power_of_2(d_state)), PRECISION=precision, num_warps=4)
     return F.linear(y, out_proj_weight, out_proj_bias), residual_out
 
 

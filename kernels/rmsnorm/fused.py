@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import cdiv, next_power_of_2
+
 
 @triton.jit
 def _fwd_kernel(x_ptr, res_ptr, w_ptr, y_ptr, res_out_ptr, dim, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
@@ -59,7 +61,7 @@ class _AddRMSNorm(torch.autograd.Function):
         y = torch.empty_like(x2)
         res_out = torch.empty(x2.shape, device=x.device, dtype=res_dtype)
         _fwd_kernel[(x2.shape[0],)](x2, res2 if res2 is not None else x2, weight, y, res_out, dim, eps,
-                                    HAS_RES=res2 is not None, BLOCK=triton.next_power_of_2(dim))
+                                    HAS_RES=res2 is not None, BLOCK=next_power_of_2(dim))
         ctx.save_for_backward(res_out, weight)
         ctx.meta = (eps, x.dtype, residual is not None and residual.dtype)
         return y.reshape(shape), res_out.reshape(shape)
@@ -72,11 +74,11 @@ class _AddRMSNorm(torch.autograd.Function):
         n_rows = res_out.shape[0]
         ds = torch.empty(res_out.shape, device=res_out.device, dtype=torch.float32)
         dw = torch.zeros(dim, device=res_out.device, dtype=torch.float32)
-        rows_per_program = max(1, triton.cdiv(n_rows, 1024))
-        _bwd_kernel[(triton.cdiv(n_rows, rows_per_program),)](
+        rows_per_program = max(1, cdiv(n_rows, 1024))
+        _bwd_kernel[(cdiv(n_rows, rows_per_program),)](
             res_out, weight, dy.reshape(-1, dim).contiguous(),
             dres_out.reshape(-1, dim).contiguous() if dres_out is not None else ds, ds, dw, n_rows, dim, eps,
-            rows_per_program, HAS_DRES=dres_out is not None, BLOCK=triton.next_power_of_2(dim))
+            rows_per_program, HAS_DRES=dres_out is not None, BLOCK=next_power_of_2(dim))
         ds = ds.reshape(dy.shape)
         return ds.to(x_dtype), ds.to(res_dtype) if res_dtype else None, dw.to(weight.dtype), None, None
 

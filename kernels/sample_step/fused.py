@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import next_power_of_2
 from .naive import sample_step_naive
 
 
@@ -43,4 +44,4 @@ def sample_step_fused(logits, uniform, forced, forced_tokens, token, codes, logl
         return sample_step_naive(logits, uniform, forced, forced_tokens, token, codes, loglik, temperature, top_p)
     _sample_step_kernel[(n,)](logits, uniform, forced, forced_tokens, token, codes, loglik, vocab, codes.stride(0),
                               float(temperature) if temperature > 0 else 1.0, GREEDY=temperature == 0,
-                              BLOCK_V=triton.next_power_of_2(vocab))
+                              BLOCK_V=next_power_of_2(vocab))

@@ -35,12 +35,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import cdiv, next_power_of_2
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
                            _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
-                           launch_passes, plan_tiles, sm_count)
+                           bc_grad_buffers, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks)
 
 
 @triton.jit
@@ -311,7 +312,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
     n_state = A32.shape[1]
     block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
     assert block_t % save_t == 0, "the backward's tiles must divide the forward's"
-    n_saves = triton.cdiv(L, save_t) + 1
+    n_saves = cdiv(L, save_t) + 1
     f32 = dict(device=u.device, dtype=torch.float32)
     out = torch.empty_like(u)
     pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
@@ -325,7 +326,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
             chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk, n_saves)
     flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
-                 BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps,
+                 BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps,
                  **_register_cap("fwd", batch * dim * n_chunks, u.device))
     grid = (batch, dim, n_chunks)
     launch_passes(_fwd_kernel, grid, args, flags)
@@ -338,11 +339,12 @@ class _FusedScan(torch.autograd.Function):
                 save_pre: bool):
         batch, dim, L = u.shape
         n_state = A.shape[1]
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to make and read
+        ctx.bc_shapes = (B.shape, C.shape)
         u, delta = u.contiguous(), delta.contiguous()
         z = z.contiguous() if z is not None else None
         A32 = A.float().contiguous()
-        B = B.contiguous() if B.dim() > 2 else B.float().contiguous()
-        C = C.contiguous() if C.dim() > 2 else C.float().contiguous()
+        B, C = (grouped(X.contiguous()) if X.dim() > 2 else X.float().contiguous() for X in (B, C))
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
@@ -368,12 +370,12 @@ class _FusedScan(torch.autograd.Function):
         assert n_tiles + 1 == h_start.shape[2], "the forward saves the state at every start of the backward's tiles"
         f32 = dict(device=u.device, dtype=torch.float32)
         per_chunk = (batch, dim, n_chunks, n_state)
+        dout = dout.contiguous() if dout is not None else torch.zeros_like(u)  # None: only the last state was used
         # du, dΔ, dz in the inputs' dtypes, written once by the kernel (fp32 inside)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         dA = torch.empty(per_chunk, **f32)
-        dB = torch.zeros(B.shape, **f32) if B.dim() > 2 else torch.empty(per_chunk, **f32)
-        dC = torch.zeros(C.shape, **f32) if C.dim() > 2 else torch.empty(per_chunk, **f32)
+        dB, dC = bc_grad_buffers(B, C, per_chunk, f32)
         dD = torch.empty(batch, dim, n_chunks, **f32) if D32 is not None else None
         dbias = torch.empty(batch, dim, n_chunks, **f32) if bias32 is not None else None
         nu = torch.empty(per_chunk, **f32)  # ν at each chunk start (chunk 0's is ∂L/∂h0)
@@ -382,7 +384,7 @@ class _FusedScan(torch.autograd.Function):
         dummy = nu
         args = (u, delta, z if z is not None else u, pre if pre is not None else u, A32, B, C,
                 D32 if D32 is not None else dummy,
-                bias32 if bias32 is not None else dummy, h_start, dout.contiguous(),
+                bias32 if bias32 is not None else dummy, h_start, dout,
                 dh_last.contiguous() if dh_last is not None else dummy, chunk_sum, chunk_dt, nu,
                 du, ddelta, dz if dz is not None else du, dA, dB, dC,
                 dD if dD is not None else dummy, dbias if dbias is not None else dummy,
@@ -390,17 +392,15 @@ class _FusedScan(torch.autograd.Function):
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
                      PTX=os.environ.get("TRITON_INTERPRET", "0") != "1",
-                     BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
+                     BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
         launch_passes(_bwd_kernel, grid, args, flags)
-        if B.dim() == 2:
-            dB = dB.sum((0, 2))
-        if C.dim() == 2:
-            dC = dC.sum((0, 2))
-        return (du, ddelta, dA.sum((0, 2)).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
-                dD.sum((0, 2)).to(D_dtype) if dD is not None else None, dz,
-                dbias.sum((0, 2)).to(bias_dtype) if dbias is not None else None, nu[:, :, 0] if has_h0 else None,
-                None, None, None)
+        dB, dC = (sum_rows_chunks(dX) if len(shape) == 2 else dX.view(shape)  # constant (dim, N), or as passed
+                  for dX, shape in zip((dB, dC), ctx.bc_shapes))
+        return (du, ddelta, sum_rows_chunks(dA).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
+                sum_rows_chunks(dD).to(D_dtype) if dD is not None else None, dz,
+                sum_rows_chunks(dbias).to(bias_dtype) if dbias is not None else None,
+                nu[:, :, 0] if has_h0 else None, None, None, None)
 
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -408,12 +408,6 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     """Selective scan with the fused Triton kernels (CUDA tensors, or any device under TRITON_INTERPRET=1); same
     signature and semantics as `selective_scan`, real or complex A."""
     groups = check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if B.dim() == 3:
-        B = B[:, None]
-    if C.dim() == 3:
-        C = C[:, None]
-    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
-        raise ValueError("selective_scan: B and C use different group counts")
     if A.is_complex():
         out, h_last = _FusedScanComplex.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                               groups)

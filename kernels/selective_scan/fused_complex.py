@@ -27,9 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import next_power_of_2
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
-                           _load_state_row, _reverse_scan_complex, _store_output, _update, launch_passes,
-                           plan_tiles)
+                           _load_state_row, _reverse_scan_complex, _store_output, _update, grouped, launch_passes,
+                           plan_tiles, sum_rows_chunks)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -350,7 +351,7 @@ class _FusedScanComplex(torch.autograd.Function):
         n_state = A.shape[1]
         u, delta = u.contiguous(), delta.contiguous()
         z = z.contiguous() if z is not None else None
-        (Ar, Ai), (Br, Bi), (Cr, Ci) = _planes(A), _planes(B), _planes(C)
+        (Ar, Ai), (Br, Bi), (Cr, Ci) = _planes(A), _planes(grouped(B)), _planes(grouped(C))
         D32 = D.float().contiguous() if D is not None else None
         bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
         h0r, h0i = _planes(initial_state) if initial_state is not None else (None, None)
@@ -366,12 +367,13 @@ class _FusedScanComplex(torch.autograd.Function):
                 dim // groups, n_tiles, tiles_per_chunk)
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0r is not None,
-                     BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
+                     BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
         launch_passes(_fwd_kernel_complex, grid, args, flags)
         ctx.save_for_backward(u, delta, z, Ar, Ai, Br, Bi, Cr, Ci, D32, bias32, hsr, hsi)
         ctx.meta = (softplus, groups, n_tiles, B.dtype, C.dtype, D is not None and D.dtype,
                     delta_bias is not None and delta_bias.dtype, initial_state is not None and initial_state.dtype)
+        ctx.bc_shapes = (B.shape, C.shape)
         return out, torch.complex(hsr[:, :, -1], hsi[:, :, -1])
 
     @staticmethod
@@ -402,16 +404,19 @@ class _FusedScanComplex(torch.autograd.Function):
                 dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk)
         flags = dict(B_CONST=Br.dim() == 2, C_CONST=Cr.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dhr is not None,
-                     BLOCK_N=triton.next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
+                     BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
         grid = (batch, dim, n_chunks)
         launch_passes(_bwd_kernel_complex, grid, args, flags)
 
-        def gathered(re, im, dtype, const):
-            g = torch.complex(re.sum((0, 2)), im.sum((0, 2))) if const else torch.complex(re, im)
-            return g if dtype.is_complex else g.real.to(dtype)
+        def gathered(re, im, dtype, shape):
+            const = len(shape) == 2  # a constant (dim, N): re, im are per-chunk partial sums
+            g = torch.complex(sum_rows_chunks(re), sum_rows_chunks(im)) if const else torch.complex(re, im)
+            return (g if dtype.is_complex else g.real.to(dtype)).reshape(shape)
 
-        return (du.to(u.dtype), ddelta.to(delta.dtype), torch.complex(dAr.sum((0, 2)), dAi.sum((0, 2))),
-                gathered(dBr, dBi, B_dtype, Br.dim() == 2), gathered(dCr, dCi, C_dtype, Cr.dim() == 2),
-                dD.sum((0, 2)).to(D_dtype) if dD is not None else None, dz.to(z.dtype) if dz is not None else None,
-                dbias.sum((0, 2)).to(bias_dtype) if dbias is not None else None,
+        B_shape, C_shape = ctx.bc_shapes
+        return (du.to(u.dtype), ddelta.to(delta.dtype), torch.complex(sum_rows_chunks(dAr), sum_rows_chunks(dAi)),
+                gathered(dBr, dBi, B_dtype, B_shape), gathered(dCr, dCi, C_dtype, C_shape),
+                sum_rows_chunks(dD).to(D_dtype) if dD is not None else None,
+                dz.to(z.dtype) if dz is not None else None,
+                sum_rows_chunks(dbias).to(bias_dtype) if dbias is not None else None,
                 torch.complex(nur[:, :, 0], nui[:, :, 0]).to(h0_dtype) if h0_dtype else None, None, None)

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import cdiv
 from .triton_tiles import LOG2E, _combine, _delta, _store_output, launch_passes
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
@@ -38,7 +39,7 @@ SPLIT_TARGET_THREADS = 128 * 132 * 4  # when splitting L: about 16 warps per SM 
 def _n_chunks(threads: int, n_units: int) -> int:
     """Chunks of L for a pass whose programs hold `threads` threads in all without a split: one when they fill the
     GPU, else enough for SPLIT_TARGET_THREADS; at most n_units (the indivisible tiles)."""
-    n_chunks = 1 if threads >= SPLIT_TARGET_THREADS // 4 else triton.cdiv(SPLIT_TARGET_THREADS, threads)
+    n_chunks = 1 if threads >= SPLIT_TARGET_THREADS // 4 else cdiv(SPLIT_TARGET_THREADS, threads)
     return max(1, min(n_chunks, n_units))
 
 
@@ -173,11 +174,11 @@ def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_p
     n_state = A32.shape[1]
     assert block_t % Q == 0, "the backward's tiles must be whole tiles of the forward"
     save_every = block_t // Q
-    n_tiles = triton.cdiv(L, Q)
-    n_saves = triton.cdiv(L, block_t) + 1
+    n_tiles = cdiv(L, Q)
+    n_saves = cdiv(L, block_t) + 1
     n_chunks = _n_chunks(batch * dim * (Q // 8), n_saves - 1)
-    tiles_per_chunk = triton.cdiv(triton.cdiv(n_tiles, n_chunks), save_every) * save_every  # whole backward tiles
-    n_chunks = triton.cdiv(n_tiles, tiles_per_chunk)
+    tiles_per_chunk = cdiv(cdiv(n_tiles, n_chunks), save_every) * save_every  # whole backward tiles
+    n_chunks = cdiv(n_tiles, tiles_per_chunk)
     f32 = dict(device=u.device, dtype=torch.float32)
     B32, C32 = B.float().contiguous(), C.float().contiguous()  # converted once here, not by every channel's program
     out = torch.empty_like(u)
@@ -192,7 +193,7 @@ def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_p
     flags = dict(N=n_state, BLOCK_D=BLOCK_D, Q=Q, SAVE_EVERY=save_every, HAS_D=D32 is not None, HAS_Z=z is not None,
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
                  STAGES=STAGES, num_warps=WARPS)
-    grid = (batch, triton.cdiv(dim, BLOCK_D), n_chunks)
+    grid = (batch, cdiv(dim, BLOCK_D), n_chunks)
     launch_passes(_rows_fwd_kernel, grid, args, flags)
     return out, pre, h_start
 

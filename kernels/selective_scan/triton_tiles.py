@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import cdiv, next_power_of_2
+
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2 e)
 # Tokens a thread holds contiguously in a tile of 2-byte inputs (16-byte loads): the segments of `_reverse_scan`.
 # Another value only adds a layout conversion; the result is the same.
@@ -148,9 +150,9 @@ def split_tiles(programs: int, n_tiles: int, device: torch.device) -> tuple[int,
     elif programs >= SPLIT_BELOW_PER_SM * sms:
         n_chunks = 1
     else:
-        n_chunks = max(1, min(triton.cdiv(PROGRAMS_PER_SM * sms, programs), n_tiles // MIN_TILES_PER_CHUNK))
-    tiles_per_chunk = triton.cdiv(n_tiles, n_chunks)
-    return tiles_per_chunk, triton.cdiv(n_tiles, tiles_per_chunk)
+        n_chunks = max(1, min(cdiv(PROGRAMS_PER_SM * sms, programs), n_tiles // MIN_TILES_PER_CHUNK))
+    tiles_per_chunk = cdiv(n_tiles, n_chunks)
+    return tiles_per_chunk, cdiv(n_tiles, tiles_per_chunk)
 
 
 def plan_tiles(block_t: int, warps: int, shapes: dict, programs: int, L: int,
@@ -159,8 +161,8 @@ def plan_tiles(block_t: int, warps: int, shapes: dict, programs: int, L: int,
     `shapes`, with tiles of up to block_t tokens: the tile shortened to the sequence, but to no fewer tokens than
     threads of the widest pass (reductions over replicated short tiles went wrong on an H100), L split as
     `split_tiles` says for `programs` (batch·dim) programs."""
-    block_t = min(block_t, max(32 * max(w for _, w in shapes.values()), triton.next_power_of_2(L)))
-    n_tiles = triton.cdiv(L, block_t)
+    block_t = min(block_t, max(32 * max(w for _, w in shapes.values()), next_power_of_2(L)))
+    n_tiles = cdiv(L, block_t)
     return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device)
 
 
@@ -170,6 +172,28 @@ def launch_passes(kernel, grid: tuple[int, int, int], args: tuple, flags: dict) 
     if grid[2] > 1:
         kernel[grid](*args, SUMMARY=True, **flags)
     kernel[grid](*args, SUMMARY=False, **flags)
+
+
+def grouped(X: torch.Tensor) -> torch.Tensor:
+    """Variable B or C as the kernels read it: (batch, G, N, L); the plain (batch, N, L) form is G = 1 (a view)."""
+    return X[:, None] if X.dim() == 3 else X
+
+
+def bc_grad_buffers(B: torch.Tensor, C: torch.Tensor, per_chunk: tuple, f32: dict):
+    """The backward's fp32 buffers for dB and dC: zeros of B's and C's (grouped) shape where they vary (the kernels
+    add into them atomically), both cut from one allocation when both vary (one memset); (batch, dim, n_chunks, N)
+    partial sums where they are constant (dim, N), summed by `sum_rows_chunks`."""
+    if B.dim() > 2 and C.dim() > 2 and B.shape == C.shape:
+        return torch.zeros((2, *B.shape), **f32).unbind(0)
+    return tuple(torch.zeros(X.shape, **f32) if X.dim() > 2 else torch.empty(per_chunk, **f32) for X in (B, C))
+
+
+def sum_rows_chunks(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel partial gradients x (batch, dim, n_chunks[, N]) summed over batch rows and chunks: (dim[, N]).
+    With one row and one chunk this is a view, not a kernel (at short L a scan's time is its launches)."""
+    if x.shape[0] * x.shape[2] == 1:
+        return x.view(x.shape[1], *x.shape[3:])
+    return x.sum((0, 2))
 
 
 @triton.jit

@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..host import cdiv, next_power_of_2
 from ..selective_scan.triton_tiles import _block_d, _softplus
 from .naive import selective_state_update_naive
 
@@ -65,10 +66,10 @@ def selective_state_update_fused(state, x, dt, A, B, C, D=None, z=None, dt_bias=
     groups = 1 if B.dim() == 2 else B.shape[1]
     out = torch.empty_like(x)
     block_d = _block_d(dim // groups, 16)
-    block_n = triton.next_power_of_2(n_state)
+    block_n = next_power_of_2(n_state)
     A32 = A.float().contiguous()
     dummy = A32
-    _state_update_kernel[(batch, triton.cdiv(dim, block_d))](
+    _state_update_kernel[(batch, cdiv(dim, block_d))](
         state, x.contiguous(), dt.contiguous(), A32, B.contiguous(), C.contiguous(),
         D.float().contiguous() if D is not None else dummy, z.contiguous() if z is not None else x,
         dt_bias.float().contiguous() if dt_bias is not None else dummy, out,
