@@ -22,6 +22,7 @@ import math
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -120,8 +121,10 @@ def summarise(rows: list[dict], task: Task = TASKS["pretrain"]) -> list[dict]:
     return table
 
 
-def plot_context_scaling(rows: list[dict], path: Path, title: str, task: Task = TASKS["pretrain"]) -> None:
-    """The test metric against length (log2 axis): one dot per seed, the mean ± standard error."""
+def plot_context_scaling(rows: list[dict], path: Path, title: str, task: Task = TASKS["pretrain"],
+                         chance: float | None = None) -> None:
+    """The test metric against length (log2 axis): one dot per seed, the mean ± standard error; an accuracy with
+    its `chance` level drawn, on the whole 0–1 axis (a zoomed axis makes noise at chance look like a trend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,10 +137,13 @@ def plot_context_scaling(rows: list[dict], path: Path, title: str, task: Task = 
     ax.errorbar([t["seq_len"] for t in table], [t["mean"] for t in table],
                 yerr=[0 if math.isnan(t["sem"]) else t["sem"] for t in table], marker="o", capsize=3,
                 color="tab:blue", label="mean ± s.e.", zorder=3)
+    if chance is not None:
+        ax.axhline(chance, linestyle="--", color="0.5", linewidth=1, label=f"chance ({chance:.0%})", zorder=1)
+        ax.set_ylim(0, 1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(f"context length ({task.unit})")
     ax.set_ylabel(task.ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.fill(line, 70) for line in title.split("\n")), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -161,6 +167,23 @@ def _steps_taken(rows: list[dict], max_steps: int) -> str:
     if low >= max_steps:
         return f"{max_steps} steps"
     return f"{low if low == high else f'{low}–{high}'} of {max_steps} steps"
+
+
+def model_variant(extra: list[str], task: str) -> str:
+    """The backbone variant and readout that the pass-through options ask for, for plot titles: "causal, last
+    position" (a species run's default), "bidirectional", "RC-equivariant", with ", max pooling" etc. when set."""
+    options, i = {}, 0
+    while i < len(extra):
+        key, _, value = extra[i].partition("=")
+        if not value and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            value, i = extra[i + 1], i + 1
+        options[key.removeprefix("--").removeprefix("model.")] = value or "true"
+        i += 1
+    on = {key for key in ("bidirectional", "rc_equivariant", "rc_conjoin") if options.get(key, "").lower() == "true"}
+    kind = "RC-equivariant" if "rc_equivariant" in on else "bidirectional" if "bidirectional" in on else "causal"
+    pooling = options.get("pooling") or ("last position" if kind == "causal" and task == "species" else "")
+    parts = [kind] + ([pooling if pooling == "last position" else f"{pooling} pooling"] if pooling else [])
+    return ", ".join(parts + (["RC-conjoined"] if "rc_conjoin" in on else []))
 
 
 def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_model: int, n_layer: int, out: Path,
@@ -194,11 +217,17 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
     if rows:
         write_results(rows, out / "results.csv", spec)
         per_step = f"batch {batch_size}" if batch_size else f"{tokens_per_step} tokens"
-        model = f"Mamba U-Net D = {d_model}, {n_layer} per stage" if task == "audio" else f"{n_layer} × {d_model} Mamba"
+        model = (f"Mamba U-Net D = {d_model}, {n_layer} per stage" if task == "audio"
+                 else f"{n_layer} × {d_model} Mamba ({model_variant(list(extra), task)})")
         title = f"{Path(source).name}: {model}, {_steps_taken(rows, max_steps)} × {per_step}"
         if spec.command == "pretrain":
             title += f"\nthe last {scored_len} targets of windows ending at the same places scored"
-        plot_context_scaling(rows, out / "context_scaling.png", title, spec)
+        chance = None
+        if spec.command == "species":
+            from .dna_species import species_files
+
+            chance = 1 / len(species_files(source))
+        plot_context_scaling(rows, out / "context_scaling.png", title, spec, chance)
     if failures:
         raise RuntimeError("; ".join(failures))
     return rows

@@ -258,6 +258,19 @@ def test_context_sweep_plot_title_says_when_a_time_limit_cut_runs_short():
     assert _steps_taken([{}], 600) == "600 steps"  # results written before runs recorded their steps
 
 
+def test_context_sweep_plot_title_names_the_model_variant_of_the_pass_through_options():
+    from mamba_bio_audio.pipelines.dna_context_sweep import model_variant
+
+    assert model_variant([], "species") == "causal, last position"  # a species run's default readout
+    assert model_variant(["--model.lr", "1e-3"], "pretrain") == "causal"
+    assert model_variant(["--model.rc_equivariant", "true", "--model.pooling", "max", "--model.lr", "1e-3"],
+                         "species") == "RC-equivariant, max pooling"
+    assert model_variant(["--bidirectional", "--data.num_workers", "2"], "species") == "bidirectional"
+    assert model_variant(["--model.bidirectional=True", "--model.rc_conjoin", "true"],
+                         "species") == "bidirectional, RC-conjoined"
+    assert model_variant(["--model.bidirectional", "false"], "species") == "causal, last position"
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /
                                                            "dna_pretrain").glob("*.yaml")))
 def test_paper_configs_parse_and_build(name):

@@ -159,7 +159,12 @@ def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, monk
     assert {"last.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
 
 
-def test_context_sweep_of_species_accuracy(apes_dir, tmp_path, capsys):
+def test_context_sweep_of_species_accuracy(apes_dir, tmp_path, capsys, monkeypatch):
+    from mamba_bio_audio.pipelines import dna_context_sweep
+
+    plotted, plot = {}, dna_context_sweep.plot_context_scaling
+    monkeypatch.setattr(dna_context_sweep, "plot_context_scaling", lambda rows, path, title, task, chance=None: (
+        plotted.update(title=title, chance=chance), plot(rows, path, title, task, chance)))
     out = tmp_path / "sweep"
     assert main(["dna", "context-sweep", "--task", "species", "--data-dir", str(apes_dir), "--lengths", "64,256",
                  "--seeds", "0", "--batch-size", "4", "--max-steps", "2", "--d-model", "16", "--n-layer", "1",
@@ -171,6 +176,7 @@ def test_context_sweep_of_species_accuracy(apes_dir, tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out and (out / "context_scaling.png").is_file()
     config = (out / "L256-seed0" / "logs" / "version_0" / "config.yaml").read_text()
     assert "batch_size: 4" in config and "seq_len: 256" in config
+    assert plotted["chance"] == 1 / 5 and "1 × 16 Mamba (causal, last position), 2 steps" in plotted["title"]
 
 
 def test_bidirectional_classifier_learns_an_easy_task(tmp_path, capsys):
