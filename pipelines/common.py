@@ -8,6 +8,7 @@
     SequenceLengthWarmup   Callback: the training length doubles every k epochs up to the target, the batch
                            shrinking so that tokens per step stay constant.
     AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
+    AtomicCSVLogger        Lightning's CSVLogger with metrics.csv and hparams.yaml replaced whole at each flush.
     TokenThroughput        Callback: Lightning's ThroughputMonitor over the toolkit's batches; logs the global
                            training tokens/s (all ranks) as train/tokens_per_sec.
     adamw_cosine           AdamW (no weight decay on A_log, D, norms, biases) with linear warm-up then cosine decay.
@@ -24,14 +25,19 @@
 """
 from __future__ import annotations
 
+import csv
 import math
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as CSVExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import RunningStage
@@ -179,6 +185,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
+
+
+class _AtomicMetricsWriter(CSVExperimentWriter):
+    """Lightning's CSV writer, but each flush writes metrics.csv whole under a temporary name and renames it (the
+    stock writer appends, and rewrites the file in place when a new metric appears: a crash there loses the log),
+    and hparams.yaml likewise. A flush rereads the file: a few hundred kB for a long run, every 100 logged steps."""
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") if path.is_file() else nullcontext(None) as handle:
+            rows = list(csv.DictReader(handle)) if handle is not None else []
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows + self.metrics)
+        self.metrics = []
+
+    def log_hparams(self, params: dict) -> None:
+        from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+        self.hparams.update(params)
+        with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as tmp:
+            save_hparams_to_yaml(tmp, self.hparams)
+
+
+class AtomicCSVLogger(CSVLogger):
+    """CSVLogger (same folders and files) whose metrics.csv and hparams.yaml are always complete: see
+    `_AtomicMetricsWriter`. Remote save_dirs (fsspec URLs) keep Lightning's writer."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> CSVExperimentWriter:
+        if self._experiment is None and "://" not in str(self.root_dir):
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AtomicMetricsWriter(log_dir=self.log_dir)
+        return super().experiment
 
 
 class NonFiniteLossGuard(L.Callback):
@@ -488,8 +533,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
                 "trainer.use_distributed_sampler": False,  # EpochSampler shards the training data itself
                 "trainer.plugins": [{"class_path": f"{__name__}.AtomicCheckpointIO"}],
                 "trainer.logger": [
-                    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": run_dir,
-                                                                                         "name": "logs"}},
+                    {"class_path": f"{__name__}.AtomicCSVLogger", "init_args": {"save_dir": run_dir, "name": "logs"}},
                     {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                      "init_args": {"save_dir": run_dir, "name": "tensorboard"}}],
                 **{f"length_warmup.{k}": v for k, v in (warmup_defaults or {}).items()},

@@ -72,3 +72,35 @@ def test_a_crash_mid_write_leaves_nothing_under_the_final_name(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("killed")
     assert target.read_bytes() == b"the previous version" and list(tmp_path.iterdir()) == [target]
+
+
+def test_the_training_metrics_log_is_replaced_whole_so_a_crash_keeps_the_last_complete_one(tmp_path, monkeypatch):
+    """metrics.csv of the toolkit's CSV logger: rows and new columns accumulate across flushes (a new metric rewrites
+    the header, as Lightning's does), and a write that dies halfway leaves the previous file, not a truncated one."""
+    import csv
+
+    from mamba_bio_audio.pipelines.common import AtomicCSVLogger
+
+    logger = AtomicCSVLogger(tmp_path, name="logs")
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"train/loss": 1.5}, step=0)
+    logger.save()
+    logger.log_metrics({"train/loss": 1.25, "valid/loss": 2.0}, step=1)
+    logger.save()
+    path = tmp_path / "logs" / "version_0" / "metrics.csv"
+    rows = list(csv.DictReader(path.open()))
+    assert rows == [{"step": "0", "train/loss": "1.5", "valid/loss": ""},
+                    {"step": "1", "train/loss": "1.25", "valid/loss": "2.0"}]
+    assert "lr: 0.1" in (tmp_path / "logs" / "version_0" / "hparams.yaml").read_text()
+    before = path.read_bytes()
+
+    def dies_halfway(self, rows):
+        self.writerow(rows[0])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", dies_halfway)
+    logger.log_metrics({"train/loss": 1.0}, step=2)
+    with pytest.raises(OSError, match="disk full"):
+        logger.save()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["hparams.yaml", "metrics.csv"]  # no temporary left
