@@ -5,7 +5,8 @@
     mba dna evaluate --ckpt CKPT --fasta GENOME [--bed INTERVALS] [--split test | --region CHR:START-END]
     mba dna generate --ckpt CKPT --prompt ACGT... --length N [--out FILE.fa] [--device cuda]
     mba dna context-sweep --fasta GENOME --lengths 1024,4096,16384,65536 --seeds 0,1,2 [--parallel 3]
-    mba dna species --data-dir GENOMES --seq-len 16384 --model-size 1.4M [--bidirectional] --max-steps N
+    mba dna species --data-dir GENOMES --seq-len 16384 --model-size 1.4M [--bidirectional] [--rc-equivariant]
+                    [--pooling last|mean|max] --max-steps N
     mba dna finetune --ckpt PRETRAINED --train T --valid V [--test X] [--resume RUN/checkpoints/last.ckpt]
     mba dna classify --ckpt CKPT --fasta IN [--out OUT.tsv]
     mba dna embed --ckpt CKPT --fasta IN --out OUT.npy|OUT.npz|OUT.h5 [--per-base] [--batch-size 16]
@@ -95,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     species.add_argument("--batch-size", type=int)
     species.add_argument("--model-size", help="a paper size: 0.26M 0.68M 1.4M 3.5M 7M 19M 40M")
     species.add_argument("--bidirectional", action="store_true", help="BiMamba blocks, mean pooling")
+    species.add_argument("--rc-equivariant", action="store_true",
+                         help="the same weights on both strands (Caduceus-PS parameter sharing; each strand read "
+                              "causally, or by BiMamba with --bidirectional as in Caduceus), mean pooling")
+    species.add_argument("--pooling", choices=("last", "mean", "max"),
+                         help="how windows are read out (default: last position if causal, else mean; max learns "
+                              "best at small budgets, BENCHMARKS.md)")
     species.add_argument("--max-steps", type=int)
     species.add_argument("--out", help="run folder (default runs/species)")
     species.add_argument("--resume", help="checkpoint to resume from")
@@ -224,6 +231,7 @@ def _species(args: argparse.Namespace) -> int:
 
     direct = {"data.data_dir": args.data_dir, "data.seq_len": args.seq_len, "data.batch_size": args.batch_size,
               "model.model_size": args.model_size, "model.bidirectional": "true" if args.bidirectional else None,
+              "model.rc_equivariant": "true" if args.rc_equivariant else None, "model.pooling": args.pooling,
               "trainer.max_steps": args.max_steps}
     cli = build_cli(_lightning_args("dna_species", args, direct), run_dir=args.out or "runs/species")
     metrics = _fit_then_test(cli, args.resume)

@@ -126,8 +126,8 @@ def test_rc_conjoin_is_invariant_to_the_strand():
         assert torch.allclose(both, (forward_only + model.model(rc)) / 2, atol=1e-6)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, monkeypatch, bidirectional):
+@pytest.mark.parametrize("variant", ["causal", "bidirectional", "rc-equivariant-max"])
+def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, monkeypatch, variant):
     titles = []
 
     def recording_save_confusion(matrix, names, folder, split, title=""):
@@ -140,7 +140,9 @@ def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, monk
             "4", "--out", str(run), "--model.model_size", "null", "--model.config", str(TINY).replace("'", '"'),
             "--data.split_names", str(SPLIT).replace("'", '"'), "--data.samples_per_epoch", "8",
             "--data.eval_samples", "10", "--trainer.enable_progress_bar", "false"]
-    assert main(args + (["--bidirectional"] if bidirectional else [])) == 0
+    flags = {"causal": [], "bidirectional": ["--bidirectional"],
+             "rc-equivariant-max": ["--rc-equivariant", "--pooling", "max"]}[variant]
+    assert main(args + flags) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "(chance 0.2000)" in out and "orangutan" in out
     metrics = csv.DictReader((run / "logs" / "version_0" / "metrics.csv").read_text().splitlines())
@@ -155,7 +157,11 @@ def test_mba_dna_species_trains_tests_and_plots(apes_dir, tmp_path, capsys, monk
         assert (run / f"confusion_{split}.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p.name for p in run.iterdir() if ".tmp" in p.name]
     config = (run / "logs" / "version_0" / "config.yaml").read_text()
-    assert f"bidirectional: {str(bidirectional).lower()}" in config and "start_len: 16384" in config
+    expected = {"causal": ("false", "false", "null"), "bidirectional": ("true", "false", "null"),
+                "rc-equivariant-max": ("false", "true", "max")}[variant]
+    assert [line.split(": ")[1] for line in config.splitlines()
+            if line.strip().split(":")[0] in ("bidirectional", "rc_equivariant", "pooling")] == list(expected)
+    assert "start_len: 16384" in config
     assert {"last.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
 
 
