@@ -29,7 +29,6 @@ import csv
 import math
 import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -196,9 +195,10 @@ class _AtomicMetricsWriter(CSVExperimentWriter):
         if not self.metrics:
             return
         self._record_new_keys()
-        path = Path(self.metrics_file_path)
-        with open(path, newline="") if path.is_file() else nullcontext(None) as handle:
-            rows = list(csv.DictReader(handle)) if handle is not None else []
+        path, rows = Path(self.metrics_file_path), []
+        if path.is_file():
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
             writer.writeheader()

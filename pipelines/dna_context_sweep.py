@@ -67,15 +67,21 @@ def run_command(task: Task, source: str, seq_len: int, seed: int, batch_size: in
             "--batch-size", str(batch_size), *common, "--model.model_size", "null", "--model.config", model, *extra]
 
 
+def newest_log(run_dir: Path, name: str) -> Path:
+    """RUN/logs/version_N/name of the newest version N (a resumed run logs into a new version)."""
+    versions = sorted((run_dir / "logs").glob(f"version_*/{name}"), key=lambda p: int(p.parent.name[8:]))
+    if not versions:
+        raise ValueError(f"{run_dir}: no logs/version_*/{name}")
+    return versions[-1]
+
+
 def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str, float]:
     """The test metric (the last logged), the best validation value and the optimizer steps taken (the largest logged
     step: fewer than asked when a time limit stopped the run) of a finished run, from the CSV log of its newest
     version."""
-    versions = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
-    if not versions:
-        raise ValueError(f"{run_dir}: no CSV log (logs/version_*/metrics.csv)")
+    log = newest_log(run_dir, "metrics.csv")
     test, valid, steps = [], [], 0
-    with open(versions[-1], newline="") as handle:
+    with open(log, newline="") as handle:
         for row in csv.DictReader(handle):
             if row.get("step"):
                 steps = max(steps, int(row["step"]))
@@ -84,7 +90,7 @@ def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str,
             if row.get(f"valid/{task.metric}"):
                 valid.append(float(row[f"valid/{task.metric}"]))
     if not test:
-        raise ValueError(f"{versions[-1]}: no test/{task.metric} (did the run finish?)")
+        raise ValueError(f"{log}: no test/{task.metric} (did the run finish?)")
     best = (min if task.better == "min" else max)(valid) if valid else math.nan
     return {f"test_{task.metric}": test[-1], f"best_valid_{task.metric}": best, "steps": steps}
 
@@ -169,21 +175,24 @@ def _steps_taken(rows: list[dict], max_steps: int) -> str:
     return f"{low if low == high else f'{low}–{high}'} of {max_steps} steps"
 
 
-def model_variant(extra: list[str], task: str) -> str:
-    """The backbone variant and readout that the pass-through options ask for, for plot titles: "causal, last
-    position" (a species run's default), "bidirectional", "RC-equivariant", with ", max pooling" etc. when set."""
-    options, i = {}, 0
-    while i < len(extra):
-        key, _, value = extra[i].partition("=")
-        if not value and i + 1 < len(extra) and not extra[i + 1].startswith("--"):
-            value, i = extra[i + 1], i + 1
-        options[key.removeprefix("--").removeprefix("model.")] = value or "true"
-        i += 1
-    on = {key for key in ("bidirectional", "rc_equivariant", "rc_conjoin") if options.get(key, "").lower() == "true"}
-    kind = "RC-equivariant" if "rc_equivariant" in on else "bidirectional" if "bidirectional" in on else "causal"
-    pooling = options.get("pooling") or ("last position" if kind == "causal" and task == "species" else "")
+def model_variant(run_dir: Path, task: str) -> str:
+    """The backbone variant and readout of a run, for plot titles, from the configuration it resolved (its
+    config.yaml, which holds the direct options, the --model.* ones and a --config file's alike): "causal, last
+    position" (a species run's default readout), "bidirectional", "RC-equivariant", with ", max pooling" etc. when
+    set and ", RC-conjoined"."""
+    import yaml
+
+    model = yaml.safe_load(newest_log(run_dir, "config.yaml").read_text()).get("model") or {}
+    fields = {**(model.get("config") or {}), **model}  # a classifier's own options override its backbone config's
+    kind = ("RC-equivariant" if fields.get("rc_equivariant") else "bidirectional" if fields.get("bidirectional")
+            else "causal")
+    pooling = fields.get("pooling") or ("last position" if kind == "causal" and task == "species" else "")
     parts = [kind] + ([pooling if pooling == "last position" else f"{pooling} pooling"] if pooling else [])
-    return ", ".join(parts + (["RC-conjoined"] if "rc_conjoin" in on else []))
+    return ", ".join(parts + (["RC-conjoined"] if fields.get("rc_conjoin") else []))
+
+
+def _run_dir(out: Path, seq_len: int, seed: int) -> Path:
+    return out / f"L{seq_len}-seed{seed}"
 
 
 def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_model: int, n_layer: int, out: Path,
@@ -202,7 +211,7 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
     if batch_size is None and any(tokens_per_step % L for L in lengths):
         raise ValueError(f"tokens per step ({tokens_per_step}) must be a multiple of every length {lengths}")
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(L, s, out / f"L{L}-seed{s}") for L in lengths for s in seeds]
+    jobs = [(L, s, _run_dir(out, L, s)) for L in lengths for s in seeds]
     commands = [run_command(spec, source, L, s, batch_size or tokens_per_step // L, max_steps, scored_len, d_model,
                             n_layer, d, list(extra)) for L, s, d in jobs]
     rows, failures = [], []
@@ -217,16 +226,15 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
     if rows:
         write_results(rows, out / "results.csv", spec)
         per_step = f"batch {batch_size}" if batch_size else f"{tokens_per_step} tokens"
+        first = _run_dir(out, rows[0]["seq_len"], rows[0]["seed"])
         model = (f"Mamba U-Net D = {d_model}, {n_layer} per stage" if task == "audio"
-                 else f"{n_layer} × {d_model} Mamba ({model_variant(list(extra), task)})")
+                 else f"{n_layer} × {d_model} Mamba ({model_variant(first, task)})")
         title = f"{Path(source).name}: {model}, {_steps_taken(rows, max_steps)} × {per_step}"
         if spec.command == "pretrain":
             title += f"\nthe last {scored_len} targets of windows ending at the same places scored"
         chance = None
-        if spec.command == "species":
-            from .dna_species import species_files
-
-            chance = 1 / len(species_files(source))
+        if spec.command == "species":  # one over the classes the runs were trained on (their confusion matrix's)
+            chance = 1 / (len((first / "confusion_test.csv").read_text().splitlines()[0].split(",")) - 1)
         plot_context_scaling(rows, out / "context_scaling.png", title, spec, chance)
     if failures:
         raise RuntimeError("; ".join(failures))

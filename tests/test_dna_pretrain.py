@@ -258,17 +258,30 @@ def test_context_sweep_plot_title_says_when_a_time_limit_cut_runs_short():
     assert _steps_taken([{}], 600) == "600 steps"  # results written before runs recorded their steps
 
 
-def test_context_sweep_plot_title_names_the_model_variant_of_the_pass_through_options():
+def test_context_sweep_plot_title_names_the_model_variant_of_the_runs_resolved_configuration(tmp_path):
+    """The variant comes from the run's config.yaml (the newest version's), so direct options (--rc-equivariant),
+    --model.* options and a --config file are read alike."""
+    import yaml
+
     from mamba_bio_audio.pipelines.dna_context_sweep import model_variant
 
-    assert model_variant([], "species") == "causal, last position"  # a species run's default readout
-    assert model_variant(["--model.lr", "1e-3"], "pretrain") == "causal"
-    assert model_variant(["--model.rc_equivariant", "true", "--model.pooling", "max", "--model.lr", "1e-3"],
-                         "species") == "RC-equivariant, max pooling"
-    assert model_variant(["--bidirectional", "--data.num_workers", "2"], "species") == "bidirectional"
-    assert model_variant(["--model.bidirectional=True", "--model.rc_conjoin", "true"],
-                         "species") == "bidirectional, RC-conjoined"
-    assert model_variant(["--model.bidirectional", "false"], "species") == "causal, last position"
+    def variant(model: dict, task: str = "species", version: int = 0) -> str:
+        run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        for v in range(version + 1):  # older versions say something else: the newest counts
+            (run / "logs" / f"version_{v}").mkdir(parents=True)
+            (run / "logs" / f"version_{v}" / "config.yaml").write_text(
+                yaml.safe_dump({"model": model if v == version else {"rc_equivariant": True}, "data": {}}))
+        return model_variant(run, task)
+
+    species = {"config": {"d_model": 16}, "bidirectional": False, "rc_equivariant": False, "pooling": None,
+               "rc_conjoin": False, "lr": 1e-3}
+    assert variant(species) == "causal, last position"  # a species run's default readout
+    assert variant({"arch": "mamba", "config": {"d_model": 16}, "lr": 1e-3}, "pretrain") == "causal"
+    assert variant({**species, "rc_equivariant": True, "pooling": "max"}) == "RC-equivariant, max pooling"
+    assert variant({**species, "bidirectional": True}, version=11) == "bidirectional"
+    assert variant({**species, "bidirectional": True, "rc_conjoin": True}) == "bidirectional, RC-conjoined"
+    assert variant({**species, "config": {"bidirectional": True}}) == "causal, last position"  # the classifier's wins
+    assert variant({"config": {"bidirectional": True}, "objective": "mlm"}, "pretrain") == "bidirectional"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "pipelines" / "configs" /
