@@ -69,8 +69,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 hstart_ptr, sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 n_saves, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
-                SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, SAVE_T: tl.constexpr,
-                UNROLL: tl.constexpr = 1):
+                SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, SAVE_T: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
     the state at every SAVE_T-th token boundary, the backward's tile starts (entry e: the state after e·SAVE_T
     tokens; the tile-to-tile carry goes through them; entry n_saves − 1 is the last state), and with SAVE_PRE the
@@ -109,7 +108,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
             y = tl.zeros([BLOCK_T], tl.float32)
             B_next = _load_state_row(B_ptr, row_bc, d, 0, n_state, t, L, B_CONST)
             C_next = _load_state_row(C_ptr, row_bc, d, 0, n_state, t, L, C_CONST)
-            for n in tl.range(0, n_state, loop_unroll_factor=UNROLL):
+            for n in range(n_state):
                 A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
                 Bn, Cn = B_next, C_next  # state n + 1's rows load while state n computes
                 n_next = tl.minimum(n + 1, n_state - 1)
@@ -271,7 +270,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
-FWD_UNROLL = 1  # the forward's loop over states unrolled this many times (experiment)
 
 
 def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
@@ -328,8 +326,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
             chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk, n_saves)
     flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
-                 BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, UNROLL=FWD_UNROLL,
-                 num_warps=warps,
+                 BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps,
                  **_register_cap("fwd", batch * dim * n_chunks, u.device))
     grid = (batch, dim, n_chunks)
     launch_passes(_fwd_kernel, grid, args, flags)
