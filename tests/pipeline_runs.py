@@ -12,16 +12,17 @@ from test_dna_data import random_genome, write_fasta
 PIPELINES = ["audio-unet", "audio-classifier", "audio-diffusion", "dna-species", "dna-finetune"]
 
 
-def run_cli(args: list[str], strategy: str, accelerator: str = "auto") -> subprocess.CompletedProcess:
-    """`mba ARGS` on 2 devices of `accelerator` under `strategy`, without progress bars or sanity validation."""
+def run_cli(args: list[str], strategy: str, accelerator: str = "auto",
+            devices: int = 2) -> subprocess.CompletedProcess:
+    """`mba ARGS` on `devices` devices of `accelerator` under `strategy`, without progress bars or sanity validation."""
     command = [sys.executable, "-m", "mamba_bio_audio.cli", *args, "--trainer.accelerator", accelerator,
-               "--trainer.devices", "2", "--trainer.strategy", strategy, "--trainer.enable_progress_bar", "false",
-               "--trainer.num_sanity_val_steps", "0"]
+               "--trainer.devices", str(devices), "--trainer.strategy", strategy,
+               "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
-def pipeline_args(pipeline: str, tmp_path: Path, out: Path, strategy: str, accelerator: str = "auto"
-                  ) -> tuple[list[str], str]:
+def pipeline_args(pipeline: str, tmp_path: Path, out: Path, strategy: str, accelerator: str = "auto",
+                  devices: int = 2) -> tuple[list[str], str]:
     """(the `mba` arguments of `pipeline` writing its run to `out`, a line its output must contain), with toy data
     written under tmp_path (dna-finetune first pretrains its backbone the same way)."""
     from test_dna_species import SPLIT, TINY
@@ -46,7 +47,7 @@ def pipeline_args(pipeline: str, tmp_path: Path, out: Path, strategy: str, accel
         genome = write_fasta(tmp_path / "g.fa", random_genome(7, lengths=(20_000,)))
         pre = run_cli(["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out",
                        str(tmp_path / "pre"), "--model.config", '{"d_model": 16, "n_layer": 2, "vocab_size": 12}',
-                       "--max-steps", "2", "--trainer.limit_val_batches", "1"], strategy, accelerator)
+                       "--max-steps", "2", "--trainer.limit_val_batches", "1"], strategy, accelerator, devices)
         assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
         csvs = [str(write_csv(tmp_path / f"{split}.csv", examples(n, seed)))
                 for split, n, seed in (("train", 64, 1), ("valid", 16, 2), ("test", 16, 3))]
