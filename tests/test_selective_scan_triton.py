@@ -104,6 +104,20 @@ def test_fused_gradient_through_the_last_state_only(complex_a):
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
+def test_fused_last_state_is_the_callers_own():
+    """The last state returned with return_last_state is a copy: changing it in place (a streaming caller may) leaves
+    the backward, which reads the saved states it came from, unaffected. Without return_last_state the Function
+    keeps a view of them (no copy kernel at short L)."""
+    from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
+
+    case = make_case(batch=1, length=37, regime="small", bc="var", dtype=torch.float32, **full_extras())
+    leaves = {k: (v.to(DEVICE).requires_grad_() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+    out, last = selective_scan_fused(**leaves, return_last_state=True)
+    reference = torch.autograd.grad(out.sum(), leaves["u"], retain_graph=True)[0]
+    last.mul_(0.0)
+    assert torch.equal(torch.autograd.grad(out.sum(), leaves["u"])[0], reference)
+
+
 @pytest.mark.parametrize("bc", ["grouped", "var_const"])
 def test_fused_blocked_reverse_scan_matches_naive(monkeypatch, bc):
     """The backward's blocked reverse scan: all options in the steep regime on one tile of 64 tokens (8 segments of

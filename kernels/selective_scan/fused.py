@@ -41,7 +41,8 @@ from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
                            _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
-                           bc_grad_buffers, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks)
+                           bc_grad_buffers, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
+                           summary_buffers)
 
 
 @triton.jit
@@ -317,9 +318,8 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
     out = torch.empty_like(u)
     pre = torch.empty_like(u) if save_pre else None  # the output before the z gate, for dz
     h_start = torch.empty(batch, dim, n_saves, n_state, **f32)  # the backward's tile starts, then the last state
-    chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
-    chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
-    dummy = chunk_dt
+    dummy = A32  # any fp32 tensor, for the pointers of absent options
+    chunk_sum, chunk_dt = summary_buffers(batch, dim, n_chunks, n_state, dummy)
     args = (u, delta, z if z is not None else u, A32, B, C, D32 if D32 is not None else dummy,
             bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
             pre if pre is not None else out, h_start,
@@ -336,7 +336,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus: bool, groups: int,
-                save_pre: bool):
+                save_pre: bool, keep_last: bool):
         batch, dim, L = u.shape
         n_state = A.shape[1]
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to make and read
@@ -357,7 +357,8 @@ class _FusedScan(torch.autograd.Function):
         ctx.meta = (softplus, groups)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
                           initial_state is not None)
-        return out, h_start[:, :, -1].clone()
+        # the last state: a copy when the caller keeps it (a view would tie it to the saved states), else a view
+        return out, h_start[:, :, -1].clone() if keep_last else h_start[:, :, -1]
 
     @staticmethod
     def backward(ctx, dout, dh_last):
@@ -379,9 +380,8 @@ class _FusedScan(torch.autograd.Function):
         dD = torch.empty(batch, dim, n_chunks, **f32) if D32 is not None else None
         dbias = torch.empty(batch, dim, n_chunks, **f32) if bias32 is not None else None
         nu = torch.empty(per_chunk, **f32)  # ν at each chunk start (chunk 0's is ∂L/∂h0)
-        chunk_sum = torch.empty(per_chunk, **f32)
-        chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
         dummy = nu
+        chunk_sum, chunk_dt = summary_buffers(batch, dim, n_chunks, n_state, dummy)
         args = (u, delta, z if z is not None else u, pre if pre is not None else u, A32, B, C,
                 D32 if D32 is not None else dummy,
                 bias32 if bias32 is not None else dummy, h_start, dout,
@@ -400,7 +400,7 @@ class _FusedScan(torch.autograd.Function):
         return (du, ddelta, sum_rows_chunks(dA).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
                 sum_rows_chunks(dD).to(D_dtype) if dD is not None else None, dz,
                 sum_rows_chunks(dbias).to(bias_dtype) if dbias is not None else None,
-                nu[:, :, 0] if has_h0 else None, None, None, None)
+                nu[:, :, 0] if has_h0 else None, None, None, None, None)
 
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -415,5 +415,5 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         save_pre = z is not None and torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias, initial_state))
         out, h_last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, groups,
-                                       save_pre)
+                                       save_pre, return_last_state)
     return (out, h_last) if return_last_state else out

@@ -30,7 +30,7 @@ import triton.language as tl
 from ..host import next_power_of_2
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
                            _load_state_row, _reverse_scan_complex, _store_output, _update, grouped, launch_passes,
-                           plan_tiles, sum_rows_chunks)
+                           plan_tiles, sum_rows_chunks, summary_buffers)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -334,14 +334,6 @@ def _planes(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return X.real.contiguous(), X.imag.contiguous()
 
 
-def _summaries(batch: int, dim: int, n_state: int, n_chunks: int, device: torch.device):
-    """Buffers of the chunk summaries: real and imaginary states (batch, dim, n_chunks, N) and ΣΔ (batch, dim,
-    n_chunks), fp32."""
-    f32 = dict(device=device, dtype=torch.float32)
-    return (torch.empty(batch, dim, n_chunks, n_state, **f32), torch.empty(batch, dim, n_chunks, n_state, **f32),
-            torch.empty(batch, dim, n_chunks, **f32))
-
-
 class _FusedScanComplex(torch.autograd.Function):
     """`_FusedScan` for complex A (complex B, C and state; real B or C are promoted)."""
 
@@ -359,8 +351,8 @@ class _FusedScanComplex(torch.autograd.Function):
         f32 = dict(device=u.device, dtype=torch.float32)
         out = torch.empty_like(u)
         hsr, hsi = (torch.empty(batch, dim, n_tiles + 1, n_state, **f32) for _ in range(2))
-        sumr, sumi, dtsum = _summaries(batch, dim, n_state, n_chunks, u.device)
         dummy = hsr
+        sumr, sumi, dtsum = summary_buffers(batch, dim, n_chunks, n_state, dummy, planes=2)
         args = (u, delta, z if z is not None else u, Ar, Ai, Br, Bi, Cr, Ci, D32 if D32 is not None else dummy,
                 bias32 if bias32 is not None else dummy, h0r if h0r is not None else dummy,
                 h0i if h0i is not None else dummy, out, hsr, hsi, sumr, sumi, dtsum, dim, L, n_state, groups,
@@ -394,8 +386,8 @@ class _FusedScanComplex(torch.autograd.Function):
         dD = torch.empty(batch, dim, n_chunks, **f32) if D32 is not None else None
         dbias = torch.empty(batch, dim, n_chunks, **f32) if bias32 is not None else None
         dhr, dhi = _planes(dh_last) if dh_last is not None else (None, None)
-        sumr, sumi, dtsum = _summaries(batch, dim, n_state, n_chunks, u.device)
         dummy = nur
+        sumr, sumi, dtsum = summary_buffers(batch, dim, n_chunks, n_state, dummy, planes=2)
         args = (u, delta, z if z is not None else u, Ar, Ai, Br, Bi, Cr, Ci, D32 if D32 is not None else dummy,
                 bias32 if bias32 is not None else dummy, hsr, hsi, dout.contiguous(),
                 dhr if dhr is not None else dummy, dhi if dhi is not None else dummy, sumr, sumi, dtsum, nur, nui,

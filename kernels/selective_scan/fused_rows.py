@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ..host import cdiv
-from .triton_tiles import LOG2E, _combine, _delta, _store_output, launch_passes
+from .triton_tiles import LOG2E, _combine, _delta, _store_output, launch_passes, summary_buffers
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
 BLOCK_D = 32    # forward: channels per program (2 warps)
@@ -184,9 +184,8 @@ def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_p
     out = torch.empty_like(u)
     pre = torch.empty_like(u) if save_pre else None
     h_start = torch.empty(batch, dim, n_saves, n_state, **f32)
-    chunk_sum = torch.empty(batch, dim, n_chunks, n_state, **f32)
-    chunk_dt = torch.empty(batch, dim, n_chunks, **f32)
-    dummy = chunk_dt
+    dummy = A32  # any fp32 tensor, for the pointers of absent options
+    chunk_sum, chunk_dt = summary_buffers(batch, dim, n_chunks, n_state, dummy)
     args = (u, delta, z if z is not None else u, A32, B32, C32, D32 if D32 is not None else dummy,
             bias32 if bias32 is not None else dummy, h0 if h0 is not None else dummy, out,
             pre if pre is not None else out, h_start, chunk_sum, chunk_dt, dim, L, n_tiles, tiles_per_chunk, n_saves)

@@ -166,6 +166,19 @@ def plan_tiles(block_t: int, warps: int, shapes: dict, programs: int, L: int,
     return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device)
 
 
+def summary_buffers(batch: int, dim: int, n_chunks: int, n_state: int, dummy: torch.Tensor, planes: int = 1
+                    ) -> tuple[torch.Tensor, ...]:
+    """The chunk summaries of a pass whose L is split into n_chunks: `planes` state buffers (batch, dim, n_chunks, N)
+    (real, or real and imaginary) and the chunks' ΣΔ (batch, dim, n_chunks), fp32. With one chunk no summary pass runs
+    and the full pass folds no summaries, so `dummy` (an fp32 tensor) stands for each: at short L a call's time is its
+    host work, and each allocation is part of it."""
+    if n_chunks == 1:
+        return (dummy,) * (planes + 1)
+    f32 = dict(device=dummy.device, dtype=torch.float32)
+    return (*(torch.empty(batch, dim, n_chunks, n_state, **f32) for _ in range(planes)),
+            torch.empty(batch, dim, n_chunks, **f32))
+
+
 def launch_passes(kernel, grid: tuple[int, int, int], args: tuple, flags: dict) -> None:
     """A scan kernel over `grid` (its last axis the chunks of L): the summary pass when L is split, then the full
     pass."""
