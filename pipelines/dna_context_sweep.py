@@ -178,16 +178,16 @@ def _steps_taken(rows: list[dict], max_steps: int) -> str:
 def model_variant(run_dir: Path, task: str) -> str:
     """The backbone variant and readout of a run, for plot titles, from the configuration it resolved (its
     config.yaml, which holds the direct options, the --model.* ones and a --config file's alike): "causal, last
-    position" (a species run's default readout), "bidirectional", "RC-equivariant", with ", max pooling" etc. when
-    set and ", RC-conjoined"."""
+    position" (a species run's default readout), "bidirectional", "RC-equivariant", "RC-equivariant, bidirectional"
+    (Caduceus), with ", max pooling" etc. when set and ", RC-conjoined"."""
     import yaml
 
     model = yaml.safe_load(newest_log(run_dir, "config.yaml").read_text()).get("model") or {}
     fields = {**(model.get("config") or {}), **model}  # a classifier's own options override its backbone config's
-    kind = ("RC-equivariant" if fields.get("rc_equivariant") else "bidirectional" if fields.get("bidirectional")
-            else "causal")
-    pooling = fields.get("pooling") or ("last position" if kind == "causal" and task == "species" else "")
-    parts = [kind] + ([pooling if pooling == "last position" else f"{pooling} pooling"] if pooling else [])
+    kinds = [name for name, on in (("RC-equivariant", fields.get("rc_equivariant")),
+                                   ("bidirectional", fields.get("bidirectional"))) if on] or ["causal"]
+    pooling = fields.get("pooling") or ("last position" if kinds == ["causal"] and task == "species" else "")
+    parts = kinds + ([pooling if pooling == "last position" else f"{pooling} pooling"] if pooling else [])
     return ", ".join(parts + (["RC-conjoined"] if fields.get("rc_conjoin") else []))
 
 

@@ -278,6 +278,8 @@ def test_context_sweep_plot_title_names_the_model_variant_of_the_runs_resolved_c
     assert variant(species) == "causal, last position"  # a species run's default readout
     assert variant({"arch": "mamba", "config": {"d_model": 16}, "lr": 1e-3}, "pretrain") == "causal"
     assert variant({**species, "rc_equivariant": True, "pooling": "max"}) == "RC-equivariant, max pooling"
+    assert variant({**species, "rc_equivariant": True, "bidirectional": True, "pooling": "max"}) == (
+        "RC-equivariant, bidirectional, max pooling")  # Caduceus proper: both named
     assert variant({**species, "bidirectional": True}, version=11) == "bidirectional"
     assert variant({**species, "bidirectional": True, "rc_conjoin": True}) == "bidirectional, RC-conjoined"
     assert variant({**species, "config": {"bidirectional": True}}) == "causal, last position"  # the classifier's wins
