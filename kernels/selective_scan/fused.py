@@ -41,7 +41,7 @@ from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
                            _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
-                           bc_grad_buffers, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
+                           bc_grad_buffers, cast, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
                            summary_buffers)
 
 
@@ -343,11 +343,11 @@ class _FusedScan(torch.autograd.Function):
         ctx.bc_shapes = (B.shape, C.shape)
         u, delta = u.contiguous(), delta.contiguous()
         z = z.contiguous() if z is not None else None
-        A32 = A.float().contiguous()
-        B, C = (grouped(X.contiguous()) if X.dim() > 2 else X.float().contiguous() for X in (B, C))
-        D32 = D.float().contiguous() if D is not None else None
-        bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
-        h0 = initial_state.float().contiguous() if initial_state is not None else None
+        A32 = cast(A, torch.float32)
+        B, C = (grouped(X.contiguous()) if X.dim() > 2 else cast(X, torch.float32) for X in (B, C))
+        D32 = cast(D, torch.float32) if D is not None else None
+        bias32 = cast(delta_bias, torch.float32) if delta_bias is not None else None
+        h0 = cast(initial_state, torch.float32) if initial_state is not None else None
         save_t = _plan("bwd", batch, dim, L, u.device)[0]  # either forward saves the state at the backward's tiles
         if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, save_t)
@@ -397,9 +397,9 @@ class _FusedScan(torch.autograd.Function):
         launch_passes(_bwd_kernel, grid, args, flags)
         dB, dC = (sum_rows_chunks(dX) if len(shape) == 2 else dX.view(shape)  # constant (dim, N), or as passed
                   for dX, shape in zip((dB, dC), ctx.bc_shapes))
-        return (du, ddelta, sum_rows_chunks(dA).to(A_dtype), dB.to(B.dtype), dC.to(C.dtype),
-                sum_rows_chunks(dD).to(D_dtype) if dD is not None else None, dz,
-                sum_rows_chunks(dbias).to(bias_dtype) if dbias is not None else None,
+        return (du, ddelta, cast(sum_rows_chunks(dA), A_dtype), cast(dB, B.dtype), cast(dC, C.dtype),
+                cast(sum_rows_chunks(dD), D_dtype) if dD is not None else None, dz,
+                cast(sum_rows_chunks(dbias), bias_dtype) if dbias is not None else None,
                 nu[:, :, 0] if has_h0 else None, None, None, None, None)
 
 

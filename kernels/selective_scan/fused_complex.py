@@ -29,8 +29,8 @@ import triton.language as tl
 
 from ..host import next_power_of_2
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
-                           _load_state_row, _reverse_scan_complex, _store_output, _update, grouped, launch_passes,
-                           plan_tiles, sum_rows_chunks, summary_buffers)
+                           _load_state_row, _reverse_scan_complex, _store_output, _update, cast, grouped,
+                           launch_passes, plan_tiles, sum_rows_chunks, summary_buffers)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -344,8 +344,8 @@ class _FusedScanComplex(torch.autograd.Function):
         u, delta = u.contiguous(), delta.contiguous()
         z = z.contiguous() if z is not None else None
         (Ar, Ai), (Br, Bi), (Cr, Ci) = _planes(A), _planes(grouped(B)), _planes(grouped(C))
-        D32 = D.float().contiguous() if D is not None else None
-        bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
+        D32 = cast(D, torch.float32) if D is not None else None
+        bias32 = cast(delta_bias, torch.float32) if delta_bias is not None else None
         h0r, h0i = _planes(initial_state) if initial_state is not None else (None, None)
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
         f32 = dict(device=u.device, dtype=torch.float32)
@@ -408,7 +408,7 @@ class _FusedScanComplex(torch.autograd.Function):
         B_shape, C_shape = ctx.bc_shapes
         return (du.to(u.dtype), ddelta.to(delta.dtype), torch.complex(sum_rows_chunks(dAr), sum_rows_chunks(dAi)),
                 gathered(dBr, dBi, B_dtype, B_shape), gathered(dCr, dCi, C_dtype, C_shape),
-                sum_rows_chunks(dD).to(D_dtype) if dD is not None else None,
+                cast(sum_rows_chunks(dD), D_dtype) if dD is not None else None,
                 dz.to(z.dtype) if dz is not None else None,
-                sum_rows_chunks(dbias).to(bias_dtype) if dbias is not None else None,
+                cast(sum_rows_chunks(dbias), bias_dtype) if dbias is not None else None,
                 torch.complex(nur[:, :, 0], nui[:, :, 0]).to(h0_dtype) if h0_dtype else None, None, None)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ..host import cdiv
-from .triton_tiles import LOG2E, _combine, _delta, _store_output, launch_passes, summary_buffers
+from .triton_tiles import LOG2E, _combine, _delta, _store_output, cast, launch_passes, summary_buffers
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
 BLOCK_D = 32    # forward: channels per program (2 warps)
@@ -180,7 +180,7 @@ def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_p
     tiles_per_chunk = cdiv(cdiv(n_tiles, n_chunks), save_every) * save_every  # whole backward tiles
     n_chunks = cdiv(n_tiles, tiles_per_chunk)
     f32 = dict(device=u.device, dtype=torch.float32)
-    B32, C32 = B.float().contiguous(), C.float().contiguous()  # converted once here, not by every channel's program
+    B32, C32 = cast(B, torch.float32), cast(C, torch.float32)  # converted once here, not by every channel's program
     out = torch.empty_like(u)
     pre = torch.empty_like(u) if save_pre else None
     h_start = torch.empty(batch, dim, n_saves, n_state, **f32)
