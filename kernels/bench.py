@@ -9,7 +9,8 @@ PyTorch scan (up to --torch-max-len), bf16 u/Δ/B/C, fp32 A/D/Δ-bias, softplus,
 ratio to the reference kernel's time; the forward's HBM floor (bytes it must move over the copy bandwidth measured
 in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measured in the same run). Then the complex-A
 scan at the sizes of COMPLEX_CONFIGS, FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the
-same lengths as above, and the model-level figures.
+same lengths as above, and the model-level figures. Between the scan table and those: the host's time per call at
+the two short configurations, with and without the Triton launches (`--only-host` prints only that table).
 """
 from __future__ import annotations
 
@@ -186,6 +187,60 @@ def time_graphs(fn, inputs) -> tuple[float, float]:
     return fwd, triton.testing.do_bench(graph.replay)
 
 
+def host_time(fn, inputs, calls: int = 300) -> dict[str, float]:
+    """µs per call of `fn`'s forward (no grad) and fwd+bwd, issued back to back without a sync: on a GPU, the host's
+    time per call wherever the host is the bottleneck (a short scan). Then the same with the fused kernels' Triton
+    launches stubbed out (`launch_passes`): our Python, the torch ops and autograd alone. The difference is Triton's
+    launch. Returns fwd, fwd_bwd, fwd_no_launch, fwd_bwd_no_launch."""
+    import time
+    from unittest import mock
+
+    from .selective_scan import fused, fused_rows
+
+    leaves = {k: (v.detach().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    dout = torch.randn_like(inputs["u"])
+    sync = torch.cuda.synchronize if inputs["u"].is_cuda else (lambda: None)
+
+    def fwd():
+        with torch.no_grad():
+            fn(**leaves, delta_softplus=True)
+
+    def fwd_bwd():
+        fn(**leaves, delta_softplus=True).backward(dout)
+        for leaf in leaves.values():
+            if leaf is not None:
+                leaf.grad = None
+
+    def per_call(step) -> float:
+        for _ in range(min(calls, 20)):
+            step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        host = (time.perf_counter() - start) / calls * 1e6
+        sync()
+        return host
+
+    times = {"fwd": per_call(fwd), "fwd_bwd": per_call(fwd_bwd)}
+    with mock.patch.object(fused, "launch_passes", lambda *a, **k: None), \
+            mock.patch.object(fused_rows, "launch_passes", lambda *a, **k: None):
+        times.update(fwd_no_launch=per_call(fwd), fwd_bwd_no_launch=per_call(fwd_bwd))
+    return times
+
+
+def host_rows() -> None:
+    """`host_time` of the fused scan at batch 1 × 1024 channels, L = 2048 and 8192 (the two host-bound rows)."""
+    from .selective_scan.fused import selective_scan_fused
+
+    print("\n| host µs per call, 1 × 1024 × L | fwd (no grad) | without the launch | fwd+bwd | without the launches |\n"
+          "|---|---|---|---|---|")
+    for length in (2048, 8192):
+        t = host_time(selective_scan_fused, make_inputs(1, 1024, 16, length, False))
+        print(f"| L = {length} | {t['fwd']:.1f} | {t['fwd_no_launch']:.1f} | {t['fwd_bwd']:.1f} | "
+              f"{t['fwd_bwd_no_launch']:.1f} |", flush=True)
+
+
 def model_level() -> None:
     """A Mamba layer's fwd+bwd throughput and peak memory, then the training steps of a 6-layer, d_model 128 DNA
     model from L = 2^10 to 2^20 (the last at batch 1) (bf16 autocast, default backends)."""
@@ -247,9 +302,13 @@ def main(argv=None) -> int:
                         default=Path(__file__).resolve().parents[1].parent / "shared/reference/h100_selective_scan_reference.json")
     parser.add_argument("--torch-max-len", type=int, default=2 ** 15)
     parser.add_argument("--only-models", action="store_true", help="skip the scan table")
+    parser.add_argument("--only-host", action="store_true", help="only the host time per call")
     args = parser.parse_args(argv)
     if args.only_models:
         model_level()
+        return 0
+    if args.only_host:
+        host_rows()
         return 0
     from .selective_scan.chunked import selective_scan_chunked
     from .selective_scan.fused import forward_kind, selective_scan_fused
@@ -285,6 +344,7 @@ def main(argv=None) -> int:
               f"{fwd / max(floor, exp_floor):.1f} |", flush=True)
         del inputs
         torch.cuda.empty_cache()
+    host_rows()
     complex_rows(args.torch_max_len)
     sdpa_rows([2 ** 11, 2 ** 13, 2 ** 15, 2 ** 17])
     model_level()

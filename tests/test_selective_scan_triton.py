@@ -298,3 +298,22 @@ def test_fused_inference_keeps_nothing_for_backward():
         inference = fused(**case)
     training = fused(**{k: (v.clone().requires_grad_() if isinstance(v, torch.Tensor) else v) for k, v in case.items()})
     assert training.requires_grad and torch.equal(inference, training.detach())
+
+
+def test_host_time_stubs_the_launches_it_says_it_stubs(monkeypatch):
+    """`bench.host_time` (make bench's host table): four figures; with the launches stubbed no kernel runs, so only the
+    first two phases launch (warm-up and timed calls: one launch per forward, two per fwd+bwd)."""
+    from mamba_bio_audio.kernels import bench
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    launches = []
+    real = fused_module.launch_passes
+    monkeypatch.setattr(fused_module, "launch_passes", lambda *a, **k: (launches.append(a[0]), real(*a, **k)))
+    case = make_case(batch=1, length=40, regime="small", bc="var", dtype=torch.float32, z=True, D=True, bias=True)
+    inputs = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in case.items()
+              if k not in ("delta_softplus", "initial_state")}
+    times = bench.host_time(fused_module.selective_scan_fused, inputs, calls=2)
+    assert set(times) == {"fwd", "fwd_bwd", "fwd_no_launch", "fwd_bwd_no_launch"}
+    assert all(0 < t < float("inf") for t in times.values())
+    assert len(launches) == (2 + 2) * 1 + (2 + 2) * 2
+    assert fused_module.launch_passes is not real  # the test's counter is back in place after the stubs
