@@ -300,20 +300,34 @@ def test_fused_inference_keeps_nothing_for_backward():
     assert training.requires_grad and torch.equal(inference, training.detach())
 
 
-def test_host_time_stubs_the_launches_it_says_it_stubs(monkeypatch):
+@pytest.mark.parametrize("forward", ["fused", "rows"])
+def test_host_time_stubs_the_launches_it_says_it_stubs(monkeypatch, forward):
     """`bench.host_time` (make bench's host table): four figures; with the launches stubbed no kernel runs, so only the
-    first two phases launch (warm-up and timed calls: one launch per forward, two per fwd+bwd)."""
+    first two phases launch (2 warm-up and 2 timed calls each: one forward launch per forward, and one backward launch
+    per fwd+bwd), whichever forward runs, and the counters are back in place afterwards."""
     from mamba_bio_audio.kernels import bench
     from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+    from mamba_bio_audio.kernels.selective_scan import fused_rows
 
-    launches = []
-    real = fused_module.launch_passes
-    monkeypatch.setattr(fused_module, "launch_passes", lambda *a, **k: (launches.append(a[0]), real(*a, **k)))
-    case = make_case(batch=1, length=40, regime="small", bc="var", dtype=torch.float32, z=True, D=True, bias=True)
+    launches = {"fused": 0, "rows": 0}
+    counters = {}
+    for name, module in (("fused", fused_module), ("rows", fused_rows)):
+        def counter(*a, _name=name, _real=module.launch_passes, **k):
+            launches[_name] += 1
+            return _real(*a, **k)
+        counters[name] = counter
+        monkeypatch.setattr(module, "launch_passes", counter)
+    if forward == "rows":  # as the rows tests force it: one group, the backward's tiles of 32 tokens
+        monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
+        monkeypatch.setenv("MBA_SCAN_ROWS", "1")
+    case = make_case(batch=1, length=40, regime="small", bc="var", groups=1 if forward == "rows" else 2,
+                     dtype=torch.float32, z=True, D=True, bias=True)
     inputs = {k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in case.items()
               if k not in ("delta_softplus", "initial_state")}
     times = bench.host_time(fused_module.selective_scan_fused, inputs, calls=2)
     assert set(times) == {"fwd", "fwd_bwd", "fwd_no_launch", "fwd_bwd_no_launch"}
     assert all(0 < t < float("inf") for t in times.values())
-    assert len(launches) == (2 + 2) * 1 + (2 + 2) * 2
-    assert fused_module.launch_passes is not real  # the test's counter is back in place after the stubs
+    forward_launches = 4 + 4  # the forwards of the fwd phase and of the fwd+bwd phase
+    assert launches == ({"fused": forward_launches + 4, "rows": 0} if forward == "fused"
+                        else {"fused": 4, "rows": forward_launches})
+    assert fused_module.launch_passes is counters["fused"] and fused_rows.launch_passes is counters["rows"]
