@@ -9,7 +9,8 @@
 #
 # Takes 25–30 minutes on one H100 80GB (4 trainings share it: about 77 GB, no room for a fifth, so the diffusion model
 # trains after the U-Net). Run it in the background and follow DIR/summary.txt. Writes under $OUT (at most 8 files):
-# summary.txt (each step's exit code, the test metrics, generation rates), scores.tsv (`mba audio evaluate`),
+# summary.txt (each step's exit code, the optimizer steps each training reached: a MAX_TIME that stops a model short
+# of STEPS shows there; the test metrics, generation rates), scores.tsv (`mba audio evaluate`),
 # spec_{unet,mamba,transformer,diffusion}.png (spectrograms of generated clips), logs.tgz (every log, metrics.csv and
 # samples.tsv), generation.txt (GEN_BENCH=1).
 #
@@ -39,11 +40,20 @@ best() {  # the best checkpoint by validation, else the last (a run too short to
     ls "$1"/checkpoints/best-*.ckpt "$1"/checkpoints/last.ckpt 2> /dev/null | head -n 1
 }
 
-train() {  # NAME COMMAND...: train, then note the exit code and the test lines
+steps_reached() {  # NAME: the last optimizer step in the run's metrics (a time cap can stop a run short of its steps)
+    python3 -c 'import csv, glob, sys
+steps = [int(r["step"]) for f in glob.glob(sys.argv[1] + "/logs/version_*/metrics.csv")
+         for r in csv.DictReader(open(f)) if r.get("step")]
+print(max(steps) if steps else "no")' "$1"
+}
+
+train() {  # NAME COMMAND...: train, then note the exit code, the steps reached and the test lines
     local name=$1; shift
     "$@" --sc09 "$DIGITS" --out "$name" --data.num_workers "$WORKERS" --trainer.max_time "$MAX_TIME" \
         > "$name.log" 2>&1
-    note "$name: training exit $? ($(tr '\r' '\n' < "$name.log" | grep -E "^test " | tr '\n' ' '))"
+    local code=$?
+    note "$name: training exit $code, $(steps_reached "$name") steps ($(tr '\r' '\n' < "$name.log" | grep -E "^test " \
+        | tr '\n' ' '))"
 }
 
 generate() {  # NAME BATCH [CKPT]: N_CLIPS clips from the best checkpoint (or CKPT)
