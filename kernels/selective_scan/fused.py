@@ -35,13 +35,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..host import cdiv, next_power_of_2
+from ..host import cast, cdiv, next_power_of_2
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
                            _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
-                           bc_grad_buffers, cast, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
+                           bc_grad_buffers, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
                            summary_buffers)
 
 

@@ -27,9 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..host import next_power_of_2
+from ..host import cast, next_power_of_2
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
-                           _load_state_row, _reverse_scan_complex, _store_output, _update, cast, grouped,
+                           _load_state_row, _reverse_scan_complex, _store_output, _update, grouped,
                            launch_passes, plan_tiles, sum_rows_chunks, summary_buffers)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
@@ -406,9 +406,9 @@ class _FusedScanComplex(torch.autograd.Function):
             return (g if dtype.is_complex else g.real.to(dtype)).reshape(shape)
 
         B_shape, C_shape = ctx.bc_shapes
-        return (du.to(u.dtype), ddelta.to(delta.dtype), torch.complex(sum_rows_chunks(dAr), sum_rows_chunks(dAi)),
+        return (cast(du, u.dtype), cast(ddelta, delta.dtype), torch.complex(sum_rows_chunks(dAr), sum_rows_chunks(dAi)),
                 gathered(dBr, dBi, B_dtype, B_shape), gathered(dCr, dCi, C_dtype, C_shape),
                 cast(sum_rows_chunks(dD), D_dtype) if dD is not None else None,
-                dz.to(z.dtype) if dz is not None else None,
+                cast(dz, z.dtype) if dz is not None else None,
                 cast(sum_rows_chunks(dbias), bias_dtype) if dbias is not None else None,
                 torch.complex(nur[:, :, 0], nui[:, :, 0]).to(h0_dtype) if h0_dtype else None, None, None)

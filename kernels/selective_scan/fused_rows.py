@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..host import cdiv
-from .triton_tiles import LOG2E, _combine, _delta, _store_output, cast, launch_passes, summary_buffers
+from ..host import cast, cdiv
+from .triton_tiles import LOG2E, _combine, _delta, _store_output, launch_passes, summary_buffers
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
 BLOCK_D = 32    # forward: channels per program (2 warps)

@@ -187,12 +187,6 @@ def launch_passes(kernel, grid: tuple[int, int, int], args: tuple, flags: dict) 
     kernel[grid](*args, SUMMARY=False, **flags)
 
 
-def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x in dtype, contiguous: x itself when it already is (`Tensor.to` and `.contiguous` still dispatch an op each,
-    several µs of host time per call on a GPU host, and a short scan's time is its host work)."""
-    return x if x.dtype == dtype and x.is_contiguous() else x.to(dtype).contiguous()
-
-
 def grouped(X: torch.Tensor) -> torch.Tensor:
     """Variable B or C as the kernels read it: (batch, G, N, L); the plain (batch, N, L) form is G = 1 (a view)."""
     return X[:, None] if X.dim() == 3 else X

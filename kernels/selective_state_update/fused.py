@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..host import cdiv, next_power_of_2
+from ..host import cast, cdiv, next_power_of_2
 from ..selective_scan.triton_tiles import _block_d, _softplus
 from .naive import selective_state_update_naive
 
@@ -67,12 +67,12 @@ def selective_state_update_fused(state, x, dt, A, B, C, D=None, z=None, dt_bias=
     out = torch.empty_like(x)
     block_d = _block_d(dim // groups, 16)
     block_n = next_power_of_2(n_state)
-    A32 = A.float().contiguous()
+    A32 = cast(A, torch.float32)
     dummy = A32
     _state_update_kernel[(batch, cdiv(dim, block_d))](
         state, x.contiguous(), dt.contiguous(), A32, B.contiguous(), C.contiguous(),
-        D.float().contiguous() if D is not None else dummy, z.contiguous() if z is not None else x,
-        dt_bias.float().contiguous() if dt_bias is not None else dummy, out,
+        cast(D, torch.float32) if D is not None else dummy, z.contiguous() if z is not None else x,
+        cast(dt_bias, torch.float32) if dt_bias is not None else dummy, out,
         state_batch_indices if state_batch_indices is not None else x,
         dim, n_state, groups, dim // groups,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
