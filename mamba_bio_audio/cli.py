@@ -198,7 +198,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped early (`mba info | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
         return 1
+    finally:
+        _leave_process_group()
     return 0 if code is None else int(code)
+
+
+def _leave_process_group() -> None:
+    """Destroy the torch.distributed process group a training command (DDP, FSDP, several nodes) left initialised.
+    Left to interpreter exit, gloo's worker threads can be torn down after Python and abort the process (SIGABRT,
+    "terminate called without an active exception"): the rank then exits with -6 even though its work succeeded, and
+    torchrun's agents on the other nodes wait at their exit barrier for it."""
+    distributed = sys.modules.get("torch.distributed")  # never imported here: only if a command used it
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -70,6 +70,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def failure_lines(output: str, tail: int = 1500) -> str:
+    """What explains a node's failure, short enough to survive a CI log's truncation: its lines that name an error,
+    an exception, a signal or a timeout, then the end of its output."""
+    markers = ("Error", "error:", "Exception", "Traceback", "terminate", "Signal", "exitcode", "timed out", "Timeout")
+    named = [line[:300] for line in output.splitlines() if any(marker in line for marker in markers)]
+    return "\n".join(named[-30:]) + f"\n... last {tail} characters:\n" + output[-tail:]
+
+
 def launch_nodes(tmp_path, fasta, out, timeout: float = 180) -> list[tuple[int, str]]:
     """Start both nodes' torchrun, wait for them, and return each one's (exit code, output). A node still running after
     `timeout` seconds fails the test: both are killed, with their workers (each torchrun leads a process group)."""
@@ -99,7 +107,7 @@ def launch_nodes(tmp_path, fasta, out, timeout: float = 180) -> list[tuple[int, 
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         pytest.fail(f"the nodes were still running after {timeout} s:\n" +
-                    "\n".join(f"node {n}: {log.read_text()[-3000:]}" for n, log in enumerate(logs)))
+                    "\n".join(f"node {n}: {failure_lines(log.read_text())}" for n, log in enumerate(logs)))
     finally:
         for process in nodes:
             if process.poll() is None:
@@ -108,12 +116,52 @@ def launch_nodes(tmp_path, fasta, out, timeout: float = 180) -> list[tuple[int, 
     return [(process.returncode, log.read_text()) for process, log in zip(nodes, logs)]
 
 
+SINGLE_RANK = textwrap.dedent('''
+    import sys
+    import lightning as L
+    import torch.distributed as dist
+    from mamba_bio_audio.cli import main
+
+
+    class Seen(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            print("during training:", dist.is_initialized(), dist.get_backend(), dist.get_world_size())
+
+
+    if __name__ == "__main__":  # LightningCLI imports this module again for the callback
+        code = main(sys.argv[1:])
+        print("after main:", code, dist.is_initialized())
+''')
+
+
+def test_training_command_destroys_its_process_group_before_exit(tmp_path):
+    """A DDP run leaves no process group behind: one left to interpreter exit can abort the rank (gloo's threads torn
+    down after Python: SIGABRT, exit code -6, "terminate called without an active exception") after it has
+    succeeded, which left the other node's torchrun waiting at its exit barrier. One rank, world of 1, in its own
+    interpreter."""
+    fasta = write_fasta(tmp_path / "g.fa", random_genome(5, lengths=(4000,)))
+    (tmp_path / "single_rank.py").write_text(SINGLE_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    callback = json.dumps([{"class_path": "single_rank.Seen"}])
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "single_rank.py"), "dna", "pretrain", "--fasta", str(tmp_path / "g.fa"),
+         "--seq-len", "64", "--batch-size", "2", "--max-steps", "1", "--out", str(tmp_path / "run"), "--model.config",
+         '{"d_model": 8, "n_layer": 1, "vocab_size": 12, "d_state": 4}', "--trainer.accelerator", "cpu",
+         "--trainer.devices", "1", "--trainer.strategy", "ddp", "--data.max_eval_windows", "2",
+         "--trainer.enable_progress_bar", "false", "--trainer.callbacks", callback],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "during training: True gloo 1" in done.stdout, done.stdout[-2000:]
+    assert "after main: 0 False" in done.stdout, done.stdout[-2000:]
+
+
 @pytest.mark.timeout(300)
 def test_pretraining_on_two_nodes_trains_one_model_and_checkpoints_it_once(tmp_path):
     fasta = write_fasta(tmp_path / "g.fa", random_genome(3, lengths=(8000,)))
     out = tmp_path / "run"
     for node, (code, output) in enumerate(launch_nodes(tmp_path, fasta, out)):
-        assert code == 0, f"node {node} exited with {code}:\n{output[-4000:]}"
+        assert code == 0, f"node {node} exited with {code}:\n{failure_lines(output)}"
 
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
     for rank, seen in enumerate(ranks):
