@@ -55,6 +55,8 @@ SCRIPT = textwrap.dedent('''
                         callbacks=[Record(), checkpoints, TokenThroughput(window=WINDOW)]
                         + ([SequenceLengthWarmup(start_len=warmup_start, epochs_per_stage=1)] if warmup_start else []))
     trainer.fit(model, datamodule=data, ckpt_path=resume)
+    if torch.distributed.is_initialized():  # as `mba` does: gloo left to interpreter exit can abort a finished rank
+        torch.distributed.destroy_process_group()
 ''')
 
 
@@ -178,6 +180,7 @@ def test_every_other_training_pipeline_trains_checkpoints_and_tests_under_ddp(tm
 VALIDATE = textwrap.dedent('''
     import json, sys
     import lightning as L
+    import torch
     from mamba_bio_audio.pipelines.dna_pretrain import DNALanguageModel, DNAPretrainData
 
     source, out, devices, task = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -198,6 +201,8 @@ VALIDATE = textwrap.dedent('''
         batches = trainer.num_val_batches[0]
         json.dump({"metrics": metrics, "windows": len(data.val_dataloader().dataset), "batches": batches},
                   open(f"{out}/validate.json", "w"))
+    if torch.distributed.is_initialized():  # as `mba` does: gloo left to interpreter exit can abort a finished rank
+        torch.distributed.destroy_process_group()
 ''')
 
 
