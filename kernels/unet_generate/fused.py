@@ -1,0 +1,414 @@
+"""Generation from a causal Mamba U-Net (AudioUNet, two pooling levels, real A) in one persistent Triton kernel.
+
+Why: a sample of the SC09 U-Net steps about 20 Mamba blocks (16 at full rate, the pooled stages every 4th and 16th
+sample) plus pooling, norm, head and draw; as separate kernels, even replayed from a CUDA graph, a sample costs
+~280 µs at batch 1 (0.23× real time) and generation at batch 256 is bound by kernel count (BENCHMARKS.md).
+
+Here one program owns BLOCK_B rows for a whole run of positions and loops over them, doing everything a sample
+needs in registers and in scratch that only it touches (rows are independent), so there is no launch, no host work
+and no synchronisation between programs. Per position t (the U-Net's step, `AudioUNet._step_level`):
+
+    x   = embedding[token]                                   (BLOCK_B, D0)
+    d0  = down stage 0 (x);  o0 = up stage 0 (up_buf0[t % P0] + d0);  down_buf0[t % P0] = d0
+    if t % P0 == P0 − 1:                                     a coarse step of level 1 (tick t1 = t // P0)
+        d1 = down stage 1 (DownPool0(down_buf0));  o1 = up stage 1 (up_buf1[t1 % P1] + d1);  down_buf1[t1 % P1] = d1
+        if t1 % P1 == P1 − 1:  up_buf1 = UpPool1(centre (DownPool1(down_buf1)))
+        up_buf0 = UpPool0(o1)
+    logits = head(RMSNorm(o0));  token = prompt[t] or a draw (temperature, top-p, Gumbel-max)
+
+A stage is n_layers pre-norm residual Mamba blocks (`mamba_block_step_naive`'s math), each walking E in chunks of
+E_CHUNK channels twice: in_proj, conv step and x_proj's partial sums; then Δ, the state update, the gate and
+out_proj's partial sums. The conv state is a ring of d_conv slots indexed by the stage's tick (nothing shifts).
+All arithmetic is fp32 from fp32 weight packs; states are fp32. Noise: Triton's Philox (`tl.rand`, seeded per
+position, so a seed fixes the clips whatever the launch sizes) or, for tests, a uniform tensor like the PyTorch path.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..host import cdiv, next_power_of_2
+
+LOG2E = 1.4426950408889634
+# registers for a broadcast product's tile [BLOCK_B, outputs, inputs], per program: 64 per thread at 4 warps
+TILE_ELEMENTS = 8192
+WARPS = 4
+
+
+@triton.jit
+def _mm(x, w_ptr, ld, N_OUT: tl.constexpr, K: tl.constexpr, DOT: tl.constexpr):
+    """x [BLOCK_B, K] fp32 times W[:N_OUT, :K]ᵀ, W row-major with row stride ld from w_ptr → [BLOCK_B, N_OUT] fp32.
+    Tensor-core dot (fp32, IEEE) when DOT and both sizes allow it, else a broadcast product summed over K."""
+    offs_o = tl.arange(0, N_OUT)
+    offs_k = tl.arange(0, K)
+    w = tl.load(w_ptr + offs_o[:, None] * ld + offs_k[None, :]).to(tl.float32)            # [N_OUT, K]
+    if DOT and N_OUT >= 16 and K >= 16:
+        return tl.dot(x, tl.trans(w), input_precision="ieee")
+    else:
+        return tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+
+
+@triton.jit
+def _mm_mem(x_ptr, x_ld, rows, row_ok, w_ptr, ld, N_OUT: tl.constexpr, K: tl.constexpr, K_CHUNK: tl.constexpr,
+            BLOCK_B: tl.constexpr, DOT: tl.constexpr):
+    """As `_mm` with x read from memory, x[row, :K] at x_ptr + row·x_ld, K_CHUNK inputs at a time."""
+    acc = tl.zeros([BLOCK_B, N_OUT], tl.float32)
+    offs_k = tl.arange(0, K_CHUNK)
+    for k in range(0, K, K_CHUNK):
+        x = tl.load(x_ptr + rows[:, None] * x_ld + k + offs_k[None, :], mask=row_ok[:, None], other=0.0)
+        acc += _mm(x, w_ptr + k, ld, N_OUT, K_CHUNK, DOT)
+    return acc
+
+
+@triton.jit
+def _rms(x, w_ptr, eps, D: tl.constexpr):
+    """RMSNorm of x [BLOCK_B, D] fp32 times the weight at w_ptr."""
+    w = tl.load(w_ptr + tl.arange(0, D))
+    return x * tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)[:, None] * w[None, :]
+
+
+@triton.jit
+def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
+           D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr):
+    """One position through a pre-norm residual Mamba block: hidden, residual [BLOCK_B, D] fp32 → (mixer output,
+    hidden + residual). w_ptr: the block's pack (`pack_block`); conv_ptr (n_rows, E, W) ring and ssm_ptr
+    (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E."""
+    o_in = D                                   # pack layout, as pack_block writes it
+    o_in_b = o_in + 2 * E * D
+    o_conv = o_in_b + 2 * E
+    o_conv_b = o_conv + E * W
+    o_xp = o_conv_b + E
+    o_dt = o_xp + (R + 2 * N) * E
+    o_dt_b = o_dt + E * R
+    o_a = o_dt_b + E
+    o_d = o_a + E * N
+    o_out = o_d + E
+    o_out_b = o_out + D * E
+    offs_c = tl.arange(0, E_CHUNK)
+    offs_w = tl.arange(0, W)
+    offs_n = tl.arange(0, N)
+    residual = hidden + residual
+    u = _rms(residual, w_ptr, eps, D)
+    slot_now = tick % W
+    # ring slot s holds the input of tick τ with τ ≡ s (mod W); tap j of the conv reads tick t − (W − 1) + j
+    tap = ((offs_w - slot_now - 1) % W + W) % W
+    dt_r = tl.zeros([BLOCK_B, R], tl.float32)
+    b_in = tl.zeros([BLOCK_B, N], tl.float32)
+    c_out = tl.zeros([BLOCK_B, N], tl.float32)
+    tl.debug_barrier()  # the previous block's readers of xz are done
+    for c in range(0, E, E_CHUNK):
+        ch = c + offs_c
+        x = _mm(u, w_ptr + o_in + c * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + ch)[None, :]
+        z = _mm(u, w_ptr + o_in + (E + c) * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + E + ch)[None, :]
+        ring = conv_ptr + (rows[:, None, None] * E + ch[None, :, None]) * W + offs_w[None, None, :]
+        newest = (offs_w == slot_now)[None, None, :]
+        window = tl.where(newest, x[:, :, None], tl.load(ring, mask=row_ok[:, None, None], other=0.0))
+        taps = tl.load(w_ptr + o_conv + ch[:, None] * W + tap[None, :])                     # [E_CHUNK, W]
+        x = tl.sum(window * taps[None, :, :], axis=2) + tl.load(w_ptr + o_conv_b + ch)[None, :]
+        tl.store(ring, window, mask=row_ok[:, None, None] & newest)
+        x = x * tl.sigmoid(x)
+        tl.store(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], x, mask=row_ok[:, None])
+        tl.store(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], z, mask=row_ok[:, None])
+        dt_r += _mm(x, w_ptr + o_xp + c, E, R, E_CHUNK, DOT)
+        b_in += _mm(x, w_ptr + o_xp + R * E + c, E, N, E_CHUNK, DOT)
+        c_out += _mm(x, w_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
+    tl.debug_barrier()  # x and z written above by other threads
+    out = tl.zeros([BLOCK_B, D], tl.float32)
+    for c in range(0, E, E_CHUNK):
+        ch = c + offs_c
+        dt = _mm(dt_r, w_ptr + o_dt + c * R, R, E_CHUNK, R, DOT) + tl.load(w_ptr + o_dt_b + ch)[None, :]
+        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                               # softplus
+        x = tl.load(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], mask=row_ok[:, None], other=0.0)
+        z = tl.load(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], mask=row_ok[:, None], other=0.0)
+        a2 = tl.load(w_ptr + o_a + ch[:, None] * N + offs_n[None, :])                       # A·log2 e
+        state = ssm_ptr + (rows[:, None, None] * E + ch[None, :, None]) * N + offs_n[None, None, :]
+        h = tl.load(state, mask=row_ok[:, None, None], other=0.0)
+        h = tl.exp2(dt[:, :, None] * a2[None, :, :]) * h + (dt * x)[:, :, None] * b_in[:, None, :]
+        tl.store(state, h, mask=row_ok[:, None, None])
+        y = tl.sum(h * c_out[:, None, :], axis=2) + tl.load(w_ptr + o_d + ch)[None, :] * x
+        y = y * z * tl.sigmoid(z)
+        out += _mm(y, w_ptr + o_out + c, E, D, E_CHUNK, DOT)
+    out += tl.load(w_ptr + o_out_b + tl.arange(0, D))[None, :]
+    return out, residual
+
+
+@triton.jit
+def _stage(x, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps, n_layers,
+           D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr):
+    """n_layers blocks at one width: x [BLOCK_B, D] → hidden + residual after the last (x itself for none)."""
+    block_numel = D + 2 * E * D + 2 * E + E * W + E + (R + 2 * N) * E + E * R + E + E * N + E + D * E + D
+    hidden = x
+    residual = tl.zeros_like(x)
+    for layer in range(n_layers):
+        hidden, residual = _block(hidden, residual, w_ptr + layer * block_numel, conv_ptr + layer * n_rows * E * W,
+                                  ssm_ptr + layer * n_rows * E * N, xz_ptr, rows, row_ok, tick, n_rows, eps,
+                                  D, E, R, N, W, E_CHUNK, BLOCK_B, DOT)
+    return hidden + residual
+
+
+@triton.jit
+def _up_pool(x, w_ptr, b_ptr, buf_ptr, rows, row_ok, K: tl.constexpr, OUT: tl.constexpr, OUT_CHUNK: tl.constexpr,
+             DOT: tl.constexpr):
+    """buf[row, :OUT] = x [BLOCK_B, K] · Wᵀ + b (W (OUT, K)): the p fine steps of the next coarse period."""
+    offs = tl.arange(0, OUT_CHUNK)
+    for o in range(0, OUT, OUT_CHUNK):
+        y = _mm(x, w_ptr + o * K, K, OUT_CHUNK, K, DOT) + tl.load(b_ptr + o + offs)[None, :]
+        tl.store(buf_ptr + rows[:, None] * OUT + o + offs[None, :], y, mask=row_ok[:, None])
+
+
+@triton.jit
+def _unet_generate_kernel(
+        emb_ptr, pack0_ptr, pack1_ptr, pack2_ptr, pack3_ptr, pack4_ptr,
+        conv0_ptr, conv1_ptr, conv2_ptr, conv3_ptr, conv4_ptr, ssm0_ptr, ssm1_ptr, ssm2_ptr, ssm3_ptr, ssm4_ptr,
+        dpool0_w_ptr, dpool0_b_ptr, dpool1_w_ptr, dpool1_b_ptr, upool1_w_ptr, upool1_b_ptr, upool0_w_ptr, upool0_b_ptr,
+        norm_w_ptr, head_w_ptr, head_b_ptr,
+        down_buf0_ptr, down_buf1_ptr, up_buf0_ptr, up_buf1_ptr, xz_ptr, logits_ptr,
+        token_ptr, loglik_ptr, first_bad_ptr, codes_ptr, codes_ld, prompt_ptr, prompt_ld, prompt_len,
+        uniform_ptr, logits_out_ptr, n_rows, t_start, t_end, seed, temperature, top_p, eps, n_layers,
+        D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, R0: tl.constexpr, R1: tl.constexpr, R2: tl.constexpr,
+        EXPAND: tl.constexpr, N: tl.constexpr, W: tl.constexpr, P0: tl.constexpr, P1: tl.constexpr,
+        V: tl.constexpr, BLOCK_V: tl.constexpr, EC0: tl.constexpr, EC1: tl.constexpr, EC2: tl.constexpr,
+        KC0: tl.constexpr, KC1: tl.constexpr, UC0: tl.constexpr, UC1: tl.constexpr, VC: tl.constexpr,
+        GREEDY: tl.constexpr, TOP_P: tl.constexpr, NOISE_IN: tl.constexpr, LOGITS_OUT: tl.constexpr,
+        BLOCK_B: tl.constexpr, DOT: tl.constexpr):
+    """Positions [t_start, t_end) for rows [pid·BLOCK_B, (pid + 1)·BLOCK_B): see the module docstring. Packs 0–4:
+    down stage 0, down stage 1, centre, up stage 1, up stage 0; conv/ssm 0–4 their states. token, loglik,
+    first_bad (n_rows,) carry over between launches; codes[row, t − t_start] (row stride codes_ld) get the tokens."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    row_ok = rows < n_rows
+    offs_v = tl.arange(0, BLOCK_V)
+    v_ok = offs_v < V
+    offs_d0 = tl.arange(0, D0)
+    offs_d1 = tl.arange(0, D1)
+    token = tl.load(token_ptr + rows, mask=row_ok, other=0)
+    loglik = tl.load(loglik_ptr + rows, mask=row_ok, other=0.0)
+    first_bad = tl.load(first_bad_ptr + rows, mask=row_ok, other=-1)
+    for t in range(t_start, t_end):
+        phase0 = t % P0
+        tick1 = t // P0
+        phase1 = tick1 % P1
+        x = tl.load(emb_ptr + token[:, None] * D0 + offs_d0[None, :], mask=row_ok[:, None], other=0.0)
+        d0 = _stage(x, pack0_ptr, conv0_ptr, ssm0_ptr, xz_ptr, rows, row_ok, t, n_rows, eps, n_layers,
+                    D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT)
+        up0 = up_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :]
+        o0 = _stage(tl.load(up0, mask=row_ok[:, None], other=0.0) + d0, pack4_ptr, conv4_ptr, ssm4_ptr, xz_ptr,
+                    rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT)
+        tl.store(down_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :], d0, mask=row_ok[:, None])
+        if phase0 == P0 - 1:
+            tl.debug_barrier()  # down_buf0 complete; up_buf0 read by every thread before it is rewritten below
+            c1 = _mm_mem(down_buf0_ptr, P0 * D0, rows, row_ok, dpool0_w_ptr, P0 * D0, D1, P0 * D0, KC0, BLOCK_B,
+                         DOT) + tl.load(dpool0_b_ptr + offs_d1)[None, :]
+            d1 = _stage(c1, pack1_ptr, conv1_ptr, ssm1_ptr, xz_ptr, rows, row_ok, tick1, n_rows, eps, n_layers,
+                        D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT)
+            up1 = up_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :]
+            o1 = _stage(tl.load(up1, mask=row_ok[:, None], other=0.0) + d1, pack3_ptr, conv3_ptr, ssm3_ptr, xz_ptr,
+                        rows, row_ok, tick1, n_rows, eps, n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT)
+            tl.store(down_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :], d1,
+                     mask=row_ok[:, None])
+            if phase1 == P1 - 1:
+                tl.debug_barrier()
+                c2 = _mm_mem(down_buf1_ptr, P1 * D1, rows, row_ok, dpool1_w_ptr, P1 * D1, D2, P1 * D1, KC1,
+                             BLOCK_B, DOT) + tl.load(dpool1_b_ptr + tl.arange(0, D2))[None, :]
+                centre = _stage(c2, pack2_ptr, conv2_ptr, ssm2_ptr, xz_ptr, rows, row_ok, tick1 // P1, n_rows, eps,
+                                n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, DOT)
+                _up_pool(centre, upool1_w_ptr, upool1_b_ptr, up_buf1_ptr, rows, row_ok, D2, P1 * D1, UC1, DOT)
+            _up_pool(o1, upool0_w_ptr, upool0_b_ptr, up_buf0_ptr, rows, row_ok, D1, P0 * D0, UC0, DOT)
+            tl.debug_barrier()  # the pooled buffers are read by other threads at the next positions
+        # head: logits in chunks through scratch, then the whole row for the draw
+        feats = _rms(o0, norm_w_ptr, eps, D0)
+        for v in range(0, BLOCK_V, VC):
+            offs = v + tl.arange(0, VC)
+            part = _mm(feats, head_w_ptr + v * D0, D0, VC, D0, DOT) + tl.load(head_b_ptr + offs)[None, :]
+            tl.store(logits_ptr + rows[:, None] * BLOCK_V + offs[None, :], part, mask=row_ok[:, None])
+        tl.debug_barrier()
+        logits = tl.load(logits_ptr + rows[:, None] * BLOCK_V + offs_v[None, :], mask=row_ok[:, None], other=0.0)
+        logits = tl.where(v_ok[None, :], logits, -float("inf"))                   # the rows past n_rows: zeros
+        if LOGITS_OUT:
+            tl.store(logits_out_ptr + (t * n_rows + rows[:, None]) * V + offs_v[None, :], logits,
+                     mask=row_ok[:, None] & v_ok[None, :])
+        finite = tl.sum(((logits != logits) | (tl.abs(logits) == float("inf"))) & v_ok[None, :], axis=1) == 0
+        first_bad = tl.where(~finite & (first_bad < 0), t, first_bad)
+        # the draw: Gumbel-max over the tempered, top-p filtered logits
+        if GREEDY:
+            drawn = tl.argmax(logits, axis=1)
+        else:
+            score = logits / temperature
+            if TOP_P:
+                ordered = tl.sort(score, dim=1, descending=True)
+                p = tl.exp(ordered - tl.max(ordered, axis=1)[:, None])
+                p = p / tl.sum(p, axis=1)[:, None]
+                kept = (tl.cumsum(p, axis=1) - p) < top_p       # up to and including the crossing token
+                floor = tl.min(tl.where(kept, ordered, float("inf")), axis=1)
+                score = tl.where(score >= floor[:, None], score, -float("inf"))
+            if NOISE_IN:
+                noise = tl.load(uniform_ptr + (t * n_rows + rows[:, None]) * V + offs_v[None, :],
+                                mask=row_ok[:, None] & v_ok[None, :], other=0.5)
+            else:
+                noise = tl.rand(seed + t, (rows[:, None] * BLOCK_V + offs_v[None, :]).to(tl.int32))
+            score = tl.where(v_ok[None, :], score - tl.log(-tl.log(noise)), -float("inf"))
+            drawn = tl.argmax(score, axis=1)
+        if t < prompt_len:
+            chosen = tl.load(prompt_ptr + rows * prompt_ld + t, mask=row_ok, other=0)
+        else:
+            chosen = drawn.to(tl.int64)
+            top = tl.max(logits, axis=1)
+            log_norm = top + tl.log(tl.sum(tl.where(v_ok[None, :], tl.exp(logits - top[:, None]), 0.0), axis=1))
+            picked = tl.sum(tl.where(offs_v[None, :] == chosen[:, None], logits, 0.0), axis=1)
+            loglik += (picked - log_norm).to(tl.float64)
+        tl.store(codes_ptr + rows * codes_ld + (t - t_start), chosen, mask=row_ok)
+        token = chosen
+    tl.store(token_ptr + rows, token, mask=row_ok)
+    tl.store(loglik_ptr + rows, loglik, mask=row_ok)
+    tl.store(first_bad_ptr + rows, first_bad, mask=row_ok)
+
+
+def unsupported(model) -> str | None:
+    """Why `UNetGenerator` cannot run `model`, or None: it takes a causal AudioUNet with two pooling levels, a
+    head, real-A Mamba blocks with power-of-two sizes (widths, E, dt_rank, d_state, d_conv, classes up to 1024)."""
+    from ...models.audio_unet import AudioUNet
+    from ...modules import Mamba
+
+    if not isinstance(model, AudioUNet):
+        return f"{type(model).__name__} is not an AudioUNet"
+    c = model.config
+    if c.bidirectional or c.complex_ssm or len(c.pools) != 2 or not c.n_classes or model.embedding is None:
+        return "only causal U-Nets with two pooling levels, a token embedding, a head and real A"
+    mixers = [block.mixer for stage in (*model.down, model.centre, *model.up) for block in stage.blocks]
+    if any(not isinstance(m, Mamba) for m in mixers):
+        return "only Mamba blocks"
+    sizes = [*c.widths, *c.pools, c.d_state, c.d_conv, c.expand] + [m.dt_rank for m in mixers]
+    if any(s & (s - 1) for s in sizes) or c.n_classes > 1024:
+        return f"sizes must be powers of two (widths {c.widths}, pools {c.pools}, d_state {c.d_state}, d_conv " \
+               f"{c.d_conv}, expand {c.expand}, dt_rank {sorted({m.dt_rank for m in mixers})})"
+    return None
+
+
+def pack_block(block) -> torch.Tensor:
+    """One Block (norm + Mamba mixer) as the flat fp32 pack `_block` reads: norm weight, in_proj weight (2E, D) and
+    bias, conv weight (E, W) and bias, x_proj (R + 2N, E), dt_proj (E, R) and bias, A·log2 e (E, N) with
+    A = −exp(A_log), D (E,), out_proj (D, E) and bias. Absent biases are zeros."""
+    m, norm = block.mixer, block.norm
+    E, D = m.in_proj.weight.shape[0] // 2, m.in_proj.weight.shape[1]
+
+    def bias(linear, size):
+        return linear.bias if linear.bias is not None else torch.zeros(size, device=linear.weight.device)
+
+    parts = [norm.weight, m.in_proj.weight, bias(m.in_proj, 2 * E), m.conv1d.weight[:, 0], bias(m.conv1d, E),
+             m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, -torch.exp(m.A_log.float()) * LOG2E, m.D,
+             m.out_proj.weight, bias(m.out_proj, D)]
+    return torch.cat([p.detach().float().reshape(-1) for p in parts])
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << max(n, 1).bit_length() - 1
+
+
+class UNetGenerator:
+    """The persistent generation kernel's weights and states for one AudioUNet and n rows, started from empty
+    states at position 0. `run(steps, ...)` generates the next `steps` positions; states, the last token, each row's
+    log-likelihood (fp64, nats, of the drawn tokens under softmax(logits)) and its first position with non-finite
+    logits (−1: none) carry over between runs."""
+
+    def __init__(self, model, n: int, start_token: int, block_rows: int | None = None):
+        reason = unsupported(model)
+        if reason:
+            raise ValueError(f"UNetGenerator: {reason}")
+        c = model.config
+        device = model.embedding.weight.device
+        f32 = dict(device=device, dtype=torch.float32)
+        self.n, self.config, self.position = n, c, 0
+        self.widths = c.widths
+        stages = [model.down[0], model.down[1], model.centre, model.up[1], model.up[0]]
+        self.packs = [torch.cat([pack_block(b) for b in s.blocks]) if len(s.blocks) else torch.zeros(1, **f32)
+                      for s in stages]
+        level = [0, 1, 2, 1, 0]
+        E = [c.expand * w for w in self.widths]
+        self.conv = [torch.zeros(max(c.n_layers, 1), n, E[k], c.d_conv, **f32) for k in level]
+        self.ssm = [torch.zeros(max(c.n_layers, 1), n, E[k], c.d_state, **f32) for k in level]
+        self.dt_rank = [_dt_rank(model.down[0]), _dt_rank(model.down[1]), _dt_rank(model.centre)]
+
+        def weights(linear):
+            return linear.weight.detach().float().contiguous(), linear.bias.detach().float().contiguous()
+
+        self.pools = [*weights(model.down_pool[0].linear), *weights(model.down_pool[1].linear),
+                      *weights(model.up_pool[1].linear), *weights(model.up_pool[0].linear)]
+        self.embedding = model.embedding.weight.detach().float().contiguous()
+        self.norm = model.norm.weight.detach().float().contiguous()
+        self.block_v = next_power_of_2(c.n_classes)
+        head_w = torch.zeros(self.block_v, c.d_model, **f32)
+        head_b = torch.full((self.block_v,), -float("inf"), **f32)
+        head_w[:c.n_classes] = model.head.weight.detach().float()
+        head_b[:c.n_classes] = model.head.bias.detach().float()
+        self.head = [head_w, head_b]
+        self.eps = float(model.norm.eps)
+        P0, P1 = c.pools
+        D0, D1, _ = self.widths
+        self.buffers = [torch.zeros(n, P0, D0, **f32), torch.zeros(n, P1, D1, **f32),
+                        torch.zeros(n, P0, D0, **f32), torch.zeros(n, P1, D1, **f32)]  # down 0, 1; up 0, 1
+        self.xz = torch.zeros(n, 2 * E[2], **f32)
+        self.logits = torch.zeros(n, self.block_v, **f32)
+        self.token = torch.full((n,), start_token, dtype=torch.int64, device=device)
+        self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
+        self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
+        sms = _sm_count(device)  # one program per SM at most, unless a program would take more than 16 rows
+        self.block_b = block_rows or (1 if n <= sms else min(16, next_power_of_2(cdiv(n, sms))))
+        self.dot = self.block_b >= 16
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every recurrent state tensor, rows first."""
+        layered = [s.transpose(0, 1) for s in (*self.conv, *self.ssm)]
+        return layered + self.buffers
+
+    def _chunks(self) -> dict:
+        """Channel, input and output chunk sizes that keep a broadcast product's tile within TILE_ELEMENTS."""
+        c, bb = self.config, self.block_b
+        D0, D1, D2 = self.widths
+        P0, P1 = c.pools
+
+        def chunk(total, other):
+            if self.dot:
+                return min(total, 32)
+            return max(1, min(total, _pow2_floor(TILE_ELEMENTS // (bb * other))))
+
+        return dict(EC0=chunk(c.expand * D0, D0), EC1=chunk(c.expand * D1, D1), EC2=chunk(c.expand * D2, D2),
+                    KC0=chunk(P0 * D0, D1), KC1=chunk(P1 * D1, D2), UC0=chunk(P0 * D0, D1), UC1=chunk(P1 * D1, D2),
+                    VC=chunk(self.block_v, D0))
+
+    def run(self, steps: int, codes: torch.Tensor, prompt: torch.Tensor | None = None, temperature: float = 1.0,
+            top_p: float = 1.0, seed: int = 0, uniform: torch.Tensor | None = None,
+            logits_out: torch.Tensor | None = None) -> None:
+        """Generate positions [position, position + steps) into codes (n, ≥ steps) int64 (a view with unit column
+        stride is fine). prompt (n, T) int64: positions < T take its tokens. uniform (≥ position + steps, n, V)
+        fp32: the draws' noise instead of Philox with `seed`. logits_out (≥ position + steps, n, V) fp32: every
+        position's logits (tests)."""
+        c = self.config
+        if codes.stride(1) != 1 or codes.shape[0] != self.n or codes.shape[1] < steps:
+            raise ValueError(f"codes must be ({self.n}, ≥ {steps}) with unit column stride, got {tuple(codes.shape)}")
+        prompt_t = prompt.contiguous() if prompt is not None else self.token
+        dummy = self.logits
+        _unet_generate_kernel[(cdiv(self.n, self.block_b),)](
+            self.embedding, *self.packs, *self.conv, *self.ssm, *self.pools, self.norm, *self.head, *self.buffers[:2],
+            self.buffers[2], self.buffers[3], self.xz, self.logits, self.token, self.loglik, self.first_bad, codes,
+            codes.stride(0), prompt_t, prompt_t.stride(0) if prompt is not None else 0,
+            prompt.shape[1] if prompt is not None else 0, uniform if uniform is not None else dummy,
+            logits_out if logits_out is not None else dummy, self.n, self.position, self.position + steps, int(seed),
+            float(temperature) if temperature > 0 else 1.0, float(top_p), self.eps, c.n_layers,
+            D0=self.widths[0], D1=self.widths[1], D2=self.widths[2], R0=self.dt_rank[0], R1=self.dt_rank[1],
+            R2=self.dt_rank[2], EXPAND=c.expand, N=c.d_state, W=c.d_conv, P0=c.pools[0], P1=c.pools[1],
+            V=c.n_classes, BLOCK_V=self.block_v, **self._chunks(), GREEDY=temperature == 0, TOP_P=top_p < 1.0,
+            NOISE_IN=uniform is not None, LOGITS_OUT=logits_out is not None, BLOCK_B=self.block_b, DOT=self.dot,
+            num_warps=WARPS)
+        self.position += steps
+
+
+def _dt_rank(stage) -> int:
+    return stage.blocks[0].mixer.dt_rank if len(stage.blocks) else 1
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
