@@ -72,7 +72,7 @@ bench-longgen:
 	bash benchmarks/long_generation.sh dna audio
 
 test-gpu:
-	$(RUN_PY) -m pytest -q tests/test_selective_scan_triton.py tests/test_cuda.py tests/test_multi_gpu.py
+	$(RUN_PY) -m pytest -q tests/test_selective_scan_triton.py tests/test_cuda.py tests/test_unet_generate.py tests/test_multi_gpu.py
 
 clean:
 	rm -rf build dist .pytest_cache *.egg-info mamba_bio_audio.egg-info

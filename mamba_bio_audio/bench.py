@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per batch size; on the GPU first the time of one Mamba block step, fused and unfused")
     parser.add_argument("--gen-batches", default="1,64,256", help="batch sizes of --generation (default 1,64,256)")
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
+    parser.add_argument("--gen-block-rows", default="0,1,2,4,16",
+                        help="rows per program of the persistent generation kernel to time (0: its default rule)")
 
 
 def _cuda() -> bool:
@@ -73,22 +75,54 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     transformer = TransformerLM(TransformerConfig(d_model=256, n_layer=8, n_head=4, vocab_size=256)).to(device).eval()
     length = round(seconds * SAMPLE_RATE)
     cuda = device.type == "cuda"
-    rows = [("Mamba U-Net (sc09)", unet, cuda, batches),
-            ("Mamba U-Net (sc09), bf16", copy.deepcopy(unet).bfloat16(), cuda, batches if cuda else []),
-            ("flat Mamba 14 x 256", flat, cuda, batches),
-            ("Transformer++ 8 x 256, KV cache", transformer, cuda, batches)]
+    rows = [("Mamba U-Net (sc09)", unet, cuda, batches, False),
+            ("Mamba U-Net (sc09), bf16", copy.deepcopy(unet).bfloat16(), cuda, batches if cuda else [], False),
+            ("Mamba U-Net (sc09), persistent kernel", unet, False, batches if cuda else [], True),
+            ("flat Mamba 14 x 256", flat, cuda, batches, False),
+            ("Transformer++ 8 x 256, KV cache", transformer, cuda, batches, False)]
     sizes = ", ".join(f"{name} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
                       for name, model in (("U-Net", unet), ("flat Mamba", flat), ("Transformer++", transformer)))
     print(f"generation of {seconds:g} s clips ({length} samples) on {device}; parameters: {sizes}")
     print(f"{'model':<40}{'batch':>7}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
-    for name, model, graphs, row_batches in rows:
-        name += ", graphs" if graphs else ", eager"
+    for name, model, graphs, row_batches, persistent in rows:
+        name += "" if persistent else ", graphs" if graphs else ", eager"
         for batch in row_batches:
-            sample_audio(model, batch, min(length, 2 * 256), seed=0, cuda_graphs=graphs)  # warm-up (compiles)
-            seconds_taken = _median_seconds(lambda: sample_audio(model, batch, length, seed=0, cuda_graphs=graphs),
-                                            device, 1)
+            run = dict(seed=0, cuda_graphs=graphs, persistent=persistent)
+            sample_audio(model, batch, min(length, 2 * 256), **run)  # warm-up (compiles)
+            seconds_taken = _median_seconds(lambda: sample_audio(model, batch, length, **run), device, 1)
             rate = batch * length / seconds_taken
             print(f"{name:<40}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
+
+
+def persistent_table(device, batches: list[int], seconds: float, block_rows: list[int]) -> None:
+    """Samples per second of the persistent generation kernel alone (`UNetGenerator.run`, one launch per clip) for
+    the SC09 U-Net (random weights) at each batch and rows per program (0: the default rule), after a warm-up run
+    that compiles it; every clip is checked for non-finite logits."""
+    import torch
+
+    from .audio import SAMPLE_RATE
+    from .audio.codec import START_TOKEN
+    from .kernels.unet_generate.fused import UNetGenerator
+    from .models.audio_unet import AudioUNet, audio_unet_config
+
+    torch.manual_seed(0)
+    unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
+    length = round(seconds * SAMPLE_RATE)
+    print(f"persistent generation kernel, SC09 U-Net, {length}-sample clips, one launch per clip, on {device}")
+    print(f"{'batch':>7}{'rows/program':>14}{'warps':>7}{'programs':>10}{'seconds':>10}{'samples/s':>14}"
+          f"{'x real time':>13}")
+    for batch in batches:
+        for rows in block_rows:
+            kernel = UNetGenerator(unet, batch, START_TOKEN, block_rows=rows or None)
+            codes = torch.empty(batch, length, dtype=torch.int64, device=device)
+            kernel.run(min(length, 256), codes)  # compiles
+            kernel = UNetGenerator(unet, batch, START_TOKEN, block_rows=rows or None)
+            seconds_taken = _median_seconds(lambda: kernel.run(length, codes, seed=1), device, 1)
+            if bool((kernel.first_bad >= 0).any()):
+                raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
+            rate = batch * length / seconds_taken
+            print(f"{batch:>7}{kernel.block_b:>14}{kernel.num_warps:>7}{-(-batch // kernel.block_b):>10}"
+                  f"{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
 def block_step_table(device, batches: list[int], calls: int = 100) -> None:
@@ -197,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     if args.generation:
         if args.device.startswith("cuda"):
             block_step_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")])
+            persistent_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")],
+                             args.gen_seconds, [int(v) for v in args.gen_block_rows.split(",")])
         generation_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")], args.gen_seconds)
         return 0
 

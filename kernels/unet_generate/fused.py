@@ -31,9 +31,12 @@ import triton.language as tl
 from ..host import cdiv, next_power_of_2
 
 LOG2E = 1.4426950408889634
-# registers for a broadcast product's tile [BLOCK_B, outputs, inputs], per program: 64 per thread at 4 warps
-TILE_ELEMENTS = 8192
+# Launch shape, from sm_90 static counts (Triton 3.6; not yet timed): a broadcast product's tile [BLOCK_B, outputs,
+# inputs] of at most TILE_ELEMENTS (8192 spilled 5× as much at one row per program), WARPS warps (twice as many with
+# tensor-core products: 4 spilled 7× as much) and DOT_CHUNK channels per chunk there (32 spilled 1.7× as much).
+TILE_ELEMENTS = 4096
 WARPS = 4
+DOT_CHUNK = 16
 
 
 @triton.jit
@@ -312,7 +315,7 @@ class UNetGenerator:
     log-likelihood (fp64, nats, of the drawn tokens under softmax(logits)) and its first position with non-finite
     logits (−1: none) carry over between runs."""
 
-    def __init__(self, model, n: int, start_token: int, block_rows: int | None = None):
+    def __init__(self, model, n: int, start_token: int, block_rows: int | None = None, num_warps: int | None = None):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"UNetGenerator: {reason}")
@@ -356,6 +359,7 @@ class UNetGenerator:
         sms = _sm_count(device)  # one program per SM at most, unless a program would take more than 16 rows
         self.block_b = block_rows or (1 if n <= sms else min(16, next_power_of_2(cdiv(n, sms))))
         self.dot = self.block_b >= 16
+        self.num_warps = num_warps or (2 * WARPS if self.dot else WARPS)  # sm_90 spills far less so (static counts)
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every recurrent state tensor, rows first."""
@@ -370,7 +374,7 @@ class UNetGenerator:
 
         def chunk(total, other):
             if self.dot:
-                return min(total, 32)
+                return min(total, DOT_CHUNK)
             return max(1, min(total, _pow2_floor(TILE_ELEMENTS // (bb * other))))
 
         return dict(EC0=chunk(c.expand * D0, D0), EC1=chunk(c.expand * D1, D1), EC2=chunk(c.expand * D2, D2),
@@ -400,7 +404,7 @@ class UNetGenerator:
             R2=self.dt_rank[2], EXPAND=c.expand, N=c.d_state, W=c.d_conv, P0=c.pools[0], P1=c.pools[1],
             V=c.n_classes, BLOCK_V=self.block_v, **self._chunks(), GREEDY=temperature == 0, TOP_P=top_p < 1.0,
             NOISE_IN=uniform is not None, LOGITS_OUT=logits_out is not None, BLOCK_B=self.block_b, DOT=self.dot,
-            num_warps=WARPS)
+            num_warps=self.num_warps)
         self.position += steps
 
 

@@ -5,14 +5,17 @@
     sample_audio    (n, length) codes and each row's log-likelihood: an optional prompt fed first, then sampling with
                     temperature and top-p. Positions go in chunks (a multiple of the U-Net's pooling period); on CUDA a
                     recurrent model replays one CUDA graph per chunk: the steps, the draws and the bookkeeping of a
-                    whole chunk, with no host work in between. Non-finite logits or states stop it with
-                    GenerationDiverged (naming the sample position and the clip) instead of producing noise.
+                    whole chunk, with no host work in between; a Mamba U-Net there runs in one persistent kernel
+                    instead (`kernels/unet_generate`: every position of thousands in one launch). Non-finite logits
+                    or states stop it with GenerationDiverged (naming the sample position and the clip) instead of
+                    producing noise.
     write_wavs      waveforms → 16 kHz 16-bit WAV files (written under temporary names, then renamed).
     spectrogram_grid  a PNG of log-mel spectrograms of up to 64 clips.
 """
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -101,8 +104,8 @@ class _Chunk:
 @torch.inference_mode()
 def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tensor | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, cuda_graphs: bool = True,
-                 progress: bool = False, check_every: int = 8192, stats: dict | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 progress: bool = False, check_every: int = 8192, stats: dict | None = None,
+                 persistent: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate `n` clips of `length` codes. prompt: (n, T) or (T,) int64 codes (T < length) continued by every row.
     Returns codes (n, length) int64 (the prompt first) and the log-likelihood in nats (n,) float64 of the generated
     part under the model (temperature 1, no top-p). The draws come from uniform noise of a generator seeded with
@@ -114,7 +117,12 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     Every position's logits are checked for NaN/inf on the device, and every `check_every` samples (and at the end)
     the recurrent state too, with one host sync: a non-finite value raises GenerationDiverged naming the first such
     sample position and the clips. `stats`, if given, receives "state_max_abs" (the largest |state| entry at the last
-    check) and "checks"."""
+    check) and "checks".
+
+    `persistent` (default: on CUDA, for the U-Nets `kernels.unet_generate` takes, unless MBA_PERSISTENT_GENERATION=0):
+    generate with the persistent kernel instead, every position of `check_every` samples in one launch, all in fp32
+    whatever the model's dtype. Its draws come from Triton's Philox stream seeded by `seed`: the same seed gives the
+    same clips however the positions are split into launches, but not the clips of the stepping path."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -125,6 +133,12 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     if prompt.shape[0] != n or prompt.shape[1] >= length:
         raise ValueError(f"prompt of shape {tuple(prompt.shape)} for {n} clips of {length} samples")
     prompt = prompt.to(device)
+    if persistent is None and device.type == "cuda" and os.environ.get("MBA_PERSISTENT_GENERATION", "1") != "0":
+        from ..kernels.unet_generate.fused import unsupported
+
+        persistent = unsupported(model) is None
+    if persistent:
+        return _sample_persistent(model, n, length, prompt, temperature, top_p, generator, progress, check_every, stats)
     stepper = Stepper(model, n, length)
     size = stepper.period * math.ceil(16 / stepper.period)                        # ≥ 16 positions per chunk
     watch = FiniteWatch(n, size, device, row="clip", unit="sample")
@@ -154,6 +168,32 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     if stats is not None:
         stats.update(state_max_abs=watch.max_abs, checks=watch.checks)
     return codes, chunk.loglik.clone()
+
+
+def _sample_persistent(model, n: int, length: int, prompt: torch.Tensor, temperature: float, top_p: float,
+                       generator: torch.Generator, progress: bool, check_every: int, stats: dict | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_audio` through `UNetGenerator`: one launch per `check_every` positions, then the finiteness check."""
+    from tqdm import tqdm
+
+    from ..kernels.unet_generate.fused import UNetGenerator
+
+    device = next(model.parameters()).device
+    generator_kernel = UNetGenerator(model, n, START_TOKEN)
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=device))
+    watch = FiniteWatch(n, 1, device, row="clip", unit="sample")
+    codes = torch.empty(n, length, dtype=torch.int64, device=device)
+    with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
+        for start in range(0, length, max(1, check_every)):
+            steps = min(max(1, check_every), length - start)
+            generator_kernel.run(steps, codes[:, start:], prompt if prompt.shape[1] else None, temperature, top_p,
+                                 seed)
+            watch.first = generator_kernel.first_bad
+            watch.check(generator_kernel.state_tensors(), start + steps)
+            bar.update(steps)
+    if stats is not None:
+        stats.update(state_max_abs=watch.max_abs, checks=watch.checks)
+    return codes, generator_kernel.loglik.clone()
 
 
 def write_wavs(waves: torch.Tensor, folder: str | Path, prefix: str = "sample") -> list[Path]:

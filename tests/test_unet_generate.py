@@ -1,0 +1,127 @@
+"""Generation from a causal Mamba U-Net in one persistent kernel (`kernels/unet_generate`) against the model's own
+step and draw in float64 (Triton's interpreter without a GPU): every position's logits, the drawn and forced codes,
+the log-likelihood, launches split anywhere, seeds, `sample_audio`'s use of it, and the models it refuses."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mamba_bio_audio.errors import GenerationDiverged
+from mamba_bio_audio.generation import sample_with_noise
+from mamba_bio_audio.kernels.selective_scan.triton_support import triton_available
+from mamba_bio_audio.kernels.unet_generate import unet_generate_naive
+from mamba_bio_audio.models.audio_unet import AudioUNet, AudioUNetConfig
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="needs Triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+START = 128
+
+
+def unet(d_model=8, n_layers=1, seed=0, **overrides) -> AudioUNet:
+    """A small causal U-Net (pools 2 × 2: the centre steps every 4th sample) in float64 on the CPU, its weights moved
+    away from their initial values so that every one matters."""
+    torch.manual_seed(seed)
+    model = AudioUNet(AudioUNetConfig(d_model=d_model, pools=(2, 2), n_layers=n_layers, d_state=4, **overrides))
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def generator(model, n, block_rows=None):
+    from mamba_bio_audio.kernels.unet_generate.fused import UNetGenerator
+
+    return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows)
+
+
+@pytest.mark.parametrize("d_model, n, block_rows, temperature, top_p, prompt_len, n_layers", [
+    (8, 3, 2, 0.9, 1.0, 0, 2),      # rows past the batch in the last program; two blocks per stage
+    (16, 17, 16, 1.0, 1.0, 0, 1),   # 16 rows per program: tensor-core products
+    (8, 2, 1, 1.3, 0.5, 5, 1),      # top-p, and a prompt across the first coarse steps
+    (8, 2, 2, 0.0, 1.0, 3, 1),      # greedy
+])
+def test_kernel_generates_what_the_models_step_generates(d_model, n, block_rows, temperature, top_p, prompt_len,
+                                                         n_layers):
+    model, length = unet(d_model, n_layers), 12
+    torch.manual_seed(1)
+    uniform = torch.rand(length, n, 256)
+    prompt = torch.randint(0, 256, (n, prompt_len)) if prompt_len else None
+    kernel = generator(model, n, block_rows)
+    codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
+    logits = torch.zeros(length, n, 256, device=DEVICE)
+    kernel.run(length, codes, prompt.to(DEVICE) if prompt is not None else None, temperature, top_p,
+               uniform=uniform.to(DEVICE), logits_out=logits)
+    codes, logits, loglik = codes.cpu(), logits.cpu().double(), kernel.loglik.cpu()
+    model = model.cpu()
+
+    # the model's logits at the kernel's codes: every position, through all three levels
+    _, _, expected = unet_generate_naive(model, n, length, uniform.double(), START, prompt=codes)
+    assert ((logits - expected).norm() / expected.norm()).item() < 1e-5
+    # the draws: the kernel's own logits through the PyTorch draw with the same noise; the prompt where given
+    drawn = torch.stack([sample_with_noise(logits[t].float(), uniform[t], temperature, top_p) for t in range(length)],
+                        1)
+    assert torch.equal(codes[:, prompt_len:], drawn[:, prompt_len:])
+    if prompt is not None:
+        assert torch.equal(codes[:, :prompt_len], prompt)
+    assert len(set(codes.flatten().tolist())) > 4  # an actual sampling, not a constant
+    # end to end: the model's own generation with that noise gives the same clips and log-likelihoods
+    free, free_loglik, _ = unet_generate_naive(model, n, length, uniform.double(), START, prompt, temperature, top_p)
+    assert torch.equal(free, codes)
+    torch.testing.assert_close(loglik, free_loglik, rtol=1e-6, atol=1e-5)
+    assert (loglik < 0).all()
+
+
+def test_launches_split_anywhere_and_seeds_fix_the_draws():
+    """Philox noise seeded per position: positions in launches of 5 + 7 give exactly the one launch's codes, log-
+    likelihoods and states; another seed gives other codes."""
+    model, n, length = unet(), 3, 12
+    runs = {}
+    for name, splits, seed in (("one", [12], 7), ("split", [5, 7], 7), ("other seed", [12], 8)):
+        kernel = generator(model, n, block_rows=2)
+        codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
+        start = 0
+        for steps in splits:
+            kernel.run(steps, codes[:, start:], seed=seed)
+            start += steps
+        runs[name] = (codes.cpu(), kernel.loglik.cpu(), [s.cpu() for s in kernel.state_tensors()])
+    assert torch.equal(runs["one"][0], runs["split"][0])
+    assert torch.equal(runs["one"][1], runs["split"][1])
+    assert all(torch.equal(a, b) for a, b in zip(runs["one"][2], runs["split"][2]))
+    assert not torch.equal(runs["one"][0], runs["other seed"][0])
+
+
+def test_sample_audio_takes_the_persistent_kernel():
+    from mamba_bio_audio.audio.generate import sample_audio
+
+    model = unet().float().to(DEVICE)
+    stats = {}
+    a, loglik_a = sample_audio(model, 3, 12, seed=5, persistent=True, check_every=5, stats=stats)
+    b, loglik_b = sample_audio(model, 3, 12, seed=5, persistent=True)
+    assert torch.equal(a, b) and torch.equal(loglik_a, loglik_b)
+    assert stats["checks"] == 3 and 0 < stats["state_max_abs"] < 100
+    prompt = torch.randint(0, 256, (3, 4))
+    c, _ = sample_audio(model, 3, 12, seed=5, persistent=True, prompt=prompt)
+    assert torch.equal(c[:, :4].cpu(), prompt)
+    with torch.no_grad():
+        model.head.bias[7] = float("nan")
+    with pytest.raises(GenerationDiverged, match="non-finite logits at sample 0 of clip 0"):
+        sample_audio(model, 3, 12, seed=5, persistent=True)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    (dict(complex_ssm=True), "real A"),
+    (dict(bidirectional=True), "causal"),
+    (dict(pools=(2, 2, 2)), "two pooling levels"),
+    (dict(d_model=12), "powers of two"),
+])
+def test_models_it_cannot_run_are_refused_with_the_reason(overrides, reason):
+    from mamba_bio_audio.kernels.unet_generate.fused import UNetGenerator, unsupported
+
+    config = dict(d_model=8, pools=(2, 2), n_layers=1, d_state=4)
+    model = AudioUNet(AudioUNetConfig(**{**config, **overrides}))
+    assert reason in unsupported(model)
+    with pytest.raises(ValueError, match=reason):
+        UNetGenerator(model, 2, START)
+    assert unsupported(AudioUNet(AudioUNetConfig(**config))) is None
