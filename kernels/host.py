@@ -16,6 +16,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
+def floor_power_of_2(n: int) -> int:
+    """The largest power of two ≤ n (1 for n ≤ 1)."""
+    return 1 << n.bit_length() - 1 if n > 1 else 1
+
+
 def cast(x, dtype):
     """Tensor x in dtype, contiguous: x itself when it already is (`Tensor.to` and `.contiguous` still dispatch an op
     each, several µs of host time per call on a GPU host, and a short kernel call's time is its host work)."""

@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..host import cdiv, next_power_of_2
+from ..host import cdiv, floor_power_of_2, next_power_of_2
+from ..selective_scan.triton_tiles import sm_count
 
 LOG2E = 1.4426950408889634
 # Launch shape, from sm_90 static counts (Triton 3.6; not yet timed): a broadcast product's tile [BLOCK_B, outputs,
@@ -305,10 +306,6 @@ def pack_block(block) -> torch.Tensor:
     return torch.cat([p.detach().float().reshape(-1) for p in parts])
 
 
-def _pow2_floor(n: int) -> int:
-    return 1 << max(n, 1).bit_length() - 1
-
-
 class UNetGenerator:
     """The persistent generation kernel's weights and states for one AudioUNet and n rows, started from empty
     states at position 0. `run(steps, ...)` generates the next `steps` positions; states, the last token, each row's
@@ -356,7 +353,7 @@ class UNetGenerator:
         self.token = torch.full((n,), start_token, dtype=torch.int64, device=device)
         self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
         self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
-        sms = _sm_count(device)  # one program per SM at most, unless a program would take more than 16 rows
+        sms = sm_count(device)  # one program per SM at most, unless a program would take more than 16 rows
         self.block_b = block_rows or (1 if n <= sms else min(16, next_power_of_2(cdiv(n, sms))))
         self.dot = self.block_b >= 16
         self.num_warps = num_warps or (2 * WARPS if self.dot else WARPS)  # sm_90 spills far less so (static counts)
@@ -375,7 +372,7 @@ class UNetGenerator:
         def chunk(total, other):
             if self.dot:
                 return min(total, DOT_CHUNK)
-            return max(1, min(total, _pow2_floor(TILE_ELEMENTS // (bb * other))))
+            return max(1, min(total, floor_power_of_2(TILE_ELEMENTS // (bb * other))))
 
         return dict(EC0=chunk(c.expand * D0, D0), EC1=chunk(c.expand * D1, D1), EC2=chunk(c.expand * D2, D2),
                     KC0=chunk(P0 * D0, D1), KC1=chunk(P1 * D1, D2), UC0=chunk(P0 * D0, D1), UC1=chunk(P1 * D1, D2),
@@ -410,9 +407,3 @@ class UNetGenerator:
 
 def _dt_rank(stage) -> int:
     return stage.blocks[0].mixer.dt_rank if len(stage.blocks) else 1
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
