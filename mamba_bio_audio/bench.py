@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per batch size; on the GPU first the time of one Mamba block step, fused and unfused")
     parser.add_argument("--gen-batches", default="1,64,256", help="batch sizes of --generation (default 1,64,256)")
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
-    parser.add_argument("--gen-block-rows", default="0,1,2,4,16",
-                        help="rows per program of the persistent generation kernel to time (0: its default rule)")
+    parser.add_argument("--gen-variants", default="0:1,0:2,1:1,2:1,4:1,16:1",
+                        help="launch shapes of the persistent generation kernel to time, as rows per program:pipeline "
+                             "stages of its walks over E (rows 0: its default rule; default 0:1,0:2,1:1,2:1,4:1,16:1)")
 
 
 def _cuda() -> bool:
@@ -94,10 +95,10 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
             print(f"{name:<40}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
-def persistent_table(device, batches: list[int], seconds: float, block_rows: list[int]) -> None:
+def persistent_table(device, batches: list[int], seconds: float, variants: list[tuple[int, int]]) -> None:
     """Samples per second of the persistent generation kernel alone (`UNetGenerator.run`, one launch per clip) for
-    the SC09 U-Net (random weights) at each batch and rows per program (0: the default rule), after a warm-up run
-    that compiles it; every clip is checked for non-finite logits."""
+    the SC09 U-Net (random weights) at each batch and launch shape (rows per program, 0 for the default rule;
+    pipeline stages), after a warm-up run that compiles it; every clip is checked for non-finite logits."""
     import torch
 
     from .audio import SAMPLE_RATE
@@ -109,19 +110,20 @@ def persistent_table(device, batches: list[int], seconds: float, block_rows: lis
     unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
     length = round(seconds * SAMPLE_RATE)
     print(f"persistent generation kernel, SC09 U-Net, {length}-sample clips, one launch per clip, on {device}")
-    print(f"{'batch':>7}{'rows/program':>14}{'warps':>7}{'programs':>10}{'seconds':>10}{'samples/s':>14}"
-          f"{'x real time':>13}")
+    print(f"{'batch':>7}{'rows/program':>14}{'stages':>8}{'warps':>7}{'programs':>10}{'seconds':>10}"
+          f"{'samples/s':>14}{'x real time':>13}")
     for batch in batches:
-        for rows in block_rows:
-            kernel = UNetGenerator(unet, batch, START_TOKEN, block_rows=rows or None)
+        for rows, stages in variants:
+            shape = dict(block_rows=rows or None, stages=stages)
+            kernel = UNetGenerator(unet, batch, START_TOKEN, **shape)
             codes = torch.empty(batch, length, dtype=torch.int64, device=device)
             kernel.run(min(length, 256), codes)  # compiles
-            kernel = UNetGenerator(unet, batch, START_TOKEN, block_rows=rows or None)
+            kernel = UNetGenerator(unet, batch, START_TOKEN, **shape)
             seconds_taken = _median_seconds(lambda: kernel.run(length, codes, seed=1), device, 1)
             if bool((kernel.first_bad >= 0).any()):
                 raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
             rate = batch * length / seconds_taken
-            print(f"{batch:>7}{kernel.block_b:>14}{kernel.num_warps:>7}{-(-batch // kernel.block_b):>10}"
+            print(f"{batch:>7}{kernel.block_b:>14}{stages:>8}{kernel.num_warps:>7}{-(-batch // kernel.block_b):>10}"
                   f"{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
@@ -229,11 +231,12 @@ def run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     if args.generation:
-        if args.device.startswith("cuda"):
-            block_step_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")])
-            persistent_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")],
-                             args.gen_seconds, [int(v) for v in args.gen_block_rows.split(",")])
-        generation_table(torch.device(args.device), [int(v) for v in args.gen_batches.split(",")], args.gen_seconds)
+        device, batches = torch.device(args.device), [int(v) for v in args.gen_batches.split(",")]
+        if device.type == "cuda":
+            block_step_table(device, batches)
+            variants = [tuple(int(x) for x in v.split(":")) for v in args.gen_variants.split(",")]
+            persistent_table(device, batches, args.gen_seconds, variants)
+        generation_table(device, batches, args.gen_seconds)
         return 0
 
     from . import MambaConfig, MambaLMHeadModel

@@ -30,25 +30,25 @@ def unet(d_model=8, n_layers=1, seed=0, **overrides) -> AudioUNet:
     return model
 
 
-def generator(model, n, block_rows=None):
+def generator(model, n, block_rows=None, stages=1):
     from mamba_bio_audio.kernels.unet_generate.fused import UNetGenerator
 
-    return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows)
+    return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows, stages=stages)
 
 
-@pytest.mark.parametrize("d_model, n, block_rows, temperature, top_p, prompt_len, n_layers", [
-    (8, 3, 2, 0.9, 1.0, 0, 2),      # rows past the batch in the last program; two blocks per stage
-    (16, 17, 16, 1.0, 1.0, 0, 1),   # 16 rows per program: tensor-core products
-    (8, 2, 1, 1.3, 0.5, 5, 1),      # top-p, and a prompt across the first coarse steps
-    (8, 2, 2, 0.0, 1.0, 3, 1),      # greedy
+@pytest.mark.parametrize("d_model, n, block_rows, stages, temperature, top_p, prompt_len, n_layers", [
+    (8, 3, 2, 1, 0.9, 1.0, 0, 2),      # rows past the batch in the last program; two blocks per stage
+    (16, 17, 16, 1, 1.0, 1.0, 0, 1),   # 16 rows per program: tensor-core products
+    (8, 2, 1, 2, 1.3, 0.5, 5, 1),      # top-p, a prompt across the first coarse steps, pipelined walks over E
+    (8, 2, 2, 1, 0.0, 1.0, 3, 1),      # greedy
 ])
-def test_kernel_generates_what_the_models_step_generates(d_model, n, block_rows, temperature, top_p, prompt_len,
-                                                         n_layers):
+def test_kernel_generates_what_the_models_step_generates(d_model, n, block_rows, stages, temperature, top_p,
+                                                         prompt_len, n_layers):
     model, length = unet(d_model, n_layers), 12
     torch.manual_seed(1)
     uniform = torch.rand(length, n, 256)
     prompt = torch.randint(0, 256, (n, prompt_len)) if prompt_len else None
-    kernel = generator(model, n, block_rows)
+    kernel = generator(model, n, block_rows, stages)
     codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
     logits = torch.zeros(length, n, 256, device=DEVICE)
     kernel.run(length, codes, prompt.to(DEVICE) if prompt is not None else None, temperature, top_p,

@@ -75,7 +75,7 @@ def _rms(x, w_ptr, eps, D: tl.constexpr):
 @triton.jit
 def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr):
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr):
     """One position through a pre-norm residual Mamba block: hidden, residual [BLOCK_B, D] fp32 → (mixer output,
     hidden + residual). w_ptr: the block's pack (`pack_block`); conv_ptr (n_rows, E, W) ring and ssm_ptr
     (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E."""
@@ -102,7 +102,7 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
     b_in = tl.zeros([BLOCK_B, N], tl.float32)
     c_out = tl.zeros([BLOCK_B, N], tl.float32)
     tl.debug_barrier()  # the previous block's readers of xz are done
-    for c in range(0, E, E_CHUNK):
+    for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
         ch = c + offs_c
         x = _mm(u, w_ptr + o_in + c * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + ch)[None, :]
         z = _mm(u, w_ptr + o_in + (E + c) * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + E + ch)[None, :]
@@ -120,7 +120,7 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
         c_out += _mm(x, w_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
     tl.debug_barrier()  # x and z written above by other threads
     out = tl.zeros([BLOCK_B, D], tl.float32)
-    for c in range(0, E, E_CHUNK):
+    for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
         ch = c + offs_c
         dt = _mm(dt_r, w_ptr + o_dt + c * R, R, E_CHUNK, R, DOT) + tl.load(w_ptr + o_dt_b + ch)[None, :]
         dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                               # softplus
@@ -141,7 +141,7 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
 @triton.jit
 def _stage(x, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps, n_layers,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr):
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr):
     """n_layers blocks at one width: x [BLOCK_B, D] → hidden + residual after the last (x itself for none)."""
     block_numel = D + 2 * E * D + 2 * E + E * W + E + (R + 2 * N) * E + E * R + E + E * N + E + D * E + D
     hidden = x
@@ -149,7 +149,7 @@ def _stage(x, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
     for layer in range(n_layers):
         hidden, residual = _block(hidden, residual, w_ptr + layer * block_numel, conv_ptr + layer * n_rows * E * W,
                                   ssm_ptr + layer * n_rows * E * N, xz_ptr, rows, row_ok, tick, n_rows, eps,
-                                  D, E, R, N, W, E_CHUNK, BLOCK_B, DOT)
+                                  D, E, R, N, W, E_CHUNK, BLOCK_B, DOT, STAGES)
     return hidden + residual
 
 
@@ -177,7 +177,7 @@ def _unet_generate_kernel(
         V: tl.constexpr, BLOCK_V: tl.constexpr, EC0: tl.constexpr, EC1: tl.constexpr, EC2: tl.constexpr,
         KC0: tl.constexpr, KC1: tl.constexpr, UC0: tl.constexpr, UC1: tl.constexpr, VC: tl.constexpr,
         GREEDY: tl.constexpr, TOP_P: tl.constexpr, NOISE_IN: tl.constexpr, LOGITS_OUT: tl.constexpr,
-        BLOCK_B: tl.constexpr, DOT: tl.constexpr):
+        BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr):
     """Positions [t_start, t_end) for rows [pid·BLOCK_B, (pid + 1)·BLOCK_B): see the module docstring. Packs 0–4:
     down stage 0, down stage 1, centre, up stage 1, up stage 0; conv/ssm 0–4 their states. token, loglik,
     first_bad (n_rows,) carry over between launches; codes[row, t − t_start] (row stride codes_ld) get the tokens."""
@@ -196,20 +196,21 @@ def _unet_generate_kernel(
         phase1 = tick1 % P1
         x = tl.load(emb_ptr + token[:, None] * D0 + offs_d0[None, :], mask=row_ok[:, None], other=0.0)
         d0 = _stage(x, pack0_ptr, conv0_ptr, ssm0_ptr, xz_ptr, rows, row_ok, t, n_rows, eps, n_layers,
-                    D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT)
+                    D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES)
         up0 = up_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :]
         o0 = _stage(tl.load(up0, mask=row_ok[:, None], other=0.0) + d0, pack4_ptr, conv4_ptr, ssm4_ptr, xz_ptr,
-                    rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT)
+                    rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES)
         tl.store(down_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :], d0, mask=row_ok[:, None])
         if phase0 == P0 - 1:
             tl.debug_barrier()  # down_buf0 complete; up_buf0 read by every thread before it is rewritten below
             c1 = _mm_mem(down_buf0_ptr, P0 * D0, rows, row_ok, dpool0_w_ptr, P0 * D0, D1, P0 * D0, KC0, BLOCK_B,
                          DOT) + tl.load(dpool0_b_ptr + offs_d1)[None, :]
             d1 = _stage(c1, pack1_ptr, conv1_ptr, ssm1_ptr, xz_ptr, rows, row_ok, tick1, n_rows, eps, n_layers,
-                        D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT)
+                        D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT, STAGES)
             up1 = up_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :]
             o1 = _stage(tl.load(up1, mask=row_ok[:, None], other=0.0) + d1, pack3_ptr, conv3_ptr, ssm3_ptr, xz_ptr,
-                        rows, row_ok, tick1, n_rows, eps, n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT)
+                        rows, row_ok, tick1, n_rows, eps, n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT,
+                        STAGES)
             tl.store(down_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :], d1,
                      mask=row_ok[:, None])
             if phase1 == P1 - 1:
@@ -217,7 +218,7 @@ def _unet_generate_kernel(
                 c2 = _mm_mem(down_buf1_ptr, P1 * D1, rows, row_ok, dpool1_w_ptr, P1 * D1, D2, P1 * D1, KC1,
                              BLOCK_B, DOT) + tl.load(dpool1_b_ptr + tl.arange(0, D2))[None, :]
                 centre = _stage(c2, pack2_ptr, conv2_ptr, ssm2_ptr, xz_ptr, rows, row_ok, tick1 // P1, n_rows, eps,
-                                n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, DOT)
+                                n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, DOT, STAGES)
                 _up_pool(centre, upool1_w_ptr, upool1_b_ptr, up_buf1_ptr, rows, row_ok, D2, P1 * D1, UC1, DOT)
             _up_pool(o1, upool0_w_ptr, upool0_b_ptr, up_buf0_ptr, rows, row_ok, D1, P0 * D0, UC0, DOT)
             tl.debug_barrier()  # the pooled buffers are read by other threads at the next positions
@@ -312,7 +313,8 @@ class UNetGenerator:
     log-likelihood (fp64, nats, of the drawn tokens under softmax(logits)) and its first position with non-finite
     logits (−1: none) carry over between runs."""
 
-    def __init__(self, model, n: int, start_token: int, block_rows: int | None = None, num_warps: int | None = None):
+    def __init__(self, model, n: int, start_token: int, block_rows: int | None = None, num_warps: int | None = None,
+                 stages: int = 1, tile_elements: int = TILE_ELEMENTS):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"UNetGenerator: {reason}")
@@ -357,6 +359,7 @@ class UNetGenerator:
         self.block_b = block_rows or (1 if n <= sms else min(16, next_power_of_2(cdiv(n, sms))))
         self.dot = self.block_b >= 16
         self.num_warps = num_warps or (2 * WARPS if self.dot else WARPS)  # sm_90 spills far less so (static counts)
+        self.stages, self.tile_elements = stages, tile_elements  # software pipelining of the walks over E; tiles
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every recurrent state tensor, rows first."""
@@ -372,7 +375,7 @@ class UNetGenerator:
         def chunk(total, other):
             if self.dot:
                 return min(total, DOT_CHUNK)
-            return max(1, min(total, floor_power_of_2(TILE_ELEMENTS // (bb * other))))
+            return max(1, min(total, floor_power_of_2(self.tile_elements // (bb * other))))
 
         return dict(EC0=chunk(c.expand * D0, D0), EC1=chunk(c.expand * D1, D1), EC2=chunk(c.expand * D2, D2),
                     KC0=chunk(P0 * D0, D1), KC1=chunk(P1 * D1, D2), UC0=chunk(P0 * D0, D1), UC1=chunk(P1 * D1, D2),
@@ -401,6 +404,7 @@ class UNetGenerator:
             R2=self.dt_rank[2], EXPAND=c.expand, N=c.d_state, W=c.d_conv, P0=c.pools[0], P1=c.pools[1],
             V=c.n_classes, BLOCK_V=self.block_v, **self._chunks(), GREEDY=temperature == 0, TOP_P=top_p < 1.0,
             NOISE_IN=uniform is not None, LOGITS_OUT=logits_out is not None, BLOCK_B=self.block_b, DOT=self.dot,
+            STAGES=self.stages,
             num_warps=self.num_warps)
         self.position += steps
 
