@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per batch size; on the GPU first the time of one Mamba block step, fused and unfused")
     parser.add_argument("--gen-batches", default="1,64,256", help="batch sizes of --generation (default 1,64,256)")
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
-    parser.add_argument("--gen-variants", default="0:1,0:2,1:1,2:1,4:1,16:1",
+    parser.add_argument("--gen-variants", default="0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32",
                         help="launch shapes of the persistent generation kernel to time, as rows per program:pipeline "
-                             "stages of its walks over E (rows 0: its default rule; default 0:1,0:2,1:1,2:1,4:1,16:1)")
+                             "stages of its walks over E[:tf32 for tensor-core products at 16 rows] (rows 0: its "
+                             "default rule; default 0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32)")
 
 
 def _cuda() -> bool:
@@ -95,10 +96,11 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
             print(f"{name:<40}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
-def persistent_table(device, batches: list[int], seconds: float, variants: list[tuple[int, int]]) -> None:
+def persistent_table(device, batches: list[int], seconds: float, variants: list[str]) -> None:
     """Samples per second of the persistent generation kernel alone (`UNetGenerator.run`, one launch per clip) for
-    the SC09 U-Net (random weights) at each batch and launch shape (rows per program, 0 for the default rule;
-    pipeline stages), after a warm-up run that compiles it; every clip is checked for non-finite logits."""
+    the SC09 U-Net (random weights) at each batch and launch shape ("rows:stages[:precision]": rows per program, 0
+    for the default rule; pipeline stages; tl.dot's precision at 16 rows), after a warm-up run that compiles it;
+    every clip is checked for non-finite logits."""
     import torch
 
     from .audio import SAMPLE_RATE
@@ -110,11 +112,12 @@ def persistent_table(device, batches: list[int], seconds: float, variants: list[
     unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
     length = round(seconds * SAMPLE_RATE)
     print(f"persistent generation kernel, SC09 U-Net, {length}-sample clips, one launch per clip, on {device}")
-    print(f"{'batch':>7}{'rows/program':>14}{'stages':>8}{'warps':>7}{'programs':>10}{'seconds':>10}"
+    print(f"{'batch':>7}{'rows/program':>14}{'stages':>8}{'dot':>6}{'warps':>7}{'programs':>10}{'seconds':>10}"
           f"{'samples/s':>14}{'x real time':>13}")
     for batch in batches:
-        for rows, stages in variants:
-            shape = dict(block_rows=rows or None, stages=stages)
+        for variant in variants:
+            rows, stages, *precision = variant.split(":")
+            shape = dict(block_rows=int(rows) or None, stages=int(stages), dot_precision=(precision or ["ieee"])[0])
             kernel = UNetGenerator(unet, batch, START_TOKEN, **shape)
             codes = torch.empty(batch, length, dtype=torch.int64, device=device)
             kernel.run(min(length, 256), codes)  # compiles
@@ -123,7 +126,8 @@ def persistent_table(device, batches: list[int], seconds: float, variants: list[
             if bool((kernel.first_bad >= 0).any()):
                 raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
             rate = batch * length / seconds_taken
-            print(f"{batch:>7}{kernel.block_b:>14}{stages:>8}{kernel.num_warps:>7}{-(-batch // kernel.block_b):>10}"
+            print(f"{batch:>7}{kernel.block_b:>14}{stages:>8}{kernel.dot or '-':>6}{kernel.num_warps:>7}"
+                  f"{-(-batch // kernel.block_b):>10}"
                   f"{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
@@ -234,8 +238,7 @@ def run(args: argparse.Namespace) -> int:
         device, batches = torch.device(args.device), [int(v) for v in args.gen_batches.split(",")]
         if device.type == "cuda":
             block_step_table(device, batches)
-            variants = [tuple(int(x) for x in v.split(":")) for v in args.gen_variants.split(",")]
-            persistent_table(device, batches, args.gen_seconds, variants)
+            persistent_table(device, batches, args.gen_seconds, args.gen_variants.split(","))
         generation_table(device, batches, args.gen_seconds)
         return 0
 

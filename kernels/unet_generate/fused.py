@@ -43,12 +43,13 @@ DOT_CHUNK = 16
 @triton.jit
 def _mm(x, w_ptr, ld, N_OUT: tl.constexpr, K: tl.constexpr, DOT: tl.constexpr):
     """x [BLOCK_B, K] fp32 times W[:N_OUT, :K]ᵀ, W row-major with row stride ld from w_ptr → [BLOCK_B, N_OUT] fp32.
-    Tensor-core dot (fp32, IEEE) when DOT and both sizes allow it, else a broadcast product summed over K."""
+    tl.dot when DOT ("ieee": fp32 on the FMA units, "tf32": tensor cores) and both sizes allow it, else a broadcast
+    product summed over K."""
     offs_o = tl.arange(0, N_OUT)
     offs_k = tl.arange(0, K)
     w = tl.load(w_ptr + offs_o[:, None] * ld + offs_k[None, :]).to(tl.float32)            # [N_OUT, K]
-    if DOT and N_OUT >= 16 and K >= 16:
-        return tl.dot(x, tl.trans(w), input_precision="ieee")
+    if DOT != "" and N_OUT >= 16 and K >= 16:
+        return tl.dot(x, tl.trans(w), input_precision=DOT)
     else:
         return tl.sum(x[:, None, :] * w[None, :, :], axis=2)
 
@@ -73,12 +74,60 @@ def _rms(x, w_ptr, eps, D: tl.constexpr):
 
 
 @triton.jit
+def _walk_in(c, u, dt_r, b_in, c_out, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b, o_conv,
+             o_conv_b, o_xp, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
+             E_CHUNK: tl.constexpr, DOT: tl.constexpr):
+    """Channels [c, c + E_CHUNK) of a block's first walk: x, z = in_proj(u); x enters the conv ring; x = silu(conv);
+    x and z to scratch; x_proj's partial sums added to (dt_r, B, C), which are returned."""
+    ch = c + tl.arange(0, E_CHUNK)
+    offs_w = tl.arange(0, W)
+    x = _mm(u, w_ptr + o_in + c * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + ch)[None, :]
+    z = _mm(u, w_ptr + o_in + (E + c) * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + E + ch)[None, :]
+    ring = conv_ptr + (rows[:, None, None] * E + ch[None, :, None]) * W + offs_w[None, None, :]
+    newest = (offs_w == slot_now)[None, None, :]
+    window = tl.where(newest, x[:, :, None], tl.load(ring, mask=row_ok[:, None, None], other=0.0))
+    taps = tl.load(w_ptr + o_conv + ch[:, None] * W + tap[None, :])                         # [E_CHUNK, W]
+    x = tl.sum(window * taps[None, :, :], axis=2) + tl.load(w_ptr + o_conv_b + ch)[None, :]
+    tl.store(ring, window, mask=row_ok[:, None, None] & newest)
+    x = x * tl.sigmoid(x)
+    tl.store(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], x, mask=row_ok[:, None])
+    tl.store(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], z, mask=row_ok[:, None])
+    dt_r += _mm(x, w_ptr + o_xp + c, E, R, E_CHUNK, DOT)
+    b_in += _mm(x, w_ptr + o_xp + R * E + c, E, N, E_CHUNK, DOT)
+    c_out += _mm(x, w_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
+    return dt_r, b_in, c_out
+
+
+@triton.jit
+def _walk_out(c, out, dt_r, b_in, c_out, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d, o_out,
+              D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, E_CHUNK: tl.constexpr,
+              DOT: tl.constexpr):
+    """Channels [c, c + E_CHUNK) of a block's second walk: Δ = softplus(dt_proj(dt_r)); h = exp(Δ·A)·h + Δ·B·x in
+    place; y = (C·h + D·x)·silu(z); out_proj's partial sum added to out, which is returned."""
+    ch = c + tl.arange(0, E_CHUNK)
+    offs_n = tl.arange(0, N)
+    dt = _mm(dt_r, w_ptr + o_dt + c * R, R, E_CHUNK, R, DOT) + tl.load(w_ptr + o_dt_b + ch)[None, :]
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                                   # softplus
+    x = tl.load(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], mask=row_ok[:, None], other=0.0)
+    z = tl.load(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], mask=row_ok[:, None], other=0.0)
+    a2 = tl.load(w_ptr + o_a + ch[:, None] * N + offs_n[None, :])                           # A·log2 e
+    state = ssm_ptr + (rows[:, None, None] * E + ch[None, :, None]) * N + offs_n[None, None, :]
+    h = tl.load(state, mask=row_ok[:, None, None], other=0.0)
+    h = tl.exp2(dt[:, :, None] * a2[None, :, :]) * h + (dt * x)[:, :, None] * b_in[:, None, :]
+    tl.store(state, h, mask=row_ok[:, None, None])
+    y = tl.sum(h * c_out[:, None, :], axis=2) + tl.load(w_ptr + o_d + ch)[None, :] * x
+    y = y * z * tl.sigmoid(z)
+    return out + _mm(y, w_ptr + o_out + c, E, D, E_CHUNK, DOT)
+
+
+@triton.jit
 def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
            E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr):
     """One position through a pre-norm residual Mamba block: hidden, residual [BLOCK_B, D] fp32 → (mixer output,
     hidden + residual). w_ptr: the block's pack (`pack_block`); conv_ptr (n_rows, E, W) ring and ssm_ptr
-    (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E."""
+    (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E,
+    software-pipelined by Triton when STAGES > 1."""
     o_in = D                                   # pack layout, as pack_block writes it
     o_in_b = o_in + 2 * E * D
     o_conv = o_in_b + 2 * E
@@ -90,50 +139,33 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
     o_d = o_a + E * N
     o_out = o_d + E
     o_out_b = o_out + D * E
-    offs_c = tl.arange(0, E_CHUNK)
-    offs_w = tl.arange(0, W)
-    offs_n = tl.arange(0, N)
     residual = hidden + residual
     u = _rms(residual, w_ptr, eps, D)
     slot_now = tick % W
     # ring slot s holds the input of tick τ with τ ≡ s (mod W); tap j of the conv reads tick t − (W − 1) + j
-    tap = ((offs_w - slot_now - 1) % W + W) % W
+    tap = ((tl.arange(0, W) - slot_now - 1) % W + W) % W
     dt_r = tl.zeros([BLOCK_B, R], tl.float32)
     b_in = tl.zeros([BLOCK_B, N], tl.float32)
     c_out = tl.zeros([BLOCK_B, N], tl.float32)
     tl.debug_barrier()  # the previous block's readers of xz are done
-    for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
-        ch = c + offs_c
-        x = _mm(u, w_ptr + o_in + c * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + ch)[None, :]
-        z = _mm(u, w_ptr + o_in + (E + c) * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + E + ch)[None, :]
-        ring = conv_ptr + (rows[:, None, None] * E + ch[None, :, None]) * W + offs_w[None, None, :]
-        newest = (offs_w == slot_now)[None, None, :]
-        window = tl.where(newest, x[:, :, None], tl.load(ring, mask=row_ok[:, None, None], other=0.0))
-        taps = tl.load(w_ptr + o_conv + ch[:, None] * W + tap[None, :])                     # [E_CHUNK, W]
-        x = tl.sum(window * taps[None, :, :], axis=2) + tl.load(w_ptr + o_conv_b + ch)[None, :]
-        tl.store(ring, window, mask=row_ok[:, None, None] & newest)
-        x = x * tl.sigmoid(x)
-        tl.store(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], x, mask=row_ok[:, None])
-        tl.store(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], z, mask=row_ok[:, None])
-        dt_r += _mm(x, w_ptr + o_xp + c, E, R, E_CHUNK, DOT)
-        b_in += _mm(x, w_ptr + o_xp + R * E + c, E, N, E_CHUNK, DOT)
-        c_out += _mm(x, w_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
+    if STAGES > 1:
+        for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
+            dt_r, b_in, c_out = _walk_in(c, u, dt_r, b_in, c_out, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now,
+                                         tap, o_in, o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT)
+    else:
+        for c in range(0, E, E_CHUNK):
+            dt_r, b_in, c_out = _walk_in(c, u, dt_r, b_in, c_out, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now,
+                                         tap, o_in, o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT)
     tl.debug_barrier()  # x and z written above by other threads
     out = tl.zeros([BLOCK_B, D], tl.float32)
-    for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
-        ch = c + offs_c
-        dt = _mm(dt_r, w_ptr + o_dt + c * R, R, E_CHUNK, R, DOT) + tl.load(w_ptr + o_dt_b + ch)[None, :]
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                               # softplus
-        x = tl.load(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], mask=row_ok[:, None], other=0.0)
-        z = tl.load(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], mask=row_ok[:, None], other=0.0)
-        a2 = tl.load(w_ptr + o_a + ch[:, None] * N + offs_n[None, :])                       # A·log2 e
-        state = ssm_ptr + (rows[:, None, None] * E + ch[None, :, None]) * N + offs_n[None, None, :]
-        h = tl.load(state, mask=row_ok[:, None, None], other=0.0)
-        h = tl.exp2(dt[:, :, None] * a2[None, :, :]) * h + (dt * x)[:, :, None] * b_in[:, None, :]
-        tl.store(state, h, mask=row_ok[:, None, None])
-        y = tl.sum(h * c_out[:, None, :], axis=2) + tl.load(w_ptr + o_d + ch)[None, :] * x
-        y = y * z * tl.sigmoid(z)
-        out += _mm(y, w_ptr + o_out + c, E, D, E_CHUNK, DOT)
+    if STAGES > 1:
+        for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
+            out = _walk_out(c, out, dt_r, b_in, c_out, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d,
+                            o_out, D, E, R, N, E_CHUNK, DOT)
+    else:
+        for c in range(0, E, E_CHUNK):
+            out = _walk_out(c, out, dt_r, b_in, c_out, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d,
+                            o_out, D, E, R, N, E_CHUNK, DOT)
     out += tl.load(w_ptr + o_out_b + tl.arange(0, D))[None, :]
     return out, residual
 
@@ -314,7 +346,7 @@ class UNetGenerator:
     logits (−1: none) carry over between runs."""
 
     def __init__(self, model, n: int, start_token: int, block_rows: int | None = None, num_warps: int | None = None,
-                 stages: int = 1, tile_elements: int = TILE_ELEMENTS):
+                 stages: int = 1, tile_elements: int = TILE_ELEMENTS, dot_precision: str = "ieee"):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"UNetGenerator: {reason}")
@@ -323,9 +355,9 @@ class UNetGenerator:
         f32 = dict(device=device, dtype=torch.float32)
         self.n, self.config, self.position = n, c, 0
         self.widths = c.widths
-        stages = [model.down[0], model.down[1], model.centre, model.up[1], model.up[0]]
+        parts = [model.down[0], model.down[1], model.centre, model.up[1], model.up[0]]
         self.packs = [torch.cat([pack_block(b) for b in s.blocks]) if len(s.blocks) else torch.zeros(1, **f32)
-                      for s in stages]
+                      for s in parts]
         level = [0, 1, 2, 1, 0]
         E = [c.expand * w for w in self.widths]
         self.conv = [torch.zeros(max(c.n_layers, 1), n, E[k], c.d_conv, **f32) for k in level]
@@ -357,9 +389,11 @@ class UNetGenerator:
         self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
         sms = sm_count(device)  # one program per SM at most, unless a program would take more than 16 rows
         self.block_b = block_rows or (1 if n <= sms else min(16, next_power_of_2(cdiv(n, sms))))
-        self.dot = self.block_b >= 16
+        self.dot = dot_precision if self.block_b >= 16 else ""  # tl.dot's input precision; "": no tl.dot
+        if dot_precision not in ("ieee", "tf32"):
+            raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
         self.num_warps = num_warps or (2 * WARPS if self.dot else WARPS)  # sm_90 spills far less so (static counts)
-        self.stages, self.tile_elements = stages, tile_elements  # software pipelining of the walks over E; tiles
+        self.stages, self.tile_elements = stages, tile_elements  # > 1: the walks over E software-pipelined
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every recurrent state tensor, rows first."""
@@ -404,8 +438,7 @@ class UNetGenerator:
             R2=self.dt_rank[2], EXPAND=c.expand, N=c.d_state, W=c.d_conv, P0=c.pools[0], P1=c.pools[1],
             V=c.n_classes, BLOCK_V=self.block_v, **self._chunks(), GREEDY=temperature == 0, TOP_P=top_p < 1.0,
             NOISE_IN=uniform is not None, LOGITS_OUT=logits_out is not None, BLOCK_B=self.block_b, DOT=self.dot,
-            STAGES=self.stages,
-            num_warps=self.num_warps)
+            STAGES=self.stages, num_warps=self.num_warps)
         self.position += steps
 
 
