@@ -1,6 +1,7 @@
 """Generation from a causal Mamba U-Net in one persistent kernel (`kernels/unet_generate`) against the model's own
 step and draw in float64 (Triton's interpreter without a GPU): every position's logits, the drawn and forced codes,
-the log-likelihood, launches split anywhere, seeds, `sample_audio`'s use of it, and the models it refuses."""
+the log-likelihood, real and complex A, launches split anywhere, seeds, `sample_audio`'s use of it, and the models it
+refuses."""
 from __future__ import annotations
 
 import pytest
@@ -36,15 +37,17 @@ def generator(model, n, block_rows=None, stages=1):
     return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows, stages=stages)
 
 
-@pytest.mark.parametrize("d_model, n, block_rows, stages, temperature, top_p, prompt_len, n_layers", [
-    (8, 3, 2, 1, 0.9, 1.0, 0, 2),      # rows past the batch in the last program; two blocks per stage
-    (16, 17, 16, 1, 1.0, 1.0, 0, 1),   # 16 rows per program: tensor-core products
-    (8, 2, 1, 2, 1.3, 0.5, 5, 1),      # top-p, a prompt across the first coarse steps, pipelined walks over E
-    (8, 2, 2, 1, 0.0, 1.0, 3, 1),      # greedy
+@pytest.mark.parametrize("d_model, n, block_rows, stages, temperature, top_p, prompt_len, n_layers, complex_ssm", [
+    (8, 3, 2, 1, 0.9, 1.0, 0, 2, False),      # rows past the batch in the last program; two blocks per stage
+    (16, 17, 16, 1, 1.0, 1.0, 0, 1, False),   # 16 rows per program: tl.dot products
+    (8, 2, 1, 2, 1.3, 0.5, 5, 1, False),      # top-p, a prompt across the first coarse steps, pipelined walks over E
+    (8, 2, 2, 1, 0.0, 1.0, 3, 1, False),      # greedy
+    (8, 3, 2, 1, 1.0, 0.9, 2, 2, True),       # complex A (the YouTubeMix preset's SSM)
+    (16, 17, 16, 1, 1.0, 1.0, 0, 1, True),    # complex A with tl.dot products
 ])
 def test_kernel_generates_what_the_models_step_generates(d_model, n, block_rows, stages, temperature, top_p,
-                                                         prompt_len, n_layers):
-    model, length = unet(d_model, n_layers), 12
+                                                         prompt_len, n_layers, complex_ssm):
+    model, length = unet(d_model, n_layers, complex_ssm=complex_ssm), 12
     torch.manual_seed(1)
     uniform = torch.rand(length, n, 256)
     prompt = torch.randint(0, 256, (n, prompt_len)) if prompt_len else None
@@ -111,7 +114,6 @@ def test_sample_audio_takes_the_persistent_kernel():
 
 
 @pytest.mark.parametrize("overrides, reason", [
-    (dict(complex_ssm=True), "real A"),
     (dict(bidirectional=True), "causal"),
     (dict(pools=(2, 2, 2)), "two pooling levels"),
     (dict(d_model=12), "powers of two"),

@@ -1,4 +1,5 @@
-"""Generation from a causal Mamba U-Net (AudioUNet, two pooling levels, real A) in one persistent Triton kernel.
+"""Generation from a causal Mamba U-Net (AudioUNet, two pooling levels, real or complex A) in one persistent Triton
+kernel.
 
 Why: a sample of the SC09 U-Net steps about 20 Mamba blocks (16 at full rate, the pooled stages every 4th and 16th
 sample) plus pooling, norm, head and draw; as separate kernels, even replayed from a CUDA graph, a sample costs
@@ -74,11 +75,12 @@ def _rms(x, w_ptr, eps, D: tl.constexpr):
 
 
 @triton.jit
-def _walk_in(c, u, dt_r, b_in, c_out, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b, o_conv,
-             o_conv_b, o_xp, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-             E_CHUNK: tl.constexpr, DOT: tl.constexpr):
+def _walk_in(c, u, dt_r, b_in, c_out, b_im, c_im, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b,
+             o_conv, o_conv_b, o_xp, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+             W: tl.constexpr, E_CHUNK: tl.constexpr, DOT: tl.constexpr, COMPLEX: tl.constexpr):
     """Channels [c, c + E_CHUNK) of a block's first walk: x, z = in_proj(u); x enters the conv ring; x = silu(conv);
-    x and z to scratch; x_proj's partial sums added to (dt_r, B, C), which are returned."""
+    x and z to scratch; x_proj's partial sums added to (dt_r, B, C, and with COMPLEX the imaginary parts of B and C
+    (x_proj's rows: dt_r, Re B, Im B, Re C, Im C)), which are returned."""
     ch = c + tl.arange(0, E_CHUNK)
     offs_w = tl.arange(0, W)
     x = _mm(u, w_ptr + o_in + c * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + ch)[None, :]
@@ -92,30 +94,47 @@ def _walk_in(c, u, dt_r, b_in, c_out, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slo
     x = x * tl.sigmoid(x)
     tl.store(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], x, mask=row_ok[:, None])
     tl.store(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], z, mask=row_ok[:, None])
+    BC: tl.constexpr = 2 * N if COMPLEX else N                                              # B's rows
     dt_r += _mm(x, w_ptr + o_xp + c, E, R, E_CHUNK, DOT)
     b_in += _mm(x, w_ptr + o_xp + R * E + c, E, N, E_CHUNK, DOT)
-    c_out += _mm(x, w_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
-    return dt_r, b_in, c_out
+    c_out += _mm(x, w_ptr + o_xp + (R + BC) * E + c, E, N, E_CHUNK, DOT)
+    if COMPLEX:
+        b_im += _mm(x, w_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
+        c_im += _mm(x, w_ptr + o_xp + (R + BC + N) * E + c, E, N, E_CHUNK, DOT)
+    return dt_r, b_in, c_out, b_im, c_im
 
 
 @triton.jit
-def _walk_out(c, out, dt_r, b_in, c_out, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d, o_out,
-              D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, E_CHUNK: tl.constexpr,
-              DOT: tl.constexpr):
+def _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d,
+              o_out, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, E_CHUNK: tl.constexpr,
+              DOT: tl.constexpr, COMPLEX: tl.constexpr):
     """Channels [c, c + E_CHUNK) of a block's second walk: Δ = softplus(dt_proj(dt_r)); h = exp(Δ·A)·h + Δ·B·x in
-    place; y = (C·h + D·x)·silu(z); out_proj's partial sum added to out, which is returned."""
+    place; y = (C·h + D·x)·silu(z), C·h taken as 2·Re(C·h) with COMPLEX (state (row, E, [Re h, Im h]), A's
+    imaginary part after its real part in the pack); out_proj's partial sum added to out, which is returned."""
     ch = c + tl.arange(0, E_CHUNK)
     offs_n = tl.arange(0, N)
     dt = _mm(dt_r, w_ptr + o_dt + c * R, R, E_CHUNK, R, DOT) + tl.load(w_ptr + o_dt_b + ch)[None, :]
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                                   # softplus
     x = tl.load(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], mask=row_ok[:, None], other=0.0)
     z = tl.load(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], mask=row_ok[:, None], other=0.0)
-    a2 = tl.load(w_ptr + o_a + ch[:, None] * N + offs_n[None, :])                           # A·log2 e
-    state = ssm_ptr + (rows[:, None, None] * E + ch[None, :, None]) * N + offs_n[None, None, :]
+    a2 = tl.load(w_ptr + o_a + ch[:, None] * N + offs_n[None, :])                           # Re A·log2 e
+    SW: tl.constexpr = 2 * N if COMPLEX else N                                              # state width
+    state = ssm_ptr + (rows[:, None, None] * E + ch[None, :, None]) * SW + offs_n[None, None, :]
     h = tl.load(state, mask=row_ok[:, None, None], other=0.0)
-    h = tl.exp2(dt[:, :, None] * a2[None, :, :]) * h + (dt * x)[:, :, None] * b_in[:, None, :]
+    decay = tl.exp2(dt[:, :, None] * a2[None, :, :])
+    dx = (dt * x)[:, :, None]
+    if COMPLEX:
+        angle = dt[:, :, None] * tl.load(w_ptr + o_a + E * N + ch[:, None] * N + offs_n[None, :])[None, :, :]
+        h_im = tl.load(state + N, mask=row_ok[:, None, None], other=0.0)
+        h, h_im = (decay * (tl.cos(angle) * h - tl.sin(angle) * h_im) + dx * b_in[:, None, :],
+                   decay * (tl.sin(angle) * h + tl.cos(angle) * h_im) + dx * b_im[:, None, :])
+        tl.store(state + N, h_im, mask=row_ok[:, None, None])
+        y = 2.0 * tl.sum(h * c_out[:, None, :] - h_im * c_im[:, None, :], axis=2)
+    else:
+        h = decay * h + dx * b_in[:, None, :]
+        y = tl.sum(h * c_out[:, None, :], axis=2)
     tl.store(state, h, mask=row_ok[:, None, None])
-    y = tl.sum(h * c_out[:, None, :], axis=2) + tl.load(w_ptr + o_d + ch)[None, :] * x
+    y += tl.load(w_ptr + o_d + ch)[None, :] * x
     y = y * z * tl.sigmoid(z)
     return out + _mm(y, w_ptr + o_out + c, E, D, E_CHUNK, DOT)
 
@@ -123,7 +142,8 @@ def _walk_out(c, out, dt_r, b_in, c_out, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o
 @triton.jit
 def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr):
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr,
+           COMPLEX: tl.constexpr):
     """One position through a pre-norm residual Mamba block: hidden, residual [BLOCK_B, D] fp32 → (mixer output,
     hidden + residual). w_ptr: the block's pack (`pack_block`); conv_ptr (n_rows, E, W) ring and ssm_ptr
     (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E,
@@ -133,10 +153,11 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
     o_conv = o_in_b + 2 * E
     o_conv_b = o_conv + E * W
     o_xp = o_conv_b + E
-    o_dt = o_xp + (R + 2 * N) * E
+    BC: tl.constexpr = 2 * N if COMPLEX else N                  # B's and C's rows in x_proj
+    o_dt = o_xp + (R + 2 * BC) * E
     o_dt_b = o_dt + E * R
     o_a = o_dt_b + E
-    o_d = o_a + E * N
+    o_d = o_a + E * BC                                          # A: real parts, then (COMPLEX) imaginary parts
     o_out = o_d + E
     o_out_b = o_out + D * E
     residual = hidden + residual
@@ -147,25 +168,29 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
     dt_r = tl.zeros([BLOCK_B, R], tl.float32)
     b_in = tl.zeros([BLOCK_B, N], tl.float32)
     c_out = tl.zeros([BLOCK_B, N], tl.float32)
+    b_im = tl.zeros([BLOCK_B, N], tl.float32)
+    c_im = tl.zeros([BLOCK_B, N], tl.float32)
     tl.debug_barrier()  # the previous block's readers of xz are done
     if STAGES > 1:
         for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
-            dt_r, b_in, c_out = _walk_in(c, u, dt_r, b_in, c_out, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now,
-                                         tap, o_in, o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT)
+            dt_r, b_in, c_out, b_im, c_im = _walk_in(
+                c, u, dt_r, b_in, c_out, b_im, c_im, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b,
+                o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT, COMPLEX)
     else:
         for c in range(0, E, E_CHUNK):
-            dt_r, b_in, c_out = _walk_in(c, u, dt_r, b_in, c_out, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now,
-                                         tap, o_in, o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT)
+            dt_r, b_in, c_out, b_im, c_im = _walk_in(
+                c, u, dt_r, b_in, c_out, b_im, c_im, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b,
+                o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT, COMPLEX)
     tl.debug_barrier()  # x and z written above by other threads
     out = tl.zeros([BLOCK_B, D], tl.float32)
     if STAGES > 1:
         for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
-            out = _walk_out(c, out, dt_r, b_in, c_out, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d,
-                            o_out, D, E, R, N, E_CHUNK, DOT)
+            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b,
+                            o_a, o_d, o_out, D, E, R, N, E_CHUNK, DOT, COMPLEX)
     else:
         for c in range(0, E, E_CHUNK):
-            out = _walk_out(c, out, dt_r, b_in, c_out, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d,
-                            o_out, D, E, R, N, E_CHUNK, DOT)
+            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b,
+                            o_a, o_d, o_out, D, E, R, N, E_CHUNK, DOT, COMPLEX)
     out += tl.load(w_ptr + o_out_b + tl.arange(0, D))[None, :]
     return out, residual
 
@@ -173,15 +198,17 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
 @triton.jit
 def _stage(x, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps, n_layers,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr):
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr,
+           COMPLEX: tl.constexpr):
     """n_layers blocks at one width: x [BLOCK_B, D] → hidden + residual after the last (x itself for none)."""
-    block_numel = D + 2 * E * D + 2 * E + E * W + E + (R + 2 * N) * E + E * R + E + E * N + E + D * E + D
+    BC: tl.constexpr = 2 * N if COMPLEX else N
+    block_numel = D + 2 * E * D + 2 * E + E * W + E + (R + 2 * BC) * E + E * R + E + E * BC + E + D * E + D
     hidden = x
     residual = tl.zeros_like(x)
     for layer in range(n_layers):
         hidden, residual = _block(hidden, residual, w_ptr + layer * block_numel, conv_ptr + layer * n_rows * E * W,
-                                  ssm_ptr + layer * n_rows * E * N, xz_ptr, rows, row_ok, tick, n_rows, eps,
-                                  D, E, R, N, W, E_CHUNK, BLOCK_B, DOT, STAGES)
+                                  ssm_ptr + layer * n_rows * E * BC, xz_ptr, rows, row_ok, tick, n_rows, eps,
+                                  D, E, R, N, W, E_CHUNK, BLOCK_B, DOT, STAGES, COMPLEX)
     return hidden + residual
 
 
@@ -209,7 +236,7 @@ def _unet_generate_kernel(
         V: tl.constexpr, BLOCK_V: tl.constexpr, EC0: tl.constexpr, EC1: tl.constexpr, EC2: tl.constexpr,
         KC0: tl.constexpr, KC1: tl.constexpr, UC0: tl.constexpr, UC1: tl.constexpr, VC: tl.constexpr,
         GREEDY: tl.constexpr, TOP_P: tl.constexpr, NOISE_IN: tl.constexpr, LOGITS_OUT: tl.constexpr,
-        BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr):
+        BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr, COMPLEX: tl.constexpr):
     """Positions [t_start, t_end) for rows [pid·BLOCK_B, (pid + 1)·BLOCK_B): see the module docstring. Packs 0–4:
     down stage 0, down stage 1, centre, up stage 1, up stage 0; conv/ssm 0–4 their states. token, loglik,
     first_bad (n_rows,) carry over between launches; codes[row, t − t_start] (row stride codes_ld) get the tokens."""
@@ -228,21 +255,22 @@ def _unet_generate_kernel(
         phase1 = tick1 % P1
         x = tl.load(emb_ptr + token[:, None] * D0 + offs_d0[None, :], mask=row_ok[:, None], other=0.0)
         d0 = _stage(x, pack0_ptr, conv0_ptr, ssm0_ptr, xz_ptr, rows, row_ok, t, n_rows, eps, n_layers,
-                    D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES)
+                    D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES, COMPLEX)
         up0 = up_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :]
         o0 = _stage(tl.load(up0, mask=row_ok[:, None], other=0.0) + d0, pack4_ptr, conv4_ptr, ssm4_ptr, xz_ptr,
-                    rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES)
+                    rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES,
+                    COMPLEX)
         tl.store(down_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :], d0, mask=row_ok[:, None])
         if phase0 == P0 - 1:
             tl.debug_barrier()  # down_buf0 complete; up_buf0 read by every thread before it is rewritten below
             c1 = _mm_mem(down_buf0_ptr, P0 * D0, rows, row_ok, dpool0_w_ptr, P0 * D0, D1, P0 * D0, KC0, BLOCK_B,
                          DOT) + tl.load(dpool0_b_ptr + offs_d1)[None, :]
             d1 = _stage(c1, pack1_ptr, conv1_ptr, ssm1_ptr, xz_ptr, rows, row_ok, tick1, n_rows, eps, n_layers,
-                        D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT, STAGES)
+                        D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT, STAGES, COMPLEX)
             up1 = up_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :]
             o1 = _stage(tl.load(up1, mask=row_ok[:, None], other=0.0) + d1, pack3_ptr, conv3_ptr, ssm3_ptr, xz_ptr,
                         rows, row_ok, tick1, n_rows, eps, n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT,
-                        STAGES)
+                        STAGES, COMPLEX)
             tl.store(down_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :], d1,
                      mask=row_ok[:, None])
             if phase1 == P1 - 1:
@@ -250,7 +278,7 @@ def _unet_generate_kernel(
                 c2 = _mm_mem(down_buf1_ptr, P1 * D1, rows, row_ok, dpool1_w_ptr, P1 * D1, D2, P1 * D1, KC1,
                              BLOCK_B, DOT) + tl.load(dpool1_b_ptr + tl.arange(0, D2))[None, :]
                 centre = _stage(c2, pack2_ptr, conv2_ptr, ssm2_ptr, xz_ptr, rows, row_ok, tick1 // P1, n_rows, eps,
-                                n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, DOT, STAGES)
+                                n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, DOT, STAGES, COMPLEX)
                 _up_pool(centre, upool1_w_ptr, upool1_b_ptr, up_buf1_ptr, rows, row_ok, D2, P1 * D1, UC1, DOT)
             _up_pool(o1, upool0_w_ptr, upool0_b_ptr, up_buf0_ptr, rows, row_ok, D1, P0 * D0, UC0, DOT)
             tl.debug_barrier()  # the pooled buffers are read by other threads at the next positions
@@ -311,8 +339,8 @@ def unsupported(model) -> str | None:
     if not isinstance(model, AudioUNet):
         return f"{type(model).__name__} is not an AudioUNet"
     c = model.config
-    if c.bidirectional or c.complex_ssm or len(c.pools) != 2 or not c.n_classes or model.embedding is None:
-        return "only causal U-Nets with two pooling levels, a token embedding, a head and real A"
+    if c.bidirectional or len(c.pools) != 2 or not c.n_classes or model.embedding is None:
+        return "only causal U-Nets with two pooling levels, a token embedding and a head"
     mixers = [block.mixer for stage in (*model.down, model.centre, *model.up) for block in stage.blocks]
     if any(not isinstance(m, Mamba) for m in mixers):
         return "only Mamba blocks"
@@ -325,17 +353,18 @@ def unsupported(model) -> str | None:
 
 def pack_block(block) -> torch.Tensor:
     """One Block (norm + Mamba mixer) as the flat fp32 pack `_block` reads: norm weight, in_proj weight (2E, D) and
-    bias, conv weight (E, W) and bias, x_proj (R + 2N, E), dt_proj (E, R) and bias, A·log2 e (E, N) with
-    A = −exp(A_log), D (E,), out_proj (D, E) and bias. Absent biases are zeros."""
+    bias, conv weight (E, W) and bias, x_proj (R + 2·bc_width, E), dt_proj (E, R) and bias, Re A·log2 e (E, N) with
+    Re A = −exp(A_log) (then Im A = A_imag (E, N) for a complex SSM), D (E,), out_proj (D, E) and bias. Absent biases
+    are zeros."""
     m, norm = block.mixer, block.norm
     E, D = m.in_proj.weight.shape[0] // 2, m.in_proj.weight.shape[1]
 
     def bias(linear, size):
         return linear.bias if linear.bias is not None else torch.zeros(size, device=linear.weight.device)
 
+    A = [-torch.exp(m.A_log.float()) * LOG2E] + ([m.A_imag] if m.complex_ssm else [])
     parts = [norm.weight, m.in_proj.weight, bias(m.in_proj, 2 * E), m.conv1d.weight[:, 0], bias(m.conv1d, E),
-             m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, -torch.exp(m.A_log.float()) * LOG2E, m.D,
-             m.out_proj.weight, bias(m.out_proj, D)]
+             m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, *A, m.D, m.out_proj.weight, bias(m.out_proj, D)]
     return torch.cat([p.detach().float().reshape(-1) for p in parts])
 
 
@@ -361,7 +390,8 @@ class UNetGenerator:
         level = [0, 1, 2, 1, 0]
         E = [c.expand * w for w in self.widths]
         self.conv = [torch.zeros(max(c.n_layers, 1), n, E[k], c.d_conv, **f32) for k in level]
-        self.ssm = [torch.zeros(max(c.n_layers, 1), n, E[k], c.d_state, **f32) for k in level]
+        state_width = 2 * c.d_state if c.complex_ssm else c.d_state  # complex: [Re h, Im h]
+        self.ssm = [torch.zeros(max(c.n_layers, 1), n, E[k], state_width, **f32) for k in level]
         self.dt_rank = [_dt_rank(model.down[0]), _dt_rank(model.down[1]), _dt_rank(model.centre)]
 
         def weights(linear):
@@ -438,7 +468,7 @@ class UNetGenerator:
             R2=self.dt_rank[2], EXPAND=c.expand, N=c.d_state, W=c.d_conv, P0=c.pools[0], P1=c.pools[1],
             V=c.n_classes, BLOCK_V=self.block_v, **self._chunks(), GREEDY=temperature == 0, TOP_P=top_p < 1.0,
             NOISE_IN=uniform is not None, LOGITS_OUT=logits_out is not None, BLOCK_B=self.block_b, DOT=self.dot,
-            STAGES=self.stages, num_warps=self.num_warps)
+            STAGES=self.stages, COMPLEX=c.complex_ssm, num_warps=self.num_warps)
         self.position += steps
 
 
