@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per batch size; on the GPU first the time of one Mamba block step, fused and unfused")
     parser.add_argument("--gen-batches", default="1,64,256", help="batch sizes of --generation (default 1,64,256)")
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
-    parser.add_argument("--gen-variants", default="0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32",
+    parser.add_argument("--gen-variants", default="0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32,0:1:ieee:bf16",
                         help="launch shapes of the persistent generation kernel to time, as rows per program:pipeline "
-                             "stages of its walks over E[:tf32 for tensor-core products at 16 rows] (rows 0: its "
-                             "default rule; default 0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32)")
+                             "stages of its walks over E[:ieee|tf32 products at 16 rows[:bf16 weights]] (rows 0: its "
+                             "default rule; default 0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32,0:1:ieee:bf16)")
 
 
 def _cuda() -> bool:
@@ -72,7 +72,8 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     from .models.transformer import TransformerConfig, TransformerLM
 
     torch.manual_seed(0)
-    unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
+    models = {"fp32": AudioUNet(audio_unet_config("sc09")).to(device).eval()}
+    models["bf16"] = copy.deepcopy(models["fp32"]).bfloat16()
     flat = MambaLMHeadModel(MambaConfig(d_model=256, n_layer=14, vocab_size=256)).to(device).eval()
     transformer = TransformerLM(TransformerConfig(d_model=256, n_layer=8, n_head=4, vocab_size=256)).to(device).eval()
     length = round(seconds * SAMPLE_RATE)
@@ -98,9 +99,11 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
 
 def persistent_table(device, batches: list[int], seconds: float, variants: list[str]) -> None:
     """Samples per second of the persistent generation kernel alone (`UNetGenerator.run`, one launch per clip) for
-    the SC09 U-Net (random weights) at each batch and launch shape ("rows:stages[:precision]": rows per program, 0
-    for the default rule; pipeline stages; tl.dot's precision at 16 rows), after a warm-up run that compiles it;
-    every clip is checked for non-finite logits."""
+    the SC09 U-Net (random weights) at each batch and launch shape ("rows:stages[:precision[:bf16]]": rows per
+    program, 0 for the default rule; pipeline stages; tl.dot's precision at 16 rows; the model in bf16), after a
+    warm-up run that compiles it; every clip is checked for non-finite logits."""
+    import copy
+
     import torch
 
     from .audio import SAMPLE_RATE
@@ -109,18 +112,21 @@ def persistent_table(device, batches: list[int], seconds: float, variants: list[
     from .models.audio_unet import AudioUNet, audio_unet_config
 
     torch.manual_seed(0)
-    unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
+    models = {"fp32": AudioUNet(audio_unet_config("sc09")).to(device).eval()}
+    models["bf16"] = copy.deepcopy(models["fp32"]).bfloat16()
     length = round(seconds * SAMPLE_RATE)
     print(f"persistent generation kernel, SC09 U-Net, {length}-sample clips, one launch per clip, on {device}")
-    print(f"{'batch':>7}{'rows/program':>14}{'stages':>8}{'dot':>6}{'warps':>7}{'programs':>10}{'seconds':>10}"
+    print(f"{'batch':>7}{'weights':>9}{'rows/program':>14}{'stages':>8}{'dot':>6}{'warps':>7}{'programs':>10}"
+          f"{'seconds':>10}"
           f"{'samples/s':>14}{'x real time':>13}")
     for batch in batches:
         seen = set()
         for variant in variants:
-            rows, stages, *precision = variant.split(":")
-            shape = dict(block_rows=int(rows) or None, stages=int(stages), dot_precision=(precision or ["ieee"])[0])
+            rows, stages, precision, dtype = (variant.split(":") + ["ieee", "fp32"])[:4]
+            shape = dict(block_rows=int(rows) or None, stages=int(stages), dot_precision=precision)
+            unet = models[dtype]
             kernel = UNetGenerator(unet, batch, START_TOKEN, **shape)
-            key = (kernel.block_b, kernel.stages, kernel.dot)
+            key = (kernel.block_b, kernel.stages, kernel.dot, dtype)
             if key in seen or kernel.block_b > max(batch, 1):  # the same launch again, or rows that are all padding
                 continue
             seen.add(key)
@@ -131,7 +137,7 @@ def persistent_table(device, batches: list[int], seconds: float, variants: list[
             if bool((kernel.first_bad >= 0).any()):
                 raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
             rate = batch * length / seconds_taken
-            print(f"{batch:>7}{kernel.block_b:>14}{stages:>8}{kernel.dot or '-':>6}{kernel.num_warps:>7}"
+            print(f"{batch:>7}{dtype:>9}{kernel.block_b:>14}{stages:>8}{kernel.dot or '-':>6}{kernel.num_warps:>7}"
                   f"{-(-batch // kernel.block_b):>10}"
                   f"{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 

@@ -76,6 +76,24 @@ def test_kernel_generates_what_the_models_step_generates(d_model, n, block_rows,
     assert (loglik < 0).all()
 
 
+def test_a_bf16_models_weights_are_read_in_bf16_and_the_rest_in_fp32():
+    """The weight matrices of a bf16 model stay bf16 (half the bytes); the kernel's logits are those of the same
+    weights in float64, to fp32 accuracy."""
+    import copy
+
+    model = unet(8, 2, complex_ssm=True).bfloat16()
+    reference = copy.deepcopy(model).double()
+    n, length = 2, 12
+    uniform = torch.rand(length, n, 256)
+    kernel = generator(model, n, block_rows=2)
+    assert {m.dtype for m in kernel.mats} == {torch.bfloat16} and {v.dtype for v in kernel.vecs} == {torch.float32}
+    codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
+    logits = torch.zeros(length, n, 256, device=DEVICE)
+    kernel.run(length, codes, uniform=uniform.to(DEVICE), logits_out=logits)
+    _, _, expected = unet_generate_naive(reference, n, length, uniform.double(), START, prompt=codes.cpu())
+    assert ((logits.cpu().double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
 def test_launches_split_anywhere_and_seeds_fix_the_draws():
     """Philox noise seeded per position: positions in launches of 5 + 7 give exactly the one launch's codes, log-
     likelihoods and states; another seed gives other codes."""

@@ -20,7 +20,8 @@ and no synchronisation between programs. Per position t (the U-Net's step, `Audi
 A stage is n_layers pre-norm residual Mamba blocks (`mamba_block_step_naive`'s math), each walking E in chunks of
 E_CHUNK channels twice: in_proj, conv step and x_proj's partial sums; then Δ, the state update, the gate and
 out_proj's partial sums. The conv state is a ring of d_conv slots indexed by the stage's tick (nothing shifts).
-All arithmetic is fp32 from fp32 weight packs; states are fp32. Noise: Triton's Philox (`tl.rand`, seeded per
+Weight matrices are read in the model's dtype (fp32 for fp64; bf16 halves the bytes), everything else is fp32:
+arithmetic, states, norms, biases and A. Noise: Triton's Philox (`tl.rand`, seeded per
 position, so a seed fixes the clips whatever the launch sizes) or, for tests, a uniform tensor like the PyTorch path.
 """
 from __future__ import annotations
@@ -75,56 +76,56 @@ def _rms(x, w_ptr, eps, D: tl.constexpr):
 
 
 @triton.jit
-def _walk_in(c, u, dt_r, b_in, c_out, b_im, c_im, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b,
-             o_conv, o_conv_b, o_xp, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
+def _walk_in(c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in,
+             o_in_b, o_conv, o_conv_b, o_xp, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
              W: tl.constexpr, E_CHUNK: tl.constexpr, DOT: tl.constexpr, COMPLEX: tl.constexpr):
     """Channels [c, c + E_CHUNK) of a block's first walk: x, z = in_proj(u); x enters the conv ring; x = silu(conv);
     x and z to scratch; x_proj's partial sums added to (dt_r, B, C, and with COMPLEX the imaginary parts of B and C
     (x_proj's rows: dt_r, Re B, Im B, Re C, Im C)), which are returned."""
     ch = c + tl.arange(0, E_CHUNK)
     offs_w = tl.arange(0, W)
-    x = _mm(u, w_ptr + o_in + c * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + ch)[None, :]
-    z = _mm(u, w_ptr + o_in + (E + c) * D, D, E_CHUNK, D, DOT) + tl.load(w_ptr + o_in_b + E + ch)[None, :]
+    x = _mm(u, m_ptr + o_in + c * D, D, E_CHUNK, D, DOT) + tl.load(v_ptr + o_in_b + ch)[None, :]
+    z = _mm(u, m_ptr + o_in + (E + c) * D, D, E_CHUNK, D, DOT) + tl.load(v_ptr + o_in_b + E + ch)[None, :]
     ring = conv_ptr + (rows[:, None, None] * E + ch[None, :, None]) * W + offs_w[None, None, :]
     newest = (offs_w == slot_now)[None, None, :]
     window = tl.where(newest, x[:, :, None], tl.load(ring, mask=row_ok[:, None, None], other=0.0))
-    taps = tl.load(w_ptr + o_conv + ch[:, None] * W + tap[None, :])                         # [E_CHUNK, W]
-    x = tl.sum(window * taps[None, :, :], axis=2) + tl.load(w_ptr + o_conv_b + ch)[None, :]
+    taps = tl.load(m_ptr + o_conv + ch[:, None] * W + tap[None, :]).to(tl.float32)          # [E_CHUNK, W]
+    x = tl.sum(window * taps[None, :, :], axis=2) + tl.load(v_ptr + o_conv_b + ch)[None, :]
     tl.store(ring, window, mask=row_ok[:, None, None] & newest)
     x = x * tl.sigmoid(x)
     tl.store(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], x, mask=row_ok[:, None])
     tl.store(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], z, mask=row_ok[:, None])
     BC: tl.constexpr = 2 * N if COMPLEX else N                                              # B's rows
-    dt_r += _mm(x, w_ptr + o_xp + c, E, R, E_CHUNK, DOT)
-    b_in += _mm(x, w_ptr + o_xp + R * E + c, E, N, E_CHUNK, DOT)
-    c_out += _mm(x, w_ptr + o_xp + (R + BC) * E + c, E, N, E_CHUNK, DOT)
+    dt_r += _mm(x, m_ptr + o_xp + c, E, R, E_CHUNK, DOT)
+    b_in += _mm(x, m_ptr + o_xp + R * E + c, E, N, E_CHUNK, DOT)
+    c_out += _mm(x, m_ptr + o_xp + (R + BC) * E + c, E, N, E_CHUNK, DOT)
     if COMPLEX:
-        b_im += _mm(x, w_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
-        c_im += _mm(x, w_ptr + o_xp + (R + BC + N) * E + c, E, N, E_CHUNK, DOT)
+        b_im += _mm(x, m_ptr + o_xp + (R + N) * E + c, E, N, E_CHUNK, DOT)
+        c_im += _mm(x, m_ptr + o_xp + (R + BC + N) * E + c, E, N, E_CHUNK, DOT)
     return dt_r, b_in, c_out, b_im, c_im
 
 
 @triton.jit
-def _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a, o_d,
-              o_out, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, E_CHUNK: tl.constexpr,
+def _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a,
+              o_d, o_out, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, E_CHUNK: tl.constexpr,
               DOT: tl.constexpr, COMPLEX: tl.constexpr):
     """Channels [c, c + E_CHUNK) of a block's second walk: Δ = softplus(dt_proj(dt_r)); h = exp(Δ·A)·h + Δ·B·x in
     place; y = (C·h + D·x)·silu(z), C·h taken as 2·Re(C·h) with COMPLEX (state (row, E, [Re h, Im h]), A's
     imaginary part after its real part in the pack); out_proj's partial sum added to out, which is returned."""
     ch = c + tl.arange(0, E_CHUNK)
     offs_n = tl.arange(0, N)
-    dt = _mm(dt_r, w_ptr + o_dt + c * R, R, E_CHUNK, R, DOT) + tl.load(w_ptr + o_dt_b + ch)[None, :]
+    dt = _mm(dt_r, m_ptr + o_dt + c * R, R, E_CHUNK, R, DOT) + tl.load(v_ptr + o_dt_b + ch)[None, :]
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                                   # softplus
     x = tl.load(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], mask=row_ok[:, None], other=0.0)
     z = tl.load(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], mask=row_ok[:, None], other=0.0)
-    a2 = tl.load(w_ptr + o_a + ch[:, None] * N + offs_n[None, :])                           # Re A·log2 e
+    a2 = tl.load(v_ptr + o_a + ch[:, None] * N + offs_n[None, :])                           # Re A·log2 e
     SW: tl.constexpr = 2 * N if COMPLEX else N                                              # state width
     state = ssm_ptr + (rows[:, None, None] * E + ch[None, :, None]) * SW + offs_n[None, None, :]
     h = tl.load(state, mask=row_ok[:, None, None], other=0.0)
     decay = tl.exp2(dt[:, :, None] * a2[None, :, :])
     dx = (dt * x)[:, :, None]
     if COMPLEX:
-        angle = dt[:, :, None] * tl.load(w_ptr + o_a + E * N + ch[:, None] * N + offs_n[None, :])[None, :, :]
+        angle = dt[:, :, None] * tl.load(v_ptr + o_a + E * N + ch[:, None] * N + offs_n[None, :])[None, :, :]
         h_im = tl.load(state + N, mask=row_ok[:, None, None], other=0.0)
         h, h_im = (decay * (tl.cos(angle) * h - tl.sin(angle) * h_im) + dx * b_in[:, None, :],
                    decay * (tl.sin(angle) * h + tl.cos(angle) * h_im) + dx * b_im[:, None, :])
@@ -134,34 +135,35 @@ def _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, w_ptr, ssm_ptr, xz_ptr, row
         h = decay * h + dx * b_in[:, None, :]
         y = tl.sum(h * c_out[:, None, :], axis=2)
     tl.store(state, h, mask=row_ok[:, None, None])
-    y += tl.load(w_ptr + o_d + ch)[None, :] * x
+    y += tl.load(v_ptr + o_d + ch)[None, :] * x
     y = y * z * tl.sigmoid(z)
-    return out + _mm(y, w_ptr + o_out + c, E, D, E_CHUNK, DOT)
+    return out + _mm(y, m_ptr + o_out + c, E, D, E_CHUNK, DOT)
 
 
 @triton.jit
-def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
+def _block(hidden, residual, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
            E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr,
            COMPLEX: tl.constexpr):
     """One position through a pre-norm residual Mamba block: hidden, residual [BLOCK_B, D] fp32 → (mixer output,
-    hidden + residual). w_ptr: the block's pack (`pack_block`); conv_ptr (n_rows, E, W) ring and ssm_ptr
+    hidden + residual). m_ptr, v_ptr: the block's matrices and fp32 vectors (`pack_block`); conv_ptr (n_rows, E, W)
+    ring and ssm_ptr
     (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E,
     software-pipelined by Triton when STAGES > 1."""
-    o_in = D                                   # pack layout, as pack_block writes it
-    o_in_b = o_in + 2 * E * D
-    o_conv = o_in_b + 2 * E
-    o_conv_b = o_conv + E * W
-    o_xp = o_conv_b + E
     BC: tl.constexpr = 2 * N if COMPLEX else N                  # B's and C's rows in x_proj
+    o_in = 0                                   # the packs' layouts, as pack_block writes them: matrices
+    o_conv = o_in + 2 * E * D
+    o_xp = o_conv + E * W
     o_dt = o_xp + (R + 2 * BC) * E
-    o_dt_b = o_dt + E * R
-    o_a = o_dt_b + E
-    o_d = o_a + E * BC                                          # A: real parts, then (COMPLEX) imaginary parts
-    o_out = o_d + E
-    o_out_b = o_out + D * E
+    o_out = o_dt + E * R
+    o_in_b = D                                 # vectors, after the norm's weight
+    o_conv_b = o_in_b + 2 * E
+    o_dt_b = o_conv_b + E
+    o_a = o_dt_b + E                           # A: real parts ·log2 e, then (COMPLEX) imaginary parts
+    o_d = o_a + E * BC
+    o_out_b = o_d + E
     residual = hidden + residual
-    u = _rms(residual, w_ptr, eps, D)
+    u = _rms(residual, v_ptr, eps, D)
     slot_now = tick % W
     # ring slot s holds the input of tick τ with τ ≡ s (mod W); tap j of the conv reads tick t − (W − 1) + j
     tap = ((tl.arange(0, W) - slot_now - 1) % W + W) % W
@@ -174,39 +176,41 @@ def _block(hidden, residual, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tic
     if STAGES > 1:
         for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
             dt_r, b_in, c_out, b_im, c_im = _walk_in(
-                c, u, dt_r, b_in, c_out, b_im, c_im, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b,
-                o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT, COMPLEX)
+                c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in,
+                o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT, COMPLEX)
     else:
         for c in range(0, E, E_CHUNK):
             dt_r, b_in, c_out, b_im, c_im = _walk_in(
-                c, u, dt_r, b_in, c_out, b_im, c_im, w_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in, o_in_b,
-                o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT, COMPLEX)
+                c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in,
+                o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, DOT, COMPLEX)
     tl.debug_barrier()  # x and z written above by other threads
     out = tl.zeros([BLOCK_B, D], tl.float32)
     if STAGES > 1:
         for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
-            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b,
-                            o_a, o_d, o_out, D, E, R, N, E_CHUNK, DOT, COMPLEX)
+            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt,
+                            o_dt_b, o_a, o_d, o_out, D, E, R, N, E_CHUNK, DOT, COMPLEX)
     else:
         for c in range(0, E, E_CHUNK):
-            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, w_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b,
-                            o_a, o_d, o_out, D, E, R, N, E_CHUNK, DOT, COMPLEX)
-    out += tl.load(w_ptr + o_out_b + tl.arange(0, D))[None, :]
+            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt,
+                            o_dt_b, o_a, o_d, o_out, D, E, R, N, E_CHUNK, DOT, COMPLEX)
+    out += tl.load(v_ptr + o_out_b + tl.arange(0, D))[None, :]
     return out, residual
 
 
 @triton.jit
-def _stage(x, w_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps, n_layers,
+def _stage(x, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps, n_layers,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
            E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr,
            COMPLEX: tl.constexpr):
     """n_layers blocks at one width: x [BLOCK_B, D] → hidden + residual after the last (x itself for none)."""
     BC: tl.constexpr = 2 * N if COMPLEX else N
-    block_numel = D + 2 * E * D + 2 * E + E * W + E + (R + 2 * BC) * E + E * R + E + E * BC + E + D * E + D
+    mat_numel = 2 * E * D + E * W + (R + 2 * BC) * E + E * R + D * E
+    vec_numel = D + 2 * E + E + E + E * BC + E + D
     hidden = x
     residual = tl.zeros_like(x)
     for layer in range(n_layers):
-        hidden, residual = _block(hidden, residual, w_ptr + layer * block_numel, conv_ptr + layer * n_rows * E * W,
+        hidden, residual = _block(hidden, residual, m_ptr + layer * mat_numel, v_ptr + layer * vec_numel,
+                                  conv_ptr + layer * n_rows * E * W,
                                   ssm_ptr + layer * n_rows * E * BC, xz_ptr, rows, row_ok, tick, n_rows, eps,
                                   D, E, R, N, W, E_CHUNK, BLOCK_B, DOT, STAGES, COMPLEX)
     return hidden + residual
@@ -224,7 +228,8 @@ def _up_pool(x, w_ptr, b_ptr, buf_ptr, rows, row_ok, K: tl.constexpr, OUT: tl.co
 
 @triton.jit
 def _unet_generate_kernel(
-        emb_ptr, pack0_ptr, pack1_ptr, pack2_ptr, pack3_ptr, pack4_ptr,
+        emb_ptr, mats0_ptr, mats1_ptr, mats2_ptr, mats3_ptr, mats4_ptr, vecs0_ptr, vecs1_ptr, vecs2_ptr, vecs3_ptr,
+        vecs4_ptr,
         conv0_ptr, conv1_ptr, conv2_ptr, conv3_ptr, conv4_ptr, ssm0_ptr, ssm1_ptr, ssm2_ptr, ssm3_ptr, ssm4_ptr,
         dpool0_w_ptr, dpool0_b_ptr, dpool1_w_ptr, dpool1_b_ptr, upool1_w_ptr, upool1_b_ptr, upool0_w_ptr, upool0_b_ptr,
         norm_w_ptr, head_w_ptr, head_b_ptr,
@@ -237,9 +242,10 @@ def _unet_generate_kernel(
         KC0: tl.constexpr, KC1: tl.constexpr, UC0: tl.constexpr, UC1: tl.constexpr, VC: tl.constexpr,
         GREEDY: tl.constexpr, TOP_P: tl.constexpr, NOISE_IN: tl.constexpr, LOGITS_OUT: tl.constexpr,
         BLOCK_B: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr, COMPLEX: tl.constexpr):
-    """Positions [t_start, t_end) for rows [pid·BLOCK_B, (pid + 1)·BLOCK_B): see the module docstring. Packs 0–4:
-    down stage 0, down stage 1, centre, up stage 1, up stage 0; conv/ssm 0–4 their states. token, loglik,
-    first_bad (n_rows,) carry over between launches; codes[row, t − t_start] (row stride codes_ld) get the tokens."""
+    """Positions [t_start, t_end) for rows [pid·BLOCK_B, (pid + 1)·BLOCK_B): see the module docstring. mats/vecs
+    0–4 (the blocks' packs): down stage 0, down stage 1, centre, up stage 1, up stage 0; conv/ssm 0–4 their states.
+    token, loglik, first_bad (n_rows,) carry over between launches; codes[row, t − t_start] (row stride codes_ld)
+    get the tokens."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     row_ok = rows < n_rows
     offs_v = tl.arange(0, BLOCK_V)
@@ -253,11 +259,12 @@ def _unet_generate_kernel(
         phase0 = t % P0
         tick1 = t // P0
         phase1 = tick1 % P1
-        x = tl.load(emb_ptr + token[:, None] * D0 + offs_d0[None, :], mask=row_ok[:, None], other=0.0)
-        d0 = _stage(x, pack0_ptr, conv0_ptr, ssm0_ptr, xz_ptr, rows, row_ok, t, n_rows, eps, n_layers,
+        x = tl.load(emb_ptr + token[:, None] * D0 + offs_d0[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        d0 = _stage(x, mats0_ptr, vecs0_ptr, conv0_ptr, ssm0_ptr, xz_ptr, rows, row_ok, t, n_rows, eps, n_layers,
                     D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES, COMPLEX)
         up0 = up_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :]
-        o0 = _stage(tl.load(up0, mask=row_ok[:, None], other=0.0) + d0, pack4_ptr, conv4_ptr, ssm4_ptr, xz_ptr,
+        o0 = _stage(tl.load(up0, mask=row_ok[:, None], other=0.0) + d0, mats4_ptr, vecs4_ptr, conv4_ptr, ssm4_ptr,
+                    xz_ptr,
                     rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, DOT, STAGES,
                     COMPLEX)
         tl.store(down_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :], d0, mask=row_ok[:, None])
@@ -265,20 +272,20 @@ def _unet_generate_kernel(
             tl.debug_barrier()  # down_buf0 complete; up_buf0 read by every thread before it is rewritten below
             c1 = _mm_mem(down_buf0_ptr, P0 * D0, rows, row_ok, dpool0_w_ptr, P0 * D0, D1, P0 * D0, KC0, BLOCK_B,
                          DOT) + tl.load(dpool0_b_ptr + offs_d1)[None, :]
-            d1 = _stage(c1, pack1_ptr, conv1_ptr, ssm1_ptr, xz_ptr, rows, row_ok, tick1, n_rows, eps, n_layers,
-                        D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT, STAGES, COMPLEX)
+            d1 = _stage(c1, mats1_ptr, vecs1_ptr, conv1_ptr, ssm1_ptr, xz_ptr, rows, row_ok, tick1, n_rows, eps,
+                        n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT, STAGES, COMPLEX)
             up1 = up_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :]
-            o1 = _stage(tl.load(up1, mask=row_ok[:, None], other=0.0) + d1, pack3_ptr, conv3_ptr, ssm3_ptr, xz_ptr,
-                        rows, row_ok, tick1, n_rows, eps, n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, DOT,
-                        STAGES, COMPLEX)
+            o1 = _stage(tl.load(up1, mask=row_ok[:, None], other=0.0) + d1, mats3_ptr, vecs3_ptr, conv3_ptr, ssm3_ptr,
+                        xz_ptr, rows, row_ok, tick1, n_rows, eps, n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B,
+                        DOT, STAGES, COMPLEX)
             tl.store(down_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :], d1,
                      mask=row_ok[:, None])
             if phase1 == P1 - 1:
                 tl.debug_barrier()
                 c2 = _mm_mem(down_buf1_ptr, P1 * D1, rows, row_ok, dpool1_w_ptr, P1 * D1, D2, P1 * D1, KC1,
                              BLOCK_B, DOT) + tl.load(dpool1_b_ptr + tl.arange(0, D2))[None, :]
-                centre = _stage(c2, pack2_ptr, conv2_ptr, ssm2_ptr, xz_ptr, rows, row_ok, tick1 // P1, n_rows, eps,
-                                n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, DOT, STAGES, COMPLEX)
+                centre = _stage(c2, mats2_ptr, vecs2_ptr, conv2_ptr, ssm2_ptr, xz_ptr, rows, row_ok, tick1 // P1,
+                                n_rows, eps, n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, DOT, STAGES, COMPLEX)
                 _up_pool(centre, upool1_w_ptr, upool1_b_ptr, up_buf1_ptr, rows, row_ok, D2, P1 * D1, UC1, DOT)
             _up_pool(o1, upool0_w_ptr, upool0_b_ptr, up_buf0_ptr, rows, row_ok, D1, P0 * D0, UC0, DOT)
             tl.debug_barrier()  # the pooled buffers are read by other threads at the next positions
@@ -351,21 +358,24 @@ def unsupported(model) -> str | None:
     return None
 
 
-def pack_block(block) -> torch.Tensor:
-    """One Block (norm + Mamba mixer) as the flat fp32 pack `_block` reads: norm weight, in_proj weight (2E, D) and
-    bias, conv weight (E, W) and bias, x_proj (R + 2·bc_width, E), dt_proj (E, R) and bias, Re A·log2 e (E, N) with
-    Re A = −exp(A_log) (then Im A = A_imag (E, N) for a complex SSM), D (E,), out_proj (D, E) and bias. Absent biases
-    are zeros."""
+def pack_block(block, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Block (norm + Mamba mixer) as the two flat packs `_block` reads. Matrices, in `dtype`: in_proj (2E, D), conv
+    (E, W), x_proj (R + 2·bc_width, E), dt_proj (E, R), out_proj (D, E). Vectors, fp32: the norm's weight, in_proj's
+    bias, conv's bias, dt_proj's bias, Re A·log2 e (E, N) with Re A = −exp(A_log) (then Im A = A_imag (E, N) for a
+    complex SSM), D (E,), out_proj's bias. Absent biases are zeros."""
     m, norm = block.mixer, block.norm
     E, D = m.in_proj.weight.shape[0] // 2, m.in_proj.weight.shape[1]
 
     def bias(linear, size):
         return linear.bias if linear.bias is not None else torch.zeros(size, device=linear.weight.device)
 
+    def flat(parts, dtype):
+        return torch.cat([p.detach().to(dtype).reshape(-1) for p in parts])
+
     A = [-torch.exp(m.A_log.float()) * LOG2E] + ([m.A_imag] if m.complex_ssm else [])
-    parts = [norm.weight, m.in_proj.weight, bias(m.in_proj, 2 * E), m.conv1d.weight[:, 0], bias(m.conv1d, E),
-             m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, *A, m.D, m.out_proj.weight, bias(m.out_proj, D)]
-    return torch.cat([p.detach().float().reshape(-1) for p in parts])
+    matrices = [m.in_proj.weight, m.conv1d.weight[:, 0], m.x_proj.weight, m.dt_proj.weight, m.out_proj.weight]
+    vectors = [norm.weight, bias(m.in_proj, 2 * E), bias(m.conv1d, E), m.dt_proj.bias, *A, m.D, bias(m.out_proj, D)]
+    return flat(matrices, dtype), flat(vectors, torch.float32)
 
 
 class UNetGenerator:
@@ -384,9 +394,12 @@ class UNetGenerator:
         f32 = dict(device=device, dtype=torch.float32)
         self.n, self.config, self.position = n, c, 0
         self.widths = c.widths
+        # weight matrices in the model's dtype (fp32 for fp64), so a bf16 model reads half the bytes; the rest fp32
+        self.dtype = torch.float32 if model.embedding.weight.dtype == torch.float64 else model.embedding.weight.dtype
         parts = [model.down[0], model.down[1], model.centre, model.up[1], model.up[0]]
-        self.packs = [torch.cat([pack_block(b) for b in s.blocks]) if len(s.blocks) else torch.zeros(1, **f32)
-                      for s in parts]
+        packs = [[pack_block(b, self.dtype) for b in stage.blocks] for stage in parts]
+        self.mats = [torch.cat([m for m, _ in blocks]) if blocks else torch.zeros(1, **f32) for blocks in packs]
+        self.vecs = [torch.cat([v for _, v in blocks]) if blocks else torch.zeros(1, **f32) for blocks in packs]
         level = [0, 1, 2, 1, 0]
         E = [c.expand * w for w in self.widths]
         self.conv = [torch.zeros(max(c.n_layers, 1), n, E[k], c.d_conv, **f32) for k in level]
@@ -395,14 +408,14 @@ class UNetGenerator:
         self.dt_rank = [_dt_rank(model.down[0]), _dt_rank(model.down[1]), _dt_rank(model.centre)]
 
         def weights(linear):
-            return linear.weight.detach().float().contiguous(), linear.bias.detach().float().contiguous()
+            return linear.weight.detach().to(self.dtype).contiguous(), linear.bias.detach().float().contiguous()
 
         self.pools = [*weights(model.down_pool[0].linear), *weights(model.down_pool[1].linear),
                       *weights(model.up_pool[1].linear), *weights(model.up_pool[0].linear)]
-        self.embedding = model.embedding.weight.detach().float().contiguous()
+        self.embedding = model.embedding.weight.detach().to(self.dtype).contiguous()
         self.norm = model.norm.weight.detach().float().contiguous()
         self.block_v = next_power_of_2(c.n_classes)
-        head_w = torch.zeros(self.block_v, c.d_model, **f32)
+        head_w = torch.zeros(self.block_v, c.d_model, device=device, dtype=self.dtype)
         head_b = torch.full((self.block_v,), -float("inf"), **f32)
         head_w[:c.n_classes] = model.head.weight.detach().float()
         head_b[:c.n_classes] = model.head.bias.detach().float()
@@ -458,8 +471,8 @@ class UNetGenerator:
         prompt_t = prompt.contiguous() if prompt is not None else self.token
         dummy = self.logits
         _unet_generate_kernel[(cdiv(self.n, self.block_b),)](
-            self.embedding, *self.packs, *self.conv, *self.ssm, *self.pools, self.norm, *self.head, *self.buffers[:2],
-            self.buffers[2], self.buffers[3], self.xz, self.logits, self.token, self.loglik, self.first_bad, codes,
+            self.embedding, *self.mats, *self.vecs, *self.conv, *self.ssm, *self.pools, self.norm, *self.head,
+            *self.buffers, self.xz, self.logits, self.token, self.loglik, self.first_bad, codes,
             codes.stride(0), prompt_t, prompt_t.stride(0) if prompt is not None else 0,
             prompt.shape[1] if prompt is not None else 0, uniform if uniform is not None else dummy,
             logits_out if logits_out is not None else dummy, self.n, self.position, self.position + steps, int(seed),
