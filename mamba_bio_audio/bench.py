@@ -9,6 +9,10 @@ import argparse
 import time
 
 
+GEN_VARIANTS = ("rows=0; rows=0 stages=2; rows=1 warps=8; rows=2; rows=2 warps=8; rows=4; rows=16; rows=16 dot=tf32; "
+                "rows=0 dtype=bf16")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="128x8,192x4,256x2,64x4",
                         help="comma-separated d_model x n_layer list (default: about 1M-parameter models and the demo's)")
@@ -28,10 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "per batch size; on the GPU first the time of one Mamba block step, fused and unfused")
     parser.add_argument("--gen-batches", default="1,64,256", help="batch sizes of --generation (default 1,64,256)")
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
-    parser.add_argument("--gen-variants", default="0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32,0:1:ieee:bf16",
-                        help="launch shapes of the persistent generation kernel to time, as rows per program:pipeline "
-                             "stages of its walks over E[:ieee|tf32 products at 16 rows[:bf16 weights]] (rows 0: its "
-                             "default rule; default 0:1,0:2,1:1,2:1,4:1,16:1,16:1:tf32,0:1:ieee:bf16)")
+    parser.add_argument("--gen-variants", default=GEN_VARIANTS,
+                        help="launch shapes of the persistent generation kernel to time, ';'-separated, each as "
+                             "key=value fields: rows (per program; 0: its default rule), stages (pipelined walks over "
+                             "E), warps, tile (a broadcast product's elements), dot (ieee|tf32 at 16 rows), dtype "
+                             f"(fp32|bf16 weights); default {GEN_VARIANTS!r}")
 
 
 def _cuda() -> bool:
@@ -44,14 +49,14 @@ def _median_seconds(fn, device, repeats: int) -> float:
     import torch
 
     times = []
-    for i in range(repeats + 1):
+    for i in range(repeats + 1 if repeats else 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i:  # the first call warms up (and compiles, for numba)
+        if i or not repeats:  # the first call warms up (and compiles, for numba), unless repeats is 0
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -97,18 +102,17 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
             print(f"{name:<40}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
-def persistent_table(device, batches: list[int], seconds: float, variants: list[str]) -> None:
+def persistent_table(device, batches: list[int], seconds: float, variants: str) -> None:
     """Samples per second of the persistent generation kernel alone (`UNetGenerator.run`, one launch per clip) for
-    the SC09 U-Net (random weights) at each batch and launch shape ("rows:stages[:precision[:bf16]]": rows per
-    program, 0 for the default rule; pipeline stages; tl.dot's precision at 16 rows; the model in bf16), after a
-    warm-up run that compiles it; every clip is checked for non-finite logits."""
+    the SC09 U-Net (random weights) at each batch and launch shape (`variants`: see --gen-variants): one clip timed
+    after a 256-sample launch that compiles it; every clip is checked for non-finite logits."""
     import copy
 
     import torch
 
     from .audio import SAMPLE_RATE
     from .audio.codec import START_TOKEN
-    from .kernels.unet_generate.fused import UNetGenerator
+    from .kernels.unet_generate.fused import TILE_ELEMENTS, UNetGenerator
     from .models.audio_unet import AudioUNet, audio_unet_config
 
     torch.manual_seed(0)
@@ -116,28 +120,30 @@ def persistent_table(device, batches: list[int], seconds: float, variants: list[
     models["bf16"] = copy.deepcopy(models["fp32"]).bfloat16()
     length = round(seconds * SAMPLE_RATE)
     print(f"persistent generation kernel, SC09 U-Net, {length}-sample clips, one launch per clip, on {device}")
-    print(f"{'batch':>7}{'weights':>9}{'rows/program':>14}{'stages':>8}{'dot':>6}{'warps':>7}{'programs':>10}"
-          f"{'seconds':>10}"
+    print(f"{'batch':>7}{'weights':>9}{'rows/program':>14}{'stages':>8}{'dot':>6}{'warps':>7}{'tile':>7}"
+          f"{'programs':>10}{'seconds':>10}"
           f"{'samples/s':>14}{'x real time':>13}")
     for batch in batches:
         seen = set()
-        for variant in variants:
-            rows, stages, precision, dtype = (variant.split(":") + ["ieee", "fp32"])[:4]
-            shape = dict(block_rows=int(rows) or None, stages=int(stages), dot_precision=precision)
-            unet = models[dtype]
-            kernel = UNetGenerator(unet, batch, START_TOKEN, **shape)
-            key = (kernel.block_b, kernel.stages, kernel.dot, dtype)
+        for variant in variants.split(";"):
+            spec = {"rows": "0", "stages": "1", "warps": "0", "tile": "0", "dot": "ieee", "dtype": "fp32"}
+            spec.update(field.split("=", 1) for field in variant.split())
+            dtype = spec["dtype"]
+            kernel = UNetGenerator(models[dtype], batch, START_TOKEN, block_rows=int(spec["rows"]) or None,
+                                   stages=int(spec["stages"]), num_warps=int(spec["warps"]) or None,
+                                   tile_elements=int(spec["tile"]) or TILE_ELEMENTS, dot_precision=spec["dot"])
+            key = (kernel.block_b, kernel.stages, kernel.dot, kernel.num_warps, kernel.tile_elements, dtype)
             if key in seen or kernel.block_b > max(batch, 1):  # the same launch again, or rows that are all padding
                 continue
             seen.add(key)
             codes = torch.empty(batch, length, dtype=torch.int64, device=device)
-            kernel.run(min(length, 256), codes)  # compiles
-            kernel = UNetGenerator(unet, batch, START_TOKEN, **shape)
-            seconds_taken = _median_seconds(lambda: kernel.run(length, codes, seed=1), device, 1)
+            kernel.run(min(length, 256), codes)  # compiles; the timed run goes on from there
+            seconds_taken = _median_seconds(lambda: kernel.run(length, codes, seed=1), device, 0)
             if bool((kernel.first_bad >= 0).any()):
                 raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
             rate = batch * length / seconds_taken
-            print(f"{batch:>7}{dtype:>9}{kernel.block_b:>14}{stages:>8}{kernel.dot or '-':>6}{kernel.num_warps:>7}"
+            print(f"{batch:>7}{dtype:>9}{kernel.block_b:>14}{kernel.stages:>8}{kernel.dot or '-':>6}"
+                  f"{kernel.num_warps:>7}{kernel.tile_elements:>7}"
                   f"{-(-batch // kernel.block_b):>10}"
                   f"{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
@@ -249,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         device, batches = torch.device(args.device), [int(v) for v in args.gen_batches.split(",")]
         if device.type == "cuda":
             block_step_table(device, batches)
-            persistent_table(device, batches, args.gen_seconds, args.gen_variants.split(","))
+            persistent_table(device, batches, args.gen_seconds, args.gen_variants)
         generation_table(device, batches, args.gen_seconds)
         return 0
 
