@@ -54,11 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_argument("--prompt", help="an audio file whose beginning every clip continues")
     generate.add_argument("--prompt-seconds", type=float, default=0.25, help="how much of --prompt (default 0.25)")
     generate.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if there is one)")
-    generate.add_argument("--stepping", action="store_true",
-                          help="a Mamba U-Net on the GPU: step the model (CUDA graphs of its kernels) instead of "
-                               "generating in one persistent kernel")
-    generate.add_argument("--no-cuda-graphs", action="store_true", help="step eagerly on the GPU too (implies "
-                                                                        "--stepping)")
+    generate.add_argument("--persistent", action="store_true",
+                          help="a Mamba U-Net on the GPU: generate in one persistent kernel instead of stepping the "
+                               "model (CUDA graphs of its kernels); also MBA_PERSISTENT_GENERATION=1")
+    generate.add_argument("--no-cuda-graphs", action="store_true", help="step eagerly on the GPU too")
     generate.add_argument("--bf16", action="store_true", help="autoregressive models: generate with the weights in "
                                                             "bfloat16 (the recurrent states and sums stay fp32)")
     generate.set_defaults(_task=_generate)
@@ -136,8 +135,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     """Generate clips from a `mba audio train` checkpoint sample by sample with the model's recurrent step (pooled
-    stages of a U-Net step once every p samples; CUDA graphs on the GPU, where a Mamba U-Net runs in one persistent
-    kernel unless --stepping), with temperature and top-p, optionally
+    stages of a U-Net step once every p samples; CUDA graphs on the GPU, or with --persistent one persistent kernel
+    for a Mamba U-Net), with temperature and top-p, optionally
     continuing a prompt; or from a `mba audio train-diffusion` checkpoint by its reverse diffusion steps. Writes
     OUT/sample_NNN.wav (16 kHz, 16-bit), OUT/spectrograms.png and OUT/samples.tsv (for autoregressive models each
     clip's log-likelihood under the model, in nats and in bits per generated sample). Memory does not grow with
@@ -186,7 +185,8 @@ def _generate(args: argparse.Namespace) -> int:
             stats = {}
             c, ll = sample_audio(model, min(batch, args.n - first), length, prompt, args.temperature, args.top_p,
                                  seed=args.seed + first, cuda_graphs=not args.no_cuda_graphs, progress=True,
-                                 stats=stats, persistent=False if args.stepping or args.no_cuda_graphs else None)
+                                 stats=stats, persistent=True if args.persistent else False if args.no_cuda_graphs
+                                 else None)
             codes.append(c.cpu())
             loglik.append(ll.cpu())
             if stats["state_max_abs"] is not None:  # None: a Transformer's KV cache, no recurrent state

@@ -60,8 +60,8 @@ def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_f
     graphed, graphed_ll = sample_audio(model, 3, 96, prompt, seed=3, cuda_graphs=True, persistent=False)
     assert torch.equal(eager, graphed) and torch.equal(eager_ll, graphed_ll)
     runs = [(graphed, graphed_ll)]
-    if arch == "unet":  # by default a U-Net generates in the persistent kernel (its own noise stream)
-        runs.append(sample_audio(model, 3, 96, prompt, seed=3))
+    if arch == "unet":  # and in the persistent kernel (its own noise stream)
+        runs.append(sample_audio(model, 3, 96, prompt, seed=3, persistent=True))
     for codes, loglik in runs:
         assert torch.equal(codes[:, :20].cpu(), prompt)
         with torch.no_grad():

@@ -5,10 +5,10 @@
     sample_audio    (n, length) codes and each row's log-likelihood: an optional prompt fed first, then sampling with
                     temperature and top-p. Positions go in chunks (a multiple of the U-Net's pooling period); on CUDA a
                     recurrent model replays one CUDA graph per chunk: the steps, the draws and the bookkeeping of a
-                    whole chunk, with no host work in between; a Mamba U-Net there runs in one persistent kernel
-                    instead (`kernels/unet_generate`: every position of thousands in one launch). Non-finite logits
-                    or states stop it with GenerationDiverged (naming the sample position and the clip) instead of
-                    producing noise.
+                    whole chunk, with no host work in between; or, when asked, a Mamba U-Net runs in one persistent
+                    kernel instead (`kernels/unet_generate`: every position of thousands in one launch). Non-finite
+                    logits or states stop it with GenerationDiverged (naming the sample position and the clip)
+                    instead of producing noise.
     write_wavs      waveforms → 16 kHz 16-bit WAV files (written under temporary names, then renamed).
     spectrogram_grid  a PNG of log-mel spectrograms of up to 64 clips.
 """
@@ -119,10 +119,11 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     sample position and the clips. `stats`, if given, receives "state_max_abs" (the largest |state| entry at the last
     check) and "checks".
 
-    `persistent` (default: on CUDA, for the U-Nets `kernels.unet_generate` takes, unless MBA_PERSISTENT_GENERATION=0):
-    generate with the persistent kernel instead, every position of `check_every` samples in one launch, all in fp32
-    whatever the model's dtype. Its draws come from Triton's Philox stream seeded by `seed`: the same seed gives the
-    same clips however the positions are split into launches, but not the clips of the stepping path."""
+    `persistent` (default: on CUDA with MBA_PERSISTENT_GENERATION=1, for the U-Nets `kernels.unet_generate` takes;
+    opt-in until it is timed on a GPU): generate with the persistent kernel instead, every position of `check_every`
+    samples in one launch, in fp32 from the model's weights. Its draws come from Triton's Philox stream seeded by
+    `seed`: the same seed gives the same clips however the positions are split into launches, but not the clips of
+    the stepping path."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -133,7 +134,7 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     if prompt.shape[0] != n or prompt.shape[1] >= length:
         raise ValueError(f"prompt of shape {tuple(prompt.shape)} for {n} clips of {length} samples")
     prompt = prompt.to(device)
-    if persistent is None and device.type == "cuda" and os.environ.get("MBA_PERSISTENT_GENERATION", "1") != "0":
+    if persistent is None and device.type == "cuda" and os.environ.get("MBA_PERSISTENT_GENERATION", "0") == "1":
         from ..kernels.unet_generate.fused import unsupported
 
         persistent = unsupported(model) is None
