@@ -463,7 +463,7 @@ class UNetGenerator:
             logits_out: torch.Tensor | None = None) -> None:
         """Generate positions [position, position + steps) into codes (n, ≥ steps) int64 (a view with unit column
         stride is fine). prompt (n, T) int64: positions < T take its tokens. uniform (≥ position + steps, n, V)
-        fp32: the draws' noise instead of Philox with `seed`. logits_out (≥ position + steps, n, V) fp32: every
+        fp32: the draws' noise instead of Philox with `seed` (mod 2^30: seed + position stays an int32). logits_out (≥ position + steps, n, V) fp32: every
         position's logits (tests)."""
         c = self.config
         if codes.stride(1) != 1 or codes.shape[0] != self.n or codes.shape[1] < steps:
@@ -475,7 +475,7 @@ class UNetGenerator:
             *self.buffers, self.xz, self.logits, self.token, self.loglik, self.first_bad, codes,
             codes.stride(0), prompt_t, prompt_t.stride(0) if prompt is not None else 0,
             prompt.shape[1] if prompt is not None else 0, uniform if uniform is not None else dummy,
-            logits_out if logits_out is not None else dummy, self.n, self.position, self.position + steps, int(seed),
+            logits_out if logits_out is not None else dummy, self.n, self.position, self.position + steps, int(seed) % 2**30,
             float(temperature) if temperature > 0 else 1.0, float(top_p), self.eps, c.n_layers,
             D0=self.widths[0], D1=self.widths[1], D2=self.widths[2], R0=self.dt_rank[0], R1=self.dt_rank[1],
             R2=self.dt_rank[2], EXPAND=c.expand, N=c.d_state, W=c.d_conv, P0=c.pools[0], P1=c.pools[1],

@@ -181,7 +181,7 @@ def _sample_persistent(model, n: int, length: int, prompt: torch.Tensor, tempera
 
     device = next(model.parameters()).device
     generator_kernel = UNetGenerator(model, n, START_TOKEN)
-    seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=device))
+    seed = int(torch.randint(0, 2**30, (), generator=generator, device=device))  # + positions stays in int32
     watch = FiniteWatch(n, 1, device, row="clip", unit="sample")
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
     with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
