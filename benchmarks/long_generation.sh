@@ -19,6 +19,7 @@
 # PART_TIMEOUT seconds (default 540), its log then showing how far it got and how fast.
 # Knobs: DNA_LENGTH (1048576), DNA_D_MODEL (128), DNA_LAYERS (6), AUDIO_PRESET (youtubemix; sc09 is the 1 s digits model),
 # AUDIO_CONFIG (a JSON dict of AudioUNetConfig fields instead of a preset), AUDIO_SECONDS (60), AUDIO_N (4),
+# AUDIO_PERSISTENT (1: generate in the persistent kernel, `mba audio generate --persistent`; default 0),
 # PART_TIMEOUT, DEVICE (default: cuda if there is one).
 set -u
 OUT=${OUT:-longgen-out}
@@ -29,6 +30,7 @@ AUDIO_PRESET=${AUDIO_PRESET:-youtubemix}
 AUDIO_CONFIG=${AUDIO_CONFIG:-}
 AUDIO_SECONDS=${AUDIO_SECONDS:-60}
 AUDIO_N=${AUDIO_N:-4}
+AUDIO_PERSISTENT=${AUDIO_PERSISTENT:-0}
 PART_TIMEOUT=${PART_TIMEOUT:-540}
 DEVICE_ARGS=()
 [ -n "${DEVICE:-}" ] && DEVICE_ARGS=(--device "$DEVICE")
@@ -107,7 +109,7 @@ PY
     audio)
         write_checkpoint audio "$WORK/audio.ckpt" | tee -a "$OUT/summary.txt"
         run_part audio mba audio generate --ckpt "$WORK/audio.ckpt" --n "$AUDIO_N" --seconds "$AUDIO_SECONDS" \
-            --seed 0 --out "$WORK/audio" "${DEVICE_ARGS[@]}"
+            --seed 0 --out "$WORK/audio" "${DEVICE_ARGS[@]}" $([ "$AUDIO_PERSISTENT" = 1 ] && echo --persistent)
         if [ -f "$WORK/audio/samples.tsv" ]; then
             cp "$WORK/audio/samples.tsv" "$WORK/audio/spectrograms.png" "$OUT/" 2>/dev/null
             python - "$WORK/audio" <<'PY' | tee "$OUT/audio_check.txt"
