@@ -21,8 +21,8 @@ A stage is n_layers pre-norm residual Mamba blocks (`mamba_block_step_naive`'s m
 E_CHUNK channels twice: in_proj, conv step and x_proj's partial sums; then Δ, the state update, the gate and
 out_proj's partial sums. The conv state is a ring of d_conv slots indexed by the stage's tick (nothing shifts).
 Weight matrices are read in the model's dtype (fp32 for fp64; bf16 halves the bytes), everything else is fp32:
-arithmetic, states, norms, biases and A. Noise: Triton's Philox (`tl.rand`, seeded per
-position, so a seed fixes the clips whatever the launch sizes) or, for tests, a uniform tensor like the PyTorch path.
+arithmetic, states, norms, biases and A. Noise: Triton's Philox (`tl.rand`, seeded per position, so a seed fixes
+the clips whatever the launch sizes) or, for tests, a uniform tensor like the PyTorch path.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from ..selective_scan.triton_tiles import sm_count
 LOG2E = 1.4426950408889634
 # Launch shape, from sm_90 static counts (Triton 3.6; not yet timed): a broadcast product's tile [BLOCK_B, outputs,
 # inputs] of at most TILE_ELEMENTS (8192 spilled 5× as much at one row per program), WARPS warps (twice as many with
-# tensor-core products: 4 spilled 7× as much) and DOT_CHUNK channels per chunk there (32 spilled 1.7× as much).
+# tl.dot products at 16 rows: 4 spilled 7× as much) and DOT_CHUNK channels per chunk there (32: 1.7× as much).
 TILE_ELEMENTS = 4096
 WARPS = 4
 DOT_CHUNK = 16
