@@ -9,8 +9,8 @@ import argparse
 import time
 
 
-GEN_VARIANTS = ("rows=0; rows=0 stages=2; rows=1 warps=8; rows=2; rows=2 warps=8; rows=4; rows=16; rows=16 dot=tf32; "
-                "rows=0 dtype=bf16")
+GEN_VARIANTS = ("rows=0; rows=0 stages=2; rows=1 warps=8; rows=1 warps=8 tile=8192; rows=1 warps=16 tile=16384; "
+                "rows=2; rows=2 warps=8; rows=4; rows=16; rows=16 dot=tf32; rows=0 dtype=bf16")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
