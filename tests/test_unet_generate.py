@@ -31,27 +31,30 @@ def unet(d_model=8, n_layers=1, seed=0, **overrides) -> AudioUNet:
     return model
 
 
-def generator(model, n, block_rows=None, stages=1):
+def generator(model, n, block_rows=None, stages=1, transposed=False):
     from mamba_bio_audio.kernels.unet_generate.fused import UNetGenerator
 
-    return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows, stages=stages)
+    return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows, stages=stages, transposed=transposed)
 
 
-@pytest.mark.parametrize("d_model, n, block_rows, stages, temperature, top_p, prompt_len, n_layers, complex_ssm", [
-    (8, 3, 2, 1, 0.9, 1.0, 0, 2, False),      # rows past the batch in the last program; two blocks per stage
-    (16, 17, 16, 1, 1.0, 1.0, 0, 1, False),   # 16 rows per program: tl.dot products
-    (8, 2, 1, 2, 1.3, 0.5, 5, 1, False),      # top-p, a prompt across the first coarse steps, pipelined walks over E
-    (8, 2, 2, 1, 0.0, 1.0, 3, 1, False),      # greedy
-    (8, 3, 2, 1, 1.0, 0.9, 2, 2, True),       # complex A (the YouTubeMix preset's SSM)
-    (16, 17, 16, 1, 1.0, 1.0, 0, 1, True),    # complex A with tl.dot products
+@pytest.mark.parametrize("d_model, n, block_rows, stages, temperature, top_p, prompt_len, n_layers, complex_ssm, "
+                         "transposed", [
+    (8, 3, 2, 1, 0.9, 1.0, 0, 2, False, False),      # rows past the batch in the last program; two blocks per stage
+    (16, 17, 16, 1, 1.0, 1.0, 0, 1, False, False),   # 16 rows per program: tl.dot products
+    (8, 2, 1, 2, 1.3, 0.5, 5, 1, False, False),      # top-p, a prompt across the first coarse steps, pipelined walks
+    (8, 2, 2, 1, 0.0, 1.0, 3, 1, False, False),      # greedy
+    (8, 3, 2, 1, 1.0, 0.9, 2, 2, True, False),       # complex A (the YouTubeMix preset's SSM)
+    (16, 17, 16, 1, 1.0, 1.0, 0, 1, True, False),    # complex A with tl.dot products
+    (8, 3, 2, 1, 1.0, 0.9, 2, 2, True, True),        # weights stored transposed
+    (16, 17, 16, 1, 1.0, 1.0, 0, 1, False, True),    # transposed, tl.dot
 ])
 def test_kernel_generates_what_the_models_step_generates(d_model, n, block_rows, stages, temperature, top_p,
-                                                         prompt_len, n_layers, complex_ssm):
+                                                         prompt_len, n_layers, complex_ssm, transposed):
     model, length = unet(d_model, n_layers, complex_ssm=complex_ssm), 12
     torch.manual_seed(1)
     uniform = torch.rand(length, n, 256)
     prompt = torch.randint(0, 256, (n, prompt_len)) if prompt_len else None
-    kernel = generator(model, n, block_rows, stages)
+    kernel = generator(model, n, block_rows, stages, transposed)
     codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
     logits = torch.zeros(length, n, 256, device=DEVICE)
     kernel.run(length, codes, prompt.to(DEVICE) if prompt is not None else None, temperature, top_p,
