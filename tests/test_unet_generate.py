@@ -148,3 +148,11 @@ def test_models_it_cannot_run_are_refused_with_the_reason(overrides, reason):
     with pytest.raises(ValueError, match=reason):
         UNetGenerator(model, 2, START)
     assert unsupported(AudioUNet(AudioUNetConfig(**config))) is None
+
+
+def test_on_the_cpu_without_the_interpreter_it_says_where_it_runs(monkeypatch):
+    from mamba_bio_audio.kernels.unet_generate.fused import UNetGenerator
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="runs on a CUDA device"):
+        UNetGenerator(unet().float(), 2, START)

@@ -26,6 +26,8 @@ the clips whatever the launch sizes) or, for tests, a uniform tensor like the Py
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -421,6 +423,9 @@ class UNetGenerator:
         reason = unsupported(model)
         if reason:
             raise ValueError(f"UNetGenerator: {reason}")
+        if model.embedding.weight.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise ValueError("UNetGenerator: the persistent generation kernel runs on a CUDA device (or under "
+                             "TRITON_INTERPRET=1, slowly); this model is on the CPU")
         c = model.config
         device = model.embedding.weight.device
         f32 = dict(device=device, dtype=torch.float32)
