@@ -288,15 +288,13 @@ def _unet_generate_kernel(
                     D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, WT, DOT, STAGES, COMPLEX)
         up0 = up_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :]
         o0 = _stage(tl.load(up0, mask=row_ok[:, None], other=0.0) + d0, mats4_ptr, vecs4_ptr, conv4_ptr, ssm4_ptr,
-                    xz_ptr,
-                    rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, WT, DOT,
+                    xz_ptr, rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, WT, DOT,
                     STAGES, COMPLEX)
         tl.store(down_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :], d0, mask=row_ok[:, None])
         if phase0 == P0 - 1:
             tl.debug_barrier()  # down_buf0 complete; up_buf0 read by every thread before it is rewritten below
             c1 = _mm_mem(down_buf0_ptr, P0 * D0, rows, row_ok, dpool0_w_ptr, 1 if WT else P0 * D0, D1 if WT else 1,
-                         D1, P0 * D0, KC0, BLOCK_B, WT,
-                         DOT) + tl.load(dpool0_b_ptr + offs_d1)[None, :]
+                         D1, P0 * D0, KC0, BLOCK_B, WT, DOT) + tl.load(dpool0_b_ptr + offs_d1)[None, :]
             d1 = _stage(c1, mats1_ptr, vecs1_ptr, conv1_ptr, ssm1_ptr, xz_ptr, rows, row_ok, tick1, n_rows, eps,
                         n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, WT, DOT, STAGES, COMPLEX)
             up1 = up_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :]
