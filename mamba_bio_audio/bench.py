@@ -78,8 +78,7 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     from .models.transformer import TransformerConfig, TransformerLM
 
     torch.manual_seed(0)
-    models = {"fp32": AudioUNet(audio_unet_config("sc09")).to(device).eval()}
-    models["bf16"] = copy.deepcopy(models["fp32"]).bfloat16()
+    unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
     flat = MambaLMHeadModel(MambaConfig(d_model=256, n_layer=14, vocab_size=256)).to(device).eval()
     transformer = TransformerLM(TransformerConfig(d_model=256, n_layer=8, n_head=4, vocab_size=256)).to(device).eval()
     length = round(seconds * SAMPLE_RATE)

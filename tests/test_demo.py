@@ -35,3 +35,10 @@ def test_bench_prints_a_throughput_table(capsys):
     text = capsys.readouterr().out
     assert "tokens/s" in text and text.strip().splitlines()[-1].split()[0] == "16"
     assert "   torch " in text  # the scan table lists the chunked PyTorch backend
+
+
+def test_bench_generation_prints_every_models_rate_on_the_cpu(capsys):
+    """`mba bench --generation` on the CPU: each model's eager row (the GPU-only tables are skipped)."""
+    assert main(["bench", "--generation", "--device", "cpu", "--gen-batches", "1", "--gen-seconds", "0.002"]) == 0
+    names = [line.split(", eager")[0] for line in capsys.readouterr().out.splitlines() if ", eager" in line]
+    assert names == ["Mamba U-Net (sc09)", "flat Mamba 14 x 256", "Transformer++ 8 x 256, KV cache"]
