@@ -121,8 +121,7 @@ def persistent_table(device, batches: list[int], seconds: float, variants: str) 
     length = round(seconds * SAMPLE_RATE)
     print(f"persistent generation kernel, SC09 U-Net, {length}-sample clips, one launch per clip, on {device}")
     print(f"{'batch':>7}{'weights':>9}{'wt':>4}{'rows/program':>14}{'stages':>8}{'dot':>6}{'warps':>7}{'tile':>7}"
-          f"{'programs':>10}{'seconds':>10}"
-          f"{'samples/s':>14}{'x real time':>13}")
+          f"{'programs':>10}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
     for batch in batches:
         seen = set()
         for variant in variants.split(";"):
@@ -145,10 +144,9 @@ def persistent_table(device, batches: list[int], seconds: float, variants: str) 
                 raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
             rate = batch * length / seconds_taken
             print(f"{batch:>7}{dtype:>9}{int(kernel.transposed):>4}{kernel.block_b:>14}{kernel.stages:>8}"
-                  f"{kernel.dot or '-':>6}"
-                  f"{kernel.num_warps:>7}{kernel.tile_elements:>7}"
-                  f"{-(-batch // kernel.block_b):>10}"
-                  f"{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
+                  f"{kernel.dot or '-':>6}{kernel.num_warps:>7}{kernel.tile_elements:>7}"
+                  f"{-(-batch // kernel.block_b):>10}{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}",
+                  flush=True)
 
 
 def block_step_table(device, batches: list[int], calls: int = 100) -> None:

@@ -181,12 +181,13 @@ def _generate(args: argparse.Namespace) -> int:
         if args.prompt:
             prompt = quantize(load_audio(args.prompt), scheme)[:round(args.prompt_seconds * SAMPLE_RATE)]
         codes, loglik, state_max = [], [], None
+        # --persistent asks for the persistent kernel, --no-cuda-graphs for eager steps; else sample_audio's default
+        persistent = True if args.persistent else False if args.no_cuda_graphs else None
         for first in range(0, args.n, batch):
             stats = {}
             c, ll = sample_audio(model, min(batch, args.n - first), length, prompt, args.temperature, args.top_p,
                                  seed=args.seed + first, cuda_graphs=not args.no_cuda_graphs, progress=True,
-                                 stats=stats, persistent=True if args.persistent else False if args.no_cuda_graphs
-                                 else None)
+                                 stats=stats, persistent=persistent)
             codes.append(c.cpu())
             loglik.append(ll.cpu())
             if stats["state_max_abs"] is not None:  # None: a Transformer's KV cache, no recurrent state

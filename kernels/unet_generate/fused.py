@@ -33,9 +33,8 @@ import triton
 import triton.language as tl
 
 from ..host import cdiv, floor_power_of_2, next_power_of_2
-from ..selective_scan.triton_tiles import sm_count
+from ..selective_scan.triton_tiles import LOG2E, sm_count
 
-LOG2E = 1.4426950408889634
 # Launch shape, from sm_90 static counts (Triton 3.6; not yet timed): a broadcast product's tile [BLOCK_B, outputs,
 # inputs] of at most TILE_ELEMENTS (8192 spilled 5× as much at one row per program), WARPS warps (twice as many with
 # tl.dot products at 16 rows: 4 spilled 7× as much) and DOT_CHUNK channels per chunk there (32: 1.7× as much).
@@ -365,7 +364,8 @@ def _unet_generate_kernel(
 
 def unsupported(model) -> str | None:
     """Why `UNetGenerator` cannot run `model`, or None: it takes a causal AudioUNet with two pooling levels, a
-    head, real-A Mamba blocks with power-of-two sizes (widths, E, dt_rank, d_state, d_conv, classes up to 1024)."""
+    head, Mamba blocks (real or complex A) with power-of-two sizes (widths, E, dt_rank, d_state, d_conv, classes up to
+    1024)."""
     from ...models.audio_unet import AudioUNet
     from ...modules import Mamba
 
@@ -384,6 +384,11 @@ def unsupported(model) -> str | None:
     return None
 
 
+def _stored(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """An nn.Linear weight (out, in) as `_mm` reads it: as it is, or (in, out) when `transposed`."""
+    return weight.t() if transposed else weight
+
+
 def pack_block(block, dtype: torch.dtype, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One Block (norm + Mamba mixer) as the two flat packs `_block` reads. Matrices, in `dtype`, each (out, in) as
     nn.Linear holds it, or (in, out) if `transposed`: in_proj (2E, D), conv (E, W) (never transposed), x_proj
@@ -399,12 +404,9 @@ def pack_block(block, dtype: torch.dtype, transposed: bool) -> tuple[torch.Tenso
     def flat(parts, dtype):
         return torch.cat([p.detach().to(dtype).reshape(-1) for p in parts])
 
-    A = [-torch.exp(m.A_log.float()) * LOG2E] + ([m.A_imag] if m.complex_ssm else [])
-    def layout(weight):
-        return weight.t() if transposed else weight
-
-    matrices = [layout(m.in_proj.weight), m.conv1d.weight[:, 0], layout(m.x_proj.weight), layout(m.dt_proj.weight),
-                layout(m.out_proj.weight)]
+    A = [-torch.exp(m.A_log.float()) * LOG2E.value] + ([m.A_imag] if m.complex_ssm else [])
+    matrices = [_stored(m.in_proj.weight, transposed), m.conv1d.weight[:, 0], _stored(m.x_proj.weight, transposed),
+                _stored(m.dt_proj.weight, transposed), _stored(m.out_proj.weight, transposed)]
     vectors = [norm.weight, bias(m.in_proj, 2 * E), bias(m.conv1d, E), m.dt_proj.bias, *A, m.D, bias(m.out_proj, D)]
     return flat(matrices, dtype), flat(vectors, torch.float32)
 
@@ -444,7 +446,7 @@ class UNetGenerator:
         self.dt_rank = [_dt_rank(model.down[0]), _dt_rank(model.down[1]), _dt_rank(model.centre)]
 
         def weights(linear):
-            weight = linear.weight.detach().t() if transposed else linear.weight.detach()
+            weight = _stored(linear.weight.detach(), transposed)
             return weight.to(self.dtype).contiguous(), linear.bias.detach().float().contiguous()
 
         self.pools = [*weights(model.down_pool[0].linear), *weights(model.down_pool[1].linear),
@@ -455,7 +457,7 @@ class UNetGenerator:
         head_w = torch.zeros(self.block_v, c.d_model, device=device, dtype=self.dtype)
         head_b = torch.full((self.block_v,), -float("inf"), **f32)
         head_w[:c.n_classes] = model.head.weight.detach()
-        head_w = head_w.t().contiguous() if transposed else head_w
+        head_w = _stored(head_w, transposed).contiguous()
         head_b[:c.n_classes] = model.head.bias.detach().float()
         self.head = [head_w, head_b]
         self.eps = float(model.norm.eps)

@@ -184,9 +184,10 @@ def _sample_persistent(model, n: int, length: int, prompt: torch.Tensor, tempera
     seed = int(torch.randint(0, 2**30, (), generator=generator, device=device))  # + positions stays in int32
     watch = FiniteWatch(n, 1, device, row="clip", unit="sample")
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
+    every = max(1, check_every)
     with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
-        for start in range(0, length, max(1, check_every)):
-            steps = min(max(1, check_every), length - start)
+        for start in range(0, length, every):
+            steps = min(every, length - start)
             generator_kernel.run(steps, codes[:, start:], prompt if prompt.shape[1] else None, temperature, top_p,
                                  seed)
             watch.first = generator_kernel.first_bad
