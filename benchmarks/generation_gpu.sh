@@ -6,16 +6,17 @@
 #   OUT=DIR bash benchmarks/generation_gpu.sh
 #
 # Writes under $OUT (default ./generation-out): env.txt, tests.log, bench.log, summary.txt (each part's exit code
-# and wall time). Knobs: BATCHES (1,64,256), CLIP_SECONDS (1: clip length), VARIANTS (mba bench's --gen-variants default),
-# PART_TIMEOUT (900 s per part).
+# and wall time). Knobs: BATCHES (1,64,256), CLIP_SECONDS (1: clip length), VARIANTS (mba bench's --gen-variants
+# default), PART_TIMEOUT (900 s per part).
 set -u
 OUT=${OUT:-generation-out}
 BATCHES=${BATCHES:-1,64,256}
 CLIP_SECONDS=${CLIP_SECONDS:-1}
 PART_TIMEOUT=${PART_TIMEOUT:-900}
 mkdir -p "$OUT"
-{ date; nvidia-smi -L 2>&1; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } \
-    > "$OUT/env.txt" 2>&1
+{ date; nvidia-smi -L 2>&1
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} > "$OUT/env.txt" 2>&1
 : > "$OUT/summary.txt"
 part() {  # name, command...: run with a time limit, log its output, note its exit code and wall time
     local name=$1 start=$SECONDS

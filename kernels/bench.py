@@ -233,8 +233,8 @@ def host_rows() -> None:
     """`host_time` of the fused scan at batch 1 × 1024 channels, L = 2048 and 8192 (the two host-bound rows)."""
     from .selective_scan.fused import selective_scan_fused
 
-    print("\n| host µs per call, 1 × 1024 × L | fwd (no grad) | without the launch | fwd+bwd | without the launches |\n"
-          "|---|---|---|---|---|")
+    print("\n| host µs per call, 1 × 1024 × L | fwd (no grad) | without the launch | fwd+bwd | without the launches |"
+          "\n|---|---|---|---|---|")
     for length in (2048, 8192):
         t = host_time(selective_scan_fused, make_inputs(1, 1024, 16, length, False))
         print(f"| L = {length} | {t['fwd']:.1f} | {t['fwd_no_launch']:.1f} | {t['fwd_bwd']:.1f} | "
