@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...generation import sample_with_noise
+from ..sample_step import sample_step_naive
 
 
 @torch.inference_mode()
@@ -16,7 +16,7 @@ def unet_generate_naive(model, n: int, length: int, uniform: torch.Tensor, start
         token_0 = start_token
         logits_t = model.step(token_t)                                   (n, V)
         token_{t+1} = prompt[:, t] if t < prompt's length else a Gumbel-max draw from softmax(logits_t / temperature)
-                      after the top-p filter, with uniform[t] (n, V) as the noise (`sample_with_noise`)
+                      after the top-p filter, with uniform[t] (n, V) as the noise (`sample_step_naive`)
         loglik += log softmax(logits_t)[token_{t+1}] where drawn (fp64)
 
     Returns codes (n, length) int64 (codes[:, t] = token_{t+1}), loglik (n,) float64 and every position's logits
@@ -24,17 +24,15 @@ def unet_generate_naive(model, n: int, length: int, uniform: torch.Tensor, start
     state = model.allocate_step_state(n)
     device = next(model.parameters()).device
     token = torch.full((n,), start_token, dtype=torch.int64, device=device)
-    forced = 0 if prompt is None else prompt.shape[1]
+    prompt_len = 0 if prompt is None else prompt.shape[1]
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
     loglik = torch.zeros(n, dtype=torch.float64, device=device)
     logits_seen = []
     for t in range(length):
         logits = model.step(token, state)
         logits_seen.append(logits)
-        if t < forced:
-            token = prompt[:, t].to(device)
-        else:
-            token = sample_with_noise(logits, uniform[t], temperature, top_p)
-            loglik += torch.log_softmax(logits.double(), -1).gather(1, token[:, None])[:, 0]
-        codes[:, t] = token
+        forced = torch.tensor(t < prompt_len, device=device)
+        forced_tokens = prompt[:, t].to(device) if t < prompt_len else token
+        sample_step_naive(logits, uniform[t].to(device), forced, forced_tokens, token, codes[:, t], loglik,
+                          temperature, top_p)
     return codes, loglik, torch.stack(logits_seen)
