@@ -9,9 +9,7 @@ import argparse
 import time
 
 
-GEN_VARIANTS = ("rows=0; rows=0 stages=2; rows=1 warps=8; rows=1 warps=8 tile=8192; rows=1 warps=16 tile=16384; "
-                "rows=1 warps=8 wt=1; rows=2; rows=2 warps=8; rows=2 wt=1; rows=4; rows=16; rows=16 dot=tf32; "
-                "rows=0 dtype=bf16")
+GEN_VARIANTS = "default; stages=1; warps=4 tile=4096; rows=2; dtype=bf16; dtype=bf16 warps=4 tile=4096"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen-seconds", type=float, default=1.0, help="clip length of --generation (default 1 s)")
     parser.add_argument("--gen-variants", default=GEN_VARIANTS,
                         help="launch shapes of the persistent generation kernel to time, ';'-separated, each as "
-                             "key=value fields: rows (per program; 0: its default rule), stages (pipelined walks over "
-                             "E), warps, tile (a broadcast product's elements), dot (ieee|tf32 at 16 rows), dtype "
-                             f"(fp32|bf16 weights), wt (1: weights stored transposed); default {GEN_VARIANTS!r}")
+                             "key=value fields changing its defaults ('default': none): rows (per program), stages "
+                             "(software-pipelined walks over E; 1: none), warps, tile (a broadcast product's "
+                             f"elements), dtype (fp32|bf16 weights); default {GEN_VARIANTS!r}")
 
 
 def _cuda() -> bool:
@@ -112,7 +110,7 @@ def persistent_table(device, batches: list[int], seconds: float, variants: str) 
 
     from .audio import SAMPLE_RATE
     from .audio.codec import START_TOKEN
-    from .kernels.unet_generate.fused import TILE_ELEMENTS, UNetGenerator
+    from .kernels.unet_generate.fused import UNetGenerator
     from .models.audio_unet import AudioUNet, audio_unet_config
 
     torch.manual_seed(0)
@@ -120,31 +118,26 @@ def persistent_table(device, batches: list[int], seconds: float, variants: str) 
     models["bf16"] = copy.deepcopy(models["fp32"]).bfloat16()
     length = round(seconds * SAMPLE_RATE)
     print(f"persistent generation kernel, SC09 U-Net, {length}-sample clips, one launch per clip, on {device}")
-    print(f"{'batch':>7}{'weights':>9}{'wt':>4}{'rows/program':>14}{'stages':>8}{'dot':>6}{'warps':>7}{'tile':>7}"
+    print(f"{'batch':>7}{'weights':>9}{'rows/program':>14}{'stages':>8}{'warps':>7}{'tile':>7}"
           f"{'programs':>10}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
     for batch in batches:
         seen = set()
         for variant in variants.split(";"):
-            spec = {"rows": "0", "stages": "1", "warps": "0", "tile": "0", "dot": "ieee", "dtype": "fp32", "wt": "0"}
-            spec.update(field.split("=", 1) for field in variant.split())
-            dtype = spec["dtype"]
-            kernel = UNetGenerator(models[dtype], batch, START_TOKEN, block_rows=int(spec["rows"]) or None,
-                                   stages=int(spec["stages"]), num_warps=int(spec["warps"]) or None,
-                                   tile_elements=int(spec["tile"]) or TILE_ELEMENTS, dot_precision=spec["dot"],
-                                   transposed=spec["wt"] == "1")
-            key = (kernel.block_b, kernel.stages, kernel.dot, kernel.num_warps, kernel.tile_elements, dtype,
-                   kernel.transposed)
+            spec = dict(field.split("=", 1) for field in variant.split() if field != "default")
+            dtype = spec.pop("dtype", "fp32")
+            names = {"rows": "block_rows", "stages": "stages", "warps": "num_warps", "tile": "tile_elements"}
+            kernel = UNetGenerator(models[dtype], batch, START_TOKEN, **{names[k]: int(v) for k, v in spec.items()})
+            key = (kernel.block_b, kernel.stages, kernel.num_warps, kernel.tile_elements, dtype)
             if key in seen or kernel.block_b > max(batch, 1):  # the same launch again, or rows that are all padding
                 continue
             seen.add(key)
             codes = torch.empty(batch, length, dtype=torch.int64, device=device)
-            kernel.run(min(length, 256), codes)  # compiles; the timed run goes on from there
+            kernel.run(min(length, 256), codes, seed=1)  # compiles; the timed run goes on from there
             seconds_taken = _median_seconds(lambda: kernel.run(length, codes, seed=1), device, 0)
             if bool((kernel.first_bad >= 0).any()):
                 raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
             rate = batch * length / seconds_taken
-            print(f"{batch:>7}{dtype:>9}{int(kernel.transposed):>4}{kernel.block_b:>14}{kernel.stages:>8}"
-                  f"{kernel.dot or '-':>6}{kernel.num_warps:>7}{kernel.tile_elements:>7}"
+            print(f"{batch:>7}{dtype:>9}{kernel.block_b:>14}{kernel.stages:>8}{kernel.num_warps:>7}{kernel.tile_elements:>7}"
                   f"{-(-batch // kernel.block_b):>10}{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}",
                   flush=True)
 

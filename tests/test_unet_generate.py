@@ -31,30 +31,27 @@ def unet(d_model=8, n_layers=1, seed=0, **overrides) -> AudioUNet:
     return model
 
 
-def generator(model, n, block_rows=None, stages=1, transposed=False):
+def generator(model, n, block_rows=1, stages=1):
     from mamba_bio_audio.kernels.unet_generate.fused import UNetGenerator
 
-    return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows, stages=stages, transposed=transposed)
+    return UNetGenerator(model.to(DEVICE), n, START, block_rows=block_rows, stages=stages)
 
 
-@pytest.mark.parametrize("d_model, n, block_rows, stages, temperature, top_p, prompt_len, n_layers, complex_ssm, "
-                         "transposed", [
-    (8, 3, 2, 1, 0.9, 1.0, 0, 2, False, False),      # rows past the batch in the last program; two blocks per stage
-    (16, 17, 16, 1, 1.0, 1.0, 0, 1, False, False),   # 16 rows per program: tl.dot products
-    (8, 2, 1, 2, 1.3, 0.5, 5, 1, False, False),      # top-p, a prompt across the first coarse steps, pipelined walks
-    (8, 2, 2, 1, 0.0, 1.0, 3, 1, False, False),      # greedy
-    (8, 3, 2, 1, 1.0, 0.9, 2, 2, True, False),       # complex A (the YouTubeMix preset's SSM)
-    (16, 17, 16, 1, 1.0, 1.0, 0, 1, True, False),    # complex A with tl.dot products
-    (8, 3, 2, 1, 1.0, 0.9, 2, 2, True, True),        # weights stored transposed
-    (16, 17, 16, 1, 1.0, 1.0, 0, 1, False, True),    # transposed, tl.dot
+@pytest.mark.parametrize("d_model, n, block_rows, stages, temperature, top_p, prompt_len, n_layers, complex_ssm", [
+    (8, 3, 2, 1, 0.9, 1.0, 0, 2, False),      # rows past the batch in the last program; two blocks per stage
+    (16, 17, 16, 1, 1.0, 1.0, 0, 1, False),   # 16 rows per program
+    (8, 2, 1, 2, 1.3, 0.5, 5, 1, False),      # top-p, a prompt across the first coarse steps, pipelined walks
+    (8, 2, 2, 1, 0.0, 1.0, 3, 1, False),      # greedy
+    (8, 3, 2, 1, 1.0, 0.9, 2, 2, True),       # complex A (the YouTubeMix preset's SSM)
+    (8, 3, 1, 2, 1.0, 1.0, 0, 1, True),       # complex A, one row per program, pipelined walks (the defaults)
 ])
 def test_kernel_generates_what_the_models_step_generates(d_model, n, block_rows, stages, temperature, top_p,
-                                                         prompt_len, n_layers, complex_ssm, transposed):
+                                                         prompt_len, n_layers, complex_ssm):
     model, length = unet(d_model, n_layers, complex_ssm=complex_ssm), 12
     torch.manual_seed(1)
     uniform = torch.rand(length, n, 256)
     prompt = torch.randint(0, 256, (n, prompt_len)) if prompt_len else None
-    kernel = generator(model, n, block_rows, stages, transposed)
+    kernel = generator(model, n, block_rows, stages)
     codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
     logits = torch.zeros(length, n, 256, device=DEVICE)
     kernel.run(length, codes, prompt.to(DEVICE) if prompt is not None else None, temperature, top_p,
@@ -114,6 +111,26 @@ def test_launches_split_anywhere_and_seeds_fix_the_draws():
     assert torch.equal(runs["one"][1], runs["split"][1])
     assert all(torch.equal(a, b) for a, b in zip(runs["one"][2], runs["split"][2]))
     assert not torch.equal(runs["one"][0], runs["other seed"][0])
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="compiles only on a GPU")
+def test_seeds_positions_and_batch_sizes_reuse_the_compiled_kernel():
+    """Seeds, positions and batch sizes are runtime values: after the first launch, launches at seed 1, at odd
+    positions and at batches of 1 and 17 compile nothing (a compile of this kernel takes over 5 s on an H100; the
+    first GPU timing took one for the run itself)."""
+    import time
+
+    model = unet().float()
+    codes = torch.zeros(17, 64, dtype=torch.int64, device=DEVICE)
+    kernel = generator(model, 16, block_rows=1)
+    kernel.run(16, codes[:16])  # compiles
+    for n, steps, seed in ((16, 1, 1), (16, 7, 3), (1, 5, 1), (17, 3, 0)):
+        launch = kernel if n == 16 else generator(model, n, block_rows=1)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        launch.run(steps, codes[:n], seed=seed)
+        torch.cuda.synchronize()
+        assert time.perf_counter() - start < 1.0, (n, steps, seed)
 
 
 def test_sample_audio_takes_the_persistent_kernel():

@@ -33,50 +33,33 @@ import triton
 import triton.language as tl
 
 from ..host import cdiv, floor_power_of_2, next_power_of_2
-from ..selective_scan.triton_tiles import LOG2E, sm_count
+from ..selective_scan.triton_tiles import LOG2E
 
-# Launch shape, from sm_90 static counts (Triton 3.6; not yet timed): a broadcast product's tile [BLOCK_B, outputs,
-# inputs] of at most TILE_ELEMENTS (8192 spilled 5× as much at one row per program), WARPS warps (twice as many with
-# tl.dot products at 16 rows: 4 spilled 7× as much) and DOT_CHUNK channels per chunk there (32: 1.7× as much).
-TILE_ELEMENTS = 4096
-WARPS = 4
-DOT_CHUNK = 16
-
-
-@triton.jit
-def _mm(x, w_ptr, SO: tl.constexpr, SK: tl.constexpr, N_OUT: tl.constexpr, K: tl.constexpr, WT: tl.constexpr,
-        DOT: tl.constexpr):
-    """x [BLOCK_B, K] fp32 times W[:N_OUT, :K]ᵀ → [BLOCK_B, N_OUT] fp32, with W[o, k] at w_ptr + o·SO + k·SK: a
-    weight as nn.Linear holds it, (out, in) with SK = 1, or with WT transposed to (in, out), SO = 1. tl.dot when DOT
-    ("ieee": fp32 on the FMA units, "tf32": tensor cores) and both sizes allow it, else a broadcast product summed
-    over K: over the tile's last axis (K contiguous, shuffles between threads), or with WT over its middle axis (the
-    outputs contiguous; on sm_90 a 64 × 64 product takes 1 shuffle and 176 instructions against 161 and 544, but
-    the whole kernel spills more)."""
-    offs_k = tl.arange(0, K)
-    offs_o = tl.arange(0, N_OUT)
-    if WT:
-        w = tl.load(w_ptr + offs_k[:, None] * SK + offs_o[None, :] * SO).to(tl.float32)    # [K, N_OUT]
-        if DOT != "" and N_OUT >= 16 and K >= 16:
-            return tl.dot(x, w, input_precision=DOT)
-        else:
-            return tl.sum(x[:, :, None] * w[None, :, :], axis=1)
-    else:
-        w = tl.load(w_ptr + offs_o[:, None] * SO + offs_k[None, :] * SK).to(tl.float32)    # [N_OUT, K]
-        if DOT != "" and N_OUT >= 16 and K >= 16:
-            return tl.dot(x, tl.trans(w), input_precision=DOT)
-        else:
-            return tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+# Launch shape, timed on an H100 (BENCHMARKS.md, 2026-11-24; SC09 U-Net, batches 1, 64 and 256): one row per
+# program (2, 4 and 16 rows were 1.3–2.8× slower), WARPS warps, broadcast products' tiles of at most TILE_ELEMENTS
+# and the walks over E software-pipelined in STAGES (1.2–1.3× faster than none).
+TILE_ELEMENTS = 8192
+WARPS = 8
+STAGES = 2
 
 
 @triton.jit
-def _mm_mem(x_ptr, x_ld, rows, row_ok, w_ptr, SO: tl.constexpr, SK: tl.constexpr, N_OUT: tl.constexpr,
-            K: tl.constexpr, K_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, WT: tl.constexpr, DOT: tl.constexpr):
+def _mm(x, w_ptr, LD: tl.constexpr, N_OUT: tl.constexpr, K: tl.constexpr):
+    """x [BLOCK_B, K] fp32 times W[:N_OUT, :K]ᵀ → [BLOCK_B, N_OUT] fp32, with W[o, k] at w_ptr + o·LD + k (an
+    nn.Linear weight (out, in), or a block of one): a broadcast product summed over K, the contiguous axis."""
+    w = tl.load(w_ptr + tl.arange(0, N_OUT)[:, None] * LD + tl.arange(0, K)[None, :]).to(tl.float32)
+    return tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+
+
+@triton.jit
+def _mm_mem(x_ptr, x_ld, rows, row_ok, w_ptr, LD: tl.constexpr, N_OUT: tl.constexpr, K: tl.constexpr,
+            K_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr):
     """As `_mm` with x read from memory, x[row, :K] at x_ptr + row·x_ld, K_CHUNK inputs at a time."""
     acc = tl.zeros([BLOCK_B, N_OUT], tl.float32)
     offs_k = tl.arange(0, K_CHUNK)
     for k in range(0, K, K_CHUNK):
         x = tl.load(x_ptr + rows[:, None] * x_ld + k + offs_k[None, :], mask=row_ok[:, None], other=0.0)
-        acc += _mm(x, w_ptr + k * SK, SO, SK, N_OUT, K_CHUNK, WT, DOT)
+        acc += _mm(x, w_ptr + k, LD, N_OUT, K_CHUNK)
     return acc
 
 
@@ -90,16 +73,14 @@ def _rms(x, w_ptr, eps, D: tl.constexpr):
 @triton.jit
 def _walk_in(c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in,
              o_in_b, o_conv, o_conv_b, o_xp, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr,
-             W: tl.constexpr, E_CHUNK: tl.constexpr, WT: tl.constexpr, DOT: tl.constexpr, COMPLEX: tl.constexpr):
+             W: tl.constexpr, E_CHUNK: tl.constexpr, COMPLEX: tl.constexpr):
     """Channels [c, c + E_CHUNK) of a block's first walk: x, z = in_proj(u); x enters the conv ring; x = silu(conv);
     x and z to scratch; x_proj's partial sums added to (dt_r, B, C, and with COMPLEX the imaginary parts of B and C
     (x_proj's rows: dt_r, Re B, Im B, Re C, Im C)), which are returned."""
     ch = c + tl.arange(0, E_CHUNK)
     offs_w = tl.arange(0, W)
-    SO: tl.constexpr = 1 if WT else D                                                       # in_proj (2E, D)
-    SK: tl.constexpr = 2 * E if WT else 1
-    x = _mm(u, m_ptr + o_in + c * SO, SO, SK, E_CHUNK, D, WT, DOT) + tl.load(v_ptr + o_in_b + ch)[None, :]
-    z = _mm(u, m_ptr + o_in + (E + c) * SO, SO, SK, E_CHUNK, D, WT, DOT) + tl.load(v_ptr + o_in_b + E + ch)[None, :]
+    x = _mm(u, m_ptr + o_in + c * D, D, E_CHUNK, D) + tl.load(v_ptr + o_in_b + ch)[None, :]      # in_proj (2E, D)
+    z = _mm(u, m_ptr + o_in + (E + c) * D, D, E_CHUNK, D) + tl.load(v_ptr + o_in_b + E + ch)[None, :]
     ring = conv_ptr + (rows[:, None, None] * E + ch[None, :, None]) * W + offs_w[None, None, :]
     newest = (offs_w == slot_now)[None, None, :]
     window = tl.where(newest, x[:, :, None], tl.load(ring, mask=row_ok[:, None, None], other=0.0))
@@ -110,31 +91,26 @@ def _walk_in(c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr
     tl.store(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], x, mask=row_ok[:, None])
     tl.store(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], z, mask=row_ok[:, None])
     BC: tl.constexpr = 2 * N if COMPLEX else N                                              # B's rows
-    XP: tl.constexpr = R + 2 * BC                                                           # x_proj (XP, E)
-    XO: tl.constexpr = 1 if WT else E
-    XK: tl.constexpr = XP if WT else 1
-    cols = m_ptr + o_xp + c * XK                                                            # its inputs c…
-    dt_r += _mm(x, cols, XO, XK, R, E_CHUNK, WT, DOT)
-    b_in += _mm(x, cols + R * XO, XO, XK, N, E_CHUNK, WT, DOT)
-    c_out += _mm(x, cols + (R + BC) * XO, XO, XK, N, E_CHUNK, WT, DOT)
+    cols = m_ptr + o_xp + c                                              # x_proj (R + 2·BC, E), its inputs c…
+    dt_r += _mm(x, cols, E, R, E_CHUNK)
+    b_in += _mm(x, cols + R * E, E, N, E_CHUNK)
+    c_out += _mm(x, cols + (R + BC) * E, E, N, E_CHUNK)
     if COMPLEX:
-        b_im += _mm(x, cols + (R + N) * XO, XO, XK, N, E_CHUNK, WT, DOT)
-        c_im += _mm(x, cols + (R + BC + N) * XO, XO, XK, N, E_CHUNK, WT, DOT)
+        b_im += _mm(x, cols + (R + N) * E, E, N, E_CHUNK)
+        c_im += _mm(x, cols + (R + BC + N) * E, E, N, E_CHUNK)
     return dt_r, b_in, c_out, b_im, c_im
 
 
 @triton.jit
 def _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt, o_dt_b, o_a,
               o_d, o_out, D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, E_CHUNK: tl.constexpr,
-              WT: tl.constexpr, DOT: tl.constexpr, COMPLEX: tl.constexpr):
+              COMPLEX: tl.constexpr):
     """Channels [c, c + E_CHUNK) of a block's second walk: Δ = softplus(dt_proj(dt_r)); h = exp(Δ·A)·h + Δ·B·x in
     place; y = (C·h + D·x)·silu(z), C·h taken as 2·Re(C·h) with COMPLEX (state (row, E, [Re h, Im h]), A's
     imaginary part after its real part in the pack); out_proj's partial sum added to out, which is returned."""
     ch = c + tl.arange(0, E_CHUNK)
     offs_n = tl.arange(0, N)
-    SO: tl.constexpr = 1 if WT else R                                                       # dt_proj (E, R)
-    SK: tl.constexpr = E if WT else 1
-    dt = _mm(dt_r, m_ptr + o_dt + c * SO, SO, SK, E_CHUNK, R, WT, DOT) + tl.load(v_ptr + o_dt_b + ch)[None, :]
+    dt = _mm(dt_r, m_ptr + o_dt + c * R, R, E_CHUNK, R) + tl.load(v_ptr + o_dt_b + ch)[None, :]  # dt_proj (E, R)
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                                   # softplus
     x = tl.load(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], mask=row_ok[:, None], other=0.0)
     z = tl.load(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], mask=row_ok[:, None], other=0.0)
@@ -157,21 +133,18 @@ def _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_p
     tl.store(state, h, mask=row_ok[:, None, None])
     y += tl.load(v_ptr + o_d + ch)[None, :] * x
     y = y * z * tl.sigmoid(z)
-    OO: tl.constexpr = 1 if WT else E                                                       # out_proj (D, E)
-    OK: tl.constexpr = D if WT else 1
-    return out + _mm(y, m_ptr + o_out + c * OK, OO, OK, D, E_CHUNK, WT, DOT)
+    return out + _mm(y, m_ptr + o_out + c, E, D, E_CHUNK)                                   # out_proj (D, E)
 
 
 @triton.jit
 def _block(hidden, residual, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, WT: tl.constexpr, DOT: tl.constexpr,
-           STAGES: tl.constexpr, COMPLEX: tl.constexpr):
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, STAGES: tl.constexpr, COMPLEX: tl.constexpr):
     """One position through a pre-norm residual Mamba block: hidden, residual [BLOCK_B, D] fp32 → (mixer output,
     hidden + residual). m_ptr, v_ptr: the block's matrices and fp32 vectors (`pack_block`); conv_ptr (n_rows, E, W)
     ring and ssm_ptr
     (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E,
-    software-pipelined by Triton when STAGES > 1."""
+    software-pipelined by Triton in STAGES stages (1: none)."""
     BC: tl.constexpr = 2 * N if COMPLEX else N                  # B's and C's rows in x_proj
     o_in = 0                                   # the packs' layouts, as pack_block writes them: matrices
     o_conv = o_in + 2 * E * D
@@ -195,26 +168,15 @@ def _block(hidden, residual, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_
     b_im = tl.zeros([BLOCK_B, N], tl.float32)
     c_im = tl.zeros([BLOCK_B, N], tl.float32)
     tl.debug_barrier()  # the previous block's readers of xz are done
-    if STAGES > 1:
-        for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
-            dt_r, b_in, c_out, b_im, c_im = _walk_in(
-                c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in,
-                o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, WT, DOT, COMPLEX)
-    else:
-        for c in range(0, E, E_CHUNK):
-            dt_r, b_in, c_out, b_im, c_im = _walk_in(
-                c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in,
-                o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, WT, DOT, COMPLEX)
+    for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
+        dt_r, b_in, c_out, b_im, c_im = _walk_in(
+            c, u, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, conv_ptr, xz_ptr, rows, row_ok, slot_now, tap, o_in,
+            o_in_b, o_conv, o_conv_b, o_xp, D, E, R, N, W, E_CHUNK, COMPLEX)
     tl.debug_barrier()  # x and z written above by other threads
     out = tl.zeros([BLOCK_B, D], tl.float32)
-    if STAGES > 1:
-        for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
-            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt,
-                            o_dt_b, o_a, o_d, o_out, D, E, R, N, E_CHUNK, WT, DOT, COMPLEX)
-    else:
-        for c in range(0, E, E_CHUNK):
-            out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt,
-                            o_dt_b, o_a, o_d, o_out, D, E, R, N, E_CHUNK, WT, DOT, COMPLEX)
+    for c in tl.range(0, E, E_CHUNK, num_stages=STAGES):
+        out = _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_ptr, rows, row_ok, o_dt,
+                        o_dt_b, o_a, o_d, o_out, D, E, R, N, E_CHUNK, COMPLEX)
     out += tl.load(v_ptr + o_out_b + tl.arange(0, D))[None, :]
     return out, residual
 
@@ -222,8 +184,7 @@ def _block(hidden, residual, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_
 @triton.jit
 def _stage(x, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_rows, eps, n_layers,
            D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, N: tl.constexpr, W: tl.constexpr,
-           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, WT: tl.constexpr, DOT: tl.constexpr,
-           STAGES: tl.constexpr, COMPLEX: tl.constexpr):
+           E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, STAGES: tl.constexpr, COMPLEX: tl.constexpr):
     """n_layers blocks at one width: x [BLOCK_B, D] → hidden + residual after the last (x itself for none)."""
     BC: tl.constexpr = 2 * N if COMPLEX else N
     mat_numel = 2 * E * D + E * W + (R + 2 * BC) * E + E * R + D * E
@@ -234,22 +195,22 @@ def _stage(x, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_ok, tick, n_row
         hidden, residual = _block(hidden, residual, m_ptr + layer * mat_numel, v_ptr + layer * vec_numel,
                                   conv_ptr + layer * n_rows * E * W,
                                   ssm_ptr + layer * n_rows * E * BC, xz_ptr, rows, row_ok, tick, n_rows, eps,
-                                  D, E, R, N, W, E_CHUNK, BLOCK_B, WT, DOT, STAGES, COMPLEX)
+                                  D, E, R, N, W, E_CHUNK, BLOCK_B, STAGES, COMPLEX)
     return hidden + residual
 
 
 @triton.jit
-def _up_pool(x, w_ptr, b_ptr, buf_ptr, rows, row_ok, K: tl.constexpr, OUT: tl.constexpr, OUT_CHUNK: tl.constexpr,
-             WT: tl.constexpr, DOT: tl.constexpr):
+def _up_pool(x, w_ptr, b_ptr, buf_ptr, rows, row_ok, K: tl.constexpr, OUT: tl.constexpr, OUT_CHUNK: tl.constexpr):
     """buf[row, :OUT] = x [BLOCK_B, K] · Wᵀ + b (W (OUT, K)): the p fine steps of the next coarse period."""
     offs = tl.arange(0, OUT_CHUNK)
     for o in range(0, OUT, OUT_CHUNK):
-        y = _mm(x, w_ptr + o * (1 if WT else K), 1 if WT else K, OUT if WT else 1, OUT_CHUNK, K, WT, DOT) \
-            + tl.load(b_ptr + o + offs)[None, :]
+        y = _mm(x, w_ptr + o * K, K, OUT_CHUNK, K) + tl.load(b_ptr + o + offs)[None, :]
         tl.store(buf_ptr + rows[:, None] * OUT + o + offs[None, :], y, mask=row_ok[:, None])
 
 
-@triton.jit
+# Runtime integers that change from launch to launch stay unspecialised: Triton would otherwise compile the kernel
+# anew (tens of seconds) whenever one becomes 1 or stops being a multiple of 16.
+@triton.jit(do_not_specialize=["n_rows", "t_start", "t_end", "seed", "prompt_len", "n_layers"])
 def _unet_generate_kernel(
         emb_ptr, mats0_ptr, mats1_ptr, mats2_ptr, mats3_ptr, mats4_ptr, vecs0_ptr, vecs1_ptr, vecs2_ptr, vecs3_ptr,
         vecs4_ptr,
@@ -264,7 +225,7 @@ def _unet_generate_kernel(
         V: tl.constexpr, BLOCK_V: tl.constexpr, EC0: tl.constexpr, EC1: tl.constexpr, EC2: tl.constexpr,
         KC0: tl.constexpr, KC1: tl.constexpr, UC0: tl.constexpr, UC1: tl.constexpr, VC: tl.constexpr,
         GREEDY: tl.constexpr, TOP_P: tl.constexpr, NOISE_IN: tl.constexpr, LOGITS_OUT: tl.constexpr,
-        BLOCK_B: tl.constexpr, WT: tl.constexpr, DOT: tl.constexpr, STAGES: tl.constexpr, COMPLEX: tl.constexpr):
+        BLOCK_B: tl.constexpr, STAGES: tl.constexpr, COMPLEX: tl.constexpr):
     """Positions [t_start, t_end) for rows [pid·BLOCK_B, (pid + 1)·BLOCK_B): see the module docstring. mats/vecs
     0–4 (the blocks' packs): down stage 0, down stage 1, centre, up stage 1, up stage 0; conv/ssm 0–4 their states.
     token, loglik, first_bad (n_rows,) carry over between launches; codes[row, t − t_start] (row stride codes_ld)
@@ -284,41 +245,38 @@ def _unet_generate_kernel(
         phase1 = tick1 % P1
         x = tl.load(emb_ptr + token[:, None] * D0 + offs_d0[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
         d0 = _stage(x, mats0_ptr, vecs0_ptr, conv0_ptr, ssm0_ptr, xz_ptr, rows, row_ok, t, n_rows, eps, n_layers,
-                    D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, WT, DOT, STAGES, COMPLEX)
+                    D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, STAGES, COMPLEX)
         up0 = up_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :]
         o0 = _stage(tl.load(up0, mask=row_ok[:, None], other=0.0) + d0, mats4_ptr, vecs4_ptr, conv4_ptr, ssm4_ptr,
-                    xz_ptr, rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, WT, DOT,
-                    STAGES, COMPLEX)
+                    xz_ptr, rows, row_ok, t, n_rows, eps, n_layers, D0, EXPAND * D0, R0, N, W, EC0, BLOCK_B, STAGES,
+                    COMPLEX)
         tl.store(down_buf0_ptr + (rows[:, None] * P0 + phase0) * D0 + offs_d0[None, :], d0, mask=row_ok[:, None])
         if phase0 == P0 - 1:
             tl.debug_barrier()  # down_buf0 complete; up_buf0 read by every thread before it is rewritten below
-            c1 = _mm_mem(down_buf0_ptr, P0 * D0, rows, row_ok, dpool0_w_ptr, 1 if WT else P0 * D0, D1 if WT else 1,
-                         D1, P0 * D0, KC0, BLOCK_B, WT, DOT) + tl.load(dpool0_b_ptr + offs_d1)[None, :]
+            c1 = _mm_mem(down_buf0_ptr, P0 * D0, rows, row_ok, dpool0_w_ptr, P0 * D0, D1, P0 * D0, KC0, BLOCK_B) \
+                + tl.load(dpool0_b_ptr + offs_d1)[None, :]
             d1 = _stage(c1, mats1_ptr, vecs1_ptr, conv1_ptr, ssm1_ptr, xz_ptr, rows, row_ok, tick1, n_rows, eps,
-                        n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, WT, DOT, STAGES, COMPLEX)
+                        n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B, STAGES, COMPLEX)
             up1 = up_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :]
             o1 = _stage(tl.load(up1, mask=row_ok[:, None], other=0.0) + d1, mats3_ptr, vecs3_ptr, conv3_ptr, ssm3_ptr,
                         xz_ptr, rows, row_ok, tick1, n_rows, eps, n_layers, D1, EXPAND * D1, R1, N, W, EC1, BLOCK_B,
-                        WT, DOT, STAGES, COMPLEX)
+                        STAGES, COMPLEX)
             tl.store(down_buf1_ptr + (rows[:, None] * P1 + phase1) * D1 + offs_d1[None, :], d1,
                      mask=row_ok[:, None])
             if phase1 == P1 - 1:
                 tl.debug_barrier()
-                c2 = _mm_mem(down_buf1_ptr, P1 * D1, rows, row_ok, dpool1_w_ptr, 1 if WT else P1 * D1,
-                             D2 if WT else 1, D2, P1 * D1, KC1, BLOCK_B, WT, DOT) \
+                c2 = _mm_mem(down_buf1_ptr, P1 * D1, rows, row_ok, dpool1_w_ptr, P1 * D1, D2, P1 * D1, KC1, BLOCK_B) \
                     + tl.load(dpool1_b_ptr + tl.arange(0, D2))[None, :]
                 centre = _stage(c2, mats2_ptr, vecs2_ptr, conv2_ptr, ssm2_ptr, xz_ptr, rows, row_ok, tick1 // P1,
-                                n_rows, eps, n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, WT, DOT, STAGES,
-                                COMPLEX)
-                _up_pool(centre, upool1_w_ptr, upool1_b_ptr, up_buf1_ptr, rows, row_ok, D2, P1 * D1, UC1, WT, DOT)
-            _up_pool(o1, upool0_w_ptr, upool0_b_ptr, up_buf0_ptr, rows, row_ok, D1, P0 * D0, UC0, WT, DOT)
+                                n_rows, eps, n_layers, D2, EXPAND * D2, R2, N, W, EC2, BLOCK_B, STAGES, COMPLEX)
+                _up_pool(centre, upool1_w_ptr, upool1_b_ptr, up_buf1_ptr, rows, row_ok, D2, P1 * D1, UC1)
+            _up_pool(o1, upool0_w_ptr, upool0_b_ptr, up_buf0_ptr, rows, row_ok, D1, P0 * D0, UC0)
             tl.debug_barrier()  # the pooled buffers are read by other threads at the next positions
         # head: logits in chunks through scratch, then the whole row for the draw
         feats = _rms(o0, norm_w_ptr, eps, D0)
         for v in range(0, BLOCK_V, VC):
             offs = v + tl.arange(0, VC)
-            part = _mm(feats, head_w_ptr + v * (1 if WT else D0), 1 if WT else D0, BLOCK_V if WT else 1, VC, D0, WT,
-                       DOT) + tl.load(head_b_ptr + offs)[None, :]
+            part = _mm(feats, head_w_ptr + v * D0, D0, VC, D0) + tl.load(head_b_ptr + offs)[None, :]
             tl.store(logits_ptr + rows[:, None] * BLOCK_V + offs[None, :], part, mask=row_ok[:, None])
         tl.debug_barrier()
         logits = tl.load(logits_ptr + rows[:, None] * BLOCK_V + offs_v[None, :], mask=row_ok[:, None], other=0.0)
@@ -384,14 +342,9 @@ def unsupported(model) -> str | None:
     return None
 
 
-def _stored(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """An nn.Linear weight (out, in) as `_mm` reads it: as it is, or (in, out) when `transposed`."""
-    return weight.t() if transposed else weight
-
-
-def pack_block(block, dtype: torch.dtype, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_block(block, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """One Block (norm + Mamba mixer) as the two flat packs `_block` reads. Matrices, in `dtype`, each (out, in) as
-    nn.Linear holds it, or (in, out) if `transposed`: in_proj (2E, D), conv (E, W) (never transposed), x_proj
+    nn.Linear holds it: in_proj (2E, D), conv (E, W), x_proj
     (R + 2·bc_width, E), dt_proj (E, R), out_proj (D, E). Vectors, fp32: the norm's weight, in_proj's
     bias, conv's bias, dt_proj's bias, Re A·log2 e (E, N) with Re A = −exp(A_log) (then Im A = A_imag (E, N) for a
     complex SSM), D (E,), out_proj's bias. Absent biases are zeros."""
@@ -405,8 +358,7 @@ def pack_block(block, dtype: torch.dtype, transposed: bool) -> tuple[torch.Tenso
         return torch.cat([p.detach().to(dtype).reshape(-1) for p in parts])
 
     A = [-torch.exp(m.A_log.float()) * LOG2E.value] + ([m.A_imag] if m.complex_ssm else [])
-    matrices = [_stored(m.in_proj.weight, transposed), m.conv1d.weight[:, 0], _stored(m.x_proj.weight, transposed),
-                _stored(m.dt_proj.weight, transposed), _stored(m.out_proj.weight, transposed)]
+    matrices = [m.in_proj.weight, m.conv1d.weight[:, 0], m.x_proj.weight, m.dt_proj.weight, m.out_proj.weight]
     vectors = [norm.weight, bias(m.in_proj, 2 * E), bias(m.conv1d, E), m.dt_proj.bias, *A, m.D, bias(m.out_proj, D)]
     return flat(matrices, dtype), flat(vectors, torch.float32)
 
@@ -417,9 +369,8 @@ class UNetGenerator:
     log-likelihood (fp64, nats, of the drawn tokens under softmax(logits)) and its first position with non-finite
     logits (−1: none) carry over between runs."""
 
-    def __init__(self, model, n: int, start_token: int, block_rows: int | None = None, num_warps: int | None = None,
-                 stages: int = 1, tile_elements: int = TILE_ELEMENTS, dot_precision: str = "ieee",
-                 transposed: bool = False):
+    def __init__(self, model, n: int, start_token: int, block_rows: int = 1, num_warps: int = WARPS,
+                 stages: int = STAGES, tile_elements: int = TILE_ELEMENTS):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"UNetGenerator: {reason}")
@@ -434,8 +385,7 @@ class UNetGenerator:
         # weight matrices in the model's dtype (fp32 for fp64), so a bf16 model reads half the bytes; the rest fp32
         self.dtype = torch.float32 if model.embedding.weight.dtype == torch.float64 else model.embedding.weight.dtype
         parts = [model.down[0], model.down[1], model.centre, model.up[1], model.up[0]]
-        self.transposed = transposed  # weights (in, out): sums inside threads, but more registers (`_mm`)
-        packs = [[pack_block(b, self.dtype, transposed) for b in stage.blocks] for stage in parts]
+        packs = [[pack_block(b, self.dtype) for b in stage.blocks] for stage in parts]
         self.mats = [torch.cat([m for m, _ in blocks]) if blocks else torch.zeros(1, **f32) for blocks in packs]
         self.vecs = [torch.cat([v for _, v in blocks]) if blocks else torch.zeros(1, **f32) for blocks in packs]
         level = [0, 1, 2, 1, 0]
@@ -446,8 +396,7 @@ class UNetGenerator:
         self.dt_rank = [_dt_rank(model.down[0]), _dt_rank(model.down[1]), _dt_rank(model.centre)]
 
         def weights(linear):
-            weight = _stored(linear.weight.detach(), transposed)
-            return weight.to(self.dtype).contiguous(), linear.bias.detach().float().contiguous()
+            return linear.weight.detach().to(self.dtype).contiguous(), linear.bias.detach().float().contiguous()
 
         self.pools = [*weights(model.down_pool[0].linear), *weights(model.down_pool[1].linear),
                       *weights(model.up_pool[1].linear), *weights(model.up_pool[0].linear)]
@@ -457,7 +406,6 @@ class UNetGenerator:
         head_w = torch.zeros(self.block_v, c.d_model, device=device, dtype=self.dtype)
         head_b = torch.full((self.block_v,), -float("inf"), **f32)
         head_w[:c.n_classes] = model.head.weight.detach()
-        head_w = _stored(head_w, transposed).contiguous()
         head_b[:c.n_classes] = model.head.bias.detach().float()
         self.head = [head_w, head_b]
         self.eps = float(model.norm.eps)
@@ -470,13 +418,7 @@ class UNetGenerator:
         self.token = torch.full((n,), start_token, dtype=torch.int64, device=device)
         self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
         self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
-        sms = sm_count(device)  # one program per SM at most, unless a program would take more than 16 rows
-        self.block_b = block_rows or (1 if n <= sms else min(16, next_power_of_2(cdiv(n, sms))))
-        self.dot = dot_precision if self.block_b >= 16 else ""  # tl.dot's input precision; "": no tl.dot
-        if dot_precision not in ("ieee", "tf32"):
-            raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-        self.num_warps = num_warps or (2 * WARPS if self.dot else WARPS)  # sm_90 spills far less so (static counts)
-        self.stages, self.tile_elements = stages, tile_elements  # > 1: the walks over E software-pipelined
+        self.block_b, self.num_warps, self.stages, self.tile_elements = block_rows, num_warps, stages, tile_elements
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every recurrent state tensor, rows first."""
@@ -490,8 +432,6 @@ class UNetGenerator:
         P0, P1 = c.pools
 
         def chunk(total, other):
-            if self.dot:
-                return min(total, DOT_CHUNK)
             return max(1, min(total, floor_power_of_2(self.tile_elements // (bb * other))))
 
         return dict(EC0=chunk(c.expand * D0, D0), EC1=chunk(c.expand * D1, D1), EC2=chunk(c.expand * D2, D2),
@@ -521,8 +461,8 @@ class UNetGenerator:
             D0=self.widths[0], D1=self.widths[1], D2=self.widths[2], R0=self.dt_rank[0], R1=self.dt_rank[1],
             R2=self.dt_rank[2], EXPAND=c.expand, N=c.d_state, W=c.d_conv, P0=c.pools[0], P1=c.pools[1],
             V=c.n_classes, BLOCK_V=self.block_v, **self._chunks(), GREEDY=temperature == 0, TOP_P=top_p < 1.0,
-            NOISE_IN=uniform is not None, LOGITS_OUT=logits_out is not None, BLOCK_B=self.block_b, DOT=self.dot,
-            WT=self.transposed, STAGES=self.stages, COMPLEX=c.complex_ssm, num_warps=self.num_warps)
+            NOISE_IN=uniform is not None, LOGITS_OUT=logits_out is not None, BLOCK_B=self.block_b,
+            STAGES=self.stages, COMPLEX=c.complex_ssm, num_warps=self.num_warps)
         self.position += steps
 
 
