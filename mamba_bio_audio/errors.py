@@ -11,6 +11,11 @@ class TrainingDiverged(MbaError, RuntimeError):
     """A training step produced a non-finite loss or gradient."""
 
 
+class TrainingOutOfMemory(MbaError, RuntimeError):
+    """A training step needed more accelerator memory than there is. The message names the step, the shape of the
+    batch and where the last checkpoint is; nothing saved before the step is lost."""
+
+
 class InputError(MbaError, ValueError):
     """A file or record the toolkit was given is unreadable or malformed (a ValueError too)."""
 

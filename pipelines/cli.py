@@ -202,13 +202,46 @@ def _lightning_args(pipeline: str, args: argparse.Namespace, direct: dict) -> li
     return cli_args
 
 
+def _fit(cli, resume: str | None) -> None:
+    """cli.trainer.fit, resuming from `resume`. Running out of accelerator memory (a length warm-up's longer stage,
+    a larger batch) becomes a TrainingOutOfMemory that names the step, the batch's shape, the last checkpoint and the
+    ways on: recomputing each block in the backward (--model.gradient_checkpointing true, which a resume may add)
+    or a smaller batch accumulated to the same size (a new run: a resume keeps its batch)."""
+    import torch
+
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    except torch.OutOfMemoryError as err:
+        from mamba_bio_audio.cli import _one_line
+        from mamba_bio_audio.errors import TrainingOutOfMemory
+
+        trainer, data = cli.trainer, cli.datamodule
+        shape_of = getattr(data, "current_shape", None)
+        if shape_of is not None:
+            length, batch = shape_of()
+            shape = f"batches of {batch} × {length:,} tokens"
+        else:
+            shape = f"batches of {getattr(data, 'batch_size', '?')}"
+        checkpoint = trainer.checkpoint_callback
+        last = checkpoint.last_model_path if checkpoint is not None else ""
+        kept = (f"the last checkpoint, {last}, is kept: resume from it with --resume {last}" if last else
+                "no checkpoint was saved yet")
+        checkpointing = "" if getattr(cli.model.hparams, "gradient_checkpointing", True) else \
+            " add --model.gradient_checkpointing true (each block keeps only its input and is recomputed in the " \
+            "backward), or"
+        raise TrainingOutOfMemory(
+            f"out of accelerator memory at step {trainer.global_step} (epoch {trainer.current_epoch}), training on "
+            f"{shape}; {kept}. To go on:{checkpointing} start again with a smaller --batch-size and "
+            f"--trainer.accumulate_grad_batches to keep the batch size ({'. '.join(_one_line(err).split('. ')[:2])})") from err
+
+
 def _fit_then_test(cli, resume: str | None) -> dict:
-    """Fit (resuming from `resume`), then test the best checkpoint (the last weights if there is none). Under FSDP
-    the test runs on a fresh copy of the module: fit leaves the trained one's parameters as this rank's flattened
-    shards, which the test stage cannot wrap again nor load a checkpoint into."""
+    """Fit (resuming from `resume`; `_fit`), then test the best checkpoint (the last weights if there is none).
+    Under FSDP the test runs on a fresh copy of the module: fit leaves the trained one's parameters as this rank's
+    flattened shards, which the test stage cannot wrap again nor load a checkpoint into."""
     from lightning.pytorch.strategies import FSDPStrategy
 
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    _fit(cli, resume)
     checkpoint = cli.trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     model = cli.model
@@ -361,7 +394,7 @@ def _finetune(args: argparse.Namespace) -> int:
     cli_args = _lightning_args("dna_finetune", args, direct)
     cli = build_cli(cli_args, run_dir=args.out or "runs/finetune")
     if cli.datamodule.hparams.test is None:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=args.resume)
+        _fit(cli, args.resume)
         return 0
     metrics = _fit_then_test(cli, args.resume)
     print(" ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items()

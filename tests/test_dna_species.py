@@ -357,3 +357,37 @@ def test_shipped_species_configs_parse_and_build(name):
     assert cli.datamodule.seq_len == length and cli.datamodule.hparams.batch_size == 64
     assert cli.trainer.max_steps == 10240 and cli.model.hparams.lr == 1e-4 and not cli.model.hparams.bidirectional
     assert cli.model.hparams.class_names == ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]
+
+
+def test_running_out_of_memory_at_a_longer_stage_names_the_shape_and_resumes(apes_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The length warm-up's second stage (128 bases) runs out of accelerator memory (simulated): `mba` stops with
+    one line naming the step, the batch's shape, the kept checkpoint and the ways on, and a resume from that
+    checkpoint with gradient checkpointing added finishes the run."""
+    run = tmp_path / "run"
+    args = ["dna", "species", "--data-dir", str(apes_dir), "--seq-len", "128", "--batch-size", "4",
+            "--max-steps", "4", "--out", str(run), "--model.model_size", "null", "--model.config",
+            str(TINY).replace("'", '"'), "--model.pooling", "max", "--data.split_names", str(SPLIT).replace("'", '"'),
+            "--data.samples_per_epoch", "8", "--data.eval_samples", "5", "--length_warmup.start_len", "64",
+            "--trainer.enable_progress_bar", "false"]
+    training_step = DNAClassifier.training_step
+
+    def out_of_memory_at_128(self, batch, batch_idx):
+        if batch["input_ids"].shape[1] == 128:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                         "capacity of 79.18 GiB of which 160.12 MiB is free.")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DNAClassifier, "training_step", out_of_memory_at_128)
+    capsys.readouterr()
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    last = run / "checkpoints" / "last.ckpt"
+    assert "out of accelerator memory at step 2 (epoch 1), training on batches of 4 × 128 tokens" in error
+    assert f"--resume {last}" in error and "--model.gradient_checkpointing true" in error
+    assert "Tried to allocate 2.00 GiB" in error and "79.18" not in error
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+
+    monkeypatch.setattr(DNAClassifier, "training_step", training_step)
+    assert main([*args, "--resume", str(last), "--model.gradient_checkpointing", "true"]) == 0
+    assert torch.load(last, weights_only=False)["global_step"] == 4
