@@ -16,6 +16,11 @@ class TrainingOutOfMemory(MbaError, RuntimeError):
     batch and where the last checkpoint is; nothing saved before the step is lost."""
 
 
+class TrainingInterrupted(MbaError, RuntimeError):
+    """Training was stopped by SIGTERM or Ctrl+C after saving its state; the message names the checkpoint to resume
+    from."""
+
+
 class InputError(MbaError, ValueError):
     """A file or record the toolkit was given is unreadable or malformed (a ValueError too)."""
 

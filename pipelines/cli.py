@@ -203,7 +203,8 @@ def _lightning_args(pipeline: str, args: argparse.Namespace, direct: dict) -> li
 
 
 def _fit(cli, resume: str | None) -> None:
-    """cli.trainer.fit, resuming from `resume`. Running out of accelerator memory (a length warm-up's longer stage,
+    """cli.trainer.fit, resuming from `resume`. A SIGTERM or Ctrl+C (after InterruptCheckpoint saved the state)
+    becomes a TrainingInterrupted that names the checkpoint to resume from. Running out of accelerator memory (a length warm-up's longer stage,
     a larger batch) becomes a TrainingOutOfMemory that names the step, the batch's shape, the last checkpoint and the
     ways on: recomputing each block in the backward (--model.gradient_checkpointing true, which a resume may add)
     or a smaller batch accumulated to the same size (a new run: a resume keeps its batch)."""
@@ -211,6 +212,17 @@ def _fit(cli, resume: str | None) -> None:
 
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
+    except SystemExit as err:  # SIGTERM (Lightning's SIGTERMException) or Ctrl+C (Lightning exits with 1)
+        from mamba_bio_audio.errors import TrainingInterrupted
+
+        from .common import InterruptCheckpoint
+
+        saved = [c.saved for c in cli.trainer.callbacks if isinstance(c, InterruptCheckpoint) and c.saved]
+        if not saved:
+            raise
+        step, path = saved[0]
+        raise TrainingInterrupted(f"interrupted after step {step}; its state is saved in {path}: continue exactly "
+                                  f"there with the same command and --resume {path}") from err
     except torch.OutOfMemoryError as err:
         from mamba_bio_audio.cli import _one_line
         from mamba_bio_audio.errors import TrainingOutOfMemory
@@ -449,8 +461,9 @@ def _context_sweep(args: argparse.Namespace) -> int:
     results.csv and context_scaling.png in --out. --task pretrain (--fasta): the same tokens per step at every
     length, every run scored on the same held-out bases (the last --scored-len targets of windows ending at the same
     places). --task species (--data-dir): test accuracy of `mba dna species` runs, --batch-size windows per step.
-    Runs already finished there are reused. Options this command does not know (--data.*, --model.*, --trainer.*)
-    are passed to every run."""
+    Runs already finished there are reused, and unfinished ones (killed, stopped by SIGTERM, a machine gone) go on
+    from their last checkpoint when the same command is run again. Options this command does not know (--data.*,
+    --model.*, --trainer.*) are passed to every run."""
     if (args.task == "pretrain") != bool(args.fasta):
         raise ValueError("--task pretrain takes --fasta, --task species takes --data-dir")
     return run_sweep(args, args.fasta or args.data_dir, args.task, "mba dna context-sweep")

@@ -264,6 +264,29 @@ class NonFiniteLossGuard(L.Callback):
         self.skipped = state_dict["skipped"]
 
 
+class InterruptCheckpoint(L.Callback):
+    """A fit stopped by SIGTERM (a job scheduler's time limit or preemption, `timeout`, `kill`) or Ctrl+C saves the
+    state after its last completed step as the run's last checkpoint (RUN/checkpoints/last.ckpt, written
+    atomically), so that --resume from it continues exactly there rather than from the last validation. Lightning
+    stops at the end of the step that the signal interrupted; a step inside gradient accumulation loses the
+    gradients accumulated so far. Nothing is saved when the run has no last checkpoint (checkpoint.save_last off).
+    `saved`: (step, path) once saved."""
+
+    saved: tuple[int, str] | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        checkpoint = trainer.checkpoint_callback
+        if (not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != "fit"
+                or checkpoint is None or not checkpoint.save_last or not checkpoint.dirpath):
+            return
+        path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        checkpoint.last_model_path = path  # saved with it: a resumed run's ModelCheckpoint then overwrites that file
+        trainer.save_checkpoint(path)
+        self.saved = (trainer.global_step, path)
+
+
 def sequence_batch(batch) -> torch.Tensor:
     """The (batch, length[, ...]) tensor of one of the toolkit's batches: `input_ids` (DNA, audio LM) or `waves`
     (audio classifier, diffusion)."""
@@ -494,7 +517,8 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
 
     Defaults (each can be overridden by --trainer.*, --checkpoint.*, --nonfinite.*, --throughput.*, --length_warmup.*
     or the YAML, and all are saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping
-    1.0; last and best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically; a NaN or inf loss stops
+    1.0; last and best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically (and the last one again
+    when SIGTERM or Ctrl+C stops the fit: InterruptCheckpoint); a NaN or inf loss stops
     training (NonFiniteLossGuard; --nonfinite.action skip skips such steps); training throughput (TokenThroughput:
     train/tokens_per_sec over all ranks, a rate over the last --throughput.window steps); CSV and TensorBoard logs in
     RUN; the length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders
@@ -518,6 +542,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
+            parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
             parser.add_lightning_class_args(TokenThroughput, "throughput")
             if length_warmup:
                 parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")

@@ -67,46 +67,61 @@ def run_command(task: Task, source: str, seq_len: int, seed: int, batch_size: in
             "--batch-size", str(batch_size), *common, "--model.model_size", "null", "--model.config", model, *extra]
 
 
-def newest_log(run_dir: Path, name: str) -> Path:
-    """RUN/logs/version_N/name of the newest version N (a resumed run logs into a new version)."""
+def logs_in_order(run_dir: Path, name: str) -> list[Path]:
+    """RUN/logs/version_N/name for every version N, oldest first (a resumed run logs into a new version)."""
     versions = sorted((run_dir / "logs").glob(f"version_*/{name}"), key=lambda p: int(p.parent.name[8:]))
     if not versions:
         raise ValueError(f"{run_dir}: no logs/version_*/{name}")
-    return versions[-1]
+    return versions
+
+
+def newest_log(run_dir: Path, name: str) -> Path:
+    """RUN/logs/version_N/name of the newest version N."""
+    return logs_in_order(run_dir, name)[-1]
 
 
 def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str, float]:
     """The test metric (the last logged), the best validation value and the optimizer steps taken (the largest logged
-    step: fewer than asked when a time limit stopped the run) of a finished run, from the CSV log of its newest
-    version."""
-    log = newest_log(run_dir, "metrics.csv")
+    step: fewer than asked when a time limit stopped the run) of a finished run, from the CSV logs of all its
+    versions (an interrupted run's and those of its resumptions)."""
+    logs = logs_in_order(run_dir, "metrics.csv")
     test, valid, steps = [], [], 0
-    with open(log, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("step"):
-                steps = max(steps, int(row["step"]))
-            if row.get(f"test/{task.metric}"):
-                test.append(float(row[f"test/{task.metric}"]))
-            if row.get(f"valid/{task.metric}"):
-                valid.append(float(row[f"valid/{task.metric}"]))
+    for log in logs:
+        with open(log, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("step"):
+                    steps = max(steps, int(row["step"]))
+                if row.get(f"test/{task.metric}"):
+                    test.append(float(row[f"test/{task.metric}"]))
+                if row.get(f"valid/{task.metric}"):
+                    valid.append(float(row[f"valid/{task.metric}"]))
     if not test:
-        raise ValueError(f"{log}: no test/{task.metric} (did the run finish?)")
+        raise ValueError(f"{logs[-1]}: no test/{task.metric} (did the run finish?)")
     best = (min if task.better == "min" else max)(valid) if valid else math.nan
     return {f"test_{task.metric}": test[-1], f"best_valid_{task.metric}": best, "steps": steps}
 
 
 def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int, task: Task) -> dict:
-    result_path = run_dir / "result.json"
+    """Run one (length, seed) command in run_dir, or reuse its finished result; an unfinished run there (killed,
+    interrupted, out of time) with the same settings continues from its last checkpoint."""
+    result_path, started_path = run_dir / "result.json", run_dir / "command.json"
     settings = command[3:]  # without the interpreter: the same run from another environment is still the same run
+    for path, state in ((result_path, "a finished"), (started_path, "an unfinished")):
+        if path.exists():
+            recorded = json.loads(path.read_text())
+            if (recorded.get("command") if path == result_path else recorded) != settings:
+                raise ValueError(f"{run_dir} holds {state} run with other settings ({path}); use another --out or "
+                                 "remove that folder")
     if result_path.exists():
-        result = json.loads(result_path.read_text())
-        if result.get("command") != settings:
-            raise ValueError(f"{run_dir} holds a finished run with other settings ({result_path}); use another --out "
-                             "or remove that folder")
-        return result
+        return json.loads(result_path.read_text())
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if started_path.exists() and last.exists():
+        command = [*command, "--resume", str(last)]
     run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(started_path) as tmp:
+        tmp.write_text(json.dumps(settings))
     start = time.perf_counter()
-    with open(run_dir / "run.log", "w") as log:
+    with open(run_dir / "run.log", "a") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     if code:
         raise RuntimeError(f"run L={seq_len} seed={seed} failed (exit {code}); see {run_dir / 'run.log'}")

@@ -3,6 +3,7 @@ exact resume, post-hoc reverse-complement conjoining, and `mba dna species` end 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +392,74 @@ def test_running_out_of_memory_at_a_longer_stage_names_the_shape_and_resumes(ape
     monkeypatch.setattr(DNAClassifier, "training_step", training_step)
     assert main([*args, "--resume", str(last), "--model.gradient_checkpointing", "true"]) == 0
     assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+def test_sigterm_saves_the_last_step_and_a_resume_ends_where_an_uninterrupted_run_does(apes_dir, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """SIGTERM in the middle of an epoch (a scheduler's time limit): the run saves its state after that step as
+    last.ckpt and stops with one line naming it; resuming from it ends with exactly the parameters of a run that
+    was never interrupted."""
+    import signal
+
+    def args(out):
+        return ["dna", "species", "--data-dir", str(apes_dir), "--seq-len", "128", "--batch-size", "4",
+                "--max-steps", "6", "--out", str(out), "--model.model_size", "null", "--model.config",
+                str(TINY).replace("'", '"'), "--model.lr", "3e-3", "--data.split_names",
+                str(SPLIT).replace("'", '"'), "--data.samples_per_epoch", "40", "--data.eval_samples", "5",
+                "--trainer.enable_progress_bar", "false"]
+
+    assert main(args(tmp_path / "whole")) == 0
+    training_step = DNAClassifier.training_step
+
+    def terminated_at_step_3(self, batch, batch_idx):
+        if self.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: stop once this step is done
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DNAClassifier, "training_step", terminated_at_step_3)
+    capsys.readouterr()
+    assert main(args(tmp_path / "cut")) == 1
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert f"interrupted after step 3; its state is saved in {last}" in capsys.readouterr().err
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+    monkeypatch.setattr(DNAClassifier, "training_step", training_step)
+    assert main([*args(tmp_path / "cut"), "--resume", str(last)]) == 0
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(last, weights_only=False)
+    assert whole["global_step"] == resumed["global_step"] == 6
+    for name, value in whole["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+
+
+def test_context_sweep_continues_an_unfinished_run_from_its_last_checkpoint(tmp_path):
+    """A sweep's run killed midway (its last checkpoint kept) continues with --resume when the sweep is run again;
+    its result reads every log version (the best validation from before the kill); other settings are refused."""
+    import json
+    import sys
+
+    from mamba_bio_audio.pipelines.dna_context_sweep import TASKS, _one_run
+
+    fake_run = """import sys, pathlib
+run = pathlib.Path(sys.argv[1])
+resumed = "--resume" in sys.argv
+log = run / "logs" / f"version_{int(resumed)}"
+log.mkdir(parents=True)
+if resumed:
+    assert sys.argv[sys.argv.index("--resume") + 1] == str(run / "checkpoints" / "last.ckpt")
+    (log / "metrics.csv").write_text("step,valid/accuracy,test/accuracy\\n10,0.5,\\n10,,0.8\\n")
+else:
+    (log / "metrics.csv").write_text("step,valid/accuracy,test/accuracy\\n5,0.9,\\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_text("state")
+    sys.exit("killed")
+"""
+    run_dir = tmp_path / "L64-seed0"
+    command = [sys.executable, "-c", fake_run, str(run_dir), "--max-steps", "10"]
+    with pytest.raises(RuntimeError, match="failed"):
+        _one_run(command, run_dir, 64, 0, TASKS["species"])
+    assert json.loads((run_dir / "command.json").read_text()) == command[3:]
+    with pytest.raises(ValueError, match="holds an unfinished run with other settings"):
+        _one_run([*command[:-1], "20"], run_dir, 64, 0, TASKS["species"])
+    result = _one_run(command, run_dir, 64, 0, TASKS["species"])
+    assert (result["test_accuracy"], result["best_valid_accuracy"], result["steps"]) == (0.8, 0.9, 10)
+    assert "killed" in (run_dir / "run.log").read_text()  # the log of both attempts
