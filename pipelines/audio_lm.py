@@ -25,8 +25,8 @@ from mamba_bio_audio.audio import DIGITS, SAMPLE_RATE, audio_files
 from mamba_bio_audio.audio.codec import N_CLASSES, START_TOKEN, load_audio, quantize, shift_right
 from mamba_bio_audio.errors import InputError
 
-from .common import (IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, data_rank, eval_sampler, resume_point,
-                     summed_nll)
+from .common import (IGNORE_INDEX, LN2, EpochSampler, LanguageModelModule, data_rank, eval_sampler,
+                     leave_sigterm_to_the_main_process, resume_point, summed_nll)
 from .common import build_cli as _build_cli
 
 
@@ -81,7 +81,8 @@ class AudioClips(torch.utils.data.Dataset):
 
 def _loader(dataset, batch_size: int, sampler, num_workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available())
+                                       pin_memory=torch.cuda.is_available(),
+                                       worker_init_fn=leave_sigterm_to_the_main_process)
 
 
 class SC09Data(L.LightningDataModule):

@@ -287,6 +287,16 @@ class InterruptCheckpoint(L.Callback):
         self.saved = (trainer.global_step, path)
 
 
+def leave_sigterm_to_the_main_process(worker_id: int) -> None:
+    """DataLoader `worker_init_fn` of every pipeline: the worker ignores SIGTERM. A job scheduler or `timeout`
+    signals the whole process group; a worker killed by it would make PyTorch raise "DataLoader worker … is killed"
+    in the main process in the middle of a step, before InterruptCheckpoint could save. The main process stops after
+    the step and shuts its workers down itself."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def sequence_batch(batch) -> torch.Tensor:
     """The (batch, length[, ...]) tensor of one of the toolkit's batches: `input_ids` (DNA, audio LM) or `waves`
     (audio classifier, diffusion)."""

@@ -20,7 +20,7 @@ import torch
 from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.errors import InputError
 
-from .common import EpochSampler, data_rank, eval_sampler, resume_point
+from .common import EpochSampler, data_rank, eval_sampler, leave_sigterm_to_the_main_process, resume_point
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 from .dna_species import FASTA_SUFFIXES
@@ -185,8 +185,8 @@ class LabelledData(L.LightningDataModule):
         dataset = self._datasets[split]
         return torch.utils.data.DataLoader(dataset, batch_size=self.hparams.batch_size,
                                            sampler=sampler or eval_sampler(len(dataset), self.trainer),
-                                           collate_fn=pad_batch,
-                                           num_workers=self.hparams.num_workers)
+                                           collate_fn=pad_batch, num_workers=self.hparams.num_workers,
+                                           worker_init_fn=leave_sigterm_to_the_main_process)
 
     def train_dataloader(self):
         hp, dataset = self.hparams, self._datasets["train"]

@@ -21,7 +21,7 @@ from mamba_bio_audio.models import TransformerLM, dna_mamba_config, dna_transfor
 
 from .common import (  # noqa: F401  (AtomicCheckpointIO, SequenceLengthWarmup: part of this pipeline's API)
     LN2, AtomicCheckpointIO, EpochSampler, LanguageModelModule, LengthScheduledData, SequenceLengthWarmup, data_rank,
-    eval_sampler, resume_point, summed_nll)
+    eval_sampler, leave_sigterm_to_the_main_process, resume_point, summed_nll)
 from .common import build_cli as _build_cli
 
 
@@ -103,7 +103,8 @@ class DNAPretrainData(LengthScheduledData):
     def _loader(self, dataset, batch_size: int, sampler, train: bool = False) -> torch.utils.data.DataLoader:
         """Training drops the last partial batch (every step has the same tokens); evaluation keeps it."""
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                           num_workers=self.hparams.num_workers, drop_last=train)
+                                           num_workers=self.hparams.num_workers, drop_last=train,
+                                           worker_init_fn=leave_sigterm_to_the_main_process)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         seq_len, batch_size = self.current_shape()

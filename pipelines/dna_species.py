@@ -23,7 +23,8 @@ from mamba_bio_audio.dna import DNATokenizer
 from mamba_bio_audio.dna.windows import GenomeWindows
 from mamba_bio_audio.errors import InputError
 
-from .common import EpochSampler, LengthScheduledData, data_rank, eval_sampler, resume_point
+from .common import (EpochSampler, LengthScheduledData, data_rank, eval_sampler, leave_sigterm_to_the_main_process,
+                     resume_point)
 from .common import build_cli as _build_cli
 from .dna_classifier import DNAClassifier
 
@@ -168,7 +169,8 @@ class SpeciesData(LengthScheduledData):
 
     def _loader(self, dataset, batch_size: int, sampler) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                           num_workers=self.hparams.num_workers)
+                                           num_workers=self.hparams.num_workers,
+                                           worker_init_fn=leave_sigterm_to_the_main_process)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         seq_len, batch_size = self.current_shape()

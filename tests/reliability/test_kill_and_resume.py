@@ -1,6 +1,7 @@
 """A training process killed with SIGKILL mid-epoch resumes from its last checkpoint, repeats no step before that
 checkpoint's, and ends with exactly the parameters of an uninterrupted run (CPU, deterministic); the kill never leaves
-a truncated checkpoint under its final name."""
+a truncated checkpoint under its final name. SIGTERM to the whole process group (a scheduler's time limit, `timeout`),
+DataLoader workers included, saves the state after the last step, and the resumed run ends the same way."""
 from __future__ import annotations
 
 import csv
@@ -33,19 +34,39 @@ def env():
     return {k: v for k, v in os.environ.items() if k != "MBA_SCAN_BACKEND"} | {"OMP_NUM_THREADS": "1"}
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    genome = write_fasta(tmp_path / "g.fa", random_genome(5, lengths=(20_000,)))  # 70 steps per epoch
-    full = subprocess.run(command(genome, tmp_path / "full"), capture_output=True, text=True, env=env(), timeout=600)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(genome, the uninterrupted run's last checkpoint loaded)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    genome = write_fasta(folder / "g.fa", random_genome(5, lengths=(20_000,)))  # 70 steps per epoch
+    full = subprocess.run(command(genome, folder / "full"), capture_output=True, text=True, env=env(), timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
+    return genome, torch.load(folder / "full" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+
+
+def assert_same_end(last, reference):
+    final = torch.load(last, weights_only=False, map_location="cpu")
+    assert final["global_step"] == reference["global_step"] == STEPS
+    for name, tensor in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], tensor), name
+
+
+def wait_for_checkpoint(process, last, step):
+    """Until the run's last checkpoint is at `step` or later (or 300 s, or the process ends)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if last.is_file() and torch.load(last, weights_only=False, map_location="cpu")["global_step"] >= step:
+            return
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(uninterrupted, tmp_path):
+    genome, reference = uninterrupted
 
     run = tmp_path / "killed"
     last = run / "checkpoints" / "last.ckpt"
     process = subprocess.Popen(command(genome, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if last.is_file() and torch.load(last, weights_only=False, map_location="cpu")["global_step"] >= 75:
-            break  # mid-way through the second epoch
-        time.sleep(0.02)
+    wait_for_checkpoint(process, last, 75)  # mid-way through the second epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = torch.load(last, weights_only=False, map_location="cpu")  # complete, never truncated
@@ -55,14 +76,32 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     resumed = subprocess.run(command(genome, run, "--resume", str(last)), capture_output=True, text=True, env=env(),
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final = torch.load(last, weights_only=False, map_location="cpu")
-    reference = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-    assert final["global_step"] == reference["global_step"] == STEPS
-    for name, tensor in reference["state_dict"].items():
-        assert torch.equal(final["state_dict"][name], tensor), name
+    assert_same_end(last, reference)
     # the resumed process took only the steps after the checkpoint: its log starts after killed_at
     versions = sorted((run / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     assert len(versions) == 2  # the killed process's and the resumed one's
     with open(versions[-1] / "metrics.csv") as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle) if row["step"]]
     assert steps and min(steps) >= killed_at
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_the_last_step_and_resumes(uninterrupted, tmp_path):
+    """SIGTERM to the training process and its two DataLoader workers at once (as `timeout` or a scheduler sends
+    it), mid-epoch and between checkpoints: the workers leave it to the main process, which saves the state after
+    its last step and exits with one line naming it; resuming from it ends with the uninterrupted run's parameters."""
+    genome, reference = uninterrupted
+    run = tmp_path / "terminated"
+    last = run / "checkpoints" / "last.ckpt"
+    workers = ("--data.num_workers", "2")
+    process = subprocess.Popen(command(genome, run, *workers), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env=env(), start_new_session=True)  # its own process group
+    wait_for_checkpoint(process, last, 76)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    saved = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert process.returncode == 1 and f"interrupted after step {saved}; its state is saved in {last}" in stderr
+    assert 76 <= saved < STEPS, stderr[-2000:]
+    resumed = subprocess.run(command(genome, run, *workers, "--resume", str(last)), capture_output=True, text=True,
+                             env=env(), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_end(last, reference)
