@@ -17,6 +17,7 @@ Configuration goes through LightningCLI: a YAML file (see pipelines/configs/) an
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 PASS_THROUGH_HELP = ("Options not listed above go to LightningCLI: --data.*, --model.*, --trainer.* (e.g.\n"
@@ -203,11 +204,12 @@ def _lightning_args(pipeline: str, args: argparse.Namespace, direct: dict) -> li
 
 
 def _fit(cli, resume: str | None) -> None:
-    """cli.trainer.fit, resuming from `resume`. A SIGTERM or Ctrl+C (after InterruptCheckpoint saved the state)
-    becomes a TrainingInterrupted that names the checkpoint to resume from. Running out of accelerator memory (a length warm-up's longer stage,
-    a larger batch) becomes a TrainingOutOfMemory that names the step, the batch's shape, the last checkpoint and the
-    ways on: recomputing each block in the backward (--model.gradient_checkpointing true, which a resume may add)
-    or a smaller batch accumulated to the same size (a new run: a resume keeps its batch)."""
+    """cli.trainer.fit, resuming from `resume`. A SIGTERM or Ctrl+C (after LastCheckpoint saved the state)
+    becomes a TrainingInterrupted that names the checkpoint to resume from. Running out of accelerator memory (a
+    length warm-up's longer stage, a larger batch) becomes a TrainingOutOfMemory that names the step, the batch's
+    shape, the last checkpoint and the ways on: recomputing each block in the backward (--model.gradient_checkpointing
+    true, which a resume may add) or a smaller batch accumulated to the same size (a new run: a resume keeps its
+    batch)."""
     import torch
 
     try:
@@ -215,9 +217,10 @@ def _fit(cli, resume: str | None) -> None:
     except SystemExit as err:  # SIGTERM (Lightning's SIGTERMException) or Ctrl+C (Lightning exits with 1)
         from mamba_bio_audio.errors import TrainingInterrupted
 
-        from .common import InterruptCheckpoint
+        from .common import LastCheckpoint
 
-        saved = [c.saved for c in cli.trainer.callbacks if isinstance(c, InterruptCheckpoint) and c.saved]
+        saved = [c.saved_on_interrupt for c in cli.trainer.callbacks
+                 if isinstance(c, LastCheckpoint) and c.saved_on_interrupt]
         if not saved:
             raise
         step, path = saved[0]
@@ -263,7 +266,14 @@ def _fit_then_test(cli, resume: str | None) -> dict:
         best = best or (checkpoint.last_model_path if checkpoint is not None else None)
         if not best:
             raise RuntimeError("testing after an FSDP fit needs a checkpoint of the trained weights; none was saved")
-    return cli.trainer.test(model, datamodule=cli.datamodule, ckpt_path=best)[0]
+    try:
+        return cli.trainer.test(model, datamodule=cli.datamodule, ckpt_path=best)[0]
+    except SystemExit as err:  # SIGTERM or Ctrl+C while testing: training is done, its last checkpoint kept
+        from mamba_bio_audio.errors import TrainingInterrupted
+
+        last = checkpoint.last_model_path if checkpoint is not None else ""
+        raise TrainingInterrupted("interrupted while testing, after training finished; the same command with "
+                                  f"--resume {last or 'RUN/checkpoints/last.ckpt'} tests it") from err
 
 
 def _species(args: argparse.Namespace) -> int:
@@ -351,7 +361,6 @@ def _generate(args: argparse.Namespace) -> int:
     --out is given). Memory does not grow with --length beyond the output itself (a megabase is fine); a model whose
     logits or recurrent state turn NaN or infinite stops with an error naming the position. The last line (on
     standard error when the FASTA goes to standard output) reports bases/s and the largest |state| entry at the end."""
-    import sys
     import time
 
     import torch
@@ -428,7 +437,6 @@ def _classify(args: argparse.Namespace) -> int:
     """Class probabilities of each record of --fasta with a classifier checkpoint, one TSV row per record (record,
     length, p_CLASS..., predicted). A causal model streams every record in --chunk-len pieces carrying its state
     (any length, bounded memory, the same result as one pass); a bidirectional one averages windows."""
-    import sys
 
     from .dna_infer import classify_fasta
 
@@ -474,13 +482,17 @@ def run_sweep(args: argparse.Namespace, source: str, task: str, command: str) ->
     batch_size, scored_len, parallel, extra) and print its summary table."""
     from pathlib import Path
 
+    from mamba_bio_audio.errors import MbaError
+
     from .dna_context_sweep import TASKS, summarise, sweep
 
     try:
         rows = sweep(source, args.lengths, args.seeds, args.max_steps, args.d_model, args.n_layer, Path(args.out),
                      task, args.tokens_per_step, args.batch_size, args.scored_len, args.parallel, args.extra)
     except RuntimeError as err:
-        print(f"{command}: {err}")
+        if isinstance(err, MbaError):  # interrupted: `mba` says so on stderr
+            raise
+        print(f"{command}: {err}", file=sys.stderr)
         return 1
     metric = TASKS[task].metric
     print(f"{'length':>9} {'seeds':>5} {'test ' + metric:>20} {'s.e.':>7}")

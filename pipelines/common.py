@@ -8,6 +8,9 @@
     SequenceLengthWarmup   Callback: the training length doubles every k epochs up to the target, the batch
                            shrinking so that tokens per step stay constant.
     AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
+    LastCheckpoint         Callback: last.ckpt rewritten after every validation, and when SIGTERM or Ctrl+C stops
+                           the fit (the state after its last step).
+    leave_sigterm_to_the_main_process  DataLoader workers' init: SIGTERM is the main process's to handle.
     AtomicCSVLogger        Lightning's CSVLogger with metrics.csv and hparams.yaml replaced whole at each flush.
     TokenThroughput        Callback: Lightning's ThroughputMonitor over the toolkit's batches; logs the global
                            training tokens/s (all ranks) as train/tokens_per_sec.
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import Checkpoint, ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter as CSVExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -264,33 +267,49 @@ class NonFiniteLossGuard(L.Callback):
         self.skipped = state_dict["skipped"]
 
 
-class InterruptCheckpoint(L.Callback):
-    """A fit stopped by SIGTERM (a job scheduler's time limit or preemption, `timeout`, `kill`) or Ctrl+C saves the
-    state after its last completed step as the run's last checkpoint (RUN/checkpoints/last.ckpt, written
-    atomically), so that --resume from it continues exactly there rather than from the last validation. Lightning
-    stops at the end of the step that the signal interrupted; a step inside gradient accumulation loses the
-    gradients accumulated so far. Nothing is saved when the run has no last checkpoint (checkpoint.save_last off).
-    `saved`: (step, path) once saved."""
+class LastCheckpoint(Checkpoint):
+    """Keeps the run's last checkpoint (RUN/checkpoints/last.ckpt, written atomically) at the latest state worth
+    resuming from, for --resume:
+    - after every validation during fit (Lightning's ModelCheckpoint rewrites it only when the monitored metric
+      improved, so a run killed later would resume from its last improvement);
+    - when SIGTERM (a job scheduler's time limit or preemption, `timeout`, `kill`) or Ctrl+C stops the fit: the state
+      after the last completed step, so that the resumed run ends exactly where an uninterrupted one would
+      (Lightning stops at the end of the step the signal interrupted; inside gradient accumulation the gradients
+      accumulated so far are lost).
+    Nothing is saved when the run keeps no last checkpoint (checkpoint.save_last off). `saved_on_interrupt`: (step,
+    path) once saved so. A Checkpoint, so that Lightning runs it after ModelCheckpoint."""
 
-    saved: tuple[int, str] | None = None
+    saved_on_interrupt: tuple[int, str] | None = None
+
+    def _save(self, trainer: L.Trainer) -> str | None:
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or not checkpoint.save_last or not checkpoint.dirpath:
+            return None
+        path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        checkpoint.last_model_path = path  # saved with it: a resumed run's ModelCheckpoint then overwrites that file
+        trainer.save_checkpoint(path)
+        return path
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if trainer.state.fn != "fit" or trainer.sanity_checking or checkpoint is None:
+            return
+        if getattr(checkpoint, "_last_global_step_saved", None) != trainer.global_step:  # not saved by it just now
+            self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        checkpoint = trainer.checkpoint_callback
-        if (not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != "fit"
-                or checkpoint is None or not checkpoint.save_last or not checkpoint.dirpath):
-            return
-        path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
-        checkpoint.last_model_path = path  # saved with it: a resumed run's ModelCheckpoint then overwrites that file
-        trainer.save_checkpoint(path)
-        self.saved = (trainer.global_step, path)
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.state.fn == "fit":
+            path = self._save(trainer)
+            if path:
+                self.saved_on_interrupt = (trainer.global_step, path)
 
 
 def leave_sigterm_to_the_main_process(worker_id: int) -> None:
     """DataLoader `worker_init_fn` of every pipeline: the worker ignores SIGTERM. A job scheduler or `timeout`
     signals the whole process group; a worker killed by it would make PyTorch raise "DataLoader worker … is killed"
-    in the main process in the middle of a step, before InterruptCheckpoint could save. The main process stops after
+    in the main process in the middle of a step, before LastCheckpoint could save. The main process stops after
     the step and shuts its workers down itself."""
     import signal
 
@@ -528,7 +547,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     Defaults (each can be overridden by --trainer.*, --checkpoint.*, --nonfinite.*, --throughput.*, --length_warmup.*
     or the YAML, and all are saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping
     1.0; last and best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically (and the last one again
-    when SIGTERM or Ctrl+C stops the fit: InterruptCheckpoint); a NaN or inf loss stops
+    after every validation and when SIGTERM or Ctrl+C stops the fit: LastCheckpoint); a NaN or inf loss stops
     training (NonFiniteLossGuard; --nonfinite.action skip skips such steps); training throughput (TokenThroughput:
     train/tokens_per_sec over all ranks, a rate over the last --throughput.window steps); CSV and TensorBoard logs in
     RUN; the length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders
@@ -552,7 +571,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
-            parser.add_lightning_class_args(InterruptCheckpoint, "interrupt")
+            parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
             parser.add_lightning_class_args(TokenThroughput, "throughput")
             if length_warmup:
                 parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")

@@ -20,9 +20,11 @@ import csv
 import json
 import math
 import statistics
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -101,6 +103,9 @@ def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str,
     return {f"test_{task.metric}": test[-1], f"best_valid_{task.metric}": best, "steps": steps}
 
 
+_TERMINATED = threading.Event()  # set by SIGTERM during a sweep: runs not yet started stay so
+
+
 def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int, task: Task) -> dict:
     """Run one (length, seed) command in run_dir, or reuse its finished result; an unfinished run there (killed,
     interrupted, out of time) with the same settings continues from its last checkpoint."""
@@ -114,6 +119,8 @@ def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int, task: T
                                  "remove that folder")
     if result_path.exists():
         return json.loads(result_path.read_text())
+    if _TERMINATED.is_set():
+        raise RuntimeError(f"run L={seq_len} seed={seed} not started: the sweep was stopped by SIGTERM")
     last = run_dir / "checkpoints" / "last.ckpt"
     if started_path.exists() and last.exists():
         command = [*command, "--resume", str(last)]
@@ -230,14 +237,26 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
     commands = [run_command(spec, source, L, s, batch_size or tokens_per_step // L, max_steps, scored_len, d_model,
                             n_layer, d, list(extra)) for L, s, d in jobs]
     rows, failures = [], []
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool, tqdm(total=len(jobs), desc="runs") as bar:
-        futures = [pool.submit(_one_run, c, d, L, s, spec) for c, (L, s, d) in zip(commands, jobs)]
-        for future in futures:
-            try:
-                rows.append(future.result())
-            except RuntimeError as err:
-                failures.append(str(err))
-            bar.update()
+    # SIGTERM (a scheduler's time limit, `timeout`) reaches the runs too: each saves its last step and exits; the
+    # sweep waits for them, starts no more and says how to go on
+    _TERMINATED.clear()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _TERMINATED.set())
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool, tqdm(total=len(jobs), desc="runs") as bar:
+            futures = [pool.submit(_one_run, c, d, L, s, spec) for c, (L, s, d) in zip(commands, jobs)]
+            for future in futures:
+                try:
+                    rows.append(future.result())
+                except RuntimeError as err:
+                    failures.append(str(err))
+                bar.update()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if _TERMINATED.is_set():
+        from mamba_bio_audio.errors import TrainingInterrupted
+
+        raise TrainingInterrupted(f"stopped by SIGTERM with {len(rows)} of {len(jobs)} runs finished; the others "
+                                  f"saved their last step or did not start: run the same command again to go on")
     if rows:
         write_results(rows, out / "results.csv", spec)
         per_step = f"batch {batch_size}" if batch_size else f"{tokens_per_step} tokens"

@@ -15,7 +15,8 @@ WRITERS = {"write_text", "write_bytes", "save", "savefig", "write", "save_file",
            "savez_compressed", "to_csv"}
 ATOMIC_ANOTHER_WAY = {  # file: (the calls allowed there, why)
     "pipelines/cli.py": (["sys.stdout.write"], "standard output"),
-    "pipelines/dna_context_sweep.py": (["open(run_dir / 'run.log', 'w')"], "a run's log, written while it runs"),
+    "pipelines/dna_context_sweep.py": (["open(run_dir / 'run.log', 'a')"],
+                                       "a run's log, written while it runs (and by its resumptions)"),
     "data_recipes/sc09.py": (["(partial / name).write_text", "open(out, 'wb')"],
                              "extracted into DEST.partial, renamed to DEST once complete"),
     "data_recipes/apes.py": (["writers[sp].write"], "_AtomicWriters: temporary names renamed together at the end"),

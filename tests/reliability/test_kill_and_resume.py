@@ -105,3 +105,32 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_the_last_step_an
                              env=env(), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_end(last, reference)
+
+
+def test_a_context_sweep_stopped_by_sigterm_goes_on_when_run_again(tmp_path):
+    """SIGTERM to a context sweep's process group mid-run: the run saves its last step, the sweep waits for it and
+    says how to go on; the same command again continues the run to its last step and writes the results."""
+    from mamba_bio_audio.data_recipes.apes import simulate_apes
+
+    apes = tmp_path / "apes"
+    simulate_apes(apes, scale=1000, chromosomes=["2", "5", "21"], progress=False)
+    out = tmp_path / "sweep"
+    sweep = [sys.executable, "-m", "mamba_bio_audio.cli", "dna", "context-sweep", "--task", "species", "--data-dir",
+             str(apes), "--lengths", "128", "--seeds", "0", "--batch-size", "4", "--max-steps", "600", "--d-model",
+             "16", "--n-layer", "1", "--out", str(out), "--data.split_names",
+             '{"train": ["2"], "valid": ["21"], "test": ["5"]}', "--data.samples_per_epoch", "4000",
+             "--data.eval_samples", "8", "--trainer.val_check_interval", "10", "--trainer.check_val_every_n_epoch",
+             "null"]
+    last = out / "L128-seed0" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(sweep, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
+                               start_new_session=True)
+    wait_for_checkpoint(process, last, 20)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    saved = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert process.returncode == 1 and "stopped by SIGTERM with 0 of 1 runs finished" in stderr, stderr[-2000:]
+    assert 20 <= saved < 600 and "interrupted after step" in (last.parent.parent / "run.log").read_text()
+    again = subprocess.run(sweep, capture_output=True, text=True, env=env(), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "results.csv").read_text().splitlines()[1].split(",")[4] == "600"  # steps: all of them
