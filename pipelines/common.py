@@ -11,6 +11,7 @@
     LastCheckpoint         Callback: last.ckpt rewritten after every validation, and when SIGTERM or Ctrl+C stops
                            the fit (the state after its last step).
     leave_sigterm_to_the_main_process  DataLoader workers' init: SIGTERM is the main process's to handle.
+    PeakMemory             Callback: on CUDA, each training epoch's peak allocated memory as train/peak_memory_gib.
     AtomicCSVLogger        Lightning's CSVLogger with metrics.csv and hparams.yaml replaced whole at each flush.
     TokenThroughput        Callback: Lightning's ThroughputMonitor over the toolkit's batches; logs the global
                            training tokens/s (all ranks) as train/tokens_per_sec.
@@ -306,6 +307,22 @@ class LastCheckpoint(Checkpoint):
                 self.saved_on_interrupt = (trainer.global_step, path)
 
 
+class PeakMemory(L.Callback):
+    """On a CUDA device, logs `train/peak_memory_gib` at the end of every training epoch: the most memory PyTorch held
+    allocated during that epoch (torch.cuda.max_memory_allocated, GiB), so that a length warm-up's stages show what
+    each length costs (next to `seq_len`). Nothing on other devices."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2 ** 30
+            pl_module.log("train/peak_memory_gib", peak, on_step=False, on_epoch=True, sync_dist=True,
+                          reduce_fx="max")
+
+
 def leave_sigterm_to_the_main_process(worker_id: int) -> None:
     """DataLoader `worker_init_fn` of every pipeline: the worker ignores SIGTERM. A job scheduler or `timeout`
     signals the whole process group; a worker killed by it would make PyTorch raise "DataLoader worker … is killed"
@@ -547,7 +564,8 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     Defaults (each can be overridden by --trainer.*, --checkpoint.*, --nonfinite.*, --throughput.*, --length_warmup.*
     or the YAML, and all are saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping
     1.0; last and best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically (and the last one again
-    after every validation and when SIGTERM or Ctrl+C stops the fit: LastCheckpoint); a NaN or inf loss stops
+    after every validation and when SIGTERM or Ctrl+C stops the fit: LastCheckpoint); on CUDA each epoch's peak
+    memory (PeakMemory); a NaN or inf loss stops
     training (NonFiniteLossGuard; --nonfinite.action skip skips such steps); training throughput (TokenThroughput:
     train/tokens_per_sec over all ranks, a rate over the last --throughput.window steps); CSV and TensorBoard logs in
     RUN; the length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders
@@ -572,6 +590,7 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.add_lightning_class_args(NonFiniteLossGuard, "nonfinite")
             parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+            parser.add_lightning_class_args(PeakMemory, "peak_memory")
             parser.add_lightning_class_args(TokenThroughput, "throughput")
             if length_warmup:
                 parser.add_lightning_class_args(SequenceLengthWarmup, "length_warmup")

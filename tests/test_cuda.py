@@ -129,3 +129,25 @@ def test_bench_times_the_scan_from_cuda_graphs():
 
     fwd, fwd_bwd = time_graphs(selective_scan_fused, make_inputs(1, 64, 16, 2048, True))
     assert 0 < fwd < fwd_bwd < 50
+
+
+def test_species_training_logs_each_epochs_peak_memory(tmp_path):
+    """On CUDA every training epoch logs train/peak_memory_gib; with the length warm-up doubling the window (batch
+    kept), the longer epoch's peak is the larger."""
+    import csv
+
+    pytest.importorskip("pysam")
+    from mamba_bio_audio.cli import main
+    from mamba_bio_audio.data_recipes.apes import simulate_apes
+
+    simulate_apes(tmp_path / "apes", scale=1000, chromosomes=["2", "5", "21"], progress=False)
+    run = tmp_path / "run"
+    assert main(["dna", "species", "--data-dir", str(tmp_path / "apes"), "--seq-len", "4096", "--batch-size", "8",
+                 "--max-steps", "8", "--out", str(run), "--model.model_size", "null", "--model.config",
+                 '{"d_model": 64, "n_layer": 2, "vocab_size": 12}', "--data.split_names",
+                 '{"train": ["2"], "valid": ["21"], "test": ["5"]}', "--data.samples_per_epoch", "32",
+                 "--data.eval_samples", "8", "--length_warmup.start_len", "2048",
+                 "--trainer.enable_progress_bar", "false"]) == 0
+    with open(next((run / "logs").glob("version_*/metrics.csv"))) as handle:
+        peaks = [float(r["train/peak_memory_gib"]) for r in csv.DictReader(handle) if r.get("train/peak_memory_gib")]
+    assert len(peaks) == 2 and 0 < peaks[0] < peaks[1]

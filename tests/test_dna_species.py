@@ -392,6 +392,8 @@ def test_running_out_of_memory_at_a_longer_stage_names_the_shape_and_resumes(ape
     monkeypatch.setattr(DNAClassifier, "training_step", training_step)
     assert main([*args, "--resume", str(last), "--model.gradient_checkpointing", "true"]) == 0
     assert torch.load(last, weights_only=False)["global_step"] == 4
+    header = next((run / "logs").glob("version_*/metrics.csv")).read_text().splitlines()[0]
+    assert "train/peak_memory_gib" not in header  # logged on CUDA devices only
 
 
 def test_sigterm_saves_the_last_step_and_a_resume_ends_where_an_uninterrupted_run_does(apes_dir, tmp_path,
