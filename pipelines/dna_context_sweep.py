@@ -108,32 +108,41 @@ _TERMINATED = threading.Event()  # set by SIGTERM during a sweep: runs not yet s
 
 def _one_run(command: list[str], run_dir: Path, seq_len: int, seed: int, task: Task) -> dict:
     """Run one (length, seed) command in run_dir, or reuse its finished result; an unfinished run there (killed,
-    interrupted, out of time) with the same settings continues from its last checkpoint."""
+    interrupted, out of time) with the same settings continues from its last checkpoint. command.json records the
+    settings and the wall seconds of the attempts that ended (a killed sweep's last one is lost); result.json adds
+    the metrics and their total."""
     result_path, started_path = run_dir / "result.json", run_dir / "command.json"
     settings = command[3:]  # without the interpreter: the same run from another environment is still the same run
-    for path, state in ((result_path, "a finished"), (started_path, "an unfinished")):
-        if path.exists():
-            recorded = json.loads(path.read_text())
-            if (recorded.get("command") if path == result_path else recorded) != settings:
-                raise ValueError(f"{run_dir} holds {state} run with other settings ({path}); use another --out or "
-                                 "remove that folder")
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    records = {path: json.loads(path.read_text()) for path in (result_path, started_path) if path.exists()}
+    for path, recorded in records.items():
+        if recorded.get("command") != settings:
+            state = "a finished" if path == result_path else "an unfinished"
+            raise ValueError(f"{run_dir} holds {state} run with other settings ({path}); use another --out or "
+                             "remove that folder")
+    if result_path in records:
+        return records[result_path]
     if _TERMINATED.is_set():
         raise RuntimeError(f"run L={seq_len} seed={seed} not started: the sweep was stopped by SIGTERM")
     last = run_dir / "checkpoints" / "last.ckpt"
-    if started_path.exists() and last.exists():
+    if started_path in records and last.exists():
         command = [*command, "--resume", str(last)]
+    wall = records.get(started_path, {}).get("wall_s", 0.0)
+
+    def record_start(wall_s: float) -> None:
+        with atomic_path(started_path) as tmp:
+            tmp.write_text(json.dumps({"command": settings, "wall_s": wall_s}))
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(started_path) as tmp:
-        tmp.write_text(json.dumps(settings))
+    record_start(wall)
     start = time.perf_counter()
     with open(run_dir / "run.log", "a") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall += time.perf_counter() - start
     if code:
+        record_start(wall)
         raise RuntimeError(f"run L={seq_len} seed={seed} failed (exit {code}); see {run_dir / 'run.log'}")
-    result = {"seq_len": seq_len, "seed": seed, **read_run_metrics(run_dir, task),
-              "wall_s": round(time.perf_counter() - start, 1), "command": settings}
+    result = {"seq_len": seq_len, "seed": seed, **read_run_metrics(run_dir, task), "wall_s": round(wall, 1),
+              "command": settings}
     with atomic_path(result_path) as tmp:
         tmp.write_text(json.dumps(result))
     return result

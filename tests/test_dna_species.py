@@ -441,7 +441,8 @@ def test_context_sweep_continues_an_unfinished_run_from_its_last_checkpoint(tmp_
 
     from mamba_bio_audio.pipelines.dna_context_sweep import TASKS, _one_run
 
-    fake_run = """import sys, pathlib
+    fake_run = """import sys, pathlib, time
+time.sleep(0.3)
 run = pathlib.Path(sys.argv[1])
 resumed = "--resume" in sys.argv
 log = run / "logs" / f"version_{int(resumed)}"
@@ -459,9 +460,11 @@ else:
     command = [sys.executable, "-c", fake_run, str(run_dir), "--max-steps", "10"]
     with pytest.raises(RuntimeError, match="failed"):
         _one_run(command, run_dir, 64, 0, TASKS["species"])
-    assert json.loads((run_dir / "command.json").read_text()) == command[3:]
+    started = json.loads((run_dir / "command.json").read_text())
+    assert started["command"] == command[3:] and started["wall_s"] >= 0.3
     with pytest.raises(ValueError, match="holds an unfinished run with other settings"):
         _one_run([*command[:-1], "20"], run_dir, 64, 0, TASKS["species"])
     result = _one_run(command, run_dir, 64, 0, TASKS["species"])
     assert (result["test_accuracy"], result["best_valid_accuracy"], result["steps"]) == (0.8, 0.9, 10)
+    assert result["wall_s"] >= 0.6  # both attempts' time
     assert "killed" in (run_dir / "run.log").read_text()  # the log of both attempts
