@@ -244,10 +244,11 @@ def _fit(cli, resume: str | None) -> None:
         checkpointing = "" if getattr(cli.model.hparams, "gradient_checkpointing", True) else \
             " add --model.gradient_checkpointing true (each block keeps only its input and is recomputed in the " \
             "backward), or"
+        cause = ". ".join(_one_line(err).split(". ")[:2])  # "CUDA out of memory. Tried to allocate 2.00 GiB"
         raise TrainingOutOfMemory(
             f"out of accelerator memory at step {trainer.global_step} (epoch {trainer.current_epoch}), training on "
             f"{shape}; {kept}. To go on:{checkpointing} start again with a smaller --batch-size and "
-            f"--trainer.accumulate_grad_batches to keep the batch size ({'. '.join(_one_line(err).split('. ')[:2])})") from err
+            f"--trainer.accumulate_grad_batches to keep the batch size ({cause})") from err
 
 
 def _fit_then_test(cli, resume: str | None) -> dict:
