@@ -138,8 +138,8 @@ def persistent_table(device, batches: list[int], seconds: float, variants: str) 
                 raise RuntimeError(f"persistent generation at batch {batch}: non-finite logits")
             rate = batch * length / seconds_taken
             print(f"{batch:>7}{dtype:>9}{kernel.block_b:>14}{kernel.stages:>8}{kernel.num_warps:>7}"
-                  f"{kernel.tile_elements:>7}{-(-batch // kernel.block_b):>10}{seconds_taken:>10.3f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}",
-                  flush=True)
+                  f"{kernel.tile_elements:>7}{-(-batch // kernel.block_b):>10}{seconds_taken:>10.3f}{rate:>14,.0f}"
+                  f"{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
 def block_step_table(device, batches: list[int], calls: int = 100) -> None:
