@@ -142,9 +142,8 @@ def _block(hidden, residual, m_ptr, v_ptr, conv_ptr, ssm_ptr, xz_ptr, rows, row_
            E_CHUNK: tl.constexpr, BLOCK_B: tl.constexpr, STAGES: tl.constexpr, COMPLEX: tl.constexpr):
     """One position through a pre-norm residual Mamba block: hidden, residual [BLOCK_B, D] fp32 → (mixer output,
     hidden + residual). m_ptr, v_ptr: the block's matrices and fp32 vectors (`pack_block`); conv_ptr (n_rows, E, W)
-    ring and ssm_ptr
-    (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two walks over E,
-    software-pipelined by Triton in STAGES stages (1: none)."""
+    ring and ssm_ptr (n_rows, E, N) states of this block; xz_ptr (n_rows, 2E) scratch for x and z between the two
+    walks over E, software-pipelined by Triton in STAGES stages (1: none)."""
     BC: tl.constexpr = 2 * N if COMPLEX else N                  # B's and C's rows in x_proj
     o_in = 0                                   # the packs' layouts, as pack_block writes them: matrices
     o_conv = o_in + 2 * E * D
@@ -344,10 +343,10 @@ def unsupported(model) -> str | None:
 
 def pack_block(block, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """One Block (norm + Mamba mixer) as the two flat packs `_block` reads. Matrices, in `dtype`, each (out, in) as
-    nn.Linear holds it: in_proj (2E, D), conv (E, W), x_proj
-    (R + 2·bc_width, E), dt_proj (E, R), out_proj (D, E). Vectors, fp32: the norm's weight, in_proj's
-    bias, conv's bias, dt_proj's bias, Re A·log2 e (E, N) with Re A = −exp(A_log) (then Im A = A_imag (E, N) for a
-    complex SSM), D (E,), out_proj's bias. Absent biases are zeros."""
+    nn.Linear holds it: in_proj (2E, D), conv (E, W), x_proj (R + 2·bc_width, E), dt_proj (E, R), out_proj (D, E).
+    Vectors, fp32: the norm's weight, in_proj's bias, conv's bias, dt_proj's bias, Re A·log2 e (E, N) with
+    Re A = −exp(A_log) (then Im A = A_imag (E, N) for a complex SSM), D (E,), out_proj's bias. Absent biases are
+    zeros."""
     m, norm = block.mixer, block.norm
     E, D = m.in_proj.weight.shape[0] // 2, m.in_proj.weight.shape[1]
 

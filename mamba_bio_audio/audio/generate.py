@@ -121,9 +121,9 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
 
     `persistent` (default: on CUDA with MBA_PERSISTENT_GENERATION=1, for the U-Nets `kernels.unet_generate` takes;
     opt-in: on an H100 level with the stepping path at batch 1, slower at 64 and 256): generate with the persistent
-    kernel instead, every position of `check_every` samples in one launch, in fp32 from the model's weights. Its
-    draws come from Triton's Philox stream seeded by `seed`: the same seed gives the same clips however the positions
-    are split into launches, but not the clips of the stepping path."""
+    kernel instead, every position of `check_every` samples in one launch (fp32 arithmetic; weight matrices read in
+    the model's dtype). Its draws come from Triton's Philox stream seeded by `seed`: the same seed gives the same
+    clips however the positions are split into launches, but not the clips of the stepping path."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
