@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -q -n 2 tests/
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test bench bench-tiles sass-counts bench-ddp bench-longgen bench-gen bench-species test-gpu clean
+.PHONY: help demo test bench bench-tiles sass-counts bench-ddp bench-longgen bench-gen bench-species bench-piano test-gpu clean
 
 help:  ## list the targets
 	@echo "make demo    train a small Mamba LM on yeast chromosome I on the CPU (a few minutes), then sample from it"
@@ -26,6 +26,7 @@ help:  ## list the targets
 	@echo "make bench-longgen  GPU: 1 Mb of DNA and 4 x 60 s of audio generated, checked finite (benchmarks/)"
 	@echo "make bench-gen      GPU: the persistent U-Net generation kernel's tests and speed, every launch shape"
 	@echo "make bench-species  GPU: species accuracy at 2^18 bases, resumable (run again after a time limit)"
+	@echo "make bench-piano PIANO=DIR  GPU: piano bits per sample against window length, resumable"
 	@echo "make clean   remove build artifacts and caches (keeps $(VENV))"
 	@echo "The first demo/test creates $(VENV) with $(PYTHON) and installs the project into it (several minutes)."
 
@@ -78,6 +79,9 @@ bench-gen:
 
 bench-species:
 	bash benchmarks/species_long.sh
+
+bench-piano:
+	PIANO=$(PIANO) bash benchmarks/piano_curve.sh
 
 test-gpu:
 	$(RUN_PY) -m pytest -q tests/test_selective_scan_triton.py tests/test_cuda.py tests/test_unet_generate.py tests/test_multi_gpu.py

@@ -20,6 +20,7 @@ WORK=${WORK:-runs/species-long}
 LENGTH=${LENGTH:-262144}; BATCH=${BATCH:-16}; STEPS=${STEPS:-2000}; START_LEN=${START_LEN:-8192}
 SAMPLES_PER_EPOCH=${SAMPLES_PER_EPOCH:-4800}; SEED=${SEED:-0}; EVAL=${EVAL:-256}; VAL_EVERY=${VAL_EVERY:-300}
 LIMIT=${LIMIT:-}; WORKERS=${WORKERS:-2}
+source "$(dirname "$0")/limited_sweep.sh"
 mkdir -p "$WORK"
 cd "$WORK" || exit 1
 if [ ! -f apes/simulation.json ]; then
@@ -31,24 +32,4 @@ SWEEP=(mba dna context-sweep --task species --data-dir apes --lengths "$LENGTH" 
        --length_warmup.start_len "$START_LEN" --length_warmup.epochs_per_stage 1
        --data.samples_per_epoch "$SAMPLES_PER_EPOCH" --data.eval_samples "$EVAL" --data.num_workers "$WORKERS"
        --trainer.val_check_interval "$VAL_EVERY" --trainer.check_val_every_n_epoch null --out sweep)
-start=$SECONDS
-if [ -n "$LIMIT" ]; then
-    timeout -s TERM "$LIMIT" "${SWEEP[@]}" >> sweep.log 2>&1
-else
-    "${SWEEP[@]}" >> sweep.log 2>&1
-fi
-code=$?
-{
-    echo "$(date '+%F %T') exit $code after $((SECONDS - start)) s"
-    python3 - << 'EOF'
-import csv, glob
-rows = [r for f in sorted(glob.glob("sweep/L*/logs/version_*/metrics.csv"), key=lambda p: int(p.split("_")[-1][:-12]))
-        for r in csv.DictReader(open(f))]
-print("  validation accuracy by step:", ", ".join(f"{r['step']}: {float(r['valid/accuracy']):.3f}" for r in rows
-                                                 if r.get("valid/accuracy")) or "none yet")
-peaks = [(r["epoch"], r["train/peak_memory_gib"]) for r in rows if r.get("train/peak_memory_gib")]
-print("  peak memory (GiB) by epoch:", ", ".join(f"{e}: {float(p):.1f}" for e, p in peaks) or "none logged")
-EOF
-    [ -f sweep/results.csv ] && cat sweep/results.csv
-} | tee -a status.txt
-exit $code
+limited_sweep "${SWEEP[@]}"

@@ -204,28 +204,32 @@ def _lightning_args(pipeline: str, args: argparse.Namespace, direct: dict) -> li
 
 
 def _fit(cli, resume: str | None) -> None:
-    """cli.trainer.fit, resuming from `resume`. A SIGTERM or Ctrl+C (after LastCheckpoint saved the state)
-    becomes a TrainingInterrupted that names the checkpoint to resume from. Running out of accelerator memory (a
-    length warm-up's longer stage, a larger batch) becomes a TrainingOutOfMemory that names the step, the batch's
-    shape, the last checkpoint and the ways on: recomputing each block in the backward (--model.gradient_checkpointing
-    true, which a resume may add) or a smaller batch accumulated to the same size (a new run: a resume keeps its
-    batch)."""
+    """cli.trainer.fit, resuming from `resume`. A SIGTERM or Ctrl+C (after LastCheckpoint saved the state; also a
+    DataLoader worker that SIGTERM killed) becomes a TrainingInterrupted that names the checkpoint to resume from.
+    Running out of accelerator memory (a length warm-up's longer stage, a larger batch) becomes a TrainingOutOfMemory
+    that names the step, the batch's shape, the last checkpoint and the ways on: recomputing each block in the
+    backward (--model.gradient_checkpointing true, which a resume may add) or a smaller batch accumulated to the same
+    size (a new run: a resume keeps its batch)."""
     import torch
+
+    from .common import LastCheckpoint
+
+    def interrupted(err: BaseException) -> None:
+        """Raise TrainingInterrupted from `err` if LastCheckpoint saved the state on an interruption."""
+        from mamba_bio_audio.errors import TrainingInterrupted
+
+        saved = [c.saved_on_interrupt for c in cli.trainer.callbacks
+                 if isinstance(c, LastCheckpoint) and c.saved_on_interrupt]
+        if saved:
+            step, path = saved[0]
+            raise TrainingInterrupted(f"interrupted after step {step}; its state is saved in {path}: continue "
+                                      f"exactly there with the same command and --resume {path}") from err
 
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=resume)
     except SystemExit as err:  # SIGTERM (Lightning's SIGTERMException) or Ctrl+C (Lightning exits with 1)
-        from mamba_bio_audio.errors import TrainingInterrupted
-
-        from .common import LastCheckpoint
-
-        saved = [c.saved_on_interrupt for c in cli.trainer.callbacks
-                 if isinstance(c, LastCheckpoint) and c.saved_on_interrupt]
-        if not saved:
-            raise
-        step, path = saved[0]
-        raise TrainingInterrupted(f"interrupted after step {step}; its state is saved in {path}: continue exactly "
-                                  f"there with the same command and --resume {path}") from err
+        interrupted(err)
+        raise
     except torch.OutOfMemoryError as err:
         from mamba_bio_audio.cli import _one_line
         from mamba_bio_audio.errors import TrainingOutOfMemory
@@ -249,6 +253,9 @@ def _fit(cli, resume: str | None) -> None:
             f"out of accelerator memory at step {trainer.global_step} (epoch {trainer.current_epoch}), training on "
             f"{shape}; {kept}. To go on:{checkpointing} start again with a smaller --batch-size and "
             f"--trainer.accumulate_grad_batches to keep the batch size ({cause})") from err
+    except RuntimeError as err:  # a DataLoader worker lost to that SIGTERM (LastCheckpoint saved then too)
+        interrupted(err)
+        raise
 
 
 def _fit_then_test(cli, resume: str | None) -> dict:

@@ -10,7 +10,7 @@
     AtomicCheckpointIO     checkpoints written to a temporary name and renamed.
     LastCheckpoint         Callback: last.ckpt rewritten after every validation, and when SIGTERM or Ctrl+C stops
                            the fit (the state after its last step).
-    leave_sigterm_to_the_main_process  DataLoader workers' init: SIGTERM is the main process's to handle.
+    leave_sigterm_to_the_main_process  DataLoader workers' init: only the parent's SIGTERM stops a worker.
     PeakMemory             Callback: on CUDA, each training epoch's peak allocated memory as train/peak_memory_gib.
     AtomicCSVLogger        Lightning's CSVLogger with metrics.csv and hparams.yaml replaced whole at each flush.
     TokenThroughput        Callback: Lightning's ThroughputMonitor over the toolkit's batches; logs the global
@@ -276,7 +276,8 @@ class LastCheckpoint(Checkpoint):
     - when SIGTERM (a job scheduler's time limit or preemption, `timeout`, `kill`) or Ctrl+C stops the fit: the state
       after the last completed step, so that the resumed run ends exactly where an uninterrupted one would
       (Lightning stops at the end of the step the signal interrupted; inside gradient accumulation the gradients
-      accumulated so far are lost).
+      accumulated so far are lost). Also when that SIGTERM killed a DataLoader worker that was still starting (before
+      `leave_sigterm_to_the_main_process` ran) and PyTorch raised its loss at the next fetch, between two steps.
     Nothing is saved when the run keeps no last checkpoint (checkpoint.save_last off). `saved_on_interrupt`: (step,
     path) once saved so. A Checkpoint, so that Lightning runs it after ModelCheckpoint."""
 
@@ -301,7 +302,8 @@ class LastCheckpoint(Checkpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.state.fn == "fit":
+        worker_lost = trainer.received_sigterm and str(exception).startswith("DataLoader worker")
+        if (isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or worker_lost) and trainer.state.fn == "fit":
             path = self._save(trainer)
             if path:
                 self.saved_on_interrupt = (trainer.global_step, path)
@@ -324,13 +326,27 @@ class PeakMemory(L.Callback):
 
 
 def leave_sigterm_to_the_main_process(worker_id: int) -> None:
-    """DataLoader `worker_init_fn` of every pipeline: the worker ignores SIGTERM. A job scheduler or `timeout`
-    signals the whole process group; a worker killed by it would make PyTorch raise "DataLoader worker … is killed"
-    in the main process in the middle of a step, before LastCheckpoint could save. The main process stops after
-    the step and shuts its workers down itself."""
+    """DataLoader `worker_init_fn` of every pipeline: the worker ignores SIGTERM from any process but its parent. A
+    job scheduler or `timeout` signals the whole process group (or job); a worker killed by it would make PyTorch
+    raise "DataLoader worker … is killed" in the main process in the middle of a step, before LastCheckpoint could
+    save. The main process stops after the step and shuts its workers down itself, with SIGTERM when they do not
+    stop in time or when it exits (multiprocessing terminates its daemonic children at exit and joins them): that
+    SIGTERM comes from the parent and ends the worker at once. SIGTERM is blocked in the worker and taken by one
+    thread with sigwaitinfo, which tells the sender."""
+    import os
     import signal
+    import threading
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})      # every thread started from here on inherits it
+
+    def take_sigterm() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass                                                     # a scheduler's, timeout's: the parent's to handle
+        os._exit(0)         # ends the worker; exit code 0, so PyTorch's SIGCHLD check in the parent raises nothing
+
+    threading.Thread(target=take_sigterm, name="sigterm-from-the-parent", daemon=True).start()
 
 
 def sequence_batch(batch) -> torch.Tensor:

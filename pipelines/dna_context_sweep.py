@@ -258,6 +258,7 @@ def sweep(source: str, lengths: list[int], seeds: list[int], max_steps: int, d_m
                     rows.append(future.result())
                 except RuntimeError as err:
                     failures.append(str(err))
+                    bar.set_postfix_str(f"{len(failures)} not finished")                # failed, or stopped by SIGTERM
                 bar.update()
     finally:
         signal.signal(signal.SIGTERM, previous)

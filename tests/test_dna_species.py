@@ -396,11 +396,15 @@ def test_running_out_of_memory_at_a_longer_stage_names_the_shape_and_resumes(ape
     assert "train/peak_memory_gib" not in header  # logged on CUDA devices only
 
 
+@pytest.mark.parametrize("loader_worker_killed", [False, True])
 def test_sigterm_saves_the_last_step_and_a_resume_ends_where_an_uninterrupted_run_does(apes_dir, tmp_path,
-                                                                                       monkeypatch, capsys):
+                                                                                       monkeypatch, capsys,
+                                                                                       loader_worker_killed):
     """SIGTERM in the middle of an epoch (a scheduler's time limit): the run saves its state after that step as
     last.ckpt and stops with one line naming it; resuming from it ends with exactly the parameters of a run that
-    was never interrupted."""
+    was never interrupted. The same when the signal also killed a DataLoader worker (one that was still starting,
+    before its worker_init_fn could block SIGTERM) and PyTorch raised that in the next fetch: the state after the
+    last completed step is saved all the same."""
     import signal
 
     def args(out):
@@ -416,14 +420,17 @@ def test_sigterm_saves_the_last_step_and_a_resume_ends_where_an_uninterrupted_ru
     def terminated_at_step_3(self, batch, batch_idx):
         if self.global_step == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler: stop once this step is done
+            if loader_worker_killed:              # before the step: as PyTorch raises it when fetching the batch
+                raise RuntimeError("DataLoader worker (pid 12345) is killed by signal: Terminated. ")
         return training_step(self, batch, batch_idx)
 
     monkeypatch.setattr(DNAClassifier, "training_step", terminated_at_step_3)
     capsys.readouterr()
     assert main(args(tmp_path / "cut")) == 1
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    assert f"interrupted after step 3; its state is saved in {last}" in capsys.readouterr().err
-    assert torch.load(last, weights_only=False)["global_step"] == 3
+    step = 2 if loader_worker_killed else 3
+    assert f"interrupted after step {step}; its state is saved in {last}" in capsys.readouterr().err
+    assert torch.load(last, weights_only=False)["global_step"] == step
     monkeypatch.setattr(DNAClassifier, "training_step", training_step)
     assert main([*args(tmp_path / "cut"), "--resume", str(last)]) == 0
     whole = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)

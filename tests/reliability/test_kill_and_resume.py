@@ -134,3 +134,32 @@ def test_a_context_sweep_stopped_by_sigterm_goes_on_when_run_again(tmp_path):
     again = subprocess.run(sweep, capture_output=True, text=True, env=env(), timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "results.csv").read_text().splitlines()[1].split(",")[4] == "600"  # steps: all of them
+
+
+
+WORKERS_SCRIPT = """
+import subprocess, time
+from torch.utils.data import DataLoader
+from mamba_bio_audio.pipelines.common import leave_sigterm_to_the_main_process
+
+loader = DataLoader(list(range(1000)), batch_size=2, num_workers=2, worker_init_fn=leave_sigterm_to_the_main_process)
+batches = iter(loader)                       # alive until the interpreter exits, as after an interrupted fit
+next(batches)
+for worker in batches._workers:              # SIGTERM from another process: a scheduler's, or timeout's
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+time.sleep(0.5)
+print(sum(worker.is_alive() for worker in batches._workers), int(next(batches)[0]), flush=True)
+"""
+
+
+def test_loader_workers_ignore_sigterm_from_outside_and_stop_when_the_main_process_exits():
+    """A DataLoader worker ignores SIGTERM from any process but its parent, so a scheduler's SIGTERM leaves the batch
+    in flight to the main process; yet the main process exits: at exit, multiprocessing stops its daemonic children
+    with SIGTERM and joins them, and workers that ignored their parent's SIGTERM too made that join hang forever (a
+    context-sweep run said "interrupted after step 10" and never exited)."""
+    try:
+        run = subprocess.run([sys.executable, "-c", WORKERS_SCRIPT], capture_output=True, text=True, env=env(),
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the main process did not exit within 60 s: its loader workers ignored its SIGTERM")
+    assert run.returncode == 0 and run.stdout.split() == ["2", "2"], run.stderr[-2000:]
