@@ -332,11 +332,14 @@ def leave_sigterm_to_the_main_process(worker_id: int) -> None:
     save. The main process stops after the step and shuts its workers down itself, with SIGTERM when they do not
     stop in time or when it exits (multiprocessing terminates its daemonic children at exit and joins them): that
     SIGTERM comes from the parent and ends the worker at once. SIGTERM is blocked in the worker and taken by one
-    thread with sigwaitinfo, which tells the sender."""
+    thread with sigwaitinfo, which tells the sender. Where there is no sigwaitinfo (macOS, Windows) SIGTERM keeps
+    its default action."""
     import os
     import signal
     import threading
 
+    if not hasattr(signal, "sigwaitinfo"):
+        return
     parent = os.getppid()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})      # every thread started from here on inherits it
