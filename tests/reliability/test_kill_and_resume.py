@@ -138,7 +138,7 @@ def test_a_context_sweep_stopped_by_sigterm_goes_on_when_run_again(tmp_path):
 
 
 WORKERS_SCRIPT = """
-import subprocess, time
+import subprocess, sys, time
 from torch.utils.data import DataLoader
 from mamba_bio_audio.pipelines.common import leave_sigterm_to_the_main_process
 
@@ -146,7 +146,7 @@ loader = DataLoader(list(range(1000)), batch_size=2, num_workers=2, worker_init_
 batches = iter(loader)                       # alive until the interpreter exits, as after an interrupted fit
 next(batches)
 for worker in batches._workers:              # SIGTERM from another process: a scheduler's, or timeout's
-    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+    subprocess.run([sys.executable, "-c", f"import os, signal; os.kill({worker.pid}, signal.SIGTERM)"], check=True)
 time.sleep(0.5)
 print(sum(worker.is_alive() for worker in batches._workers), int(next(batches)[0]), flush=True)
 """
