@@ -4,11 +4,10 @@ every log version (an interrupted run's and its resumptions'), then results.csv 
 
     python3 benchmarks/sweep_status.py SWEEP_DIR
 """
-import csv
 import sys
 from pathlib import Path
 
-from mamba_bio_audio.pipelines.dna_context_sweep import logs_in_order
+from mamba_bio_audio.pipelines.dna_context_sweep import logged_rows
 
 METRICS = ("valid/accuracy", "valid/bits_per_sample", "valid/bits_per_base")
 
@@ -16,7 +15,7 @@ METRICS = ("valid/accuracy", "valid/bits_per_sample", "valid/bits_per_base")
 def run_status(run_dir: Path) -> list[str]:
     """Two lines for one run folder (L<length>-seed<seed>): its validation metric by step, its peak memory by epoch."""
     try:
-        rows = [row for path in logs_in_order(run_dir, "metrics.csv") for row in csv.DictReader(path.open())]
+        rows = logged_rows(run_dir)
     except ValueError:                                                              # started, nothing logged yet
         rows = []
     metric = next((m for m in METRICS if any(row.get(m) for row in rows)), None)

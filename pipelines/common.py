@@ -334,7 +334,6 @@ def leave_sigterm_to_the_main_process(worker_id: int) -> None:
     SIGTERM comes from the parent and ends the worker at once. SIGTERM is blocked in the worker and taken by one
     thread with sigwaitinfo, which tells the sender. Where there is no sigwaitinfo (macOS, Windows) SIGTERM keeps
     its default action."""
-    import os
     import signal
     import threading
 
@@ -584,12 +583,12 @@ def build_cli(model_class, data_class, args: list[str], run_dir: str, monitor: s
     or the YAML, and all are saved in the run's config.yaml): bf16-mixed on a GPU, fp32 on the CPU; gradient clipping
     1.0; last and best (`monitor`, `mode`) checkpoints in RUN/checkpoints, written atomically (and the last one again
     after every validation and when SIGTERM or Ctrl+C stops the fit: LastCheckpoint); on CUDA each epoch's peak
-    memory (PeakMemory); a NaN or inf loss stops
-    training (NonFiniteLossGuard; --nonfinite.action skip skips such steps); training throughput (TokenThroughput:
-    train/tokens_per_sec over all ranks, a rate over the last --throughput.window steps); CSV and TensorBoard logs in
-    RUN; the length warm-up (`warmup_defaults` for its options; a no-op when seq_len ≤ its start length); dataloaders
-    rebuilt every epoch. `links`: (source, target) pairs of arguments, the data module's attribute `source` copied into
-    the model's init argument `target` at instantiation (e.g. the number of classes). Under DDP/FSDP
+    memory (PeakMemory); a NaN or inf loss stops training (NonFiniteLossGuard; --nonfinite.action skip skips such
+    steps); training throughput (TokenThroughput: train/tokens_per_sec over all ranks, a rate over the last
+    --throughput.window steps); CSV and TensorBoard logs in RUN; the length warm-up (`warmup_defaults` for its
+    options; a no-op when seq_len ≤ its start length); dataloaders rebuilt every epoch. `links`: (source, target)
+    pairs of arguments, the data module's attribute `source` copied into the model's init argument `target` at
+    instantiation (e.g. the number of classes). Under DDP/FSDP
     (--trainer.devices, --trainer.num_nodes, --trainer.strategy, or for short --devices, --num-nodes, --strategy:
     TRAINER_ALIASES) each rank trains on its own share of every epoch (EpochSampler with `data_rank`), so Lightning's
     sampler replacement is off. `length_warmup=False` leaves the warm-up out (data modules without a length);

@@ -82,23 +82,30 @@ def newest_log(run_dir: Path, name: str) -> Path:
     return logs_in_order(run_dir, name)[-1]
 
 
+def logged_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of RUN/logs/version_N/metrics.csv of every version N, oldest first (an interrupted run's, then those
+    of its resumptions)."""
+    rows = []
+    for log in logs_in_order(run_dir, "metrics.csv"):
+        with open(log, newline="") as handle:
+            rows += csv.DictReader(handle)
+    return rows
+
+
 def read_run_metrics(run_dir: Path, task: Task = TASKS["pretrain"]) -> dict[str, float]:
     """The test metric (the last logged), the best validation value and the optimizer steps taken (the largest logged
     step: fewer than asked when a time limit stopped the run) of a finished run, from the CSV logs of all its
-    versions (an interrupted run's and those of its resumptions)."""
-    logs = logs_in_order(run_dir, "metrics.csv")
+    versions (`logged_rows`)."""
     test, valid, steps = [], [], 0
-    for log in logs:
-        with open(log, newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("step"):
-                    steps = max(steps, int(row["step"]))
-                if row.get(f"test/{task.metric}"):
-                    test.append(float(row[f"test/{task.metric}"]))
-                if row.get(f"valid/{task.metric}"):
-                    valid.append(float(row[f"valid/{task.metric}"]))
+    for row in logged_rows(run_dir):
+        if row.get("step"):
+            steps = max(steps, int(row["step"]))
+        if row.get(f"test/{task.metric}"):
+            test.append(float(row[f"test/{task.metric}"]))
+        if row.get(f"valid/{task.metric}"):
+            valid.append(float(row[f"valid/{task.metric}"]))
     if not test:
-        raise ValueError(f"{logs[-1]}: no test/{task.metric} (did the run finish?)")
+        raise ValueError(f"{newest_log(run_dir, 'metrics.csv')}: no test/{task.metric} (did the run finish?)")
     best = (min if task.better == "min" else max)(valid) if valid else math.nan
     return {f"test_{task.metric}": test[-1], f"best_valid_{task.metric}": best, "steps": steps}
 
