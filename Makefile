@@ -21,7 +21,7 @@ help:  ## list the targets
 	@echo "make test-gpu GPU: the Triton and CUDA tests at GPU shapes (and DDP/FSDP with 2 GPUs)"
 	@echo "             on a machine with the project already installed: make bench RUN_PY=python3"
 	@echo "make bench-tiles    GPU: fused scan's tile shapes (tokens per tile, warps) timed at the long configs"
-	@echo "make sass-counts    any machine: registers, spills, shuffles of the scan's kernels compiled for sm_90"
+	@echo "make sass-counts    any machine: registers, spills, shuffles of the scan's and generation's kernels for sm_90"
 	@echo "make bench-ddp      2 GPUs: DNA pretraining tokens/s on 1 and 2 GPUs at L = 2^16, 2^20 (benchmarks/)"
 	@echo "make bench-longgen  GPU: 1 Mb of DNA and 4 x 60 s of audio generated, checked finite (benchmarks/)"
 	@echo "make bench-gen      GPU: the persistent U-Net generation kernel's tests and speed, every launch shape"

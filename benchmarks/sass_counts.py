@@ -1,10 +1,14 @@
-"""Static counts of the selective scan's Triton kernels compiled for an H100 (sm_90), on any machine, GPU or not.
+"""Static counts of the selective scan's and the generation's Triton kernels compiled for an H100 (sm_90), on any
+machine, GPU or not.
 
     python3 benchmarks/sass_counts.py            (make sass-counts; a few minutes on 2 CPU cores)
 
 Compiles the kernels (`fused`'s forward and backward, the rows forward, the complex-A pair) at their default shapes
 for sm_90 with `triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D, Δ-bias, softplus), N = 16; pointer
 and length arguments marked divisible by 16 as Triton's JIT does for real shapes.
+Also the persistent generation kernel (`kernels/unet_generate`) for the SC09 U-Net in bf16, with the arguments
+`UNetGenerator.run` passes: at its two default launch shapes (batch 1; more programs than SMs) and at 16 rows per
+program (its products on the tensor cores).
 Then reads the cubin with the `cuobjdump` that ships with Triton and prints, per kernel: registers per thread, bytes
 of stack, spill instructions (STL/LDL), warp shuffles (SHFL), barriers (BAR), multi-function-unit ops (MUFU: exp2,
 log2, reciprocal) and all instructions. The counts are of the code, not of its execution: a loop body counts once.
@@ -23,6 +27,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from mamba_bio_audio.kernels.selective_scan import fused, fused_complex, fused_rows
+from mamba_bio_audio.kernels.unet_generate import fused as unet_fused
 
 BF16_POINTERS = {"u_ptr", "dt_ptr", "z_ptr", "pre_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
 DIVISIBLE = {"L", "dim", "n_state"}
@@ -81,12 +86,59 @@ def main() -> int:
                                 ("bwd", fused_complex._bwd_kernel_complex, dict(HAS_DHLAST=False))):
         block_t, warps = fused_complex.SHAPES[kind]
         constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16, BLOCK_T=block_t, **flags)
-        constexprs.pop("SUMMARY")
         kernels.append((f"complex-A {kind}, {block_t} tokens, {warps} warps", kernel, constexprs, warps, set()))
     for name, kernel, constexprs, warps, bf16_bc in kernels:
         row = counts(compile_sm90(kernel, constexprs, warps, BF16_POINTERS | bf16_bc))
         print(f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |", flush=True)
+    for rows, warps, tile in ((1, unet_fused.WARPS, unet_fused.TILE_ELEMENTS), (1, *unet_fused.MANY_PROGRAMS),
+                              (16, 8, 8192)):
+        row = counts(compile_generation_sm90(rows, warps, tile))
+        print(f"| generation, SC09 U-Net bf16, {rows} row(s) per program, {warps} warps, tile {tile} | "
+              + " | ".join(str(v) for v in row.values()) + " |", flush=True)
     return 0
+
+
+def compile_generation_sm90(rows: int, warps: int, tile: int):
+    """The persistent generation kernel compiled for sm_90 as `UNetGenerator.run` would launch it for the SC09 U-Net
+    in bf16 (random weights, 256 rows, no top-p): the launch's arguments are caught on the CPU instead of run, and
+    their types make the signature."""
+    import os
+
+    import torch
+
+    from mamba_bio_audio.models.audio_unet import AudioUNet, audio_unet_config
+
+    caught = {}
+
+    class Catch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: caught.update(args=args, kwargs=kwargs)
+
+    model = AudioUNet(audio_unet_config("sc09")).bfloat16().eval()
+    saved, os.environ["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET"), "1"  # the constructor's CPU check
+    try:
+        generator = unet_fused.UNetGenerator(model, 256, 128, block_rows=rows, num_warps=warps, tile_elements=tile)
+    finally:
+        os.environ.pop("TRITON_INTERPRET") if saved is None else os.environ.update(TRITON_INTERPRET=saved)
+    kernel, unet_fused._unet_generate_kernel = unet_fused._unet_generate_kernel, Catch()
+    try:
+        generator.run(16, torch.zeros(256, 16, dtype=torch.int64))
+    finally:
+        unet_fused._unet_generate_kernel = kernel
+    kinds = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64", torch.int64: "*i64"}
+    constexprs = {k: v for k, v in caught["kwargs"].items() if k != "num_warps"}
+    signature = {p.name: "constexpr" for p in kernel.params if p.name in constexprs}
+    attrs = {}
+    runtime = [(i, p) for i, p in enumerate(kernel.params) if p.name not in constexprs]
+    for (i, param), value in zip(runtime, caught["args"]):
+        if isinstance(value, torch.Tensor):
+            signature[param.name] = kinds[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # as Triton's JIT marks a 16-byte aligned tensor
+        else:
+            signature[param.name] = "fp32" if isinstance(value, float) else "i32"
+    source = ASTSource(kernel, {p.name: signature[p.name] for p in kernel.params}, constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": caught["kwargs"]["num_warps"]})
 
 
 if __name__ == "__main__":

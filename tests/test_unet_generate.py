@@ -94,6 +94,52 @@ def test_a_bf16_models_weights_are_read_in_bf16_and_the_rest_in_fp32():
     assert ((logits.cpu().double() - expected).norm() / expected.norm()).item() < 1e-5
 
 
+@pytest.mark.parametrize("dtype, complex_ssm", [
+    (torch.float16, False), (torch.float16, True),
+    pytest.param(torch.bfloat16, False, marks=pytest.mark.skipif(
+        DEVICE == "cpu", reason="Triton's interpreter multiplies bf16 tl.dot operands wrongly (its result is ~1e11 "
+                                "off); the bf16 tensor-core products are checked on a GPU")),
+])
+def test_sixteen_rows_of_a_16_bit_model_take_the_tensor_cores(dtype, complex_ssm):
+    """With 16-bit weights and 16 rows per program the products run as `tl.dot` (x rounded to the weights' dtype,
+    fp32 sums). The logits stay those of the same weights in float64 to that rounding, and the draws are the PyTorch
+    draw's from the kernel's own logits. Scaling the `tl.dot` results by 1.01 takes the error from 3e-4 to 1.7e-2."""
+    import copy
+
+    model = unet(16, 1, complex_ssm=complex_ssm).to(dtype)
+    reference = copy.deepcopy(model).double()
+    n, length = 17, 12  # two programs, the second with 15 rows past the batch
+    uniform = torch.rand(length, n, 256)
+    kernel = generator(model, n, block_rows=16)
+    assert kernel.uses_dot() and min(kernel._chunks()["EC0"], kernel._chunks()["VC"]) >= 16
+    codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
+    logits = torch.zeros(length, n, 256, device=DEVICE)
+    kernel.run(length, codes, uniform=uniform.to(DEVICE), logits_out=logits)
+    codes, logits = codes.cpu(), logits.cpu().double()
+    _, _, expected = unet_generate_naive(reference, n, length, uniform.double(), START, prompt=codes)
+    error = ((logits - expected).norm() / expected.norm()).item()
+    assert error < (2e-3 if dtype == torch.float16 else 1.5e-2), error
+    drawn = torch.stack([sample_with_noise(logits[t].float(), uniform[t], 1.0, 1.0) for t in range(length)], 1)
+    assert torch.equal(codes, drawn)
+
+
+def test_the_launch_shape_follows_the_number_of_programs_unless_given():
+    """On a GPU of 132 SMs (the count assumed off a GPU): the batch-1 shape up to 132 programs, MANY_PROGRAMS from
+    133; explicit warps and tiles win."""
+    from mamba_bio_audio.kernels.selective_scan.triton_tiles import sm_count
+    from mamba_bio_audio.kernels.unet_generate import fused
+
+    if DEVICE == "cuda" and sm_count(torch.device(DEVICE)) != 132:
+        pytest.skip("the counts below are an H100's")
+    model = unet(8, 1)
+    shape = {n: (g.num_warps, g.tile_elements) for n in (1, 132, 133) for g in [generator(model, n)]}
+    assert shape == {1: (fused.WARPS, fused.TILE_ELEMENTS), 132: (fused.WARPS, fused.TILE_ELEMENTS),
+                     133: fused.MANY_PROGRAMS}
+    assert (generator(model, 266, block_rows=2).num_warps, generator(model, 264, block_rows=2).num_warps) == (4, 8)
+    given = fused.UNetGenerator(model.to(DEVICE), 133, START, num_warps=2, tile_elements=1024)
+    assert (given.num_warps, given.tile_elements) == (2, 1024)
+
+
 def test_launches_split_anywhere_and_seeds_fix_the_draws():
     """Philox noise seeded per position: positions in launches of 5 + 7 give exactly the one launch's codes, log-
     likelihoods and states; another seed gives other codes."""

@@ -33,20 +33,29 @@ import triton
 import triton.language as tl
 
 from ..host import cdiv, floor_power_of_2, next_power_of_2
-from ..selective_scan.triton_tiles import LOG2E
+from ..selective_scan.triton_tiles import LOG2E, sm_count
 
 # Launch shape, timed on an H100 (BENCHMARKS.md, 2026-11-24; SC09 U-Net, batches 1, 64 and 256): one row per
-# program (2, 4 and 16 rows were 1.3–2.8× slower), WARPS warps, broadcast products' tiles of at most TILE_ELEMENTS
-# and the walks over E software-pipelined in STAGES (1.2–1.3× faster than none).
+# program (2, 4 and 16 rows were 1.3–2.8× slower, 16 rows on the tensor cores 1.2–1.6×), broadcast products' tiles
+# of at most TILE_ELEMENTS, WARPS warps, and the walks over E software-pipelined in STAGES (1.2–1.3× faster than
+# none). With more programs than SMs, MANY_PROGRAMS (warps, tile) instead: at batch 256 (one row per program),
+# 465,363 and 488,127 samples/s against 370,196 and 354,651 for the batch-1 shape (two runs).
 TILE_ELEMENTS = 8192
 WARPS = 8
 STAGES = 2
+MANY_PROGRAMS = (4, 4096)
 
 
 @triton.jit
 def _mm(x, w_ptr, LD: tl.constexpr, N_OUT: tl.constexpr, K: tl.constexpr):
     """x [BLOCK_B, K] fp32 times W[:N_OUT, :K]ᵀ → [BLOCK_B, N_OUT] fp32, with W[o, k] at w_ptr + o·LD + k (an
-    nn.Linear weight (out, in), or a block of one): a broadcast product summed over K, the contiguous axis."""
+    nn.Linear weight (out, in), or a block of one). With 16-bit weights and at least 16 rows, outputs and inputs: a
+    tensor-core product, x rounded to the weights' dtype, fp32 accumulation (`uses_dot`). Otherwise: a broadcast
+    product in fp32 summed over K, the contiguous axis."""
+    DOT: tl.constexpr = w_ptr.dtype.element_ty.primitive_bitwidth == 16 and min(x.shape[0], N_OUT, K) >= 16
+    if DOT:
+        w = tl.load(w_ptr + tl.arange(0, K)[:, None] + tl.arange(0, N_OUT)[None, :] * LD)       # Wᵀ [K, N_OUT]
+        return tl.dot(x.to(w.dtype), w)
     w = tl.load(w_ptr + tl.arange(0, N_OUT)[:, None] * LD + tl.arange(0, K)[None, :]).to(tl.float32)
     return tl.sum(x[:, None, :] * w[None, :, :], axis=2)
 
@@ -366,10 +375,11 @@ class UNetGenerator:
     """The persistent generation kernel's weights and states for one AudioUNet and n rows, started from empty
     states at position 0. `run(steps, ...)` generates the next `steps` positions; states, the last token, each row's
     log-likelihood (fp64, nats, of the drawn tokens under softmax(logits)) and its first position with non-finite
-    logits (−1: none) carry over between runs."""
+    logits (−1: none) carry over between runs. Launch shape: block_rows rows per program; num_warps and tile_elements
+    default to WARPS and TILE_ELEMENTS, or to MANY_PROGRAMS where there are more programs than SMs."""
 
-    def __init__(self, model, n: int, start_token: int, block_rows: int = 1, num_warps: int = WARPS,
-                 stages: int = STAGES, tile_elements: int = TILE_ELEMENTS):
+    def __init__(self, model, n: int, start_token: int, block_rows: int = 1, num_warps: int | None = None,
+                 stages: int = STAGES, tile_elements: int | None = None):
         reason = unsupported(model)
         if reason:
             raise ValueError(f"UNetGenerator: {reason}")
@@ -417,25 +427,40 @@ class UNetGenerator:
         self.token = torch.full((n,), start_token, dtype=torch.int64, device=device)
         self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
         self.first_bad = torch.full((n,), -1, dtype=torch.int64, device=device)
-        self.block_b, self.num_warps, self.stages, self.tile_elements = block_rows, num_warps, stages, tile_elements
+        many = cdiv(n, block_rows) > sm_count(device)
+        default_warps, default_tile = MANY_PROGRAMS if many else (WARPS, TILE_ELEMENTS)
+        self.block_b, self.stages = block_rows, stages
+        self.num_warps = num_warps if num_warps is not None else default_warps
+        self.tile_elements = tile_elements if tile_elements is not None else default_tile
 
     def state_tensors(self) -> list[torch.Tensor]:
         """Every recurrent state tensor, rows first."""
         layered = [s.transpose(0, 1) for s in (*self.conv, *self.ssm)]
         return layered + self.buffers
 
+    def uses_dot(self) -> bool:
+        """Whether the products run on the tensor cores: 16-bit weights and 16 or more rows per program (`_mm`)."""
+        return self.dtype.itemsize == 2 and self.block_b >= 16
+
     def _chunks(self) -> dict:
-        """Channel, input and output chunk sizes that keep a broadcast product's tile within TILE_ELEMENTS."""
+        """Channel, input and output chunk sizes that keep each tile within tile_elements: a broadcast product's
+        (rows × outputs × inputs), or on the tensor cores the weights' (outputs × inputs) and the state update's
+        (rows × channels × state width)."""
         c, bb = self.config, self.block_b
         D0, D1, D2 = self.widths
         P0, P1 = c.pools
+        product_rows = 1 if self.uses_dot() else bb
+        state_width = 2 * c.d_state if c.complex_ssm else c.d_state
 
-        def chunk(total, other):
-            return max(1, min(total, floor_power_of_2(self.tile_elements // (bb * other))))
+        def chunk(total, other, rows=product_rows):
+            return max(1, min(total, floor_power_of_2(self.tile_elements // (rows * other))))
 
-        return dict(EC0=chunk(c.expand * D0, D0), EC1=chunk(c.expand * D1, D1), EC2=chunk(c.expand * D2, D2),
-                    KC0=chunk(P0 * D0, D1), KC1=chunk(P1 * D1, D2), UC0=chunk(P0 * D0, D1), UC1=chunk(P1 * D1, D2),
-                    VC=chunk(self.block_v, D0))
+        def e_chunk(width):
+            E = c.expand * width
+            return min(chunk(E, width), chunk(E, state_width, bb))
+
+        return dict(EC0=e_chunk(D0), EC1=e_chunk(D1), EC2=e_chunk(D2), KC0=chunk(P0 * D0, D1), KC1=chunk(P1 * D1, D2),
+                    UC0=chunk(P0 * D0, D1), UC1=chunk(P1 * D1, D2), VC=chunk(self.block_v, D0))
 
     def run(self, steps: int, codes: torch.Tensor, prompt: torch.Tensor | None = None, temperature: float = 1.0,
             top_p: float = 1.0, seed: int = 0, uniform: torch.Tensor | None = None,
