@@ -36,7 +36,7 @@ from ..host import cdiv, floor_power_of_2, next_power_of_2
 from ..selective_scan.triton_tiles import LOG2E, sm_count
 
 # Launch shape, timed on an H100 (BENCHMARKS.md, 2026-11-24; SC09 U-Net, batches 1, 64 and 256): one row per
-# program (2, 4 and 16 rows were 1.3–2.8× slower, 16 rows on the tensor cores 1.2–1.6×), broadcast products' tiles
+# program (2, 4 and 16 rows were 1.3–2.8× slower, 16 rows on the tensor cores 1.2–2.4×), broadcast products' tiles
 # of at most TILE_ELEMENTS, WARPS warps, and the walks over E software-pipelined in STAGES (1.2–1.3× faster than
 # none). With more programs than SMs, MANY_PROGRAMS (warps, tile) instead: at batch 256 (one row per program),
 # 465,363 and 488,127 samples/s against 370,196 and 354,651 for the batch-1 shape (two runs).
@@ -439,7 +439,8 @@ class UNetGenerator:
         return layered + self.buffers
 
     def uses_dot(self) -> bool:
-        """Whether the products run on the tensor cores: 16-bit weights and 16 or more rows per program (`_mm`)."""
+        """Whether products of 16 or more outputs and inputs run on the tensor cores (`_mm`): 16-bit weights and 16
+        or more rows per program."""
         return self.dtype.itemsize == 2 and self.block_b >= 16
 
     def _chunks(self) -> dict:
