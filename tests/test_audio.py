@@ -302,7 +302,7 @@ def test_diffusion_schedule_noising_and_sampling():
     x = model.noisy(clean, steps, noise)
     torch.testing.assert_close(x[0], math.sqrt(1 - 1e-4) * clean[0] + math.sqrt(1e-4) * noise[0])
     assert 0.1 < float(model.alpha_bars[199]) < 0.15  # DiffWave's unconditional schedule ends at ᾱ ≈ 0.13
-    assert model(x, steps).shape == (2, 32) and float(model(x, steps).detach().abs().max()) == 0.0  # zero-initialised output
+    assert model(x, steps).shape == (2, 32) and float(model(x, steps).detach().abs().max()) == 0.0  # zero-init output
     changed = x.clone()
     changed[:, -1] += 1.0
     model.project_out.weight.data.normal_()
