@@ -34,12 +34,15 @@ DIVISIBLE = {"L", "dim", "n_state"}
 OPTIONS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, SUMMARY=False)
 
 
-def compile_sm90(kernel, constexprs: dict, num_warps: int, bf16: set[str]):
-    """The kernel compiled for sm_90: pointers fp32 unless named in bf16, other arguments int32."""
+def compile_sm90(kernel, constexprs: dict, num_warps: int, bf16: set[str] = frozenset(), types: dict | None = None):
+    """The kernel compiled for sm_90: pointers fp32 unless named in bf16, other arguments int32, except the types
+    given by name in `types` (Triton's signature strings: "*i64", "fp32", ...)."""
     signature = {}
     for param in kernel.params:
         if param.name in constexprs:
             signature[param.name] = "constexpr"
+        elif types and param.name in types:
+            signature[param.name] = types[param.name]
         elif param.name.endswith("_ptr"):
             signature[param.name] = "*bf16" if param.name in bf16 else "*fp32"
         else:
@@ -103,6 +106,7 @@ def compile_generation_sm90(rows: int, warps: int, tile: int):
     in bf16 (random weights, 256 rows, no top-p): the launch's arguments are caught on the CPU instead of run, and
     their types make the signature."""
     import os
+    from unittest import mock
 
     import torch
 
@@ -115,30 +119,17 @@ def compile_generation_sm90(rows: int, warps: int, tile: int):
             return lambda *args, **kwargs: caught.update(args=args, kwargs=kwargs)
 
     model = AudioUNet(audio_unet_config("sc09")).bfloat16().eval()
-    saved, os.environ["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET"), "1"  # the constructor's CPU check
-    try:
+    with mock.patch.dict(os.environ, TRITON_INTERPRET="1"):  # the constructor's check for a CPU model
         generator = unet_fused.UNetGenerator(model, 256, 128, block_rows=rows, num_warps=warps, tile_elements=tile)
-    finally:
-        os.environ.pop("TRITON_INTERPRET") if saved is None else os.environ.update(TRITON_INTERPRET=saved)
-    kernel, unet_fused._unet_generate_kernel = unet_fused._unet_generate_kernel, Catch()
-    try:
+    with mock.patch.object(unet_fused, "_unet_generate_kernel", Catch()):
         generator.run(16, torch.zeros(256, 16, dtype=torch.int64))
-    finally:
-        unet_fused._unet_generate_kernel = kernel
+    kernel = unet_fused._unet_generate_kernel
     kinds = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64", torch.int64: "*i64"}
     constexprs = {k: v for k, v in caught["kwargs"].items() if k != "num_warps"}
-    signature = {p.name: "constexpr" for p in kernel.params if p.name in constexprs}
-    attrs = {}
-    runtime = [(i, p) for i, p in enumerate(kernel.params) if p.name not in constexprs]
-    for (i, param), value in zip(runtime, caught["args"]):
-        if isinstance(value, torch.Tensor):
-            signature[param.name] = kinds[value.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # as Triton's JIT marks a 16-byte aligned tensor
-        else:
-            signature[param.name] = "fp32" if isinstance(value, float) else "i32"
-    source = ASTSource(kernel, {p.name: signature[p.name] for p in kernel.params}, constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": caught["kwargs"]["num_warps"]})
+    runtime = [p.name for p in kernel.params if p.name not in constexprs]
+    types = {name: kinds[value.dtype] if isinstance(value, torch.Tensor) else "fp32" if isinstance(value, float)
+             else "i32" for name, value in zip(runtime, caught["args"])}
+    return compile_sm90(kernel, constexprs, caught["kwargs"]["num_warps"], types=types)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def test_sixteen_rows_of_a_16_bit_model_take_the_tensor_cores(dtype, complex_ssm
     n, length = 17, 12  # two programs, the second with 15 rows past the batch
     uniform = torch.rand(length, n, 256)
     kernel = generator(model, n, block_rows=16)
-    assert kernel.uses_dot() and min(kernel._chunks()["EC0"], kernel._chunks()["VC"]) >= 16
+    chunks = kernel._chunks()
+    assert kernel.uses_dot() and min(chunks["EC0"], chunks["VC"]) >= 16
     codes = torch.zeros(n, length, dtype=torch.int64, device=DEVICE)
     logits = torch.zeros(length, n, 256, device=DEVICE)
     kernel.run(length, codes, uniform=uniform.to(DEVICE), logits_out=logits)
