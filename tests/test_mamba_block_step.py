@@ -84,6 +84,8 @@ triton_only = pytest.mark.skipif(not triton_available(), reason="needs triton (a
     (3, 16, 16, True, True),     # projection biases; the first block of a stage (no residual in)
     (19, 32, 4, False, False),   # two row blocks, the second mostly masked; d_inner 64 = two E tiles of shares
     (2, 24, 7, True, False),     # d_model not a power of two (masked columns), d_inner 48: a partial E tile
+    (17, 40, 3, True, False),    # out_proj fused over 3 E tiles, in two row blocks, with a bias
+    (2, 136, 4, True, False),    # d_model > 128: out_proj as a product after the kernels (`_fuse_out`)
 ])
 def test_fused_step_matches_the_definition_in_float64(batch, d_model, d_state, bias, first):
     torch.manual_seed(batch + d_model)

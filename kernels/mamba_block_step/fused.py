@@ -1,5 +1,5 @@
-"""One token through a pre-norm residual Mamba block (real A): two Triton kernels and one product, each spread over
-the inner width E so that a batch of any size keeps many SMs busy.
+"""One token through a pre-norm residual Mamba block (real A): two Triton kernels, each spread over the inner width E
+so that a batch of any size keeps many SMs busy.
 
 Why: the models' recurrent step runs ≈ 10 small kernels per block (add+norm, in_proj, conv, x_proj, Δ, −exp(A_log),
 state update, out_proj and their split-K reductions), each far too small to fill the GPU, so generation is bound by
@@ -12,7 +12,7 @@ Here a program owns BLOCK_B rows × BLOCK_E channels of E, issues all of its loa
                its share of x_proj(x) = (dt_r, B, C), summed over the E tiles by the next kernel
     _step_ssm: (dt_r, B, C) = Σ shares; Δ = softplus(dt_proj(dt_r) + bias); h = exp(Δ·A)·h + Δ·B·x (in place);
                y = (C·h + D·x)·silu(z)                                            (BLOCK_B, BLOCK_E)
-    out = out_proj(y)                                                             one cuBLAS product
+               its share of out = out_proj(y); the row block's last program sums the shares   (BLOCK_B, d)
 Intermediate values are rounded to the model's dtype where the unfused path rounds them (u, in_proj, conv and
 x_proj outputs, Δ before its bias, y), so a step matches the models' own; states and sums are fp32.
 """
@@ -30,12 +30,13 @@ from .naive import mamba_block_step_naive
 
 @triton.jit
 def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w_ptr, in_b_ptr, conv_w_ptr, conv_b_ptr,
-                    x_w_ptr, conv_state_ptr, xc_ptr, z_ptr, part_ptr, batch, d_model, d_inner, n_proj, eps,
+                    x_w_ptr, conv_state_ptr, xc_ptr, z_ptr, part_ptr, count_ptr, batch, d_model, d_inner, n_proj, eps,
                     HAS_RESIDUAL: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
                     D_CONV: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_E: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, PRECISION: tl.constexpr):
     """Rows × a tile of E: the norm, in_proj, the conv step and this tile's share of x_proj, written to
-    part (n_e_tiles, batch, n_proj) fp32; x after the conv and z to xc, z (batch, E) in the model's dtype."""
+    part (n_e_tiles, batch, n_proj) fp32; x after the conv and z to xc, z (batch, E) in the model's dtype. Zeroes
+    this row block's count of finished programs for `_step_ssm_kernel`."""
     dtype = in_w_ptr.dtype.element_ty
     pid_e = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -64,6 +65,7 @@ def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w
 
     if pid_e == 0:
         tl.store(residual_out_ptr + io, res.to(residual_out_ptr.dtype.element_ty), mask=mask_io)
+        tl.store(count_ptr + tl.program_id(0), 0)
     rstd = 1.0 / tl.sqrt(tl.sum(res * res, axis=1) / d_model + eps)
     u = (res * rstd[:, None] * norm_w[None, :]).to(hidden_ptr.dtype.element_ty).to(dtype)               # (BB, d)
     x = tl.dot(u, w_x, input_precision=PRECISION)                                                        # (BB, BE)
@@ -88,17 +90,22 @@ def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w
 
 
 @triton.jit
-def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_ptr, ssm_state_ptr, y_ptr,
-                     batch, d_inner, dt_rank, d_state, n_proj, n_e_tiles,
-                     BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_ptr, ssm_state_ptr, out_w_ptr, out_b_ptr,
+                     out_part_ptr, count_ptr, out_ptr, y_ptr, batch, d_model, d_inner, dt_rank, d_state, n_proj,
+                     n_e_tiles, FUSE_OUT: tl.constexpr, HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr,
+                     BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr,
                      PRECISION: tl.constexpr):
-    """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place) and the gated
-    output y (batch, E) in the model's dtype."""
+    """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place), the gated y and
+    this tile's share of out_proj(y), written to out_part (n_e_tiles, batch, d) fp32. The last program of a row
+    block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in tile order (the result
+    does not depend on which program is last) and writes out (batch, d) in the model's dtype."""
     dtype = dt_w_ptr.dtype.element_ty
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
-    offs_r, offs_n = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_N)
+    pid_b, pid_e = tl.program_id(0), tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    offs_r, offs_n, offs_dm = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_DM)
     mask_b, mask_e, mask_r, mask_n = rows < batch, offs_e < d_inner, offs_r < dt_rank, offs_n < d_state
+    mask_dm = offs_dm < d_model
     rows64 = rows.to(tl.int64)
     mask_be = mask_b[:, None] & mask_e[None, :]
     be = rows64[:, None] * d_inner + offs_e[None, :]
@@ -108,6 +115,9 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_p
     # every load first
     w_dt = tl.load(dt_w_ptr + offs_e[None, :] * dt_rank + offs_r[:, None], mask=mask_r[:, None] & mask_e[None, :],
                    other=0.0)                                                                            # (R, BE)
+    if FUSE_OUT:
+        w_out = tl.load(out_w_ptr + offs_dm[None, :] * d_inner + offs_e[:, None],
+                        mask=mask_e[:, None] & mask_dm[None, :], other=0.0)                              # (BE, d)
     dt_b = tl.load(dt_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
     A = -tl.exp(tl.load(A_log_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en, other=0.0)
                 .to(tl.float32))                                                                         # (BE, N)
@@ -132,7 +142,24 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_p
     h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * xc)[:, :, None] * B[:, None, :]
     tl.store(ssm_state_ptr + h_offs, h, mask=mask_h)
     y = tl.sum(h * C[:, None, :], axis=2) + Dv[None, :] * xc
-    tl.store(y_ptr + be, (y * z * tl.sigmoid(z)).to(y_ptr.dtype.element_ty), mask=mask_be)
+    y = (y * z * tl.sigmoid(z)).to(out_ptr.dtype.element_ty)
+    if not FUSE_OUT:
+        tl.store(y_ptr + be, y, mask=mask_be)
+    else:
+        mask_bd = mask_b[:, None] & mask_dm[None, :]
+        bd = rows64[:, None] * d_model + offs_dm[None, :]
+        tl.store(out_part_ptr + pid_e * batch * d_model + bd, tl.dot(y.to(dtype), w_out, input_precision=PRECISION),
+                 mask=mask_bd)
+        # the shares are written before the count (the barrier orders every thread's stores before the release)
+        tl.debug_barrier()
+        if tl.atomic_add(count_ptr + pid_b, 1, sem="acq_rel") == n_e_tiles - 1:
+            out = tl.zeros((BLOCK_B, BLOCK_DM), dtype=tl.float32)
+            for tile in range(n_e_tiles):
+                out += tl.load(out_part_ptr + tile * batch * d_model + bd, mask=mask_bd, other=0.0,
+                               cache_modifier=".cg")
+            if HAS_OUT_BIAS:
+                out += tl.load(out_b_ptr + offs_dm, mask=mask_dm, other=0.0).to(tl.float32)[None, :]
+            tl.store(out_ptr + bd, out.to(out_ptr.dtype.element_ty), mask=mask_bd)
 
 
 def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -157,6 +184,16 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
 # 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16; at batch 256, 16 channels were slower (fp32 64.0 → 69.6 µs,
 # bf16 19.4 → 32.2 µs).
 BLOCK_B = 16
+
+
+
+
+def _fuse_out(block_dm: int) -> bool:
+    """out_proj inside `_step_ssm_kernel` (its shares summed by the row block's last program) up to d_model 128;
+    above, a cuBLAS product after it. On an H100 (BENCHMARKS.md, 2026-11-24) the fused form took the SC09 U-Net's
+    d_model-64 step at batch 256 from 12.6 to 10.2 µs (bf16) and 23.0 to 16.6 µs (fp32), but its d_model-256 step
+    from 19.5 to 26.2 µs (bf16): there each program's (BLOCK_E, d) slice of out_proj costs more than it saves."""
+    return block_dm <= 128
 
 
 def _block_e(block_dm: int, batch: int) -> int:
@@ -186,28 +223,35 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     hidden = hidden.contiguous()
     dtype, device = hidden.dtype, hidden.device
     residual_out = torch.empty(batch, d_model, device=device, dtype=torch.float32 if residual_in_fp32 else dtype)
-    xc, z, y = (torch.empty(batch, d_inner, device=device, dtype=dtype) for _ in range(3))
+    xc, z = (torch.empty(batch, d_inner, device=device, dtype=dtype) for _ in range(2))
+    out = torch.empty(batch, d_model, device=device, dtype=dtype)
     block_dm = max(16, next_power_of_2(d_model))
+    fuse_out = _fuse_out(block_dm)
+    y = out if fuse_out else torch.empty(batch, d_inner, device=device, dtype=dtype)  # gated output, before out_proj
     block_e = _block_e(block_dm, batch)
     grid = (cdiv(batch, BLOCK_B), cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
+    count = torch.empty(grid[0], device=device, dtype=torch.int32)  # finished E tiles per row block
     precision = _dot_precision(dtype)
     dummy = hidden  # pointer for absent optional tensors (never read)
+    out_part = torch.empty(grid[1], batch, d_model, device=device, dtype=torch.float32) if fuse_out else dummy
     _step_in_kernel[grid](
         hidden, residual.contiguous() if residual is not None else dummy, residual_out, norm_weight,
         in_proj_weight.contiguous(), in_proj_bias if in_proj_bias is not None else dummy, conv_weight.contiguous(),
-        conv_bias if conv_bias is not None else dummy, x_proj_weight.contiguous(), conv_state, xc, z, part,
+        conv_bias if conv_bias is not None else dummy, x_proj_weight.contiguous(), conv_state, xc, z, part, count,
         batch, d_model, d_inner, n_proj, eps,
         HAS_RESIDUAL=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None,
         D_CONV=d_conv, BLOCK_B=BLOCK_B, BLOCK_DM=block_dm, BLOCK_E=block_e,
         BLOCK_P=max(16, next_power_of_2(n_proj)), BLOCK_W=next_power_of_2(d_conv),
         PRECISION=precision, num_warps=8 if block_dm >= 512 else 4)
     _step_ssm_kernel[grid](
-        part, dt_proj_weight.contiguous(), dt_proj_bias, A_log.contiguous(), D, xc, z, ssm_state, y,
-        batch, d_inner, dt_rank, d_state, n_proj, grid[1],
-        BLOCK_B=BLOCK_B, BLOCK_E=block_e, BLOCK_R=max(16, next_power_of_2(dt_rank)),
-        BLOCK_N=max(16, next_power_of_2(d_state)), PRECISION=precision, num_warps=4)
-    return F.linear(y, out_proj_weight, out_proj_bias), residual_out
+        part, dt_proj_weight.contiguous(), dt_proj_bias, A_log.contiguous(), D, xc, z, ssm_state,
+        out_proj_weight.contiguous(), out_proj_bias if out_proj_bias is not None else dummy, out_part, count, out, y,
+        batch, d_model, d_inner, dt_rank, d_state, n_proj,
+        grid[1], FUSE_OUT=fuse_out, HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=BLOCK_B, BLOCK_E=block_e,
+        BLOCK_R=max(16, next_power_of_2(dt_rank)), BLOCK_N=max(16, next_power_of_2(d_state)), BLOCK_DM=block_dm,
+        PRECISION=precision, num_warps=8 if fuse_out else 4)
+    return out if fuse_out else F.linear(y, out_proj_weight, out_proj_bias), residual_out
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
