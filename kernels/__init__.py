@@ -7,7 +7,7 @@
     causal_conv1d(x, weight, bias=None, activation=None), causal_conv1d_update(x, conv_state, weight, ...)
     add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True)
     mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, ..., conv_state, ssm_state)
-    sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, temperature=1.0, top_p=1.0)
+    sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, nonfinite, temperature=1.0, top_p=1.0)
 
 The backend is chosen per call: the environment variable ``MBA_SCAN_BACKEND`` (``naive`` | ``torch`` | ``numba`` |
 ``triton``) forces one. By default CUDA tensors use the fastest backend available for them, and CPU tensors use
@@ -133,13 +133,14 @@ def mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, conv_we
         dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
 
 
-def sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, temperature=1.0, top_p=1.0):
+def sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, nonfinite, temperature=1.0, top_p=1.0):
     """One position of sampling: token = forced ? forced_tokens : a Gumbel-max draw from softmax(logits/temperature)
     (top-p filtered) with the given uniform noise; written to `token` and `codes`, its log-probability under
-    softmax(logits) added to `loglik` (fp64) unless forced. logits, uniform (n, V); forced () bool; forced_tokens,
-    token, codes (n,) int64. No host sync: a CUDA graph can hold it. One Triton kernel on the GPU (without top-p)."""
+    softmax(logits) added to `loglik` (fp64) unless forced, and whether the row's logits hold a NaN or ±inf written to
+    `nonfinite`. logits, uniform (n, V); forced () bool; forced_tokens, token, codes (n,) int64; nonfinite (n,) bool.
+    No host sync: a CUDA graph can hold it. One Triton kernel on the GPU (without top-p)."""
     return _SAMPLE_STEP[active_backend(logits.device)](logits, uniform, forced, forced_tokens, token, codes, loglik,
-                                                       temperature, top_p)
+                                                       nonfinite, temperature, top_p)
 
 
 __all__ = ["add_rmsnorm", "mamba_block_step", "mamba_block_step_naive", "sample_step", "sample_step_naive", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",

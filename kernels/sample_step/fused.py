@@ -1,5 +1,5 @@
 """One position of sampling in one Triton kernel: a program per row reads the logits and the noise once and writes
-the token (Gumbel-max draw or forced), its log-probability and the bookkeeping. Top-p needs a sort: the PyTorch step."""
+the token (Gumbel-max draw or forced), its log-probability, whether its logits are finite, and the bookkeeping. Top-p needs a sort: the PyTorch step."""
 from __future__ import annotations
 
 import torch
@@ -12,11 +12,14 @@ from .naive import sample_step_naive
 
 @triton.jit
 def _sample_step_kernel(logits_ptr, uniform_ptr, forced_ptr, forced_tokens_ptr, token_ptr, codes_ptr, loglik_ptr,
-                        vocab, codes_stride, temperature, GREEDY: tl.constexpr, BLOCK_V: tl.constexpr):
+                        nonfinite_ptr, vocab, codes_stride, nonfinite_stride, temperature, GREEDY: tl.constexpr,
+                        BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_V)
     mask = offs < vocab
     logits = tl.load(logits_ptr + row * vocab + offs, mask=mask, other=-float("inf")).to(tl.float32)
+    bad = mask & ((logits != logits) | (tl.abs(logits) == float("inf")))
+    tl.store(nonfinite_ptr + row * nonfinite_stride, (tl.max(bad.to(tl.int32), axis=0) > 0).to(tl.int8))
     if GREEDY:
         score = logits
     else:
@@ -37,11 +40,14 @@ def _sample_step_kernel(logits_ptr, uniform_ptr, forced_ptr, forced_tokens_ptr, 
     tl.store(token_ptr + row, chosen)
 
 
-def sample_step_fused(logits, uniform, forced, forced_tokens, token, codes, loglik, temperature=1.0, top_p=1.0):
+def sample_step_fused(logits, uniform, forced, forced_tokens, token, codes, loglik, nonfinite, temperature=1.0,
+                      top_p=1.0):
     """Same contract as `sample_step_naive`."""
     n, vocab = logits.shape
-    if top_p < 1.0 or not (logits.is_contiguous() and uniform.is_contiguous() and loglik.dtype == torch.float64):
-        return sample_step_naive(logits, uniform, forced, forced_tokens, token, codes, loglik, temperature, top_p)
-    _sample_step_kernel[(n,)](logits, uniform, forced, forced_tokens, token, codes, loglik, vocab, codes.stride(0),
-                              float(temperature) if temperature > 0 else 1.0, GREEDY=temperature == 0,
-                              BLOCK_V=next_power_of_2(vocab))
+    if top_p < 1.0 or not (logits.is_contiguous() and uniform.is_contiguous() and loglik.dtype == torch.float64
+                           and nonfinite.dtype == torch.bool):
+        return sample_step_naive(logits, uniform, forced, forced_tokens, token, codes, loglik, nonfinite, temperature,
+                                 top_p)
+    _sample_step_kernel[(n,)](logits, uniform, forced, forced_tokens, token, codes, loglik, nonfinite, vocab,
+                              codes.stride(0), nonfinite.stride(0), float(temperature) if temperature > 0 else 1.0,
+                              GREEDY=temperature == 0, BLOCK_V=next_power_of_2(vocab))

@@ -27,6 +27,7 @@ def unet_generate_naive(model, n: int, length: int, uniform: torch.Tensor, start
     prompt_len = 0 if prompt is None else prompt.shape[1]
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
     loglik = torch.zeros(n, dtype=torch.float64, device=device)
+    nonfinite = torch.empty(n, dtype=torch.bool, device=device)  # the draw's flags; the logits are returned instead
     logits_seen = []
     for t in range(length):
         logits = model.step(token, state)
@@ -34,5 +35,5 @@ def unet_generate_naive(model, n: int, length: int, uniform: torch.Tensor, start
         forced = torch.tensor(t < prompt_len, device=device)
         forced_tokens = prompt[:, t].to(device) if t < prompt_len else token
         sample_step_naive(logits, uniform[t].to(device), forced, forced_tokens, token, codes[:, t], loglik,
-                          temperature, top_p)
+                          nonfinite, temperature, top_p)
     return codes, loglik, torch.stack(logits_seen)

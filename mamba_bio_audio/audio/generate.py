@@ -72,7 +72,8 @@ class Stepper:
 
 class _Chunk:
     """The work of `size` consecutive positions on fixed buffers, so that it can be captured in a CUDA graph: for
-    each position i, logits = step(token), marked by `watch` where not finite; the next token is forced[i] ?
+    each position i, logits = step(token), marked in `watch.flags` where not finite (by the draw's kernel, which
+    reads them anyway); the next token is forced[i] ?
     forced_tokens[i] : a draw with noise[i]; codes[:, i] = token; loglik += log p(token) where drawn. `token` carries
     over to the next chunk."""
 
@@ -91,9 +92,8 @@ class _Chunk:
     def run(self, steps: int) -> None:
         for i in range(steps):
             logits = self.stepper.step(self.token)                                 # (n, 256)
-            self.watch.mark(i, logits)
             sample_step(logits.contiguous(), self.noise[i], self.forced[i], self.forced_tokens[i], self.token,
-                        self.codes[:, i], self.loglik, self.temperature, self.top_p)
+                        self.codes[:, i], self.loglik, self.watch.flags[:, i], self.temperature, self.top_p)
 
     def replay(self, key) -> None:
         """Run `run(size)` as a CUDA graph, recorded on first use of `key` (recording runs nothing; a U-Net's phase
