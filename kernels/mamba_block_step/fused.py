@@ -179,10 +179,7 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
                                    ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
 
 
-# Rows per program: tl.dot's smallest tile (a batch of 1 runs masked rows). Channels of E per program: 32, or 16 at
-# d_model ≥ 256 when the batch fits one block of rows. On an H100 (BENCHMARKS.md), a d_model-256 fp32 step took
-# 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16; at batch 256, 16 channels were slower (fp32 64.0 → 69.6 µs,
-# bf16 19.4 → 32.2 µs).
+# Rows per program: tl.dot's smallest tile (a batch of 1 runs masked rows). Channels of E per program: see `_block_e`.
 BLOCK_B = 16
 
 
@@ -196,8 +193,13 @@ def _fuse_out(block_dm: int) -> bool:
     return block_dm <= 128
 
 
-def _block_e(block_dm: int, batch: int) -> int:
-    return 16 if block_dm >= 256 and batch <= BLOCK_B else 32
+def _block_e(block_dm: int, batch: int, dtype: torch.dtype) -> int:
+    """Channels of E per program: 16 for fp32 up to d_model 128, and at d_model ≥ 256 when the batch fits one block
+    of rows; else 32. Measured on an H100 (BENCHMARKS.md): fp32 SC09 U-Net generation at batch 256 went from 506,620
+    to 595,369 samples/s with 16 at d_model ≤ 128 (bf16: level, 820,520 against 816,650); a d_model-256 fp32 step
+    took 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16, but at batch 256, 16 channels were slower (fp32
+    64.0 → 69.6 µs, bf16 19.4 → 32.2 µs)."""
+    return 16 if (dtype == torch.float32 and block_dm <= 128) or (block_dm >= 256 and batch <= BLOCK_B) else 32
 
 
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -228,7 +230,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     block_dm = max(16, next_power_of_2(d_model))
     fuse_out = _fuse_out(block_dm)
     y = out if fuse_out else torch.empty(batch, d_inner, device=device, dtype=dtype)  # gated output, before out_proj
-    block_e = _block_e(block_dm, batch)
+    block_e = _block_e(block_dm, batch, dtype)
     grid = (cdiv(batch, BLOCK_B), cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
     count = torch.empty(grid[0], device=device, dtype=torch.int32)  # finished E tiles per row block
