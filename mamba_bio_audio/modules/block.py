@@ -26,7 +26,7 @@ class Block(nn.Module):
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None, cache=None):
         """hidden, residual: (b, L, d) -> (hidden, residual), both (b, L, d); residual fp32 if asked. A single
         recurrent step of a real-A Mamba on the GPU goes through `mamba_block_step` (the add, the norm and the whole
-        mixer step in two Triton kernels and one product) unless MBA_FUSED_BLOCK_STEP=0."""
+        mixer step in two Triton kernels, out_proj in them up to d_model 128) unless MBA_FUSED_BLOCK_STEP=0."""
         if cache is not None and cache.seqlen_offset > 0 and hidden.shape[1] == 1 and self._fused_step(hidden):
             m = self.mixer
             out, residual = mamba_block_step(
