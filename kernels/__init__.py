@@ -127,7 +127,8 @@ def mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, conv_we
     recurrent step on RMSNorm(residual'), with conv_state (b, E, W) and ssm_state (b, E, N) fp32 advanced in place.
     hidden (b, d); residual (b, d) or None. Returns (mixer output (b, d) in hidden's dtype, residual' (b, d)).
     The math and the weights' shapes: `mamba_block_step_naive`. On the GPU two Triton kernels (and above d_model
-    128 one product for out_proj) do it for fp32/bf16/fp16 weights (`mamba_block_step.fused`); `Block` steps through it."""
+    128 one product for out_proj) do it for fp32/bf16/fp16 weights (`mamba_block_step.fused`); `Block` steps
+    through it."""
     return _BLOCK_STEP[active_backend(hidden.device)](
         hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
         dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
