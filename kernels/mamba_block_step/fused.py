@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+try:  # Triton ≥ 3.4: programmatic dependent launch (see `_pdl`)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:
+    gdc_launch_dependents = gdc_wait = None
 
 from ..host import cdiv, next_power_of_2
 from ..selective_scan.triton_tiles import _softplus
@@ -276,7 +279,7 @@ def _pdl(device: torch.device) -> bool:
     weights and states, which `_step_in_kernel` does not write, then waits. Kernels launched without PDL after them
     wait as usual. On an H100 (BENCHMARKS.md) this took bf16 SC09 U-Net generation at batch 256 from 795,768 to
     940,318 samples/s, and fp32 from 597,046 to 656,525."""
-    return (device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    return (device.type == "cuda" and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
