@@ -197,8 +197,6 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
 BLOCK_B = 16
 
 
-
-
 def _fuse_out(block_dm: int) -> bool:
     """out_proj inside `_step_ssm_kernel` (its shares summed by the row block's last program) up to d_model 128;
     above, a cuBLAS product after it. On an H100 (BENCHMARKS.md, 2026-11-24) the fused form took the SC09 U-Net's

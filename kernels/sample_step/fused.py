@@ -1,5 +1,6 @@
 """One position of sampling in one Triton kernel: a program per row reads the logits and the noise once and writes
-the token (Gumbel-max draw or forced), its log-probability, whether its logits are finite, and the bookkeeping. Top-p needs a sort: the PyTorch step."""
+the token (Gumbel-max draw or forced), its log-probability, whether its logits are finite, and the bookkeeping.
+Top-p needs a sort: the PyTorch step."""
 from __future__ import annotations
 
 import torch

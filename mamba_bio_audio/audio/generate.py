@@ -72,10 +72,9 @@ class Stepper:
 
 class _Chunk:
     """The work of `size` consecutive positions on fixed buffers, so that it can be captured in a CUDA graph: for
-    each position i, logits = step(token), marked in `watch.flags` where not finite (by the draw's kernel, which
-    reads them anyway); the next token is forced[i] ?
-    forced_tokens[i] : a draw with noise[i]; codes[:, i] = token; loglik += log p(token) where drawn. `token` carries
-    over to the next chunk."""
+    each position i, logits = step(token); the next token is forced[i] ? forced_tokens[i] : a draw with noise[i];
+    codes[:, i] = token; loglik += log p(token) where drawn; the rows whose logits are not all finite marked in
+    `watch.flags` (by the draw, which reads the logits anyway). `token` carries over to the next chunk."""
 
     def __init__(self, stepper: Stepper, n: int, size: int, temperature: float, top_p: float, device,
                  watch: FiniteWatch):
