@@ -145,7 +145,7 @@ def persistent_table(device, batches: list[int], seconds: float, variants: str) 
 def block_step_table(device, batches: list[int], calls: int = 100) -> None:
     """Microseconds per token of one Mamba block's recurrent step (fp32 and bf16) at the SC09 U-Net's three widths:
     the fused Triton kernel against the same step as separate PyTorch ops, each timed as a CUDA graph of `calls`
-    steps (`mamba_block_step` uses the kernel for bf16/fp16 models only, from these figures)."""
+    steps (`Block` steps through the kernels for fp32, bf16 and fp16 models alike)."""
     import torch
 
     from .kernels.mamba_block_step import mamba_block_step_naive
