@@ -18,6 +18,7 @@ x_proj outputs, Δ before its bias, y), so a step matches the models' own; state
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -278,7 +279,13 @@ def _pdl(device: torch.device) -> bool:
     wait as usual. On an H100 (BENCHMARKS.md) this took bf16 SC09 U-Net generation at batch 256 from 795,768 to
     940,318 samples/s, and fp32 from 597,046 to 656,525."""
     return (device.type == "cuda" and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+            and _hopper_or_later(device))
+
+
+@functools.cache
+def _hopper_or_later(device: torch.device) -> bool:
+    """Compute capability 9 or more; cached, as `sm_count` is: the step asks it on every call."""
+    return torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
