@@ -15,8 +15,8 @@ and the chunk's ΣΔ (from within-tile cumulative sums: one exp per token and st
 chunk folds the summaries of the chunks before it, H ← exp(A·ΣΔ_c)·H + s_c, and runs the full pass from its start.
 
 Backward, per tile from last to first: recompute h_t from the saved tile start (scan over (a_t, x_t)); the adjoint
-λ_t = go_t·C_t + a_{t+1}·λ_{t+1} by a blocked reverse scan over (a_{t+1}, go_t·C_t) (Δ loaded one token ahead;
-`triton_tiles._reverse_scan`);
+λ_t = go_t·C_t + a_{t+1}·λ_{t+1} by a blocked reverse scan (`triton_tiles._reverse_scan`) from each token's own a_t,
+so that a_{t+1} needs no second exp per token and state;
 a_t·h_{t−1} = h_t − x_t (its rounding error is at most ε·|x_t|, small next to the λ·x/Δ term of the same
 gradient; the reference CUDA kernel does the same). The carry between tiles and chunks is ν = a_t·λ_t at the
 tile start; a chunk's summary for the backward is ν at its start from a zero carry, Σ_t exp(A·S_t)·go_t·C_t with
@@ -197,7 +197,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 NU = _carry_through_tile(NU, S, S_tile, go * Cn, A_ptr, d, n, n_state, offs_n)
         else:
-            _, dt_next = _load_seq(u_ptr, dt_ptr, bias, row, t + 1, L, HAS_BIAS, SOFTPLUS, t0, t1)
             dtu = dt * u
             lam_B = tl.zeros([BLOCK_T], tl.float32)                                 # Σ_n λ·B
             lam_AhA = tl.zeros([BLOCK_T], tl.float32)                               # Σ_n λ·a·h_{t−1}·A
@@ -216,12 +215,11 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 x = _mul_rn(dtu, Bn, PTX)  # not fused into h − x below: exact 0 where h_{t−1} = 0
                 a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
                 h = a_cum * h_in + x_cum
-                a_next = tl.exp2(dt_next * A2n)                                      # a_{t+1}; 1 at the tile end
-                # λ_t by the blocked `_reverse_scan`, the carry ν = a·λ at the next tile's start entering at the
-                # last token. Triton's own reverse scan sends every element through ~20 warp shuffles (391 per
+                # λ_t by the blocked `_reverse_scan` from a_t, the carry ν = a·λ at the next tile's start entering
+                # at the last token. Triton's own reverse scan sends every element through ~20 warp shuffles (391 per
                 # state for sm_90 against 97 here); fwd+bwd took 1.13-1.27× as long with it on the H100 (BENCHMARKS.md).
                 w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
-                lam = _reverse_scan(tl.reshape(a_next, [1, BLOCK_T]), tl.reshape(w, [1, BLOCK_T]), REVERSE_SEG)[1]
+                lam = _reverse_scan(tl.reshape(a, [1, BLOCK_T]), tl.reshape(w, [1, BLOCK_T]), REVERSE_SEG)
                 lam = tl.reshape(lam, [BLOCK_T])
                 tl.store(nu_ptr + (row * n_chunks + chunk) * n_state + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn

@@ -75,27 +75,40 @@ def _reverse_scan_complex(ar, ai, wr, wi, SEG: tl.constexpr):
 
 
 @triton.jit
+def _combine_reverse_own(f1, q1, l1, f2, q2, l2):
+    """Reverse-scan operator of `_reverse_scan` on segment summaries (f, q, l): f the segment's first a, q the product
+    of its other a's, l its λ at the first token from a zero carry. 1 is the later segment, 2 the earlier:
+    λ_first = l2 + q2·f1·l1."""
+    g = q2 * f1
+    return f2, g * q1, l2 + g * l1
+
+
+@triton.jit
 def _reverse_scan(a, w, SEG: tl.constexpr):
-    """The reverse scan along axis 1 of the pairs (a, w), fp32 [R, T]: λ_t = w_t + a_t·λ_{t+1} and p_t = Π_{s≥t} a_s,
-    returned as (p, λ). Blocked: each row as segments of SEG tokens (those a thread holds contiguously, so that the
-    reshape moves no data; T a multiple of SEG), each segment scanned inside its thread as flip, forward scan, flip,
-    then an exclusive reverse scan over the segments' totals gives each segment what follows it.
+    """The adjoint λ_t = w_t + a_{t+1}·λ_{t+1} along axis 1 of a, w (fp32 [R, T]; λ beyond the tile is 0, so the
+    caller adds any carry into the last w), from each token's own a_t: no a_{t+1} to compute.
+    Blocked: each row as segments of SEG tokens (those a thread holds contiguously, so that the reshape moves no data;
+    T a multiple of SEG). Inside its thread each segment is scanned (flip, forward scan, flip) with
+    `_combine_reverse_own`, which leaves every token t its (q_t, l_t): λ_t = l_t + q_t·ρ, ρ = a·λ at the next
+    segment's first token. The segments' ρ-pairs (P, R) = (Π a, f·l), ρ_first = P·ρ_next + R, then go through an
+    exclusive reverse scan, which gives each segment the ρ after it.
     Triton's own reverse scan moves every element through ~20 warp shuffles, even where the axis lies inside a thread.
-    Compiled for sm_90 (Triton 3.6 and 3.8; BENCHMARKS.md), against Triton's: [16, 64] tile over 4 warps, 26 shuffles
-    and 144 instructions against 168 and 280; [1, 1024] over 2 warps, 60 and 336 against 344 and 584."""
+    Compiled for sm_90 (Triton 3.6 and 3.8; BENCHMARKS.md), the blocked scan, then on (a_{t+1}, w), against Triton's:
+    [16, 64] tile over 4 warps, 26 shuffles and 144 instructions against 168 and 280; [1, 1024] over 2 warps, 60 and
+    336 against 344 and 584."""
     R: tl.constexpr = a.shape[0]
     S: tl.constexpr = a.shape[1] // SEG
     a_seg, w_seg = tl.reshape(a, [R, S, SEG]), tl.reshape(w, [R, S, SEG])
-    p_seg, lam_seg = tl.associative_scan((tl.flip(a_seg, 2), tl.flip(w_seg, 2)), axis=2, combine_fn=_combine)
-    p_seg, lam_seg = tl.flip(p_seg, 2), tl.flip(lam_seg, 2)
+    _, q_seg, l_seg = tl.associative_scan((tl.flip(a_seg, 2), tl.full(a_seg.shape, 1.0, tl.float32),
+                                           tl.flip(w_seg, 2)), axis=2, combine_fn=_combine_reverse_own)
+    q_seg, l_seg = tl.flip(q_seg, 2), tl.flip(l_seg, 2)
     first = tl.arange(0, SEG)[None, None, :] == 0
-    P = tl.sum(tl.where(first, p_seg, 0.0), axis=2)                          # each segment whole, [R, S]
-    LAM = tl.sum(tl.where(first, lam_seg, 0.0), axis=2)
-    _, _, P_after, LAM_after = tl.associative_scan((P, LAM, tl.full(P.shape, 1.0, tl.float32), tl.zeros_like(P)),
-                                                   axis=1, combine_fn=_combine_with_tail, reverse=True)
-    p = p_seg * P_after[:, :, None]
-    lam = lam_seg + p_seg * LAM_after[:, :, None]
-    return tl.reshape(p, a.shape), tl.reshape(lam, a.shape)
+    f = tl.sum(tl.where(first, a_seg, 0.0), axis=2)                         # each segment whole, [R, S]
+    P = f * tl.sum(tl.where(first, q_seg, 0.0), axis=2)
+    RHO = f * tl.sum(tl.where(first, l_seg, 0.0), axis=2)
+    _, _, _, rho_after = tl.associative_scan((P, RHO, tl.full(P.shape, 1.0, tl.float32), tl.zeros_like(P)),
+                                             axis=1, combine_fn=_combine_with_tail, reverse=True)
+    return tl.reshape(l_seg + q_seg * rho_after[:, :, None], a.shape)
 
 
 @triton.jit
