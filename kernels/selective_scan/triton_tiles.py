@@ -50,28 +50,38 @@ def _combine_complex_with_tail(ar1, ai1, xr1, xi1, er1, ei1, fr1, fi1, ar2, ai2,
 
 
 @triton.jit
+def _combine_complex_reverse_own(fr1, fi1, qr1, qi1, lr1, li1, fr2, fi2, qr2, qi2, lr2, li2):
+    """`_combine_reverse_own` for complex (f, q, l) held as (real, imaginary) pairs: g = q2·f1, then
+    (f2, g·q1, l2 + g·l1)."""
+    gr, gi = qr2 * fr1 - qi2 * fi1, qr2 * fi1 + qi2 * fr1
+    return fr2, fi2, gr * qr1 - gi * qi1, gr * qi1 + gi * qr1, lr2 + gr * lr1 - gi * li1, li2 + gr * li1 + gi * lr1
+
+
+@triton.jit
 def _reverse_scan_complex(ar, ai, wr, wi, SEG: tl.constexpr):
-    """`_reverse_scan` for complex (a, w) as real and imaginary planes, fp32 [R, T]: λ_t = w_t + a_t·λ_{t+1}; returns
-    (p, λ) as (p_r, p_i, λ_r, λ_i), p_t = Π_{s≥t} a_s. The same blocks: segments of SEG tokens scanned inside their
-    thread (flip, forward scan, flip), then an exclusive reverse scan over the segments' totals."""
+    """`_reverse_scan` for complex a, w as real and imaginary planes, fp32 [R, T]: λ_t = w_t + a_{t+1}·λ_{t+1} from
+    each token's own a_t, returned as (λ_r, λ_i). The same blocks: segments of SEG tokens scanned inside their thread
+    (flip, forward scan, flip) with `_combine_complex_reverse_own`, then an exclusive reverse scan over the segments'
+    ρ-pairs (Π a, f·l) gives each segment ρ = a·λ at the next segment's first token."""
     R: tl.constexpr = ar.shape[0]
     S: tl.constexpr = ar.shape[1] // SEG
     shape3: tl.constexpr = [R, S, SEG]
-    pr, pi, lr, li = tl.associative_scan((tl.flip(tl.reshape(ar, shape3), 2), tl.flip(tl.reshape(ai, shape3), 2),
-                                          tl.flip(tl.reshape(wr, shape3), 2), tl.flip(tl.reshape(wi, shape3), 2)),
-                                         axis=2, combine_fn=_combine_complex)
-    pr, pi, lr, li = tl.flip(pr, 2), tl.flip(pi, 2), tl.flip(lr, 2), tl.flip(li, 2)
+    ar3, ai3 = tl.reshape(ar, shape3), tl.reshape(ai, shape3)
+    one3, zero3 = tl.full(shape3, 1.0, tl.float32), tl.zeros(shape3, tl.float32)
+    _, _, qr, qi, lr, li = tl.associative_scan((tl.flip(ar3, 2), tl.flip(ai3, 2), one3, zero3,
+                                                tl.flip(tl.reshape(wr, shape3), 2), tl.flip(tl.reshape(wi, shape3), 2)),
+                                               axis=2, combine_fn=_combine_complex_reverse_own)
+    qr, qi, lr, li = tl.flip(qr, 2), tl.flip(qi, 2), tl.flip(lr, 2), tl.flip(li, 2)
     first = tl.arange(0, SEG)[None, None, :] == 0
-    Pr, Pi = tl.sum(tl.where(first, pr, 0.0), axis=2), tl.sum(tl.where(first, pi, 0.0), axis=2)  # [R, S]
+    Fr, Fi = tl.sum(tl.where(first, ar3, 0.0), axis=2), tl.sum(tl.where(first, ai3, 0.0), axis=2)  # [R, S]
+    Qr, Qi = tl.sum(tl.where(first, qr, 0.0), axis=2), tl.sum(tl.where(first, qi, 0.0), axis=2)
     Lr, Li = tl.sum(tl.where(first, lr, 0.0), axis=2), tl.sum(tl.where(first, li, 0.0), axis=2)
-    one, zero = tl.full(Pr.shape, 1.0, tl.float32), tl.zeros_like(Pr)
-    _, _, _, _, Qr, Qi, Mr, Mi = tl.associative_scan((Pr, Pi, Lr, Li, one, zero, zero, zero), axis=1,
-                                                     combine_fn=_combine_complex_with_tail, reverse=True)
-    Qr, Qi, Mr, Mi = Qr[:, :, None], Qi[:, :, None], Mr[:, :, None], Mi[:, :, None]  # what follows each segment
-    out_pr, out_pi = pr * Qr - pi * Qi, pr * Qi + pi * Qr
-    out_lr, out_li = lr + pr * Mr - pi * Mi, li + pr * Mi + pi * Mr
-    return (tl.reshape(out_pr, ar.shape), tl.reshape(out_pi, ar.shape), tl.reshape(out_lr, ar.shape),
-            tl.reshape(out_li, ar.shape))
+    one, zero = tl.full(Fr.shape, 1.0, tl.float32), tl.zeros_like(Fr)
+    _, _, _, _, _, _, Mr, Mi = tl.associative_scan((Fr * Qr - Fi * Qi, Fr * Qi + Fi * Qr, Fr * Lr - Fi * Li,
+                                                    Fr * Li + Fi * Lr, one, zero, zero, zero), axis=1,
+                                                   combine_fn=_combine_complex_with_tail, reverse=True)
+    Mr, Mi = Mr[:, :, None], Mi[:, :, None]                                  # ρ after each segment
+    return tl.reshape(lr + qr * Mr - qi * Mi, ar.shape), tl.reshape(li + qr * Mi + qi * Mr, ar.shape)
 
 
 @triton.jit
