@@ -39,10 +39,10 @@ from ..host import cast, cdiv, next_power_of_2
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
-from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _channel, _chunk_tiles, _combine, _element,
-                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
-                           bc_grad_buffers, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
-                           summary_buffers)
+from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _channel, _chunk_tiles, _combine,
+                           _element, _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
+                           bc_grad_shape, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
+                           summary_buffers, zeroed)
 
 
 @triton.jit
@@ -155,7 +155,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     A2 = tl.load(A_ptr + d * n_state + offs_n, mask=mask_n, other=0.0) * LOG2E
     bias = tl.load(bias_ptr + d) if HAS_BIAS else 0.0
     Dv = tl.load(D_ptr + d) if HAS_D else 0.0
-    chunk_offs = (row * n_chunks + chunk) * n_state + offs_n
+    slot = (row * n_chunks + chunk) * n_state                                       # this program's per-state sums
+    chunk_offs = slot + offs_n
     if HAS_DHLAST and not SUMMARY:
         NU = tl.load(dhlast_ptr + row * n_state + offs_n, mask=mask_n, other=0.0)   # ν entering after the chunk
     else:
@@ -165,9 +166,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                           n_chunks - 1 - chunk, -1)
         tl.store(nu_ptr + chunk_offs, NU, mask=mask_n)
         tl.debug_barrier()
-    dA_acc = tl.zeros([BLOCK_N], tl.float32)
-    dB_acc = tl.zeros([BLOCK_N], tl.float32)                                        # constant B, C
-    dC_acc = tl.zeros([BLOCK_N], tl.float32)
     dt_acc = tl.zeros([BLOCK_T], tl.float32)
     dD_acc = tl.sum(dt_acc, axis=0)                                                 # scalars, 0
     dbias_acc = tl.sum(dt_acc, axis=0)
@@ -221,17 +219,17 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
                 lam = _reverse_scan(tl.reshape(a, [1, BLOCK_T]), tl.reshape(w, [1, BLOCK_T]), REVERSE_SEG)
                 lam = tl.reshape(lam, [BLOCK_T])
-                tl.store(nu_ptr + (row * n_chunks + chunk) * n_state + n + 0 * offs_t, a * lam, mask=offs_t == 0)
+                tl.store(nu_ptr + slot + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
                 lam_AhA += dP * An
-                dA_acc = _update(dA_acc, offs_n, n, _element(dA_acc, offs_n, n) + tl.sum(dP * dt, axis=0))
+                _add_to(dA_ptr, slot, n, tl.sum(dP * dt, axis=0))
                 if B_CONST:
-                    dB_acc = _update(dB_acc, offs_n, n, _element(dB_acc, offs_n, n) + tl.sum(lam * dtu, axis=0))
+                    _add_to(dB_ptr, slot, n, tl.sum(lam * dtu, axis=0))
                 else:
                     tl.atomic_add(dB_ptr + (row_bc * n_state + n) * L + t, lam * dtu, mask=mask_t, sem="relaxed")
                 if C_CONST:
-                    dC_acc = _update(dC_acc, offs_n, n, _element(dC_acc, offs_n, n) + tl.sum(h * go, axis=0))
+                    _add_to(dC_ptr, slot, n, tl.sum(h * go, axis=0))
                 else:
                     tl.atomic_add(dC_ptr + (row_bc * n_state + n) * L + t, h * go, mask=mask_t, sem="relaxed")
             u = tl.load(u_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)  # again: fewer live registers
@@ -249,11 +247,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
         tl.store(sum_ptr + chunk_offs, NU, mask=mask_n)
         tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=0))
     else:
-        tl.store(dA_ptr + chunk_offs, dA_acc, mask=mask_n)
-        if B_CONST:
-            tl.store(dB_ptr + chunk_offs, dB_acc, mask=mask_n)
-        if C_CONST:
-            tl.store(dC_ptr + chunk_offs, dC_acc, mask=mask_n)
         if HAS_D:
             tl.store(dD_ptr + row * n_chunks + chunk, dD_acc)
         if HAS_BIAS:
@@ -373,8 +366,7 @@ class _FusedScan(torch.autograd.Function):
         # du, dΔ, dz in the inputs' dtypes, written once by the kernel (fp32 inside)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
-        dA = torch.empty(per_chunk, **f32)
-        dB, dC = bc_grad_buffers(B, C, per_chunk, f32)
+        dA, dB, dC = zeroed((per_chunk, bc_grad_shape(B, per_chunk), bc_grad_shape(C, per_chunk)), f32)
         dD = torch.empty(batch, dim, n_chunks, **f32) if D32 is not None else None
         dbias = torch.empty(batch, dim, n_chunks, **f32) if bias32 is not None else None
         nu = torch.empty(per_chunk, **f32)  # ν at each chunk start (chunk 0's is ∂L/∂h0)

@@ -5,6 +5,7 @@ how many chunks L is split into (sequence parallelism)."""
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import torch
@@ -215,13 +216,18 @@ def grouped(X: torch.Tensor) -> torch.Tensor:
     return X[:, None] if X.dim() == 3 else X
 
 
-def bc_grad_buffers(B: torch.Tensor, C: torch.Tensor, per_chunk: tuple, f32: dict):
-    """The backward's fp32 buffers for dB and dC: zeros of B's and C's (grouped) shape where they vary (the kernels
-    add into them atomically), both cut from one allocation when both vary (one memset); (batch, dim, n_chunks, N)
-    partial sums where they are constant (dim, N), summed by `sum_rows_chunks`."""
-    if B.dim() > 2 and C.dim() > 2 and B.shape == C.shape:
-        return torch.zeros((2, *B.shape), **f32).unbind(0)
-    return tuple(torch.zeros(X.shape, **f32) if X.dim() > 2 else torch.empty(per_chunk, **f32) for X in (B, C))
+def bc_grad_shape(X: torch.Tensor, per_chunk: tuple) -> tuple:
+    """The shape of the backward's fp32 buffer for dB or dC: B's (grouped) shape where it varies (the kernels add
+    into it atomically), (batch, dim, n_chunks, N) partial sums where it is constant (dim, N), summed by
+    `sum_rows_chunks`."""
+    return tuple(X.shape) if X.dim() > 2 else per_chunk
+
+
+def zeroed(shapes, f32: dict) -> list[torch.Tensor]:
+    """fp32 zeros of each shape, cut from one allocation: one memset for all (at short L a scan's time is its
+    launches)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    return [flat.view(shape) for flat, shape in zip(torch.zeros(sum(sizes), **f32).split(sizes), shapes)]
 
 
 def sum_rows_chunks(x: torch.Tensor) -> torch.Tensor:
@@ -284,6 +290,14 @@ def _load_state_row(ptr, row_bc, d, n, n_state, t, L, CONST: tl.constexpr):
     else:
         X = tl.load(ptr + (row_bc * n_state + n) * L + t, mask=t < L, other=0.0).to(tl.float32)
     return X
+
+
+@triton.jit
+def _add_to(ptr, slot, n, value):
+    """ptr[slot + n] += the scalar value: a program's per-state gradient summed over its tiles in its own zeroed slot,
+    by a fire-and-forget atomic instead of a [BLOCK_N] register vector (whose element reads and writes cost shuffles
+    and selects in every state of every tile: fwd+bwd 1-11% slower on an H100, BENCHMARKS.md)."""
+    tl.atomic_add(ptr + slot + n, value, sem="relaxed")
 
 
 @triton.jit
