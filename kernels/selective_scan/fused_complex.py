@@ -29,9 +29,9 @@ import triton
 import triton.language as tl
 
 from ..host import cast, next_power_of_2
-from .triton_tiles import (LOG2E, REVERSE_SEG, _add_to, _channel, _chunk_tiles, _combine_complex, _element,
-                           _load_seq, _load_state_row, _reverse_scan_complex, _store_output, _update, bc_grad_shape,
-                           grouped, launch_passes, plan_tiles, sum_rows_chunks, summary_buffers, zeroed)
+from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
+                           _load_state_row, _reverse_scan_complex, _store_output, _update, grouped,
+                           launch_passes, plan_tiles, sum_rows_chunks, summary_buffers)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -196,8 +196,7 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
     is_last = offs_t == BLOCK_T - 1
     bias = tl.load(bias_ptr + d) if HAS_BIAS else 0.0
     Dv = tl.load(D_ptr + d) if HAS_D else 0.0
-    slot = (row * n_chunks + chunk) * n_state                        # this program's per-state sums
-    chunk_offs = slot + offs_n
+    chunk_offs = (row * n_chunks + chunk) * n_state + offs_n
     if HAS_DHLAST and not SUMMARY:  # the carry entering after the last chunk
         NUr = tl.load(dhr_ptr + row * n_state + offs_n, mask=mask_n, other=0.0)
         NUi = tl.load(dhi_ptr + row * n_state + offs_n, mask=mask_n, other=0.0)
@@ -210,6 +209,12 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
         tl.store(nur_ptr + chunk_offs, NUr, mask=mask_n)
         tl.store(nui_ptr + chunk_offs, NUi, mask=mask_n)
         tl.debug_barrier()
+    dAr_acc = tl.zeros([BLOCK_N], tl.float32)
+    dAi_acc = tl.zeros([BLOCK_N], tl.float32)
+    dBr_acc = tl.zeros([BLOCK_N], tl.float32)  # constant B, C
+    dBi_acc = tl.zeros([BLOCK_N], tl.float32)
+    dCr_acc = tl.zeros([BLOCK_N], tl.float32)
+    dCi_acc = tl.zeros([BLOCK_N], tl.float32)
     zero_t = tl.zeros([BLOCK_T], tl.float32)
     dt_acc = zero_t
     dD_acc = tl.sum(zero_t, axis=0)  # scalars, 0
@@ -252,7 +257,7 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
                 Crn = _load_state_row(Cr_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 Cin = _load_state_row(Ci_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 y += Crn * hr - Cin * hi
-                carry = slot + n
+                carry = (row * n_chunks + chunk) * n_state + n
                 carry_r = tl.load(nur_ptr + carry)                                # conj(a_{t1})·μ_{t1}
                 carry_i = tl.load(nui_ptr + carry)
                 wr = Crn * g + tl.where(is_last, carry_r, 0.0)
@@ -265,20 +270,20 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
                 decr, deci = hr - xr, hi - xi                                      # a_t·h_{t−1}
                 dPr = mr * decr + mi * deci                                        # μ·conj(a_t·h_{t−1})
                 dPi = mi * decr - mr * deci
-                _add_to(dAr_ptr, slot, n, tl.sum(dPr * dt, axis=0))
-                _add_to(dAi_ptr, slot, n, tl.sum(dPi * dt, axis=0))
+                dAr_acc = _update(dAr_acc, offs_n, n, _element(dAr_acc, offs_n, n) + tl.sum(dPr * dt, axis=0))
+                dAi_acc = _update(dAi_acc, offs_n, n, _element(dAi_acc, offs_n, n) + tl.sum(dPi * dt, axis=0))
                 d_dtu += mr * Brn + mi * Bin
                 d_dtA += dPr * Arn + dPi * Ain
                 if B_CONST:
-                    _add_to(dBr_ptr, slot, n, tl.sum(mr * dtu, axis=0))
-                    _add_to(dBi_ptr, slot, n, tl.sum(mi * dtu, axis=0))
+                    dBr_acc = _update(dBr_acc, offs_n, n, _element(dBr_acc, offs_n, n) + tl.sum(mr * dtu, axis=0))
+                    dBi_acc = _update(dBi_acc, offs_n, n, _element(dBi_acc, offs_n, n) + tl.sum(mi * dtu, axis=0))
                 else:
                     bc = (row_bc * n_state + n) * L + t
                     tl.atomic_add(dBr_ptr + bc, mr * dtu, mask=mask_t, sem="relaxed")
                     tl.atomic_add(dBi_ptr + bc, mi * dtu, mask=mask_t, sem="relaxed")
                 if C_CONST:
-                    _add_to(dCr_ptr, slot, n, tl.sum(hr * g, axis=0))
-                    _add_to(dCi_ptr, slot, n, -tl.sum(hi * g, axis=0))
+                    dCr_acc = _update(dCr_acc, offs_n, n, _element(dCr_acc, offs_n, n) + tl.sum(hr * g, axis=0))
+                    dCi_acc = _update(dCi_acc, offs_n, n, _element(dCi_acc, offs_n, n) - tl.sum(hi * g, axis=0))
                 else:
                     bc = (row_bc * n_state + n) * L + t
                     tl.atomic_add(dCr_ptr + bc, hr * g, mask=mask_t, sem="relaxed")
@@ -301,6 +306,14 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
         tl.store(sumi_ptr + chunk_offs, NUi, mask=mask_n)
         tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=0))
     else:
+        tl.store(dAr_ptr + chunk_offs, dAr_acc, mask=mask_n)
+        tl.store(dAi_ptr + chunk_offs, dAi_acc, mask=mask_n)
+        if B_CONST:
+            tl.store(dBr_ptr + chunk_offs, dBr_acc, mask=mask_n)
+            tl.store(dBi_ptr + chunk_offs, dBi_acc, mask=mask_n)
+        if C_CONST:
+            tl.store(dCr_ptr + chunk_offs, dCr_acc, mask=mask_n)
+            tl.store(dCi_ptr + chunk_offs, dCi_acc, mask=mask_n)
         if HAS_D:
             tl.store(dD_ptr + row * n_chunks + chunk, dD_acc)
         if HAS_BIAS:
@@ -364,9 +377,9 @@ class _FusedScanComplex(torch.autograd.Function):
         du, ddelta = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
         dz = torch.empty(u.shape, **f32) if z is not None else None
         per_chunk = (batch, dim, n_chunks, n_state)
-        nur, nui = (torch.empty(per_chunk, **f32) for _ in range(2))
-        dAr, dAi, dBr, dBi, dCr, dCi = zeroed((per_chunk, per_chunk, *(bc_grad_shape(X, per_chunk)
-                                                                      for X in (Br, Bi, Cr, Ci))), f32)
+        dAr, dAi, nur, nui = (torch.empty(per_chunk, **f32) for _ in range(4))
+        bc_grad = lambda X: torch.zeros(X.shape, **f32) if X.dim() > 2 else torch.empty(per_chunk, **f32)  # noqa: E731
+        dBr, dBi, dCr, dCi = bc_grad(Br), bc_grad(Bi), bc_grad(Cr), bc_grad(Ci)
         dD = torch.empty(batch, dim, n_chunks, **f32) if D32 is not None else None
         dbias = torch.empty(batch, dim, n_chunks, **f32) if bias32 is not None else None
         dhr, dhi = _planes(dh_last) if dh_last is not None else (None, None)

@@ -295,8 +295,9 @@ def _load_state_row(ptr, row_bc, d, n, n_state, t, L, CONST: tl.constexpr):
 @triton.jit
 def _add_to(ptr, slot, n, value):
     """ptr[slot + n] += the scalar value: a program's per-state gradient summed over its tiles in its own zeroed slot,
-    by a fire-and-forget atomic instead of a [BLOCK_N] register vector (whose element reads and writes cost shuffles
-    and selects in every state of every tile: fwd+bwd 1-11% slower on an H100, BENCHMARKS.md)."""
+    by a fire-and-forget atomic instead of a [BLOCK_N] register vector, whose element reads and writes cost shuffles
+    and selects in every state of every tile. On an H100 this made the real-A fwd+bwd 1-11% faster; the complex-A
+    backward, which spills, was 0-1% slower with it and keeps its vectors (BENCHMARKS.md)."""
     tl.atomic_add(ptr + slot + n, value, sem="relaxed")
 
 
