@@ -207,12 +207,12 @@ def _fuse_out(block_dm: int) -> bool:
 
 
 def _block_e(block_dm: int, batch: int, dtype: torch.dtype) -> int:
-    """Channels of E per program: 16 for fp32 up to d_model 128, and at d_model ≥ 256 when the batch fits one block
-    of rows; else 32. Measured on an H100 (BENCHMARKS.md): fp32 SC09 U-Net generation at batch 256 went from 506,620
-    to 595,369 samples/s with 16 at d_model ≤ 128 (bf16: level, 820,520 against 816,650); a d_model-256 fp32 step
-    took 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16, but at batch 256, 16 channels were slower (fp32
-    64.0 → 69.6 µs, bf16 19.4 → 32.2 µs)."""
-    return 16 if (dtype == torch.float32 and block_dm <= 128) or (block_dm >= 256 and batch <= BLOCK_B) else 32
+    """Channels of E per program: 16 up to d_model 128, and at d_model ≥ 256 when the batch fits one block of rows;
+    else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation, 0.5 s clips: 16 at d_model ≤ 128 took fp32
+    at batch 256 from 506,620 to 595,369 samples/s, and later bf16 (with out_proj inside and PDL) by 2.2%, 14.8%
+    and 2.6% at batch 1, 64 and 256; a d_model-256 fp32 step took 29.6 µs at batch 1 with 32 channels and 21.7 µs
+    with 16, but at batch 256, 16 channels were slower (fp32 64.0 → 69.6 µs, bf16 19.4 → 32.2 µs)."""
+    return 16 if block_dm <= 128 or (block_dm >= 256 and batch <= BLOCK_B) else 32
 
 
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
