@@ -101,8 +101,8 @@ def _reverse_scan(a, w, SEG: tl.constexpr):
     Blocked: each row as segments of SEG tokens (those a thread holds contiguously, so that the reshape moves no data;
     T a multiple of SEG). Inside its thread each segment is scanned (flip, forward scan, flip) with
     `_combine_reverse_own`, which leaves every token t its (q_t, l_t): λ_t = l_t + q_t·ρ, ρ = a·λ at the next
-    segment's first token. The segments' ρ-pairs (P, R) = (Π a, f·l), ρ_first = P·ρ_next + R, then go through an
-    exclusive reverse scan, which gives each segment the ρ after it.
+    segment's first token. The segments' ρ-pairs (P, RHO) = (Π a, f·l), ρ_first = P·ρ_next + RHO, then go through
+    an exclusive reverse scan, which gives each segment the ρ after it.
     Triton's own reverse scan moves every element through ~20 warp shuffles, even where the axis lies inside a thread.
     Compiled for sm_90 (Triton 3.6 and 3.8; BENCHMARKS.md), the blocked scan, then on (a_{t+1}, w), against Triton's:
     [16, 64] tile over 4 warps, 26 shuffles and 144 instructions against 168 and 280; [1, 1024] over 2 warps, 60 and
