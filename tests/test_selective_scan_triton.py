@@ -132,6 +132,38 @@ def test_fused_blocked_reverse_scan_matches_naive(monkeypatch, bc):
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
+@pytest.mark.parametrize("chunks", ["1", "3"])
+@pytest.mark.parametrize("bc", ["grouped", "var_const"])
+def test_fused_backward_two_channels_per_program_matches_naive(monkeypatch, bc, chunks):
+    """The backward in [2 channels, tokens] tiles (dB and dC summed over the two before their atomic adds; constant
+    B or C per channel), over tiles of 16 tokens, L = 90 whole or split into 3 chunks, all options, steep decays."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
+    monkeypatch.setenv("MBA_SCAN_BWD_CHANNELS", "2")
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", chunks)
+    case = make_case(length=90, regime="steep", bc=bc, dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+def test_backward_channels_per_program_follow_the_h100_measurements(monkeypatch):
+    """2 channels per backward program where B and C vary, the group's channels are even and half as many programs
+    still fill the GPU (8 × 2048 and 4 × 1536 on an H100's 132 SMs), else 1 (1 × 1024: too few warps; BENCHMARKS.md);
+    MBA_SCAN_BWD_CHANNELS forces a count that divides the group."""
+    from mamba_bio_audio.kernels.selective_scan.fused import bwd_channels
+
+    cpu = torch.device("cpu")  # counted as 132 SMs
+    var, const = torch.zeros(1, 1, 16, 8), torch.zeros(4, 16)
+    monkeypatch.delenv("MBA_SCAN_BWD_CHANNELS", raising=False)
+    assert bwd_channels(8, 2048, 1, var, var, cpu) == 2
+    assert bwd_channels(4, 1536, 1, var, var, cpu) == 2
+    assert bwd_channels(1, 1024, 1, var, var, cpu) == 1
+    assert bwd_channels(8, 2048, 1, const, var, cpu) == 1
+    assert bwd_channels(8, 2049, 1, var, var, cpu) == 1
+    monkeypatch.setenv("MBA_SCAN_BWD_CHANNELS", "4")
+    assert bwd_channels(1, 12, 2, var, var, cpu) == 2
+
+
 @pytest.fixture
 def rows_forward(monkeypatch):
     """The rows forward forced (the backward of `fused` after it), the backward's tiles of 32 tokens so that the rows
@@ -257,16 +289,19 @@ def test_fused_fp16_inputs():
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40 * 2 ** 30,
                     reason="needs a GPU with 40 GiB")
+@pytest.mark.parametrize("channels", ["1", "2"])
 @pytest.mark.parametrize("rows", ["0", "1"])
-def test_fused_offsets_past_2_31(monkeypatch, rows):
+def test_fused_offsets_past_2_31(monkeypatch, rows, channels):
     """batch·dim·L = 2^31 (and ·N far beyond): the last channels live past 2^31 elements. Channels are independent
     (B and C shared), so they must match the same channels scanned on their own, forward and backward; with either
-    forward (`fused`, rows) forced, L never split (the same arithmetic for 8 channels as for 2048)."""
+    forward (`fused`, rows) forced, the backward's channels per program forced, and L never split (the same
+    arithmetic for 8 channels as for 2048)."""
     from mamba_bio_audio.kernels.selective_scan import fused_rows
     from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
 
     monkeypatch.setenv("MBA_SCAN_ROWS", rows)
     monkeypatch.setenv("MBA_SCAN_CHUNKS", "1")
+    monkeypatch.setenv("MBA_SCAN_BWD_CHANNELS", channels)
     monkeypatch.setattr(fused_rows, "SPLIT_TARGET_THREADS", 0)
     g = torch.Generator(device="cuda").manual_seed(0)
     dim, length, n = 2048, 2 ** 20, 16

@@ -20,8 +20,10 @@ so that a_{t+1} needs no second exp per token and state;
 a_t·h_{t−1} = h_t − x_t (its rounding error is at most ε·|x_t|, small next to the λ·x/Δ term of the same
 gradient; the reference CUDA kernel does the same). The carry between tiles and chunks is ν = a_t·λ_t at the
 tile start; a chunk's summary for the backward is ν at its start from a zero carry, Σ_t exp(A·S_t)·go_t·C_t with
-S the cumulative Δ from the chunk start. dB and dC of shared B/C are summed with atomic adds; per-channel parameter
-gradients are written per (batch row, channel, chunk) and summed by the caller. Offsets are int64.
+S the cumulative Δ from the chunk start. dB and dC of shared B/C are summed with atomic adds, one per token for all
+of a program's channels (2 where there are programs enough, `bwd_channels`: the adds took 19-35% of fwd+bwd on an
+H100); per-channel parameter gradients are written per (batch row, channel, chunk) and summed by the caller. Offsets
+are int64.
 
 Two forwards. Where `fused_rows.use_rows` says so (variable B/C of one group, and batch·dim either large enough to
 fill the GPU one program per 32 channels, or so small that this kernel splits L anyway), the forward is the
@@ -58,11 +60,13 @@ def _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chun
 
 @triton.jit
 def _carry_through_tile(H, E, S_tile, w, A_ptr, d, n, n_state, offs_n):
-    """Carry state n of H [BLOCK_N] through one tile without a scan (the summary passes):
-    H_n ← exp2(A2·S_tile)·H_n + Σ_t exp2(A2·E_t)·w_t, with A2 = A[d, n]·log2 e."""
+    """Carry state n of H through one tile without a scan (the summary passes): H_n ← exp2(A2·S_tile)·H_n +
+    Σ_t exp2(A2·E_t)·w_t, with A2 = A[d, n]·log2 e. One channel (H [BLOCK_N], E and w [BLOCK_T], d and S_tile
+    scalars) or several (H [C, BLOCK_N], E and w [C, BLOCK_T], d and S_tile [C, 1]); offs_n along H's last axis."""
     A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
-    inside = tl.sum(tl.exp2(E * A2n) * w, axis=0)
-    return _update(H, offs_n, n, tl.exp2(A2n * S_tile) * _element(H, offs_n, n) + inside)
+    inside = tl.sum(tl.exp2(E * A2n) * w, axis=-1, keep_dims=True)
+    H_n = tl.sum(tl.where(offs_n == n, H, 0.0), axis=-1, keep_dims=True)
+    return tl.where(offs_n == n, tl.exp2(A2n * S_tile) * H_n + inside, H)
 
 
 @triton.jit
@@ -142,15 +146,20 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, SUMMARY: tl.constexpr,
-                PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
-    """One (batch row, channel, chunk of L). SUMMARY: ν at the chunk start from a zero carry, and its ΣΔ.
-    Otherwise: du, dΔ (raw delta), dz for the chunk's tokens; dA, dD, dbias (and dB, dC if constant) per (batch
-    row, channel, chunk); dB, dC (variable) accumulated atomically into fp32 buffers; ν at the chunk start in nu
-    (the carry between tiles goes through it; chunk 0's is dh0)."""
-    d, row, row_bc = _channel(dim, n_groups, dim_per_group)
+                PTX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One (batch row, BLOCK_C channels of one group, chunk of L), in [BLOCK_C, BLOCK_T] tiles (`bwd_channels`).
+    SUMMARY: ν at the chunk start from a zero carry, and its ΣΔ. Otherwise: du, dΔ (raw delta), dz for the chunk's
+    tokens; dA, dD, dbias (and dB, dC if constant) per (batch row, channel, chunk); dB, dC (variable) summed over the
+    program's channels, then added atomically into fp32 buffers; ν at the chunk start in nu (the carry between tiles
+    goes through it; chunk 0's is dh0)."""
+    b = tl.program_id(0).to(tl.int64)
+    d0 = tl.program_id(1) * BLOCK_C
+    d = d0 + tl.arange(0, BLOCK_C)[:, None]                                         # [C, 1]
+    row = b * dim + d
+    row_bc = b * n_groups + d0 // dim_per_group                                     # the channels share a group
     chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
-    offs_t = tl.arange(0, BLOCK_T)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_T)[None, :]
+    offs_n = tl.arange(0, BLOCK_N)[None, :]
     mask_n = offs_n < n_state
     A2 = tl.load(A_ptr + d * n_state + offs_n, mask=mask_n, other=0.0) * LOG2E
     bias = tl.load(bias_ptr + d) if HAS_BIAS else 0.0
@@ -160,15 +169,15 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     if HAS_DHLAST and not SUMMARY:
         NU = tl.load(dhlast_ptr + row * n_state + offs_n, mask=mask_n, other=0.0)   # ν entering after the chunk
     else:
-        NU = tl.zeros([BLOCK_N], tl.float32)
+        NU = tl.zeros([BLOCK_C, BLOCK_N], tl.float32)
     if not SUMMARY:
         NU = _fold_chunks(NU, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chunks, n_chunks - 1,
                           n_chunks - 1 - chunk, -1)
         tl.store(nu_ptr + chunk_offs, NU, mask=mask_n)
         tl.debug_barrier()
-    dt_acc = tl.zeros([BLOCK_T], tl.float32)
-    dD_acc = tl.sum(dt_acc, axis=0)                                                 # scalars, 0
-    dbias_acc = tl.sum(dt_acc, axis=0)
+    dt_acc = tl.zeros([BLOCK_C, BLOCK_T], tl.float32)
+    dD_acc = tl.sum(dt_acc, axis=1)
+    dbias_acc = tl.sum(dt_acc, axis=1)
     for j in range(0, k1 - k0):
         k = k1 - 1 - j
         t0 = k * BLOCK_T
@@ -188,16 +197,23 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
         else:
             go = dout
         if SUMMARY:  # ν_{t0} = Σ_t exp(A·Σ_{r≤t} Δ_r)·go_t·C_t + exp(A·ΣΔ)·ν_{t1}
-            S = tl.cumsum(dt, axis=0)
-            S_tile = tl.sum(dt, axis=0)
             dt_acc += dt
-            for n in range(n_state):
-                Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, t, L, C_CONST)
-                NU = _carry_through_tile(NU, S, S_tile, go * Cn, A_ptr, d, n, n_state, offs_n)
+            if BLOCK_C == 1:  # 1-D tiles and a scalar channel: the [1, T] form took 124 registers, not 94
+                dt1, go1, offs_n1 = tl.reshape(dt, [BLOCK_T]), tl.reshape(go, [BLOCK_T]), tl.arange(0, BLOCK_N)
+                S, S_tile, NU1 = tl.cumsum(dt1, axis=0), tl.sum(dt1, axis=0), tl.reshape(NU, [BLOCK_N])
+                for n in range(n_state):
+                    Cn = tl.reshape(_load_state_row(C_ptr, row_bc, d0, n, n_state, t, L, C_CONST), [BLOCK_T])
+                    NU1 = _carry_through_tile(NU1, S, S_tile, go1 * Cn, A_ptr, d0, n, n_state, offs_n1)
+                NU = tl.reshape(NU1, [1, BLOCK_N])
+            else:
+                S, S_tile = tl.cumsum(dt, axis=1), tl.sum(dt, axis=1)[:, None]
+                for n in range(n_state):
+                    Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, t, L, C_CONST)
+                    NU = _carry_through_tile(NU, S, S_tile, go * Cn, A_ptr, d, n, n_state, offs_n)
         else:
             dtu = dt * u
-            lam_B = tl.zeros([BLOCK_T], tl.float32)                                 # Σ_n λ·B
-            lam_AhA = tl.zeros([BLOCK_T], tl.float32)                               # Σ_n λ·a·h_{t−1}·A
+            lam_B = tl.zeros([BLOCK_C, BLOCK_T], tl.float32)
+            lam_AhA = tl.zeros([BLOCK_C, BLOCK_T], tl.float32)
             B_next = _load_state_row(B_ptr, row_bc, d, 0, n_state, t, L, B_CONST)
             C_next = _load_state_row(C_ptr, row_bc, d, 0, n_state, t, L, C_CONST)
             for n in range(n_state):
@@ -211,27 +227,28 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 nu_in = tl.load(nu_ptr + (row * n_chunks + chunk) * n_state + n)
                 a = tl.exp2(dt * A2n)
                 x = _mul_rn(dtu, Bn, PTX)  # not fused into h − x below: exact 0 where h_{t−1} = 0
-                a_cum, x_cum = tl.associative_scan((a, x), axis=0, combine_fn=_combine)
+                a_cum, x_cum = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
                 h = a_cum * h_in + x_cum
                 # λ_t by the blocked `_reverse_scan` from a_t, the carry ν = a·λ at the next tile's start entering
                 # at the last token. Triton's own reverse scan sends every element through ~20 warp shuffles (391 per
                 # state for sm_90 against 97 here); fwd+bwd took 1.13-1.27× as long with it on the H100 (BENCHMARKS.md).
                 w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
-                lam = _reverse_scan(tl.reshape(a, [1, BLOCK_T]), tl.reshape(w, [1, BLOCK_T]), REVERSE_SEG)
-                lam = tl.reshape(lam, [BLOCK_T])
+                lam = _reverse_scan(a, w, REVERSE_SEG)
                 tl.store(nu_ptr + slot + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
                 lam_AhA += dP * An
-                _add_to(dA_ptr, slot, n, tl.sum(dP * dt, axis=0))
+                _add_to(dA_ptr, slot, n, tl.sum(dP * dt, axis=1)[:, None])
                 if B_CONST:
-                    _add_to(dB_ptr, slot, n, tl.sum(lam * dtu, axis=0))
-                else:
-                    tl.atomic_add(dB_ptr + (row_bc * n_state + n) * L + t, lam * dtu, mask=mask_t, sem="relaxed")
+                    _add_to(dB_ptr, slot, n, tl.sum(lam * dtu, axis=1)[:, None])
+                else:  # the program's channels summed in-thread first: one atomic add per token for all of them
+                    tl.atomic_add(dB_ptr + (row_bc * n_state + n) * L + t, tl.sum(lam * dtu, axis=0)[None, :],
+                                  mask=mask_t, sem="relaxed")
                 if C_CONST:
-                    _add_to(dC_ptr, slot, n, tl.sum(h * go, axis=0))
+                    _add_to(dC_ptr, slot, n, tl.sum(h * go, axis=1)[:, None])
                 else:
-                    tl.atomic_add(dC_ptr + (row_bc * n_state + n) * L + t, h * go, mask=mask_t, sem="relaxed")
+                    tl.atomic_add(dC_ptr + (row_bc * n_state + n) * L + t, tl.sum(h * go, axis=0)[None, :],
+                                  mask=mask_t, sem="relaxed")
             u = tl.load(u_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)  # again: fewer live registers
             tl.store(du_ptr + row * L + t, (lam_B * dt + Dv * go).to(du_ptr.dtype.element_ty), mask=mask_t)
             ddt = lam_B * u + lam_AhA
@@ -240,17 +257,17 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 ddt = ddt * tl.sigmoid(raw)
             ddt = tl.where(mask_t, ddt, 0.0)
             tl.store(ddt_ptr + row * L + t, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_t)
-            dD_acc += tl.sum(go * u, axis=0)
-            dbias_acc += tl.sum(ddt, axis=0)
+            dD_acc += tl.sum(go * u, axis=1)
+            dbias_acc += tl.sum(ddt, axis=1)
             tl.debug_barrier()  # the previous tile reads the carries written above by other threads
     if SUMMARY:
         tl.store(sum_ptr + chunk_offs, NU, mask=mask_n)
-        tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=0))
+        tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=1)[:, None])
     else:
         if HAS_D:
-            tl.store(dD_ptr + row * n_chunks + chunk, dD_acc)
+            tl.store(dD_ptr + row * n_chunks + chunk, dD_acc[:, None])
         if HAS_BIAS:
-            tl.store(dbias_ptr + row * n_chunks + chunk, dbias_acc)
+            tl.store(dbias_ptr + row * n_chunks + chunk, dbias_acc[:, None])
 
 
 # Launch shapes per pass: (tokens per tile, warps). The forward saves the state at every start of the backward's
@@ -258,18 +275,39 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 # Sweeps on an H100 (BENCHMARKS.md, `make bench-tiles`): the forward 1024 tokens, 4 warps; the backward 512 tokens,
 # 1 warp (fwd+bwd 10-19% faster than 1024 and 2 warps), except between 3 and BWD_NARROW_FROM_PER_SM programs per SM
 # (L not split, and too few warps in flight at one per program: batch 1 × 512 channels at L = 2^20 took 1.5x as
-# long), where it keeps BWD_SHAPE_FEW_PROGRAMS.
+# long), where it keeps BWD_SHAPE_FEW_PROGRAMS. A backward of 2 channels per program (`bwd_channels`) takes half
+# the tokens per tile on the same warps.
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
 
 
-def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device):
-    """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass."""
-    programs = batch * dim
+def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Tensor, device: torch.device) -> int:
+    """Channels per program of the backward, all of one group: 2 (tiles of [2, 256 tokens] on one warp, each
+    thread holding both channels' tokens, so that dB and dC are summed over the two in-thread before their atomic
+    adds) where B and C vary, the group's channels are even and the programs still number at least
+    BWD_NARROW_FROM_PER_SM per SM; else 1. MBA_SCAN_BWD_CHANNELS forces a count (halved until it divides the group).
+    On an H100 (BENCHMARKS.md) 2 channels took 7.5-10.5% off fwd+bwd at 8 × 2048 × 2048 and 8192 and 4 × 1536 × 2^16,
+    and were 19-26% slower at 1 × 1024 (512 programs of one warp: too few warps in flight)."""
+    forced = os.environ.get("MBA_SCAN_BWD_CHANNELS")
+    if forced:
+        channels = int(forced)
+        while channels > 1 and (dim // groups) % channels:
+            channels //= 2
+        return channels
+    many = batch * dim // 2 >= BWD_NARROW_FROM_PER_SM * sm_count(device)
+    return 2 if B.dim() > 2 and C.dim() > 2 and (dim // groups) % 2 == 0 and many else 1
+
+
+def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device, channels: int = 1):
+    """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass; the backward's programs take `channels`
+    channels each, in tiles of as many fewer tokens."""
+    programs = batch * dim // channels
     sms = sm_count(device)
     block_t, warps = SHAPES[kind]
-    if kind == "bwd" and SPLIT_BELOW_PER_SM * sms <= programs < BWD_NARROW_FROM_PER_SM * sms:
+    if kind == "bwd" and channels > 1:
+        block_t //= channels
+    elif kind == "bwd" and SPLIT_BELOW_PER_SM * sms <= programs < BWD_NARROW_FROM_PER_SM * sms:
         block_t, warps = BWD_SHAPE_FEW_PROGRAMS
     return plan_tiles(block_t, warps, SHAPES, programs, L, device)
 
@@ -339,7 +377,8 @@ class _FusedScan(torch.autograd.Function):
         D32 = cast(D, torch.float32) if D is not None else None
         bias32 = cast(delta_bias, torch.float32) if delta_bias is not None else None
         h0 = cast(initial_state, torch.float32) if initial_state is not None else None
-        save_t = _plan("bwd", batch, dim, L, u.device)[0]  # either forward saves the state at the backward's tiles
+        # either forward saves the state at the backward's tiles
+        save_t = _plan("bwd", batch, dim, L, u.device, bwd_channels(batch, dim, groups, B, C, u.device))[0]
         if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, save_t)
         else:
@@ -358,7 +397,8 @@ class _FusedScan(torch.autograd.Function):
         A_dtype, D_dtype, bias_dtype, has_h0 = ctx.input_meta
         batch, dim, L = u.shape
         n_state = A32.shape[1]
-        block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device)
+        channels = bwd_channels(batch, dim, groups, B, C, u.device)
+        block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device, channels)
         assert n_tiles + 1 == h_start.shape[2], "the forward saves the state at every start of the backward's tiles"
         f32 = dict(device=u.device, dtype=torch.float32)
         per_chunk = (batch, dim, n_chunks, n_state)
@@ -382,8 +422,8 @@ class _FusedScan(torch.autograd.Function):
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
                      PTX=os.environ.get("TRITON_INTERPRET", "0") != "1",
-                     BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
-        grid = (batch, dim, n_chunks)
+                     BLOCK_C=channels, BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
+        grid = (batch, dim // channels, n_chunks)
         launch_passes(_bwd_kernel, grid, args, flags)
         dB, dC = (sum_rows_chunks(dX) if len(shape) == 2 else dX.view(shape)  # constant (dim, N), or as passed
                   for dX, shape in zip((dB, dC), ctx.bc_shapes))
