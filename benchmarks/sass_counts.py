@@ -3,9 +3,10 @@ machine, GPU or not.
 
     python3 benchmarks/sass_counts.py            (make sass-counts; a few minutes on 2 CPU cores)
 
-Compiles the kernels (`fused`'s forward and backward, the rows forward, the complex-A pair) at their default shapes
-for sm_90 with `triton.compile` and a `GPUTarget`, bf16 inputs, all options (z, D, Δ-bias, softplus), N = 16; pointer
-and length arguments marked divisible by 16 as Triton's JIT does for real shapes.
+Compiles the kernels (`fused`'s forward, its backward with one and with two channels per program, the rows forward,
+the complex-A pair) at their default shapes for sm_90 with `triton.compile` and a `GPUTarget`, bf16 inputs, all
+options (z, D, Δ-bias, softplus), N = 16; pointer and length arguments marked divisible by 16 as Triton's JIT does for
+real shapes.
 Also the persistent generation kernel (`kernels/unet_generate`) for the SC09 U-Net in bf16, with the arguments
 `UNetGenerator.run` passes: at its two default launch shapes (batch 1; more programs than SMs) and at 16 rows per
 program (its products on the tensor cores).
@@ -79,7 +80,9 @@ def main() -> int:
         (f"`fused` forward, {fwd_t} tokens, {fwd_warps} warps", fused._fwd_kernel,
          dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=fwd_t, SAVE_T=bwd_t), fwd_warps, {"B_ptr", "C_ptr"}),
         (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
-         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
+         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=1, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
+        (f"`fused` backward, 2 channels × {bwd_t // 2} tokens, {bwd_warps} warps", fused._bwd_kernel,
+         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=2, BLOCK_T=bwd_t // 2), bwd_warps, {"B_ptr", "C_ptr"}),
         (f"rows forward, {fused_rows.Q} tokens × {fused_rows.BLOCK_D} channels, {fused_rows.WARPS} warps",
          fused_rows._rows_fwd_kernel,
          dict(OPTIONS, N=16, BLOCK_D=fused_rows.BLOCK_D, Q=fused_rows.Q, SAVE_EVERY=bwd_t // fused_rows.Q,
