@@ -42,9 +42,8 @@ from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _channel, _chunk_tiles, _combine,
-                           _element, _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _update,
-                           bc_grad_shape, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
-                           summary_buffers, zeroed)
+                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, bc_grad_shape, grouped,
+                           launch_passes, plan_tiles, sm_count, sum_rows_chunks, summary_buffers, zeroed)
 
 
 @triton.jit
