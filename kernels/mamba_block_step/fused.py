@@ -206,7 +206,7 @@ def _fuse_out(block_dm: int) -> bool:
     return block_dm <= 128
 
 
-def _block_e(block_dm: int, batch: int, dtype: torch.dtype) -> int:
+def _block_e(block_dm: int, batch: int) -> int:
     """Channels of E per program: 16 up to d_model 128, and at d_model ≥ 256 when the batch fits one block of rows;
     else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation, 0.5 s clips: 16 at d_model ≤ 128 took fp32
     at batch 256 from 506,620 to 595,369 samples/s, and later bf16 (with out_proj inside and PDL) by 2.2%, 14.8%
@@ -243,7 +243,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     block_dm = max(16, next_power_of_2(d_model))
     fuse_out = _fuse_out(block_dm)
     y = out if fuse_out else torch.empty(batch, d_inner, device=device, dtype=dtype)  # gated output, before out_proj
-    block_e = _block_e(block_dm, batch, dtype)
+    block_e = _block_e(block_dm, batch)
     grid = (cdiv(batch, BLOCK_B), cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
     count = torch.empty(grid[0], device=device, dtype=torch.int32)  # finished E tiles per row block
