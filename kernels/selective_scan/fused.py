@@ -376,14 +376,15 @@ class _FusedScan(torch.autograd.Function):
         D32 = cast(D, torch.float32) if D is not None else None
         bias32 = cast(delta_bias, torch.float32) if delta_bias is not None else None
         h0 = cast(initial_state, torch.float32) if initial_state is not None else None
-        # either forward saves the state at the backward's tiles
-        save_t = _plan("bwd", batch, dim, L, u.device, bwd_channels(batch, dim, groups, B, C, u.device))[0]
+        # either forward saves the state at the backward's tiles, whose channels per program are chosen here
+        channels = bwd_channels(batch, dim, groups, B, C, u.device)
+        save_t = _plan("bwd", batch, dim, L, u.device, channels)[0]
         if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, save_t)
         else:
             out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups, save_t)
         ctx.save_for_backward(u, delta, z, pre, A32, B, C, D32, bias32, h_start)
-        ctx.meta = (softplus, groups)
+        ctx.meta = (softplus, groups, channels)
         ctx.input_meta = (A.dtype, D is not None and D.dtype, delta_bias is not None and delta_bias.dtype,
                           initial_state is not None)
         # the last state: a copy when the caller keeps it (a view would tie it to the saved states), else a view
@@ -392,11 +393,10 @@ class _FusedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dh_last):
         u, delta, z, pre, A32, B, C, D32, bias32, h_start = ctx.saved_tensors
-        softplus, groups = ctx.meta
+        softplus, groups, channels = ctx.meta
         A_dtype, D_dtype, bias_dtype, has_h0 = ctx.input_meta
         batch, dim, L = u.shape
         n_state = A32.shape[1]
-        channels = bwd_channels(batch, dim, groups, B, C, u.device)
         block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("bwd", batch, dim, L, u.device, channels)
         assert n_tiles + 1 == h_start.shape[2], "the forward saves the state at every start of the backward's tiles"
         f32 = dict(device=u.device, dtype=torch.float32)
