@@ -77,8 +77,9 @@ def main() -> int:
     bwd_t, bwd_warps = fused.SHAPES["bwd"]
     fused_flags = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16)
     kernels = [
-        (f"`fused` forward, {fwd_t} tokens, {fwd_warps} warps", fused._fwd_kernel,
-         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=fwd_t, SAVE_T=bwd_t), fwd_warps, {"B_ptr", "C_ptr"}),
+        (f"`fused` forward, {fwd_t} tokens, {fwd_warps} warps, {states} state(s) per scan", fused._fwd_kernel,
+         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=fwd_t, SAVE_T=bwd_t, STATES=states), fwd_warps,
+         {"B_ptr", "C_ptr"}) for states in (1, 2)] + [
         (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
          dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=1, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
         (f"`fused` backward, 2 channels × {bwd_t // 2} tokens, {bwd_warps} warps", fused._bwd_kernel,

@@ -146,6 +146,44 @@ def test_fused_backward_two_channels_per_program_matches_naive(monkeypatch, bc, 
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
+@pytest.mark.parametrize("bc", list(BC_KINDS))
+@pytest.mark.parametrize("states", ["1", "2"])
+@pytest.mark.parametrize("chunks", ["1", "3"])
+def test_fused_forward_one_or_two_states_per_scan_matches_naive(monkeypatch, bc, states, chunks):
+    """The forward's scan over 1 or 2 states at once ([states, tokens] tiles, one set of shuffles and barriers), N = 6,
+    tiles of 32 tokens, L = 90 whole or split into 3 chunks, all options, steep decays."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
+    monkeypatch.setenv("MBA_SCAN_FWD_STATES", states)
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", chunks)
+    case = make_case(n=6, length=90, regime="steep", bc=bc, dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
+def test_forward_states_per_scan_and_register_cap_follow_the_h100_measurements(monkeypatch):
+    """2 states per scan, capped at 128 registers, up to 8 programs per SM (1 × 1024 and 1 × 512 on an H100's 132
+    SMs); beyond, 1 state capped at 80 (4 × 1536); N odd: 1 state with the one-state caps; MBA_SCAN_FWD_STATES
+    forces the count where N allows it. The caps apply on a GPU only."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.delenv("MBA_SCAN_FWD_STATES", raising=False)
+    monkeypatch.setattr(fused_module, "sm_count", lambda device: 132)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert fused_module._fwd_shape(1024, 16, gpu) == (2, {"maxnreg": 128})
+    assert fused_module._fwd_shape(512, 16, gpu) == (2, {"maxnreg": 128})
+    assert fused_module._fwd_shape(4 * 1536, 16, gpu) == (1, {"maxnreg": 80})
+    assert fused_module._fwd_shape(1024, 15, gpu) == (1, {"maxnreg": 64})
+    assert fused_module._fwd_shape(512, 15, gpu) == (1, {})
+    assert fused_module._fwd_shape(1024, 16, cpu) == (2, {})
+    monkeypatch.setenv("MBA_SCAN_FWD_STATES", "1")
+    assert fused_module._fwd_shape(1024, 16, gpu) == (1, {"maxnreg": 64})
+    monkeypatch.setenv("MBA_SCAN_FWD_STATES", "2")
+    assert fused_module._fwd_shape(4 * 1536, 16, gpu) == (2, {"maxnreg": 128})
+    assert fused_module._fwd_shape(4 * 1536, 15, gpu) == (1, {"maxnreg": 80})
+
+
 def test_backward_channels_per_program_follow_the_h100_measurements(monkeypatch):
     """2 channels per backward program where B and C vary, the group's channels are even and half as many programs
     still fill the GPU (8 × 2048 and 4 × 1536 on an H100's 132 SMs), else 1 (1 × 1024: too few warps; BENCHMARKS.md);
@@ -294,14 +332,15 @@ def test_fused_fp16_inputs():
 def test_fused_offsets_past_2_31(monkeypatch, rows, channels):
     """batch·dim·L = 2^31 (and ·N far beyond): the last channels live past 2^31 elements. Channels are independent
     (B and C shared), so they must match the same channels scanned on their own, forward and backward; with either
-    forward (`fused`, rows) forced, the backward's channels per program forced, and L never split (the same
-    arithmetic for 8 channels as for 2048)."""
+    forward (`fused`, rows) forced, the backward's channels per program and `fused`'s states per scan forced, and L
+    never split (the same arithmetic for 8 channels as for 2048)."""
     from mamba_bio_audio.kernels.selective_scan import fused_rows
     from mamba_bio_audio.kernels.selective_scan.fused import selective_scan_fused
 
     monkeypatch.setenv("MBA_SCAN_ROWS", rows)
     monkeypatch.setenv("MBA_SCAN_CHUNKS", "1")
     monkeypatch.setenv("MBA_SCAN_BWD_CHANNELS", channels)
+    monkeypatch.setenv("MBA_SCAN_FWD_STATES", channels)  # the forward's states per scan, 1 or 2, forced the same way
     monkeypatch.setattr(fused_rows, "SPLIT_TARGET_THREADS", 0)
     g = torch.Generator(device="cuda").manual_seed(0)
     dim, length, n = 2048, 2 ** 20, 16

@@ -2,11 +2,11 @@
 
 Layout (that of the reference CUDA kernel). One program owns one (batch row, channel, chunk of L) and walks its
 chunk in tiles of BLOCK_T tokens (512 to 1024: 8 to 16 per thread). A tile loads u, Δ (and z) once, then loops
-over the N states: for state n it loads B[n], C[n] over the tile, forms a = exp2(Δ·A_n·log2 e) and x = Δ·u·B_n,
-scans along the tile with `tl.associative_scan` and adds C_n·h into the output. One state at a time makes the
-output a running sum (no reduction over N), and every per-state value (A_n, the carried state) is a scalar, so
-all tensors share one layout. The state at each start of the backward's tiles (which divide the forward's) goes to
-memory: it carries the scan from tile to tile and is all the backward keeps (O(L/BLOCK_T·N) per channel, nothing of
+over the N states, STATES (1 or 2, `_fwd_shape`) at a time: for states n it loads B[n], C[n] over the tile
+([STATES, BLOCK_T]), forms a = exp2(Δ·A_n·log2 e) and x = Δ·u·B_n, scans along the tile with
+`tl.associative_scan` (its cross-warp barriers shared by the STATES rows) and adds Σ_n C_n·h into the output. A few
+states at a time make the output a running sum (no reduction over N). The state at each start of the backward's
+tiles (which divide the forward's) goes to memory: it carries the scan from tile to tile and is all the backward keeps (O(L/BLOCK_T·N) per channel, nothing of
 size L·N). B and C are read by every channel's program (from L2: a (batch, G, N, L) tensor is small next to u).
 
 Sequence parallelism. When batch·dim programs cannot fill the GPU, L is split into chunks run by different
@@ -73,7 +73,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 hstart_ptr, sum_ptr, dtsum_ptr, dim, L, n_state, n_groups, dim_per_group, n_tiles, tiles_per_chunk,
                 n_saves, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
-                SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, SAVE_T: tl.constexpr):
+                SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, SAVE_T: tl.constexpr,
+                STATES: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
     the state at every SAVE_T-th token boundary, the backward's tile starts (entry e: the state after e·SAVE_T
     tokens; the tile-to-tile carry goes through them; entry n_saves − 1 is the last state), and with SAVE_PRE the
@@ -110,25 +111,29 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 H = _carry_through_tile(H, rest, S_tile, dtu * Bn, A_ptr, d, n, n_state, offs_n)
         else:
             y = tl.zeros([BLOCK_T], tl.float32)
-            B_next = _load_state_row(B_ptr, row_bc, d, 0, n_state, t, L, B_CONST)
-            C_next = _load_state_row(C_ptr, row_bc, d, 0, n_state, t, L, C_CONST)
-            for n in range(n_state):
-                A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
-                Bn, Cn = B_next, C_next  # state n + 1's rows load while state n computes
-                n_next = tl.minimum(n + 1, n_state - 1)
-                B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, t, L, B_CONST)
-                C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, t, L, C_CONST)
+            offs_s = tl.arange(0, STATES)[:, None]   # states scanned together, [STATES, 1]
+            tt = t[None, :]
+            B_next = _load_state_row(B_ptr, row_bc, d, offs_s, n_state, tt, L, B_CONST)
+            C_next = _load_state_row(C_ptr, row_bc, d, offs_s, n_state, tt, L, C_CONST)
+            for n0 in range(0, n_state, STATES):
+                n = n0 + offs_s
+                A2n = tl.load(A_ptr + d * n_state + n) * LOG2E                          # [STATES, 1]
+                Bn, Cn = B_next, C_next  # the next states' rows load while these compute
+                n_next = tl.minimum(n + STATES, n_state - 1)
+                B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, tt, L, B_CONST)
+                C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, tt, L, C_CONST)
                 h_in = tl.load(hstart_ptr + (row * n_saves + k * R) * n_state + n)
-                a_cum, x_cum = tl.associative_scan((tl.exp2(dt * A2n), dtu * Bn), axis=0, combine_fn=_combine)
-                h = a_cum * h_in + x_cum                                              # h_t
-                y += h * Cn
+                a_cum, x_cum = tl.associative_scan((tl.exp2(dt[None, :] * A2n), dtu[None, :] * Bn), axis=1,
+                                                   combine_fn=_combine)
+                h = a_cum * h_in + x_cum                                              # h_t, [STATES, BLOCK_T]
+                y += tl.sum(h * Cn, axis=0)
                 # the saves: those inside the tile, then the tile's last state, which starts the next tile or is the
                 # last state (padding steps are identities; the next chunk's start is written by that chunk). One
                 # scalar address per save: an address per token cost ~20 registers and ~10% of the forward's time.
                 for j in tl.static_range(1, R + 1):
                     save = k * R + j
-                    tl.store(hstart_ptr + (row * n_saves + save) * n_state + n + 0 * offs_t, h,
-                             mask=(offs_t == j * SAVE_T - 1) & (save < n_saves)
+                    tl.store(hstart_ptr + (row * n_saves + save) * n_state + n + 0 * tt, h,
+                             mask=(offs_t[None, :] == j * SAVE_T - 1) & (save < n_saves)
                              & ((j < R) | (k + 1 < k1) | (k + 1 == n_tiles)))
             if HAS_D:  # u again: fewer live registers through the loop over states
                 y += Dv * tl.load(u_ptr + row * L + t, mask=t < L, other=0.0).to(tl.float32)
@@ -277,6 +282,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 # long), where it keeps BWD_SHAPE_FEW_PROGRAMS. A backward of 2 channels per program (`bwd_channels`) takes half
 # the tokens per tile on the same warps.
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
+FWD_TWO_STATES_PER_SM = 8
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
 
@@ -311,18 +317,29 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device, channel
     return plan_tiles(block_t, warps, SHAPES, programs, L, device)
 
 
-def _register_cap(kind: str, programs: int, device: torch.device) -> dict:
-    """Per-thread register cap for the forward, from an H100 sweep: uncapped it takes ~90 registers (5 blocks of 4
-    warps per SM), so 5–8 programs per SM run as one full wave and a partial one; capped at 64 (8 blocks per SM) they
-    run as one wave (batch 1, dim 1024, L = 2^15: 0.73 vs 0.85 ms). With many waves a cap of 80 (6 blocks) gained
-    ~5%; with one wave or less the cap only adds spills (dim 512, L = 2^20: 15.4 vs 12.6 ms at 64). The backward is
-    never capped (every cap tried spilled and ran 1.3–2.5× slower)."""
-    if kind != "fwd" or device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return {}
+def _fwd_shape(programs: int, n_state: int, device: torch.device) -> tuple[int, dict]:
+    """States per scan of the forward (`_fwd_kernel`'s STATES) and its launch options (a per-thread register cap),
+    from H100 sweeps (BENCHMARKS.md).
+    - Up to FWD_TWO_STATES_PER_SM programs per SM (one wave of the one-state kernel at 64 registers) and N even:
+      2 states per scan, so that one set of the scan's shuffles and cross-warp barriers serves both, capped at 128
+      registers (4 programs of 4 warps per SM). It was 5-10% faster than one state at batch 1 × 1024, L = 2^15 to
+      2^19, and 1 × 512 × 2^20; 4 states (252 registers) were 15-30% slower.
+    - Beyond (many waves), one state capped at 80 registers (6 programs per SM): 2 states were 5-11% slower at
+      4 × 1536 × 2^16, and the cap gained ~5% over none.
+    - One state and N odd: uncapped (~90 registers) up to 5 programs per SM, capped at 64 (8 per SM, one wave) up to 8.
+    MBA_SCAN_FWD_STATES forces the states per scan (1 or 2; 1 where N is odd). The interpreter takes no cap."""
+    forced = os.environ.get("MBA_SCAN_FWD_STATES")
     sms = sm_count(device)
+    few = programs <= FWD_TWO_STATES_PER_SM * sms
+    states = int(forced) if forced else 2 if few else 1
+    states = states if n_state % states == 0 else 1
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return states, {}
+    if states == 2:
+        return states, {"maxnreg": 128}
     if programs <= 5 * sms:
-        return {}
-    return {"maxnreg": 64 if programs <= 8 * sms else 80}
+        return states, {}
+    return states, {"maxnreg": 64 if few else 80}
 
 
 def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor, n_state: int,
@@ -354,8 +371,9 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
             chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk, n_saves)
     flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
-                 BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps,
-                 **_register_cap("fwd", batch * dim * n_chunks, u.device))
+                 BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps)
+    flags["STATES"], options = _fwd_shape(batch * dim * n_chunks, n_state, u.device)
+    flags.update(options)
     grid = (batch, dim, n_chunks)
     launch_passes(_fwd_kernel, grid, args, flags)
     return out, pre, h_start
