@@ -7,7 +7,8 @@ over the N states, STATES (1 or 2, `_fwd_shape`) at a time: for states n it load
 `tl.associative_scan` (its cross-warp barriers shared by the STATES rows) and adds Σ_n C_n·h into the output. A few
 states at a time make the output a running sum (no reduction over N). The state at each start of the backward's
 tiles (which divide the forward's) goes to memory: it carries the scan from tile to tile and is all the backward
-keeps (O(L/BLOCK_T·N) per channel, nothing of size L·N). B and C are read by every channel's program (from L2: a (batch, G, N, L) tensor is small next to u).
+keeps (O(L/BLOCK_T·N) per channel, nothing of size L·N). B and C are read by every channel's program (from L2: a
+(batch, G, N, L) tensor is small next to u).
 
 Sequence parallelism. When batch·dim programs cannot fill the GPU, L is split into chunks run by different
 programs: a summary pass computes, per chunk, the end state from a zero start, s_c = Σ_t exp(A·(S_end − S_t))·x_t,
