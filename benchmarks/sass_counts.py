@@ -77,9 +77,9 @@ def main() -> int:
     bwd_t, bwd_warps = fused.SHAPES["bwd"]
     fused_flags = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16)
     kernels = [
-        (f"`fused` forward, {fwd_t} tokens, {fwd_warps} warps, {states} state(s) per scan", fused._fwd_kernel,
-         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=fwd_t, SAVE_T=bwd_t, STATES=states), fwd_warps,
-         {"B_ptr", "C_ptr"}) for states in (1, 2)] + [
+        (f"`fused` forward, {tokens} tokens, {warps} warps, {states} state(s) per scan", fused._fwd_kernel,
+         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=tokens, SAVE_T=bwd_t, STATES=states), warps,
+         {"B_ptr", "C_ptr"}) for states, tokens, warps in ((1, fwd_t, fwd_warps), (2, fwd_t // 2, fwd_warps // 2))] + [
         (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
          dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=1, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
         (f"`fused` backward, 2 channels × {bwd_t // 2} tokens, {bwd_warps} warps", fused._bwd_kernel,

@@ -151,10 +151,11 @@ def test_fused_backward_two_channels_per_program_matches_naive(monkeypatch, bc, 
 @pytest.mark.parametrize("chunks", ["1", "3"])
 def test_fused_forward_one_or_two_states_per_scan_matches_naive(monkeypatch, bc, states, chunks):
     """The forward's scan over 1 or 2 states at once ([states, tokens] tiles, one set of shuffles and barriers), N = 6,
-    tiles of 32 tokens, L = 90 whole or split into 3 chunks, all options, steep decays."""
+    L = 90 whole or split into 3 chunks, all options, steep decays; one state in tiles of 64 tokens, two in tiles of
+    32 (half the tokens: the backward's tiles of 32 still divide them)."""
     from mamba_bio_audio.kernels.selective_scan import fused as fused_module
 
-    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (32, 1), "bwd": (32, 1)})
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (64, 2), "bwd": (32, 1)})
     monkeypatch.setenv("MBA_SCAN_FWD_STATES", states)
     monkeypatch.setenv("MBA_SCAN_CHUNKS", chunks)
     case = make_case(n=6, length=90, regime="steep", bc=bc, dtype=torch.float32, **full_extras())

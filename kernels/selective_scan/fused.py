@@ -281,7 +281,9 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 # 1 warp (fwd+bwd 10-19% faster than 1024 and 2 warps), except between 3 and BWD_NARROW_FROM_PER_SM programs per SM
 # (L not split, and too few warps in flight at one per program: batch 1 × 512 channels at L = 2^20 took 1.5x as
 # long), where it keeps BWD_SHAPE_FEW_PROGRAMS. A backward of 2 channels per program (`bwd_channels`) takes half
-# the tokens per tile on the same warps.
+# the tokens per tile on the same warps. A forward of 2 states per scan (`_fwd_shape`) takes half the tokens on half
+# the warps where the backward's tiles still divide its own (1 × 1024 on an H100: 512 tokens on 2 warps were 8% faster
+# than 1024 on 4; 1 warp, or 8 tokens on 8 warps, were slower).
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
 FWD_TWO_STATES_PER_SM = 8
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
@@ -323,8 +325,9 @@ def _fwd_shape(programs: int, n_state: int, device: torch.device) -> tuple[int, 
     from H100 sweeps (BENCHMARKS.md).
     - Up to FWD_TWO_STATES_PER_SM programs per SM (one wave of the one-state kernel at 64 registers) and N even:
       2 states per scan, so that one set of the scan's shuffles and cross-warp barriers serves both, capped at 128
-      registers (4 programs of 4 warps per SM). It was 5-10% faster than one state at batch 1 × 1024, L = 2^15 to
-      2^19, and 1 × 512 × 2^20; 4 states (252 registers) were 15-30% slower.
+      registers (8 programs of 2 warps per SM in `_forward`'s half tiles). In tiles of 1024 tokens on 4 warps it was
+      5-10% faster than one state at batch 1 × 1024, L = 2^15 to 2^19, and 1 × 512 × 2^20; 4 states (252 registers)
+      were 15-30% slower.
     - Beyond (many waves), one state capped at 80 registers (6 programs per SM): 2 states were 5-11% slower at
       4 × 1536 × 2^16, and the cap gained ~5% over none.
     - One state and N odd: uncapped (~90 registers) up to 5 programs per SM, capped at 64 (8 per SM, one wave) up to 8.
@@ -357,7 +360,11 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
     state in the last entry."""
     batch, dim, L = u.shape
     n_state = A32.shape[1]
-    block_t, warps, n_tiles, tiles_per_chunk, n_chunks = _plan("fwd", batch, dim, L, u.device)
+    plan = _plan("fwd", batch, dim, L, u.device)
+    states, options = _fwd_shape(batch * dim * plan[4], n_state, u.device)
+    if states == 2 and plan[0] // 2 >= save_t:  # half the tokens on half the warps: as many per thread, in one wave
+        plan = plan_tiles(plan[0] // 2, max(plan[1] // 2, 1), SHAPES, batch * dim, L, u.device)
+    block_t, warps, n_tiles, tiles_per_chunk, n_chunks = plan
     assert block_t % save_t == 0, "the backward's tiles must divide the forward's"
     n_saves = cdiv(L, save_t) + 1
     f32 = dict(device=u.device, dtype=torch.float32)
@@ -372,9 +379,8 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
             chunk_sum, chunk_dt, dim, L, n_state, groups, dim // groups, n_tiles, tiles_per_chunk, n_saves)
     flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
-                 BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps)
-    flags["STATES"], options = _fwd_shape(batch * dim * n_chunks, n_state, u.device)
-    flags.update(options)
+                 BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps, STATES=states,
+                 **options)
     grid = (batch, dim, n_chunks)
     launch_passes(_fwd_kernel, grid, args, flags)
     return out, pre, h_start
