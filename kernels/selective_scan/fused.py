@@ -283,9 +283,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 # long), where it keeps BWD_SHAPE_FEW_PROGRAMS. A backward of 2 channels per program (`bwd_channels`) takes half
 # the tokens per tile on the same warps. A forward of 2 states per scan (`_fwd_shape`) takes half the tokens on half
 # the warps where the backward's tiles still divide its own (1 × 1024 on an H100: 512 tokens on 2 warps were 8% faster
-# than 1024 on 4; 1 warp, or 8 tokens on 8 warps, were slower).
+# than 1024 on 4; 1 warp, or 4 tokens per thread on 8 warps, were slower).
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
-FWD_TWO_STATES_PER_SM = 8
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
 
@@ -323,27 +322,24 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device, channel
 def _fwd_shape(programs: int, n_state: int, device: torch.device) -> tuple[int, dict]:
     """States per scan of the forward (`_fwd_kernel`'s STATES) and its launch options (a per-thread register cap),
     from H100 sweeps (BENCHMARKS.md).
-    - Up to FWD_TWO_STATES_PER_SM programs per SM (one wave of the one-state kernel at 64 registers) and N even:
-      2 states per scan, so that one set of the scan's shuffles and cross-warp barriers serves both, capped at 128
-      registers (8 programs of 2 warps per SM in `_forward`'s half tiles). In tiles of 1024 tokens on 4 warps it was
-      5-10% faster than one state at batch 1 × 1024, L = 2^15 to 2^19, and 1 × 512 × 2^20; 4 states (252 registers)
-      were 15-30% slower.
-    - Beyond (many waves), one state capped at 80 registers (6 programs per SM): 2 states were 5-11% slower at
-      4 × 1536 × 2^16, and the cap gained ~5% over none.
-    - One state and N odd: uncapped (~90 registers) up to 5 programs per SM, capped at 64 (8 per SM, one wave) up to 8.
+    - N even: 2 states per scan, so that one set of the scan's shuffles and cross-warp barriers serves both, capped
+      at 128 registers. In `_forward`'s half tiles (512 tokens on 2 warps, 8 programs per SM) the forward was 3-15%
+      faster than one state at every configuration timed (batch 1 × 1024 at L = 2^11 to 2^19, 1 × 512 × 2^20,
+      2 × 1024 and 4 × 1024 × 2^15, 4 × 1536 × 2^16); 4 states (252 registers) were 15-30% slower.
+    - N odd: one state, uncapped (~90 registers) up to 5 programs per SM, capped at 64 (8 per SM, one wave) up to 8,
+      and at 80 (6 per SM) beyond.
     MBA_SCAN_FWD_STATES forces the states per scan (1 or 2; 1 where N is odd). The interpreter takes no cap."""
     forced = os.environ.get("MBA_SCAN_FWD_STATES")
-    sms = sm_count(device)
-    few = programs <= FWD_TWO_STATES_PER_SM * sms
-    states = int(forced) if forced else 2 if few else 1
+    states = int(forced) if forced else 2
     states = states if n_state % states == 0 else 1
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return states, {}
     if states == 2:
         return states, {"maxnreg": 128}
+    sms = sm_count(device)
     if programs <= 5 * sms:
         return states, {}
-    return states, {"maxnreg": 64 if few else 80}
+    return states, {"maxnreg": 64 if programs <= 8 * sms else 80}
 
 
 def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor, n_state: int,
