@@ -326,9 +326,10 @@ def _fwd_shape(programs: int, n_state: int, device: torch.device) -> tuple[int, 
       at 128 registers. In `_forward`'s half tiles (512 tokens on 2 warps, 8 programs per SM) the forward was 3-15%
       faster than one state at every configuration timed (batch 1 × 1024 at L = 2^11 to 2^19, 1 × 512 × 2^20,
       2 × 1024 and 4 × 1024 × 2^15, 4 × 1536 × 2^16); 4 states (252 registers) were 15-30% slower.
-    - N odd: one state, uncapped (~90 registers) up to 5 programs per SM, capped at 64 (8 per SM, one wave) up to 8,
-      and at 80 (6 per SM) beyond.
-    MBA_SCAN_FWD_STATES forces the states per scan (1 or 2; 1 where N is odd). The interpreter takes no cap."""
+    - N odd: one state, uncapped (~100 registers) up to 5 programs per SM, capped at 64 (8 per SM, one wave) up to
+      8, and at 80 (6 per SM) beyond.
+    MBA_SCAN_FWD_STATES forces the states per scan (1 or 2; 1 where N is odd). The interpreter takes no cap, nor does
+    the backward on a GPU (every cap tried spilled and ran 1.3-2.5× slower)."""
     forced = os.environ.get("MBA_SCAN_FWD_STATES")
     states = int(forced) if forced else 2
     states = states if n_state % states == 0 else 1
@@ -358,7 +359,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
     n_state = A32.shape[1]
     plan = _plan("fwd", batch, dim, L, u.device)
     states, options = _fwd_shape(batch * dim * plan[4], n_state, u.device)
-    if states == 2 and plan[0] // 2 >= save_t:  # half the tokens on half the warps: as many per thread, in one wave
+    if states == 2 and plan[0] // 2 >= save_t:  # half the tokens on half the warps: as many tokens per thread
         plan = plan_tiles(plan[0] // 2, max(plan[1] // 2, 1), SHAPES, batch * dim, L, u.device)
     block_t, warps, n_tiles, tiles_per_chunk, n_chunks = plan
     assert block_t % save_t == 0, "the backward's tiles must divide the forward's"
