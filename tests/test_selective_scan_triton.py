@@ -184,6 +184,22 @@ def test_forward_states_per_scan_and_register_cap_follow_the_h100_measurements(m
     assert fused_module._fwd_shape(4 * 1536, 15, gpu) == (1, {"maxnreg": 80})
 
 
+def test_chunks_of_l_stay_within_the_programs_per_sm_target(monkeypatch):
+    """Below 3 programs per SM L is split into as many chunks as keep the programs within 16 per SM of an H100's 132
+    SMs (the backward's waves: 9 chunks of 256 programs ran in three, 8 in two; BENCHMARKS.md), into at most half the
+    tiles; MBA_SCAN_CHUNKS forces the count."""
+    from mamba_bio_audio.kernels.selective_scan.triton_tiles import split_tiles
+
+    cpu = torch.device("cpu")  # counted as 132 SMs
+    monkeypatch.delenv("MBA_SCAN_CHUNKS", raising=False)
+    assert split_tiles(256, 2048, cpu) == (256, 8)
+    assert split_tiles(128, 2048, cpu) == (128, 16)
+    assert split_tiles(512, 2048, cpu) == (2048, 1)
+    assert split_tiles(128, 10, cpu) == (2, 5)
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", "9")
+    assert split_tiles(256, 2048, cpu) == (228, 9)
+
+
 def test_backward_channels_per_program_follow_the_h100_measurements(monkeypatch):
     """2 channels per backward program where B and C vary, the group's channels are even and half as many programs
     still fill the GPU (8 × 2048 and 4 × 1536 on an H100's 132 SMs), else 1 (1 × 1024: too few warps; BENCHMARKS.md);

@@ -150,9 +150,11 @@ def _store_output(out_ptr, pre_ptr, z_ptr, offs, y, mask, HAS_Z: tl.constexpr, S
 
 
 # Sequence parallelism: L is split into chunks run by different programs when batch·dim programs are fewer than
-# SPLIT_BELOW_PER_SM per SM, aiming at PROGRAMS_PER_SM programs per SM (real A on an H100: at 512 programs on 132 SMs
-# one chunk was faster, at 256 nine chunks were 1.2x faster, at 128 eight were 2.4x faster); MBA_SCAN_CHUNKS forces
-# the count.
+# SPLIT_BELOW_PER_SM per SM, into as many chunks as keep them within PROGRAMS_PER_SM programs per SM (real A on an
+# H100: at 512 programs on 132 SMs one chunk was faster, at 256 nine chunks were 1.2x faster, at 128 eight were 2.4x
+# faster). Within, not just near: the backward fits 8 programs per SM at a time, so 9 chunks of 256 programs (2,304 >
+# 16 × 132) ran in three waves and took 26.9 ms fwd+bwd at 1 × 256 × 2^20, against 23.1 ms for 8 chunks (two
+# waves); at 1 × 128, 17 chunks 13.6 ms against 16 chunks 11.9 ms (BENCHMARKS.md). MBA_SCAN_CHUNKS forces the count.
 PROGRAMS_PER_SM = 16
 SPLIT_BELOW_PER_SM = 3
 MIN_TILES_PER_CHUNK = 2
@@ -174,7 +176,7 @@ def split_tiles(programs: int, n_tiles: int, device: torch.device) -> tuple[int,
     elif programs >= SPLIT_BELOW_PER_SM * sms:
         n_chunks = 1
     else:
-        n_chunks = max(1, min(cdiv(PROGRAMS_PER_SM * sms, programs), n_tiles // MIN_TILES_PER_CHUNK))
+        n_chunks = max(1, min(PROGRAMS_PER_SM * sms // programs, n_tiles // MIN_TILES_PER_CHUNK))
     tiles_per_chunk = cdiv(n_tiles, n_chunks)
     return tiles_per_chunk, cdiv(n_tiles, tiles_per_chunk)
 
