@@ -124,9 +124,10 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, tt, L, B_CONST)
                 C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, tt, L, C_CONST)
                 h_in = tl.load(hstart_ptr + (row * n_saves + k * R) * n_state + n)
-                a_cum, x_cum = tl.associative_scan((tl.exp2(dt[None, :] * A2n), dtu[None, :] * Bn), axis=1,
-                                                   combine_fn=_combine)
-                h = a_cum * h_in + x_cum                                              # h_t, [STATES, BLOCK_T]
+                a = tl.exp2(dt[None, :] * A2n)
+                x = dtu[None, :] * Bn
+                x = tl.where(offs_t[None, :] == 0, a * h_in + x, x)  # the tile's start state enters at its first token
+                _, h = tl.associative_scan((a, x), axis=1, combine_fn=_combine)     # h_t, [STATES, BLOCK_T]
                 y += tl.sum(h * Cn, axis=0)
                 # the saves: those inside the tile, then the tile's last state, which starts the next tile or is the
                 # last state (padding steps are identities; the next chunk's start is written by that chunk). One
@@ -232,8 +233,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 nu_in = tl.load(nu_ptr + (row * n_chunks + chunk) * n_state + n)
                 a = tl.exp2(dt * A2n)
                 x = _mul_rn(dtu, Bn, PTX)  # not fused into h − x below: exact 0 where h_{t−1} = 0
-                a_cum, x_cum = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
-                h = a_cum * h_in + x_cum
+                # the tile's start state enters at its first token; x itself stays for h − x below
+                _, h = tl.associative_scan((a, tl.where(offs_t == 0, a * h_in + x, x)), axis=1, combine_fn=_combine)
                 # λ_t by the blocked `_reverse_scan` from a_t, the carry ν = a·λ at the next tile's start entering
                 # at the last token. Triton's own reverse scan sends every element through ~20 warp shuffles (391 per
                 # state for sm_90 against 97 here); fwd+bwd took 1.13-1.27× as long with it on the H100 (BENCHMARKS.md).

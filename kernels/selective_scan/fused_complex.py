@@ -85,10 +85,11 @@ def _carry_through_tile_complex(Hr, Hi, offs_n, n, E, S_tile, wr, wi, Ar2n, Ain,
 
 
 @triton.jit
-def _tile_states(hsr_ptr, hsi_ptr, Br_ptr, Bi_ptr, row, row_bc, d, n, n_state, n_tiles, k, t, L, dt, dtu, Ar2n, Ain,
-                 B_CONST: tl.constexpr):
+def _tile_states(hsr_ptr, hsi_ptr, Br_ptr, Bi_ptr, row, row_bc, d, n, n_state, n_tiles, k, t, first, L, dt, dtu,
+                 Ar2n, Ain, B_CONST: tl.constexpr):
     """State n (A_n = Ar + i·Ai, Ar2n = Ar·log2 e) over tile k from its saved start: h_t (real, imaginary),
-    x_t = Δu·B_t, a_t and B_t, each [BLOCK_T]."""
+    x_t = Δu·B_t, a_t and B_t, each [BLOCK_T]. The start state enters the scan at the tile's first token
+    (`first`): x_0 + a_0·h_start there, so that no product with the scanned a follows it."""
     Brn = _load_state_row(Br_ptr, row_bc, d, n, n_state, t, L, B_CONST)
     Bin = _load_state_row(Bi_ptr, row_bc, d, n, n_state, t, L, B_CONST)
     ar, ai = _decay(dt, Ar2n, Ain)
@@ -96,8 +97,10 @@ def _tile_states(hsr_ptr, hsi_ptr, Br_ptr, Bi_ptr, row, row_bc, d, n, n_state, n
     start = (row * (n_tiles + 1) + k) * n_state + n
     hr0 = tl.load(hsr_ptr + start)
     hi0 = tl.load(hsi_ptr + start)
-    pr, pi, sr, si = tl.associative_scan((ar, ai, xr, xi), axis=0, combine_fn=_combine_complex)
-    return pr * hr0 - pi * hi0 + sr, pr * hi0 + pi * hr0 + si, xr, xi, ar, ai, Brn, Bin
+    _, _, hr, hi = tl.associative_scan((ar, ai, tl.where(first, ar * hr0 - ai * hi0 + xr, xr),
+                                        tl.where(first, ar * hi0 + ai * hr0 + xi, xi)), axis=0,
+                                       combine_fn=_combine_complex)
+    return hr, hi, xr, xi, ar, ai, Brn, Bin
 
 
 @triton.jit
@@ -156,8 +159,8 @@ def _fwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
                 Ar2n = tl.load(Ar_ptr + d * n_state + n) * LOG2E
                 Ain = tl.load(Ai_ptr + d * n_state + n)
                 hr, hi, xr, xi, ar, ai, Brn, Bin = _tile_states(hsr_ptr, hsi_ptr, Br_ptr, Bi_ptr, row, row_bc, d, n,
-                                                                n_state, n_tiles, k, t, L, dt, dtu, Ar2n, Ain,
-                                                                B_CONST)
+                                                                n_state, n_tiles, k, t, offs_t == 0, L, dt, dtu, Ar2n,
+                                                                Ain, B_CONST)
                 Crn = _load_state_row(Cr_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 Cin = _load_state_row(Ci_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 y += Crn * hr - Cin * hi
@@ -252,8 +255,8 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
                 Arn = tl.load(Ar_ptr + d * n_state + n)
                 Ain = tl.load(Ai_ptr + d * n_state + n)
                 hr, hi, xr, xi, ar, ai, Brn, Bin = _tile_states(hsr_ptr, hsi_ptr, Br_ptr, Bi_ptr, row, row_bc, d, n,
-                                                                n_state, n_tiles, k, t, L, dt, dtu, Arn * LOG2E,
-                                                                Ain, B_CONST)
+                                                                n_state, n_tiles, k, t, is_first, L, dt, dtu,
+                                                                Arn * LOG2E, Ain, B_CONST)
                 Crn = _load_state_row(Cr_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 Cin = _load_state_row(Ci_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 y += Crn * hr - Cin * hi
