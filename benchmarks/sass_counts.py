@@ -28,6 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from mamba_bio_audio.kernels.selective_scan import fused, fused_complex, fused_rows
+from mamba_bio_audio.kernels.selective_scan.triton_tiles import tokens_per_thread
 from mamba_bio_audio.kernels.unet_generate import fused as unet_fused
 
 BF16_POINTERS = {"u_ptr", "dt_ptr", "z_ptr", "pre_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
@@ -51,7 +52,7 @@ def compile_sm90(kernel, constexprs: dict, num_warps: int, bf16: set[str] = froz
     attrs = {(i,): [["tt.divisibility", 16]] for i, param in enumerate(kernel.params)
              if param.name.endswith("_ptr") or param.name in DIVISIBLE}
     source = ASTSource(kernel, signature, constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, **({"maxnreg": int(__import__("os").environ["MAXNREG"])} if "MAXNREG" in __import__("os").environ else {})})
 
 
 def counts(compiled) -> dict:
@@ -78,7 +79,8 @@ def main() -> int:
     fused_flags = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16)
     kernels = [
         (f"`fused` forward, {tokens} tokens, {warps} warps, {states} state(s) per scan", fused._fwd_kernel,
-         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=tokens, SAVE_T=bwd_t, STATES=states), warps,
+         dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=tokens, SAVE_T=bwd_t, STATES=states,
+              PER_THREAD=tokens_per_thread(tokens, warps, 2)), warps,
          {"B_ptr", "C_ptr"}) for states, tokens, warps in ((1, fwd_t, fwd_warps), (2, fwd_t // 2, fwd_warps // 2))] + [
         (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
          dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=1, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
@@ -89,7 +91,9 @@ def main() -> int:
          dict(OPTIONS, N=16, BLOCK_D=fused_rows.BLOCK_D, Q=fused_rows.Q, SAVE_EVERY=bwd_t // fused_rows.Q,
               HAS_H0=False, SAVE_PRE=True, STAGES=fused_rows.STAGES), fused_rows.WARPS, set()),
     ]
-    for kind, kernel, flags in (("fwd", fused_complex._fwd_kernel_complex, dict(HAS_H0=False)),
+    complex_fwd_t, complex_fwd_warps = fused_complex.SHAPES["fwd"]
+    for kind, kernel, flags in (("fwd", fused_complex._fwd_kernel_complex,
+                                 dict(HAS_H0=False, PER_THREAD=tokens_per_thread(complex_fwd_t, complex_fwd_warps, 2))),
                                 ("bwd", fused_complex._bwd_kernel_complex, dict(HAS_DHLAST=False))):
         block_t, warps = fused_complex.SHAPES[kind]
         constexprs = dict(OPTIONS, B_CONST=False, C_CONST=False, BLOCK_N=16, BLOCK_T=block_t, **flags)

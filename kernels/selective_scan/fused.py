@@ -43,8 +43,9 @@ from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _channel, _chunk_tiles, _combine,
-                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, bc_grad_shape, grouped,
-                           launch_passes, plan_tiles, sm_count, sum_rows_chunks, summary_buffers, zeroed)
+                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _store_token,
+                           bc_grad_shape, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
+                           summary_buffers, tokens_per_thread, zeroed)
 
 
 @triton.jit
@@ -75,11 +76,11 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 n_saves, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
                 SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, SAVE_T: tl.constexpr,
-                STATES: tl.constexpr):
+                STATES: tl.constexpr, PER_THREAD: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
     the state at every SAVE_T-th token boundary, the backward's tile starts (entry e: the state after e·SAVE_T
     tokens; the tile-to-tile carry goes through them; entry n_saves − 1 is the last state), and with SAVE_PRE the
-    output before the z gate (for dz in the backward). SAVE_T divides BLOCK_T."""
+    output before the z gate (for dz in the backward). SAVE_T divides BLOCK_T; PER_THREAD: `_store_token`."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
     chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
@@ -114,15 +115,13 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
             y = tl.zeros([BLOCK_T], tl.float32)
             offs_s = tl.arange(0, STATES)[:, None]   # states scanned together, [STATES, 1]
             tt = t[None, :]
-            B_next = _load_state_row(B_ptr, row_bc, d, offs_s, n_state, tt, L, B_CONST)
-            C_next = _load_state_row(C_ptr, row_bc, d, offs_s, n_state, tt, L, C_CONST)
             for n0 in range(0, n_state, STATES):
                 n = n0 + offs_s
                 A2n = tl.load(A_ptr + d * n_state + n) * LOG2E                          # [STATES, 1]
-                Bn, Cn = B_next, C_next  # the next states' rows load while these compute
-                n_next = tl.minimum(n + STATES, n_state - 1)
-                B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, tt, L, B_CONST)
-                C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, tt, L, C_CONST)
+                # not loaded a step ahead: carried through the loop, the rows stayed 16-bit halves split and widened
+                # in every step; the forward was 3-12% faster without (0.5-5% slower at 1 × 1024 × 2^15, BENCHMARKS.md)
+                Bn = _load_state_row(B_ptr, row_bc, d, n, n_state, tt, L, B_CONST)
+                Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, tt, L, C_CONST)
                 h_in = tl.load(hstart_ptr + (row * n_saves + k * R) * n_state + n)
                 a = tl.exp2(dt[None, :] * A2n)
                 x = dtu[None, :] * Bn
@@ -134,9 +133,8 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 # scalar address per save: an address per token cost ~20 registers and ~10% of the forward's time.
                 for j in tl.static_range(1, R + 1):
                     save = k * R + j
-                    tl.store(hstart_ptr + (row * n_saves + save) * n_state + n + 0 * tt, h,
-                             mask=(offs_t[None, :] == j * SAVE_T - 1) & (save < n_saves)
-                             & ((j < R) | (k + 1 < k1) | (k + 1 == n_tiles)))
+                    _store_token(hstart_ptr + (row * n_saves + save) * n_state + n, h, j * SAVE_T - 1,
+                                 (save < n_saves) & ((j < R) | (k + 1 < k1) | (k + 1 == n_tiles)), STATES, PER_THREAD)
             if HAS_D:  # u again: fewer live registers through the loop over states
                 y += Dv * tl.load(u_ptr + row * L + t, mask=t < L, other=0.0).to(tl.float32)
             _store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, t < L, HAS_Z, SAVE_PRE)
@@ -240,6 +238,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 # state for sm_90 against 97 here); fwd+bwd took 1.13-1.27× as long with it on the H100 (BENCHMARKS.md).
                 w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
                 lam = _reverse_scan(a, w, REVERSE_SEG)
+                # ν at the first token, the previous tile's carry (stored by `_store_token`, as the forward's saves
+                # are, fwd+bwd took up to 13% longer on an H100: BENCHMARKS.md)
                 tl.store(nu_ptr + slot + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
@@ -378,6 +378,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
     flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
                  BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps, STATES=states,
+                 PER_THREAD=tokens_per_thread(block_t, warps, u.element_size()),
                  **options)
     grid = (batch, dim, n_chunks)
     launch_passes(_fwd_kernel, grid, args, flags)

@@ -30,8 +30,8 @@ import triton.language as tl
 
 from ..host import cast, next_power_of_2
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
-                           _load_state_row, _reverse_scan_complex, _store_output, _update, grouped,
-                           launch_passes, plan_tiles, sum_rows_chunks, summary_buffers)
+                           _load_state_row, _reverse_scan_complex, _store_output, _store_token, _update, grouped,
+                           launch_passes, plan_tiles, sum_rows_chunks, summary_buffers, tokens_per_thread)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -109,16 +109,16 @@ def _fwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
                         n_groups, dim_per_group, n_tiles, tiles_per_chunk, B_CONST: tl.constexpr,
                         C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                         SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_T: tl.constexpr):
+                        BLOCK_T: tl.constexpr, PER_THREAD: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ, into sum
     (batch, dim, n_chunks, N) and dtsum (batch, dim, n_chunks). Otherwise: outputs, and the state at every tile start
-    in hs (batch, dim, n_tiles + 1, N), the last entry the last state (padding steps are identities)."""
+    in hs (batch, dim, n_tiles + 1, N), the last entry the last state (padding steps are identities). PER_THREAD:
+    `_store_token`."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
     chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n_state
-    is_last = offs_t == BLOCK_T - 1
     bias = tl.load(bias_ptr + d) if HAS_BIAS else 0.0
     Dv = tl.load(D_ptr + d) if HAS_D else 0.0
     if HAS_H0 and not SUMMARY:
@@ -154,7 +154,7 @@ def _fwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
             y = tl.zeros([BLOCK_T], tl.float32)
             # the tile's last state starts the next tile, or is the last state; the next chunk's start is written by
             # that chunk
-            save_end = is_last & ((k + 1 < k1) | (k + 1 == n_tiles))
+            save_end = (k + 1 < k1) | (k + 1 == n_tiles)
             for n in range(n_state):
                 Ar2n = tl.load(Ar_ptr + d * n_state + n) * LOG2E
                 Ain = tl.load(Ai_ptr + d * n_state + n)
@@ -164,9 +164,9 @@ def _fwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
                 Crn = _load_state_row(Cr_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 Cin = _load_state_row(Ci_ptr, row_bc, d, n, n_state, t, L, C_CONST)
                 y += Crn * hr - Cin * hi
-                nxt = (row * (n_tiles + 1) + k + 1) * n_state + n + 0 * offs_t
-                tl.store(hsr_ptr + nxt, hr, mask=save_end)
-                tl.store(hsi_ptr + nxt, hi, mask=save_end)
+                nxt = (row * (n_tiles + 1) + k + 1) * n_state + n
+                _store_token(hsr_ptr + nxt, hr, BLOCK_T - 1, save_end, 1, PER_THREAD)
+                _store_token(hsi_ptr + nxt, hi, BLOCK_T - 1, save_end, 1, PER_THREAD)
             _store_output(out_ptr, out_ptr, z_ptr, row * L + t, 2.0 * y + Dv * u, t < L, HAS_Z, False)
             tl.debug_barrier()  # the next tile reads the start states written above by other threads
     if SUMMARY:
@@ -359,7 +359,8 @@ class _FusedScanComplex(torch.autograd.Function):
                 dim // groups, n_tiles, tiles_per_chunk)
         flags = dict(B_CONST=B.dim() == 2, C_CONST=C.dim() == 2, HAS_D=D32 is not None, HAS_Z=z is not None,
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0r is not None,
-                     BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps)
+                     BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps,
+                     PER_THREAD=tokens_per_thread(block_t, warps, u.element_size()))
         grid = (batch, dim, n_chunks)
         launch_passes(_fwd_kernel_complex, grid, args, flags)
         ctx.save_for_backward(u, delta, z, Ar, Ai, Br, Bi, Cr, Ci, D32, bias32, hsr, hsi)

@@ -192,6 +192,12 @@ def plan_tiles(block_t: int, warps: int, shapes: dict, programs: int, L: int,
     return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device)
 
 
+def tokens_per_thread(block_t: int, warps: int, itemsize: int) -> int:
+    """How many consecutive tokens of a tile each thread holds, as Triton lays a tile out from its loads of 16 bytes
+    (for `_store_token`): 8 for bf16 tiles of 512 tokens on 2 warps."""
+    return max(min(block_t // (32 * warps), 16 // itemsize), 1)
+
+
 def summary_buffers(batch: int, dim: int, n_chunks: int, n_state: int, dummy: torch.Tensor, planes: int = 1
                     ) -> tuple[torch.Tensor, ...]:
     """The chunk summaries of a pass whose L is split into n_chunks: `planes` state buffers (batch, dim, n_chunks, N)
@@ -301,6 +307,21 @@ def _add_to(ptr, slot, n, value):
     and selects in every state of every tile. On an H100 this made the real-A fwd+bwd 1-11% faster; the complex-A
     backward, which spills, was 0-1% slower with it and keeps its vectors (BENCHMARKS.md)."""
     tl.atomic_add(ptr + slot + n, value, sem="relaxed")
+
+
+@triton.jit
+def _store_token(ptr, X, token, mask, ROWS: tl.constexpr, PER_THREAD: tl.constexpr):
+    """ptr[r] = X[r, token] for each row r of X [ROWS, BLOCK_T] or [BLOCK_T] (ROWS = 1; ptr and mask [ROWS, 1] or
+    scalars), stored by the thread that holds the token. Viewed as [ROWS, BLOCK_T / PER_THREAD, PER_THREAD], X keeps
+    its layout when each thread holds PER_THREAD consecutive tokens (`tokens_per_thread`), so the token is picked
+    in-thread. A store of X itself under a token mask first moved all of X through shared memory, since that store
+    wants a token's rows in one thread: on sm_90 that took 4 of the real-A forward's 6 barriers per tile and pair of
+    states."""
+    GROUPS: tl.constexpr = X.numel // (ROWS * PER_THREAD)
+    own = tl.arange(0, PER_THREAD)[None, None, :]
+    group = tl.arange(0, GROUPS)[None, :]
+    picked = tl.sum(tl.where(own == token % PER_THREAD, tl.reshape(X, [ROWS, GROUPS, PER_THREAD]), 0.0), axis=2)
+    tl.store(ptr + 0 * group, picked, mask=(group == token // PER_THREAD) & mask)
 
 
 @triton.jit
