@@ -52,7 +52,7 @@ def compile_sm90(kernel, constexprs: dict, num_warps: int, bf16: set[str] = froz
     attrs = {(i,): [["tt.divisibility", 16]] for i, param in enumerate(kernel.params)
              if param.name.endswith("_ptr") or param.name in DIVISIBLE}
     source = ASTSource(kernel, signature, constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, **({"maxnreg": int(__import__("os").environ["MAXNREG"])} if "MAXNREG" in __import__("os").environ else {})})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
 def counts(compiled) -> dict:
