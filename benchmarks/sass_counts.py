@@ -6,7 +6,7 @@ machine, GPU or not.
 Compiles the kernels (`fused`'s forward, its backward with one and with two channels per program, the rows forward,
 the complex-A pair) at their default shapes for sm_90 with `triton.compile` and a `GPUTarget`, bf16 inputs, all
 options (z, D, Δ-bias, softplus), N = 16; pointer and length arguments marked divisible by 16 as Triton's JIT does for
-real shapes.
+real shapes; L a multiple of the tile (`EVEN_L`), except for the backward of two channels, which never takes it.
 Also the persistent generation kernel (`kernels/unet_generate`) for the SC09 U-Net in bf16, with the arguments
 `UNetGenerator.run` passes: at its two default launch shapes (batch 1; more programs than SMs) and at 16 rows per
 program (its products on the tensor cores).
@@ -80,12 +80,14 @@ def main() -> int:
     kernels = [
         (f"`fused` forward, {tokens} tokens, {warps} warps, {states} state(s) per scan", fused._fwd_kernel,
          dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=tokens, SAVE_T=bwd_t, STATES=states,
-              PER_THREAD=tokens_per_thread(tokens, warps, 2)), warps,
+              PER_THREAD=tokens_per_thread(tokens, warps, 2), EVEN_L=True), warps,
          {"B_ptr", "C_ptr"}) for states, tokens, warps in ((1, fwd_t, fwd_warps), (2, fwd_t // 2, fwd_warps // 2))] + [
         (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
-         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=1, BLOCK_T=bwd_t), bwd_warps, {"B_ptr", "C_ptr"}),
+         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=1, BLOCK_T=bwd_t, EVEN_L=True),
+         bwd_warps, {"B_ptr", "C_ptr"}),
         (f"`fused` backward, 2 channels × {bwd_t // 2} tokens, {bwd_warps} warps", fused._bwd_kernel,
-         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=2, BLOCK_T=bwd_t // 2), bwd_warps, {"B_ptr", "C_ptr"}),
+         dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=2, BLOCK_T=bwd_t // 2, EVEN_L=False),
+         bwd_warps, {"B_ptr", "C_ptr"}),
         (f"rows forward, {fused_rows.Q} tokens × {fused_rows.BLOCK_D} channels, {fused_rows.WARPS} warps",
          fused_rows._rows_fwd_kernel,
          dict(OPTIONS, N=16, BLOCK_D=fused_rows.BLOCK_D, Q=fused_rows.Q, SAVE_EVERY=bwd_t // fused_rows.Q,
