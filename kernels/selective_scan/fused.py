@@ -228,7 +228,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
             for n in range(n_state):
                 An = tl.load(A_ptr + d * n_state + n)
                 A2n = An * LOG2E
-                Bn, Cn = B_next, C_next
+                Bn, Cn = B_next, C_next  # loaded a step ahead: 5-14% faster than at use here (BENCHMARKS.md)
                 n_next = tl.minimum(n + 1, n_state - 1)
                 B_next = _load_state_row(B_ptr, row_bc, d, n_next, n_state, t, L, B_CONST, EVEN_L)
                 C_next = _load_state_row(C_ptr, row_bc, d, n_next, n_state, t, L, C_CONST, EVEN_L)
