@@ -247,8 +247,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 # state for sm_90 against 97 here); fwd+bwd took 1.13-1.27× as long with it on the H100 (BENCHMARKS.md).
                 w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
                 lam = _reverse_scan(a, w, REVERSE_SEG)
-                # ν at the first token, the previous tile's carry (stored by `_store_token`, as the forward's saves
-                # are, fwd+bwd took up to 13% longer on an H100: BENCHMARKS.md)
+                # ν at the first token, the previous tile's carry (storing it by `_store_token`, as the forward's
+                # saves are, made fwd+bwd up to 13% slower on an H100: BENCHMARKS.md)
                 tl.store(nu_ptr + slot + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
@@ -335,7 +335,9 @@ def _fwd_shape(programs: int, n_state: int, device: torch.device) -> tuple[int, 
     - N even: 2 states per scan, so that one set of the scan's shuffles and cross-warp barriers serves both, capped
       at 128 registers. In `_forward`'s half tiles (512 tokens on 2 warps, 8 programs per SM) the forward was 3-15%
       faster than one state at every configuration timed (batch 1 × 1024 at L = 2^11 to 2^19, 1 × 512 × 2^20,
-      2 × 1024 and 4 × 1024 × 2^15, 4 × 1536 × 2^16); 4 states (252 registers) were 15-30% slower.
+      2 × 1024 and 4 × 1024 × 2^15, 4 × 1536 × 2^16); 4 states (252 registers) were 15-30% slower. After later
+      changes to the loop one state (in 1,024-token tiles) was level at 1 × 1024 × 2^19 and 1.6× slower at
+      1 × 512 × 2^20.
     - N odd: one state, uncapped (~100 registers) up to 5 programs per SM, capped at 64 (8 per SM, one wave) up to
       8, and at 80 (6 per SM) beyond.
     MBA_SCAN_FWD_STATES forces the states per scan (1 or 2; 1 where N is odd). The interpreter takes no cap, nor does
