@@ -4,8 +4,8 @@ Layout (that of the reference CUDA kernel). One program owns one (batch row, cha
 chunk in tiles of BLOCK_T tokens (512 to 1024: 8 to 16 per thread). A tile loads u, Δ (and z) once, then loops
 over the N states, STATES (1 or 2, `_fwd_shape`) at a time: for states n it loads B[n], C[n] over the tile
 ([STATES, BLOCK_T]), forms a = exp2(Δ·A_n·log2 e) and x = Δ·u·B_n, scans along the tile with
-`tl.associative_scan` (its cross-warp barriers shared by the STATES rows) and adds Σ_n C_n·h into the output. A few
-states at a time make the output a running sum (no reduction over N). The state at each start of the backward's
+`tl.associative_scan` (its cross-warp barriers shared by the STATES rows) and adds C_n·h into a running sum per
+row, summed over the STATES rows once per tile (no reduction over N). The state at each start of the backward's
 tiles (which divide the forward's) goes to memory: it carries the scan from tile to tile and is all the backward
 keeps (O(L/BLOCK_T·N) per channel, nothing of size L·N). B and C are read by every channel's program (from L2: a
 (batch, G, N, L) tensor is small next to u).

@@ -295,12 +295,10 @@ def _load_state_row(ptr, row_bc, d, n, n_state, t, L, CONST: tl.constexpr, WHOLE
     """B or C of state n over a tile, fp32 [BLOCK_T]: variable (batch, G, N, L) or constant (dim, N). WHOLE: every
     token of the tile is < L, so the load needs no mask (nor the zeroed registers a masked load starts from)."""
     if CONST:
-        X = tl.load(ptr + d * n_state + n).to(tl.float32) + tl.zeros(t.shape, tl.float32)
-    elif WHOLE:
-        X = tl.load(ptr + (row_bc * n_state + n) * L + t).to(tl.float32)
-    else:
-        X = tl.load(ptr + (row_bc * n_state + n) * L + t, mask=t < L, other=0.0).to(tl.float32)
-    return X
+        return tl.load(ptr + d * n_state + n).to(tl.float32) + tl.zeros(t.shape, tl.float32)
+    row = ptr + (row_bc * n_state + n) * L + t
+    X = tl.load(row) if WHOLE else tl.load(row, mask=t < L, other=0.0)
+    return X.to(tl.float32)
 
 
 @triton.jit
