@@ -43,7 +43,7 @@ from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
 from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _channel, _chunk_tiles, _combine,
-                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _store_output, _store_token,
+                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _sigmoid, _store_output, _store_token,
                            bc_grad_shape, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
                            summary_buffers, tokens_per_thread, zeroed)
 
@@ -196,7 +196,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
         dout = tl.load(dout_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(z)
+            sig = _sigmoid(z)
             go = dout * z * sig                                                     # ∂L/∂(y + D·u)
             if not SUMMARY:  # dz from the forward's output before the gate
                 pre = tl.load(pre_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
@@ -269,7 +269,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
             ddt = lam_B * u + lam_AhA
             if SOFTPLUS:
                 raw = tl.load(dt_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32) + bias
-                ddt = ddt * tl.sigmoid(raw)
+                ddt = ddt * _sigmoid(raw)
             ddt = tl.where(mask_t, ddt, 0.0)
             tl.store(ddt_ptr + row * L + t, ddt.to(ddt_ptr.dtype.element_ty), mask=mask_t)
             dD_acc += tl.sum(go * u, axis=1)

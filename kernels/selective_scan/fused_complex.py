@@ -30,8 +30,8 @@ import triton.language as tl
 
 from ..host import cast, next_power_of_2
 from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
-                           _load_state_row, _reverse_scan_complex, _store_output, _store_token, _update, grouped,
-                           launch_passes, plan_tiles, sum_rows_chunks, summary_buffers, tokens_per_thread)
+                           _load_state_row, _reverse_scan_complex, _sigmoid, _store_output, _store_token, _update,
+                           grouped, launch_passes, plan_tiles, sum_rows_chunks, summary_buffers, tokens_per_thread)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -231,7 +231,7 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
         dout = tl.load(dout_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(z)
+            sig = _sigmoid(z)
             go = dout * z * sig  # ∂L/∂(y + D·u)
         else:
             go = dout
@@ -295,7 +295,7 @@ def _bwd_kernel_complex(u_ptr, dt_ptr, z_ptr, Ar_ptr, Ai_ptr, Br_ptr, Bi_ptr, Cr
             ddt = d_dtu * u + d_dtA
             if SOFTPLUS:
                 raw = tl.load(dt_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32) + bias
-                ddt = ddt * tl.sigmoid(raw)
+                ddt = ddt * _sigmoid(raw)
             ddt = tl.where(mask_t, ddt, 0.0)
             tl.store(ddt_ptr + row * L + t, ddt, mask=mask_t)
             if HAS_Z:

@@ -124,7 +124,23 @@ def _reverse_scan(a, w, SEG: tl.constexpr):
 
 @triton.jit
 def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    """log(1 + e^x) in fp32 as max(x, 0) + log1p(e), e = e^−|x| in (0, 1]: log1p(e) = 2·atanh(s), s = e / (2 + e)
+    ≤ 1/3, by its series to s^15 (relative error below 2e-6 at every x; log(1 + e) loses all of it once e < 2^−24).
+    One exp2 and one reciprocal: for sm_90 about 17 instructions against 31 for tl.log(1 + tl.exp(·)); on an H100
+    the forwards with z were 2-7% faster with it and `_sigmoid` (BENCHMARKS.md)."""
+    e = tl.exp2(-tl.abs(x) * LOG2E)
+    s = e / (2.0 + e)
+    s2 = s * s
+    p = 1.0 / 15.0
+    for c in tl.static_range(13, 2, -2):
+        p = p * s2 + 1.0 / c
+    return tl.maximum(x, 0.0) + 2.0 * s + 2.0 * s * s2 * p
+
+
+@triton.jit
+def _sigmoid(x):
+    """1 / (1 + e^−x) in fp32 from exp2."""
+    return 1.0 / (1.0 + tl.exp2(-x * LOG2E))
 
 
 @triton.jit
@@ -145,7 +161,7 @@ def _store_output(out_ptr, pre_ptr, z_ptr, offs, y, mask, HAS_Z: tl.constexpr, S
         if SAVE_PRE:
             tl.store(pre_ptr + offs, y.to(pre_ptr.dtype.element_ty), mask=mask)
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        y = y * z * tl.sigmoid(z)
+        y = y * z * _sigmoid(z)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from ..host import cast, cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _block_d, _softplus
+from ..selective_scan.triton_tiles import _block_d, _sigmoid, _softplus
 from .naive import selective_state_update_naive
 
 
@@ -46,7 +46,7 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
         out += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) * x
     if HAS_Z:
         z = tl.load(z_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
-        out = out * z * tl.sigmoid(z)
+        out = out * z * _sigmoid(z)
     tl.store(out_ptr + io, out.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
