@@ -69,6 +69,32 @@ def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_f
         torch.testing.assert_close(loglik, logp[:, 20:].sum(-1), rtol=1e-3, atol=1e-2)
 
 
+def test_unet_coarse_steps_on_side_streams_give_the_one_stream_logits():
+    """The coarser levels' steps on side streams (the default on CUDA) give the logits of the one-stream step, bit for
+    bit, eagerly and replayed from a CUDA graph of whole pooling periods (whose side streams rejoin it)."""
+    from mamba_bio_audio.models.audio_unet import AudioUNet, AudioUNetConfig
+
+    torch.manual_seed(0)
+    model = AudioUNet(AudioUNetConfig(d_model=16, pools=(4, 4), n_layers=2)).cuda().eval()
+    tokens = torch.randint(0, 256, (3, 64), device="cuda")
+
+    def run(state, positions):
+        return torch.stack([model.step(tokens[:, t], state) for t in positions], 1)
+
+    with torch.no_grad():
+        one_stream = run(model.allocate_step_state(3, concurrent=False), range(64))
+        state = model.allocate_step_state(3)
+        assert len(state.streams) == 2
+        eager = run(state, range(32))
+        model.join_step(state)
+        replayed, graph = torch.empty_like(one_stream[:, 32:]), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed.copy_(run(state, range(32, 64)))
+            model.join_step(state)
+        graph.replay()
+    assert torch.equal(eager, one_stream[:, :32]) and torch.equal(replayed, one_stream[:, 32:])
+
+
 @pytest.mark.parametrize("settings", [dict(temperature=1.0, top_k=3, repetition_penalty=1.3), dict(temperature=0.0)])
 def test_dna_generation_in_cuda_graphs_matches_eager_steps(settings):
     """`generate` replays one graph per 64-position chunk: the same seed gives the same tokens as eager steps, and

@@ -69,6 +69,12 @@ class Stepper:
             return self.model.step(tokens, self.state)
         return self.model(tokens[:, None], cache=self.state)[:, -1]
 
+    def finish(self) -> None:
+        """After a run of steps: a U-Net's coarse steps still on side streams rejoin the current stream (a CUDA
+        graph must end joined, and the state is read after it)."""
+        if self.unet:
+            self.model.join_step(self.state)
+
 
 class _Chunk:
     """The work of `size` consecutive positions on fixed buffers, so that it can be captured in a CUDA graph: for
@@ -93,6 +99,7 @@ class _Chunk:
             logits = self.stepper.step(self.token)                                 # (n, 256)
             sample_step(logits.contiguous(), self.noise[i], self.forced[i], self.forced_tokens[i], self.token,
                         self.codes[:, i], self.loglik, self.watch.flags[:, i], self.temperature, self.top_p)
+        self.stepper.finish()
 
     def replay(self, key) -> None:
         """Run `run(size)` as a CUDA graph, recorded on first use of `key` (recording runs nothing; a U-Net's phase

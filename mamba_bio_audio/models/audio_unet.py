@@ -147,13 +147,19 @@ class UpPool(nn.Module):
 @dataclass
 class UNetStepState:
     """Recurrent state of `AudioUNet.step`: per level, the caches of its down and up stages, the down-stage outputs
-    of the current coarse step (b, p, d), the delayed UpPool outputs (b, p, d) and the position in the coarse step."""
+    of the current coarse step (b, p, d), the delayed UpPool outputs (b, p, d) and the position in the coarse step.
+    On CUDA (`concurrent`), per level a side stream that runs the coarser levels' step while this level's up stage
+    and the next sample's down stage run, the events that order the two, and whether such a step is in flight."""
     down: list[InferenceCache]
     up: list[InferenceCache]
     centre: InferenceCache
     down_buffer: list[torch.Tensor]
     up_buffer: list[torch.Tensor]
     phase: list[int]
+    streams: list[torch.cuda.Stream] = field(default_factory=list)
+    up_read: list[torch.cuda.Event] = field(default_factory=list)     # this level's up stage read its last slot
+    coarse_done: list[torch.cuda.Event] = field(default_factory=list)  # the coarser step wrote up_buffer
+    in_flight: list[bool] = field(default_factory=list)
 
     def tensors(self) -> list[torch.Tensor]:
         """Every state tensor, batch first."""
@@ -204,22 +210,41 @@ class AudioUNet(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(input_ids))                           # (b, L, n_classes)
 
-    def allocate_step_state(self, batch_size: int) -> UNetStepState:
+    def allocate_step_state(self, batch_size: int, concurrent: bool | None = None) -> UNetStepState:
+        """The recurrent state for `step` at `batch_size` rows. `concurrent` (default: on CUDA) runs each coarse
+        step on a side stream, beside the finer levels' work that does not need it (see `step`)."""
         if self.config.bidirectional:
             raise ValueError("a bidirectional AudioUNet is not causal: it has no recurrent step")
         weight = self.norm.weight
+        levels = len(self.config.pools)
         buffers = [torch.zeros(batch_size, p, w, device=weight.device, dtype=weight.dtype)
                    for p, w in zip(self.config.pools, self.config.widths)]
-        return UNetStepState([s.allocate_inference_cache(batch_size) for s in self.down],
-                             [s.allocate_inference_cache(batch_size) for s in self.up],
-                             self.centre.allocate_inference_cache(batch_size),
-                             buffers, [b.clone() for b in buffers], [0] * len(self.config.pools))
+        state = UNetStepState([s.allocate_inference_cache(batch_size) for s in self.down],
+                              [s.allocate_inference_cache(batch_size) for s in self.up],
+                              self.centre.allocate_inference_cache(batch_size),
+                              buffers, [b.clone() for b in buffers], [0] * levels)
+        if weight.is_cuda if concurrent is None else concurrent:
+            state.streams = [torch.cuda.Stream(weight.device) for _ in range(levels)]
+            state.up_read = [torch.cuda.Event() for _ in range(levels)]
+            state.coarse_done = [torch.cuda.Event() for _ in range(levels)]
+            state.in_flight = [False] * levels
+        return state
 
     def step(self, tokens: torch.Tensor, state: UNetStepState) -> torch.Tensor:
         """tokens (b,) int64, the input at the next position → logits (b, n_classes) for that position; `state` is
         advanced (its tensors in place, so that the step can be captured in a CUDA graph). Stepping through a
-        sequence gives the same logits as `forward` on it."""
+        sequence gives the same logits as `forward` on it.
+
+        With a concurrent state the step of a coarser level is queued on a side stream as soon as the down stage
+        has filled its buffer: it runs beside this level's up stage and the next sample's down stage, and the next
+        sample's up stage waits for it. The logits are on the current stream as always; call `join_step` before
+        reading the state, and at the end of a captured CUDA graph (whose side streams must rejoin it)."""
         return self.head(self.norm(self._step_level(0, self.embedding(tokens), state)))
+
+    def join_step(self, state: UNetStepState) -> None:
+        """Make the current stream wait for every coarse step still in flight on a side stream."""
+        for level in range(len(state.in_flight)):
+            self._wait_coarse(level, state)
 
     def _step_level(self, level: int, x: torch.Tensor, state: UNetStepState) -> torch.Tensor:
         """x (b, width of level) at this level's rate → (b, width), running the coarser levels when a coarse step
@@ -228,11 +253,41 @@ class AudioUNet(nn.Module):
             return self.centre.step(x, state.centre)
         pool, phase = self.config.pools[level], state.phase[level]
         down = self.down[level].step(x, state.down[level])
-        out = self.up[level].step(state.up_buffer[level][:, phase] + down, state.up[level])
+        if phase == 0:  # the coarse step queued a coarse step ago: its reads of down_buffer, its write of up_buffer
+            self._wait_coarse(level, state)
         state.down_buffer[level][:, phase] = down
         if phase == pool - 1:                                                # a coarse step is complete
-            coarse = self.down_pool[level].linear(state.down_buffer[level].flatten(1))
-            inner = self._step_level(level + 1, coarse, state)
-            state.up_buffer[level].copy_(self.up_pool[level].linear(inner).view_as(state.up_buffer[level]))
+            up_next = self._coarse_step(level, state)
+        out = self.up[level].step(state.up_buffer[level][:, phase] + down, state.up[level])
+        if phase == pool - 1:
+            self._store_up(level, up_next, state)
         state.phase[level] = (phase + 1) % pool
         return out
+
+    def _coarse_step(self, level: int, state: UNetStepState) -> torch.Tensor:
+        """The coarser levels' step on the full down_buffer → the UpPool output (b, p·width) for the next coarse
+        step; on the level's side stream if the state is concurrent."""
+        stream = state.streams[level] if state.streams else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):                                      # a no-op for None
+            coarse = self.down_pool[level].linear(state.down_buffer[level].flatten(1))
+            return self.up_pool[level].linear(self._step_level(level + 1, coarse, state))
+
+    def _store_up(self, level: int, up_next: torch.Tensor, state: UNetStepState) -> None:
+        """up_buffer ← up_next, once this level's up stage has read the buffer's last slot."""
+        if not state.streams:
+            state.up_buffer[level].copy_(up_next.view_as(state.up_buffer[level]))
+            return
+        stream = state.streams[level]
+        state.up_read[level].record(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            stream.wait_event(state.up_read[level])
+            state.up_buffer[level].copy_(up_next.view_as(state.up_buffer[level]))
+            state.coarse_done[level].record(stream)
+        state.in_flight[level] = True
+
+    def _wait_coarse(self, level: int, state: UNetStepState) -> None:
+        if state.streams and state.in_flight[level]:
+            torch.cuda.current_stream().wait_event(state.coarse_done[level])
+            state.in_flight[level] = False
