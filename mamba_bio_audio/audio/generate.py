@@ -27,6 +27,10 @@ from . import SAMPLE_RATE
 from .codec import START_TOKEN
 
 N_CODES = 256
+# Positions per chunk (rounded up to whole pooling periods): one CUDA graph replay each, at whose end a U-Net's coarse
+# steps in flight on side streams must finish before the next replay starts. 64 gave the same steady rate on an H100
+# (SC09 U-Net) and was 5-12% slower on 0.5 s clips (a longer eager first chunk; BENCHMARKS.md).
+CHUNK_POSITIONS = 16
 
 
 class Stepper:
@@ -147,7 +151,7 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     if persistent:
         return _sample_persistent(model, n, length, prompt, temperature, top_p, generator, progress, check_every, stats)
     stepper = Stepper(model, n, length)
-    size = stepper.period * math.ceil(16 / stepper.period)                        # ≥ 16 positions per chunk
+    size = stepper.period * math.ceil(CHUNK_POSITIONS / stepper.period)
     watch = FiniteWatch(n, size, device, row="clip", unit="sample")
     chunk = _Chunk(stepper, n, size, temperature, top_p, device, watch)
     check_chunks = max(1, math.ceil(check_every / size))

@@ -211,8 +211,10 @@ class AudioUNet(nn.Module):
         return self.head(self.features(input_ids))                           # (b, L, n_classes)
 
     def allocate_step_state(self, batch_size: int, concurrent: bool | None = None) -> UNetStepState:
-        """The recurrent state for `step` at `batch_size` rows. `concurrent` (default: on CUDA) runs each coarse
-        step on a side stream, beside the finer levels' work that does not need it (see `step`)."""
+        """The recurrent state for `step` at `batch_size` rows. `concurrent` runs each coarse step on a side stream,
+        beside the finer levels' work that does not need it (see `step`); by default on CUDA, except for fp32 weights
+        at more than 64 rows (SC09 U-Net on an H100, 32,000-sample clips: bf16 +16%, +20% and +5% samples/s at batch
+        1, 64 and 256, fp32 +21% and +18% at 1 and 64, 2-3% slower at 256; BENCHMARKS.md)."""
         if self.config.bidirectional:
             raise ValueError("a bidirectional AudioUNet is not causal: it has no recurrent step")
         weight = self.norm.weight
@@ -223,7 +225,9 @@ class AudioUNet(nn.Module):
                               [s.allocate_inference_cache(batch_size) for s in self.up],
                               self.centre.allocate_inference_cache(batch_size),
                               buffers, [b.clone() for b in buffers], [0] * levels)
-        if weight.is_cuda if concurrent is None else concurrent:
+        if concurrent is None:
+            concurrent = weight.is_cuda and not (weight.dtype == torch.float32 and batch_size > 64)
+        if concurrent:
             state.streams = [torch.cuda.Stream(weight.device) for _ in range(levels)]
             state.up_read = [torch.cuda.Event() for _ in range(levels)]
             state.coarse_done = [torch.cuda.Event() for _ in range(levels)]
