@@ -448,3 +448,49 @@ def test_softplus_and_sigmoid_match_float64_at_every_magnitude():
     x64 = x.double()
     for got, want in ((softplus, torch.nn.functional.softplus(x64)), (sigmoid, torch.sigmoid(x64))):
         assert ((got.double() - want).abs() / want).max().item() < 1e-5
+
+
+
+COMPILE_ALL_OPTIONS = """
+import itertools, sys
+sys.path.insert(0, "benchmarks")
+from sass_counts import compile_sm90
+from mamba_bio_audio.kernels.selective_scan import fused, fused_complex, fused_rows
+bf16 = {"u_ptr", "dt_ptr", "z_ptr", "pre_ptr", "dout_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
+for b_const, c_const, summary in itertools.product((False, True), repeat=3):
+    on = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_CONST=b_const, C_CONST=c_const, BLOCK_N=16,
+              SUMMARY=summary)
+    kernels = [(fused._fwd_kernel, dict(on, HAS_H0=True, SAVE_PRE=True, BLOCK_T=64, SAVE_T=32, STATES=states,
+                                        PER_THREAD=2, EVEN_L=False)) for states in (1, 2)]
+    kernels += [(fused._bwd_kernel, dict(on, HAS_DHLAST=True, PTX=True, BLOCK_C=channels, BLOCK_T=32,
+                                         EVEN_L=channels == 1)) for channels in (1, 2)]
+    kernels += [(fused_complex._fwd_kernel_complex, dict(on, HAS_H0=True, BLOCK_T=32, PER_THREAD=1)),
+                (fused_complex._bwd_kernel_complex, dict(on, HAS_DHLAST=True, BLOCK_T=32))]
+    if not b_const and not c_const:
+        kernels.append((fused_rows._rows_fwd_kernel, dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
+                                                          SUMMARY=summary, HAS_H0=True, SAVE_PRE=True, N=16,
+                                                          BLOCK_D=32, Q=16, SAVE_EVERY=2, STAGES=3)))
+    for kernel, constexprs in kernels:
+        try:
+            compile_sm90(kernel, constexprs, 1, bf16)
+        except Exception as error:
+            sys.exit(f"{kernel.fn.__name__} {constexprs}: {error}")
+"""
+
+
+def test_scan_kernels_compile_for_sm90_at_every_option_set():
+    """The interpreter (these tests on a CPU) runs a kernel without type-checking it: two branches of a compile-time
+    `if` returning tiles of different shapes ran there and failed to compile on the H100 (`_load_state_row` with
+    constant B or C and 2 channels per program). So every scan kernel is compiled for sm_90 here, in a process
+    without the interpreter, at small tiles: constant or variable B and C, summary and full passes, 1 and 2 states or
+    channels, the rows forward, every option on."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_ALL_OPTIONS], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -310,10 +310,11 @@ def _load_seq(u_ptr, dt_ptr, bias, row, t, L, HAS_BIAS: tl.constexpr, SOFTPLUS: 
 def _load_state_row(ptr, row_bc, d, n, n_state, t, L, CONST: tl.constexpr, WHOLE: tl.constexpr = False):
     """B or C of state n over a tile, fp32 [BLOCK_T]: variable (batch, G, N, L) or constant (dim, N). WHOLE: every
     token of the tile is < L, so the load needs no mask (nor the zeroed registers a masked load starts from)."""
-    if CONST:
-        return tl.load(ptr + d * n_state + n).to(tl.float32) + tl.zeros(t.shape, tl.float32)
-    row = ptr + (row_bc * n_state + n) * L + t
-    X = tl.load(row) if WHOLE else tl.load(row, mask=t < L, other=0.0)
+    if CONST:  # one exit: the branches' shapes differ where d holds several channels ([C, 1] against t's [1, T])
+        X = tl.load(ptr + d * n_state + n) + tl.zeros(t.shape, tl.float32)
+    else:
+        row = ptr + (row_bc * n_state + n) * L + t
+        X = tl.load(row) if WHOLE else tl.load(row, mask=t < L, other=0.0)
     return X.to(tl.float32)
 
 
