@@ -292,6 +292,8 @@ class AudioUNet(nn.Module):
         state.in_flight[level] = True
 
     def _wait_coarse(self, level: int, state: UNetStepState) -> None:
+        """The current stream waits for the level's coarse step in flight, if any (it ends with its up_buffer write,
+        after its reads of down_buffer)."""
         if state.streams and state.in_flight[level]:
             torch.cuda.current_stream().wait_event(state.coarse_done[level])
             state.in_flight[level] = False
