@@ -80,7 +80,8 @@ def main() -> int:
     kernels = [
         (f"`fused` forward, {tokens} tokens, {warps} warps, {states} state(s) per scan", fused._fwd_kernel,
          dict(fused_flags, HAS_H0=False, SAVE_PRE=True, BLOCK_T=tokens, SAVE_T=bwd_t, STATES=states,
-              PER_THREAD=tokens_per_thread(tokens, warps, 2), EVEN_L=True), warps,
+              PER_THREAD=tokens_per_thread(tokens, warps, 2), EVEN_L=True,
+              STAGES=fused.FWD_STAGES_HALF_TILES if states == 2 else 1), warps,
          {"B_ptr", "C_ptr"}) for states, tokens, warps in ((1, fwd_t, fwd_warps), (2, fwd_t // 2, fwd_warps // 2))] + [
         (f"`fused` backward, {bwd_t} tokens, {bwd_warps} warps", fused._bwd_kernel,
          dict(fused_flags, HAS_DHLAST=False, PTX=True, BLOCK_C=1, BLOCK_T=bwd_t, EVEN_L=True),

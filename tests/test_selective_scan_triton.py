@@ -461,7 +461,7 @@ for b_const, c_const, summary in itertools.product((False, True), repeat=3):
     on = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_CONST=b_const, C_CONST=c_const, BLOCK_N=16,
               SUMMARY=summary)
     kernels = [(fused._fwd_kernel, dict(on, HAS_H0=True, SAVE_PRE=True, BLOCK_T=64, SAVE_T=32, STATES=states,
-                                        PER_THREAD=2, EVEN_L=False)) for states in (1, 2)]
+                                        PER_THREAD=2, EVEN_L=False, STAGES=2 * states - 1)) for states in (1, 2)]
     kernels += [(fused._bwd_kernel, dict(on, HAS_DHLAST=True, PTX=True, BLOCK_C=channels, BLOCK_T=32,
                                          EVEN_L=channels == 1)) for channels in (1, 2)]
     kernels += [(fused_complex._fwd_kernel_complex, dict(on, HAS_H0=True, BLOCK_T=32, PER_THREAD=1)),

@@ -76,12 +76,13 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
                 n_saves, B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr, SUMMARY: tl.constexpr,
                 SAVE_PRE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, SAVE_T: tl.constexpr,
-                STATES: tl.constexpr, PER_THREAD: tl.constexpr, EVEN_L: tl.constexpr):
+                STATES: tl.constexpr, PER_THREAD: tl.constexpr, EVEN_L: tl.constexpr, STAGES: tl.constexpr):
     """One (batch row, channel, chunk of L). SUMMARY: the chunk's end state from zero and its ΣΔ. Otherwise: outputs,
     the state at every SAVE_T-th token boundary, the backward's tile starts (entry e: the state after e·SAVE_T
     tokens; the tile-to-tile carry goes through them; entry n_saves − 1 is the last state), and with SAVE_PRE the
     output before the z gate (for dz in the backward). SAVE_T divides BLOCK_T; PER_THREAD: `_store_token`; EVEN_L:
-    BLOCK_T divides L (no masks on the loads of B and C: on an H100 the forward was 2-5% faster)."""
+    BLOCK_T divides L (no masks on the loads of B and C: on an H100 the forward was 2-5% faster). STAGES: the
+    software pipelining of the loop over states (1: none)."""
     d, row, row_bc = _channel(dim, n_groups, dim_per_group)
     chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)
@@ -116,11 +117,12 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
             y_states = tl.zeros([STATES, BLOCK_T], tl.float32)  # Σ C·h per slot of the scan: an FFMA per element
             offs_s = tl.arange(0, STATES)[:, None]   # states scanned together, [STATES, 1]
             tt = t[None, :]
-            for n0 in range(0, n_state, STATES):
+            for n0 in tl.range(0, n_state, STATES, num_stages=STAGES):
                 n = n0 + offs_s
                 A2n = tl.load(A_ptr + d * n_state + n) * LOG2E                          # [STATES, 1]
-                # not loaded a step ahead: carried through the loop, the rows stayed 16-bit halves split and widened
-                # in every step; the forward was 3-12% faster without (0.5-5% slower at 1 × 1024 × 2^15, BENCHMARKS.md)
+                # not loaded a step ahead by hand: carried through the loop, the rows stayed 16-bit halves split and
+                # widened in every step, and the forward was 3-12% faster without (0.5-5% slower at 1 × 1024 × 2^15);
+                # Triton's pipelining (STAGES) copies them to shared memory ahead instead (BENCHMARKS.md)
                 Bn = _load_state_row(B_ptr, row_bc, d, n, n_state, tt, L, B_CONST, EVEN_L)
                 Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, tt, L, C_CONST, EVEN_L)
                 h_in = tl.load(hstart_ptr + (row * n_saves + k * R) * n_state + n)
@@ -295,6 +297,11 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
 # the warps where the backward's tiles still divide its own (1 × 1024 on an H100: 512 tokens on 2 warps were 8% faster
 # than 1024 on 4; 1 warp, or 4 tokens per thread on 8 warps, were slower).
 SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
+# Software-pipelining stages of the forward's loop over states (B, C, A and the start states of the next states
+# copied to shared memory while these scan): 3 in the half tiles (512 tokens on 2 warps; on an H100 the forward was
+# 1-3% faster at 1 × 1024 from L = 2^15 and at 4 × 1536 × 2^16, 2 stages mixed), none in 1,024-token tiles on 4 warps
+# (3 stages 3% slower at 1 × 512 × 2^20; BENCHMARKS.md).
+FWD_STAGES_HALF_TILES = 3
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
 
@@ -371,8 +378,10 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
     n_state = A32.shape[1]
     plan = _plan("fwd", batch, dim, L, u.device)
     states, options = _fwd_shape(batch * dim * plan[4], n_state, u.device)
+    stages = 1
     if states == 2 and plan[0] // 2 >= save_t:  # half the tokens on half the warps: as many tokens per thread
         plan = plan_tiles(plan[0] // 2, max(plan[1] // 2, 1), SHAPES, batch * dim, L, u.device)
+        stages = FWD_STAGES_HALF_TILES
     block_t, warps, n_tiles, tiles_per_chunk, n_chunks = plan
     assert block_t % save_t == 0, "the backward's tiles must divide the forward's"
     n_saves = cdiv(L, save_t) + 1
@@ -390,7 +399,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
                  HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_H0=h0 is not None, SAVE_PRE=save_pre,
                  BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, SAVE_T=save_t, num_warps=warps, STATES=states,
                  PER_THREAD=tokens_per_thread(block_t, warps, u.element_size()), EVEN_L=L % block_t == 0,
-                 **options)
+                 STAGES=stages, **options)
     grid = (batch, dim, n_chunks)
     launch_passes(_fwd_kernel, grid, args, flags)
     return out, pre, h_start
