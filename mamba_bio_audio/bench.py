@@ -64,7 +64,8 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     """Samples per second (all rows together) to generate one clip of `seconds` per row from random weights, and the
     ratio to real time (16,000 samples/s): the SC09 Mamba U-Net (fp32 and bf16), the same-size flat Mamba and
     Transformer++ (static KV cache) baselines; on the GPU each 16-sample chunk of steps and draws is one CUDA
-    graph for every model."""
+    graph for every model, and the bf16 U-Net runs with its coarse steps on side streams (the default) and on one
+    stream."""
     import copy
 
     import torch
@@ -81,19 +82,21 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     transformer = TransformerLM(TransformerConfig(d_model=256, n_layer=8, n_head=4, vocab_size=256)).to(device).eval()
     length = round(seconds * SAMPLE_RATE)
     cuda = device.type == "cuda"
-    rows = [("Mamba U-Net (sc09)", unet, cuda, batches, False),
-            ("Mamba U-Net (sc09), bf16", copy.deepcopy(unet).bfloat16(), cuda, batches if cuda else [], False),
-            ("Mamba U-Net (sc09), persistent kernel", unet, False, batches if cuda else [], True),
-            ("flat Mamba 14 x 256", flat, cuda, batches, False),
-            ("Transformer++ 8 x 256, KV cache", transformer, cuda, batches, False)]
+    unet_bf16 = copy.deepcopy(unet).bfloat16()
+    rows = [("Mamba U-Net (sc09)", unet, cuda, batches, False, None),
+            ("Mamba U-Net (sc09), bf16", unet_bf16, cuda, batches if cuda else [], False, None),
+            ("Mamba U-Net (sc09), bf16, one stream", unet_bf16, cuda, batches if cuda else [], False, False),
+            ("Mamba U-Net (sc09), persistent kernel", unet, False, batches if cuda else [], True, None),
+            ("flat Mamba 14 x 256", flat, cuda, batches, False, None),
+            ("Transformer++ 8 x 256, KV cache", transformer, cuda, batches, False, None)]
     sizes = ", ".join(f"{name} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
                       for name, model in (("U-Net", unet), ("flat Mamba", flat), ("Transformer++", transformer)))
     print(f"generation of {seconds:g} s clips ({length} samples) on {device}; parameters: {sizes}")
     print(f"{'model':<40}{'batch':>7}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
-    for name, model, graphs, row_batches, persistent in rows:
+    for name, model, graphs, row_batches, persistent, concurrent in rows:
         name += "" if persistent else ", graphs" if graphs else ", eager"
         for batch in row_batches:
-            run = dict(seed=0, cuda_graphs=graphs, persistent=persistent)
+            run = dict(seed=0, cuda_graphs=graphs, persistent=persistent, concurrent=concurrent)
             sample_audio(model, batch, min(length, 2 * 256), **run)  # warm-up (compiles)
             seconds_taken = _median_seconds(lambda: sample_audio(model, batch, length, **run), device, 1)
             rate = batch * length / seconds_taken

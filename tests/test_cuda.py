@@ -59,6 +59,9 @@ def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_f
     eager, eager_ll = sample_audio(model, 3, 96, prompt, seed=3, cuda_graphs=False, persistent=False)
     graphed, graphed_ll = sample_audio(model, 3, 96, prompt, seed=3, cuda_graphs=True, persistent=False)
     assert torch.equal(eager, graphed) and torch.equal(eager_ll, graphed_ll)
+    if arch == "unet":  # the coarse steps on side streams (the default here) or on one stream: the same clips
+        one_stream, one_stream_ll = sample_audio(model, 3, 96, prompt, seed=3, persistent=False, concurrent=False)
+        assert torch.equal(one_stream, graphed) and torch.equal(one_stream_ll, graphed_ll)
     runs = [(graphed, graphed_ll)]
     if arch == "unet":  # and in the persistent kernel (its own noise stream)
         runs.append(sample_audio(model, 3, 96, prompt, seed=3, persistent=True))

@@ -39,9 +39,9 @@ class Stepper:
     position modulo the period), else 1. Every state is updated in place on fixed buffers, so a CUDA graph of some
     steps can be replayed: the recurrent states of a U-Net or a flat Mamba, or a Transformer's KV cache in its static
     mode (the position on the device; `attend(start, steps)` sets how many cache slots the steps attend to, a power
-    of two, so that a few graphs serve a whole clip)."""
+    of two, so that a few graphs serve a whole clip). `concurrent`: passed to a U-Net's `allocate_step_state`."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int):
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int, concurrent: bool | None = None):
         from ..models import MambaLMHeadModel, TransformerLM
         from ..models.audio_unet import AudioUNet
 
@@ -50,7 +50,7 @@ class Stepper:
         self.transformer = isinstance(model, TransformerLM)
         self.period = 1
         if self.unet:
-            self.state = model.allocate_step_state(batch_size)
+            self.state = model.allocate_step_state(batch_size, concurrent)
             self.period = model.config.total_pool
         elif self.transformer:
             self.state = model.allocate_inference_cache(batch_size, max_len, static=True)
@@ -115,7 +115,7 @@ class _Chunk:
 def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tensor | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, cuda_graphs: bool = True,
                  progress: bool = False, check_every: int = 8192, stats: dict | None = None,
-                 persistent: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 persistent: bool | None = None, concurrent: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate `n` clips of `length` codes. prompt: (n, T) or (T,) int64 codes (T < length) continued by every row.
     Returns codes (n, length) int64 (the prompt first) and the log-likelihood in nats (n,) float64 of the generated
     part under the model (temperature 1, no top-p). The draws come from uniform noise of a generator seeded with
@@ -133,7 +133,10 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     opt-in: on an H100 level with the stepping path at batch 1, slower at 64 and 256): generate with the persistent
     kernel instead, every position of `check_every` samples in one launch (fp32 arithmetic; weight matrices read in
     the model's dtype). Its draws come from Triton's Philox stream seeded by `seed`: the same seed gives the same
-    clips however the positions are split into launches, but not the clips of the stepping path."""
+    clips however the positions are split into launches, but not the clips of the stepping path.
+
+    `concurrent` (U-Nets on the stepping path): each coarse step on a side stream (`AudioUNet.allocate_step_state`;
+    None: its default). The clips are the same either way."""
     from tqdm import tqdm
 
     device = next(model.parameters()).device
@@ -150,7 +153,7 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
         persistent = unsupported(model) is None
     if persistent:
         return _sample_persistent(model, n, length, prompt, temperature, top_p, generator, progress, check_every, stats)
-    stepper = Stepper(model, n, length)
+    stepper = Stepper(model, n, length, concurrent)
     size = stepper.period * math.ceil(CHUNK_POSITIONS / stepper.period)
     watch = FiniteWatch(n, size, device, row="clip", unit="sample")
     chunk = _Chunk(stepper, n, size, temperature, top_p, device, watch)
