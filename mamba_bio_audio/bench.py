@@ -92,7 +92,7 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     sizes = ", ".join(f"{name} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
                       for name, model in (("U-Net", unet), ("flat Mamba", flat), ("Transformer++", transformer)))
     print(f"generation of {seconds:g} s clips ({length} samples) on {device}; parameters: {sizes}")
-    print(f"{'model':<40}{'batch':>7}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
+    print(f"{'model':<46}{'batch':>7}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
     for name, model, graphs, row_batches, persistent, concurrent in rows:
         name += "" if persistent else ", graphs" if graphs else ", eager"
         for batch in row_batches:
@@ -100,7 +100,7 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
             sample_audio(model, batch, min(length, 2 * 256), **run)  # warm-up (compiles)
             seconds_taken = _median_seconds(lambda: sample_audio(model, batch, length, **run), device, 1)
             rate = batch * length / seconds_taken
-            print(f"{name:<40}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
+            print(f"{name:<46}{batch:>7}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}", flush=True)
 
 
 def persistent_table(device, batches: list[int], seconds: float, variants: str) -> None:
