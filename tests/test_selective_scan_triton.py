@@ -423,7 +423,6 @@ def test_host_time_stubs_the_launches_it_says_it_stubs(monkeypatch, forward):
     assert fused_module.launch_passes is counters["fused"] and fused_rows.launch_passes is counters["rows"]
 
 
-
 if triton_available():
     import triton
     import triton.language as tl
