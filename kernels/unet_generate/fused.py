@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ..host import cdiv, floor_power_of_2, next_power_of_2
-from ..selective_scan.triton_tiles import LOG2E, sm_count
+from ..selective_scan.triton_tiles import LOG2E, _softplus, sm_count
 
 # Launch shape, timed on an H100 (BENCHMARKS.md, 2026-11-24; SC09 U-Net, batches 1, 64 and 256): one row per
 # program (2, 4 and 16 rows were 1.3–2.8× slower, 16 rows on the tensor cores 1.2–2.4×), broadcast products' tiles
@@ -120,7 +120,7 @@ def _walk_out(c, out, dt_r, b_in, c_out, b_im, c_im, m_ptr, v_ptr, ssm_ptr, xz_p
     ch = c + tl.arange(0, E_CHUNK)
     offs_n = tl.arange(0, N)
     dt = _mm(dt_r, m_ptr + o_dt + c * R, R, E_CHUNK, R) + tl.load(v_ptr + o_dt_b + ch)[None, :]  # dt_proj (E, R)
-    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))                                   # softplus
+    dt = _softplus(dt)
     x = tl.load(xz_ptr + rows[:, None] * (2 * E) + ch[None, :], mask=row_ok[:, None], other=0.0)
     z = tl.load(xz_ptr + rows[:, None] * (2 * E) + E + ch[None, :], mask=row_ok[:, None], other=0.0)
     a2 = tl.load(v_ptr + o_a + ch[:, None] * N + offs_n[None, :])                           # Re A·log2 e
