@@ -71,7 +71,7 @@ def _scan_from(H, H2, cols, a, x, n: tl.constexpr, Q: tl.constexpr):
     of the tile (a thread's SLOT tokens) is scanned in its thread, the first from the carried state and the second
     from zero; then the second again from the first's last h. Triton's scan over the whole row instead carries each
     thread's products of a for a fix-up: an FMUL and an FFMA per element where this scans again with one FFMA (for
-    sm_90 1,782 → 1,670 loop instructions; on an H100 the forward was 3-4% faster, BENCHMARKS.md)."""
+    sm_90 1,782 → 1,689 loop instructions; on an H100 the forward was 3-4% faster, BENCHMARKS.md)."""
     BD: tl.constexpr = a.shape[0]
     tl.static_assert(Q == 2 * SLOT, "a tile is two threads' SLOT tokens")
     x = tl.where(cols == 0, x + a * _column(H, cols, n, Q, H2), x)                  # the carried state enters

@@ -11,7 +11,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import libdevice
 
 from ..host import cdiv, next_power_of_2
 
@@ -19,9 +18,6 @@ LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x·log2 e)
 # Tokens a thread holds contiguously in a tile of 2-byte inputs (16-byte loads): the segments of `_reverse_scan`.
 # Another value only adds a layout conversion; the result is the same.
 REVERSE_SEG = tl.constexpr(8)
-# Divisions of softplus and sigmoid as a reciprocal and a product (libdevice's fast_dividef, 2 ulp) instead of Triton's
-# fp32 division, which also scales huge divisors (5 more instructions); off in the interpreter, which has no libdevice
-FAST_DIVIDE = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
@@ -133,7 +129,7 @@ def _softplus(x):
     One exp2 and one reciprocal: for sm_90 about 17 instructions against 31 for tl.log(1 + tl.exp(·)); on an H100
     the forwards with z were 2-7% faster with it and `_sigmoid` (BENCHMARKS.md)."""
     e = tl.exp2(-tl.abs(x) * LOG2E)
-    s = _divide(e, 2.0 + e)
+    s = e / (2.0 + e)
     s2 = s * s
     p = 1.0 / 15.0
     for c in tl.static_range(13, 2, -2):
@@ -144,16 +140,7 @@ def _softplus(x):
 @triton.jit
 def _sigmoid(x):
     """1 / (1 + e^−x) in fp32 from exp2."""
-    return _divide(1.0, 1.0 + tl.exp2(-x * LOG2E))
-
-
-@triton.jit
-def _divide(x, y):
-    """x / y in fp32, `FAST_DIVIDE` on a GPU."""
-    if FAST_DIVIDE:
-        return libdevice.fast_dividef(x, y)
-    else:
-        return x / y
+    return 1.0 / (1.0 + tl.exp2(-x * LOG2E))
 
 
 @triton.jit
