@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -q -n 2 tests/
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test bench bench-tiles sass-counts bench-ddp bench-longgen bench-gen bench-species bench-piano test-gpu clean
+.PHONY: help demo test bench bench-tiles bench-variants sass-counts bench-ddp bench-longgen bench-gen bench-species bench-piano test-gpu clean
 
 help:  ## list the targets
 	@echo "make demo    train a small Mamba LM on yeast chromosome I on the CPU (a few minutes), then sample from it"
@@ -21,6 +21,7 @@ help:  ## list the targets
 	@echo "make test-gpu GPU: the Triton and CUDA tests at GPU shapes (and DDP/FSDP with 2 GPUs)"
 	@echo "             on a machine with the project already installed: make bench RUN_PY=python3"
 	@echo "make bench-tiles    GPU: fused scan's tile shapes (tokens per tile, warps) timed at the long configs"
+	@echo "make bench-variants VARIANTS='new=rows:FILE'  GPU: edited copies of the scan's kernel modules against the package's own"
 	@echo "make sass-counts    any machine: registers, spills, shuffles of the scan's and generation's kernels for sm_90"
 	@echo "make bench-ddp      2 GPUs: DNA pretraining tokens/s on 1 and 2 GPUs at L = 2^16, 2^20 (benchmarks/)"
 	@echo "make bench-longgen  GPU: 1 Mb of DNA and 4 x 60 s of audio generated, checked finite (benchmarks/)"
@@ -64,6 +65,9 @@ bench:
 
 bench-tiles:
 	$(RUN_PY) benchmarks/scan_tile_sweep.py
+
+bench-variants:
+	$(RUN_PY) benchmarks/scan_variants.py $(VARIANTS)
 
 sass-counts: $(VENV)/.installed
 	$(BIN)/python benchmarks/sass_counts.py

@@ -112,15 +112,15 @@ def complex_rows(torch_max_len: int) -> None:
         torch.cuda.empty_cache()
 
 
-def make_inputs(batch, dim, n_state, length, with_z):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    bf = dict(device="cuda", dtype=torch.bfloat16)
+def make_inputs(batch, dim, n_state, length, with_z, device="cuda"):
+    g = torch.Generator(device=device).manual_seed(0)
+    bf = dict(device=device, dtype=torch.bfloat16)
     inputs = dict(u=torch.randn(batch, dim, length, generator=g, **bf),
                   delta=torch.randn(batch, dim, length, generator=g, **bf),
-                  A=-torch.rand(dim, n_state, device="cuda", generator=g) * n_state,
+                  A=-torch.rand(dim, n_state, device=device, generator=g) * n_state,
                   B=torch.randn(batch, 1, n_state, length, generator=g, **bf),
                   C=torch.randn(batch, 1, n_state, length, generator=g, **bf),
-                  D=torch.ones(dim, device="cuda"), delta_bias=torch.full((dim,), -4.0, device="cuda"),
+                  D=torch.ones(dim, device=device), delta_bias=torch.full((dim,), -4.0, device=device),
                   z=torch.randn(batch, dim, length, generator=g, **bf) if with_z else None)
     return inputs
 

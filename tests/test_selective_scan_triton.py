@@ -493,3 +493,33 @@ def test_scan_kernels_compile_for_sm90_at_every_option_set():
     done = subprocess.run([sys.executable, "-c", COMPILE_ALL_OPTIONS], cwd=root, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_scan_variants_times_a_copy_of_the_rows_forward_and_refuses_a_wrong_one(rows_forward, tmp_path):
+    """benchmarks/scan_variants.py (the GPU A/B of edited kernel copies): a copy of `fused_rows.py` imported from
+    outside the package runs in place of the package's rows forward and agrees with it; a copy whose output
+    is 10% off is found to disagree (so the copy, not the package's own kernel, is what ran)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from mamba_bio_audio.kernels.bench import make_inputs
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+    from mamba_bio_audio.kernels.selective_scan import fused_rows
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import scan_variants
+
+    inputs = make_inputs(1, 4, 4, 64, True, device=DEVICE)
+    copy, wrong = tmp_path / "rows_copy.py", tmp_path / "rows_wrong.py"
+    shutil.copy(fused_rows.__file__, copy)
+    source = Path(fused_rows.__file__).read_text()
+    needle = "_store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, m, HAS_Z, SAVE_PRE)"
+    assert source.count(needle) == 1
+    wrong.write_text(source.replace(needle, needle.replace(", y,", ", 1.1 * y,")))
+    own = fused_module.selective_scan_fused
+    for name, path, agrees in (("copy", copy, True), ("wrong", wrong, False)):
+        fn = scan_variants.scan_function("rows", scan_variants.load_variant(name, path))
+        difference = scan_variants.largest_difference(fn, own, inputs)
+        assert (difference < 1e-5) if agrees else (difference > scan_variants.AGREE)  # 1e-5: atomic adds' order
+    assert fused_module.rows_forward is fused_rows.rows_forward  # put back after each call
