@@ -172,7 +172,7 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
         tl.store(hstart_ptr + row * n_saves * N + cols, H, mask=lo)
         tl.store(hstart_ptr + row * n_saves * N + Q + cols, H2, mask=hi)
     dt_sum = tl.zeros([BLOCK_D, 1], tl.float32)
-    slots = cols % SLOT                      # SUMMARY: slot j of each group of SLOT tokens accumulates state j (+ SLOT·k)
+    slots = cols % SLOT                      # SUMMARY: slot j of each group of SLOT tokens sums state j (+ SLOT·k)
     P0 = tl.zeros([BLOCK_D, Q], tl.float32)  # states 0 … SLOT−1, SLOT … 2·SLOT−1, …
     P1 = tl.zeros([BLOCK_D, Q], tl.float32)
     P2 = tl.zeros([BLOCK_D, Q], tl.float32)
