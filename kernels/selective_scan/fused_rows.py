@@ -3,9 +3,12 @@
 Layout. A program owns BLOCK_D channels of one batch row and walks its chunk of L in tiles of Q = 16 tokens: a tile
 is [BLOCK_D channels, Q tokens], each thread holding SLOT = 8 consecutive tokens of one channel, so the scan along the
 tokens is in-thread but for one shuffle (`_scan_from`). The N states are a loop unrolled at compile time; the state
-carried from tile to tile lives in registers, in two [BLOCK_D, Q] tiles whose column n is state n (states 0 … Q−1) and
-n − Q (Q … 2Q−1). The summary pass (L split) does no scan: each thread sums exp(A·Σ_{r>t} Δ_r)·Δ_t·u_t·B_t over its own
-tokens into one register per state, decayed tile by tile, and the threads' sums are added once per chunk.
+carried from tile to tile lives in registers as a tuple of N [BLOCK_D, 1] values, one per state, and so do A·log2 e.
+Packed instead into two [BLOCK_D, Q] tiles (column n state n), every state's read and update went through selects on
+the same tiles, which chained the N states of a tile one after the other: as a tuple they are independent, and on an
+H100 the forward was 15-22% faster (sm_90: 1,689 → 1,545 loop instructions; BENCHMARKS.md).
+The summary pass (L split) does no scan: each thread sums exp(A·Σ_{r>t} Δ_r)·Δ_t·u_t·B_t over its own tokens into one
+register per state, decayed tile by tile, and the threads' sums are added once per chunk.
 The output is a running sum over the states, as in `fused`. The next tile's u and Δ are loaded one tile ahead, and
 the tile loop is software-pipelined (`num_stages`, B and C through shared memory); without both the kernel waited on
 memory at every tile (1.2–1.7× slower).
@@ -66,15 +69,32 @@ def _set_column(X, X2, cols, n: tl.constexpr, Q: tl.constexpr, value):
 
 
 @triton.jit
-def _scan_from(H, H2, cols, a, x, n: tl.constexpr, Q: tl.constexpr):
-    """h_t [BD, Q] of state n over one tile: the steps (a, x) from the carried state, column n of (H, H2). Each half
+def _replace(T, n: tl.constexpr, value):
+    """The tuple T with entry n replaced by value."""
+    return T[:n] + (value,) + T[n + 1:]
+
+
+@triton.jit
+def _store_states(ptr, Hs, cols, lo, hi, Q: tl.constexpr):
+    """Store the states Hs (N entries [BD, 1]) at ptr + n as two [BD, Q] tiles (states 0 … Q−1, Q … 2Q−1)."""
+    H = tl.zeros(cols.shape, tl.float32)
+    H2 = tl.zeros(cols.shape, tl.float32)
+    for n in tl.static_range(len(Hs)):
+        H, H2 = _set_column(H, H2, cols, n, Q, Hs[n])
+    tl.store(ptr + cols, H, mask=lo)
+    tl.store(ptr + Q + cols, H2, mask=hi)
+
+
+@triton.jit
+def _scan_from(carry, cols, a, x, Q: tl.constexpr):
+    """h_t [BD, Q] of one state over one tile: the steps (a, x) from the carried state carry [BD, 1]. Each half
     of the tile (a thread's SLOT tokens) is scanned in its thread, the first from the carried state and the second
     from zero; then the second again from the first's last h. Triton's scan over the whole row instead carries each
     thread's products of a for a fix-up: an FMUL and an FFMA per element where this scans again with one FFMA (for
     sm_90 1,782 → 1,689 loop instructions; on an H100 the forward was 3-4% faster, BENCHMARKS.md)."""
     BD: tl.constexpr = a.shape[0]
     tl.static_assert(Q == 2 * SLOT, "a tile is two threads' SLOT tokens")
-    x = tl.where(cols == 0, x + a * _column(H, cols, n, Q, H2), x)                  # the carried state enters
+    x = tl.where(cols == 0, x + a * carry, x)                                       # the carried state enters
     a3, x3 = tl.reshape(a, [BD, 2, SLOT]), tl.reshape(x, [BD, 2, SLOT])
     _, h3 = tl.associative_scan((a3, x3), axis=2, combine_fn=_combine)
     half, j = tl.arange(0, 2)[None, :, None], tl.arange(0, SLOT)[None, None, :]
@@ -172,6 +192,11 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
         tl.store(hstart_ptr + row * n_saves * N + cols, H, mask=lo)
         tl.store(hstart_ptr + row * n_saves * N + Q + cols, H2, mask=hi)
     dt_sum = tl.zeros([BLOCK_D, 1], tl.float32)
+    Hs = ()   # the carried states, N entries [BD, 1]
+    A2s = ()  # A·log2 e per state, N entries [BD, 1]
+    for n in tl.static_range(N):
+        Hs = Hs + (_column(H, cols, n, Q, H2),)
+        A2s = A2s + (tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E,)
     slots = cols % SLOT                      # SUMMARY: slot j of each group of SLOT tokens sums state j (+ SLOT·k)
     P0 = tl.zeros([BLOCK_D, Q], tl.float32)  # states 0 … SLOT−1, SLOT … 2·SLOT−1, …
     P1 = tl.zeros([BLOCK_D, Q], tl.float32)
@@ -196,23 +221,20 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
             dt_sum += S_tile
             rest = tl.maximum(S_tile - tl.cumsum(dt, axis=1), 0.0)                 # Σ of Δ after t in the tile
             for n in tl.static_range(N):
-                A2n = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E                   # [BD, 1]
                 Bn = tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)                 # [1, Q] fp32
-                part = _group_sums(tl.exp2(A2n * rest) * (dtu * Bn), Q)
-                P0, P1, P2, P3 = _add_to_slot(P0, P1, P2, P3, slots, n, tl.exp2(A2n * S_tile), part)
+                part = _group_sums(tl.exp2(A2s[n] * rest) * (dtu * Bn), Q)
+                P0, P1, P2, P3 = _add_to_slot(P0, P1, P2, P3, slots, n, tl.exp2(A2s[n] * S_tile), part)
         else:
             y = Dv * u
             for n in tl.static_range(N):
-                A2n = tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E                   # [BD, 1]
                 Bn = tl.load(B_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)                 # [1, Q] fp32
-                h = _scan_from(H, H2, cols, tl.exp2(dt * A2n), dtu * Bn, n, Q)
+                h = _scan_from(Hs[n], cols, tl.exp2(dt * A2s[n]), dtu * Bn, Q)
                 y += h * tl.load(C_ptr + (b * N + n) * L + t, mask=t < L, other=0.0)
-                H, H2 = _set_column(H, H2, cols, n, Q, _last(h, cols, Q))
+                Hs = _replace(Hs, n, _last(h, cols, Q))
             _store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, m, HAS_Z, SAVE_PRE)
-            save = ((k + 1) % SAVE_EVERY == 0) | (k + 1 == n_tiles)  # a masked store keeps the loop branch-free
-            e = (k + SAVE_EVERY) // SAVE_EVERY                                       # ⌈(k + 1) / SAVE_EVERY⌉
-            tl.store(hstart_ptr + (row * n_saves + e) * N + cols, H, mask=lo & save)
-            tl.store(hstart_ptr + (row * n_saves + e) * N + Q + cols, H2, mask=hi & save)
+            if ((k + 1) % SAVE_EVERY == 0) | (k + 1 == n_tiles):
+                e = (k + SAVE_EVERY) // SAVE_EVERY                                   # ⌈(k + 1) / SAVE_EVERY⌉
+                _store_states(hstart_ptr + (row * n_saves + e) * N, Hs, cols, lo, hi, Q)
     if SUMMARY:  # the chunk's end state: per state, the sum of its slot over the threads of a channel
         for n in tl.static_range(N):
             H, H2 = _set_column(H, H2, cols, n, Q, _slot_total(P0, P1, P2, P3, slots, n))
