@@ -202,8 +202,9 @@ def test_chunks_of_l_stay_within_the_programs_per_sm_target(monkeypatch):
 
 def test_backward_channels_per_program_follow_the_h100_measurements(monkeypatch):
     """2 channels per backward program where B and C vary, the group's channels are even and half as many programs
-    still fill the GPU (8 × 2048 and 4 × 1536 on an H100's 132 SMs), else 1 (1 × 1024: too few warps; BENCHMARKS.md);
-    MBA_SCAN_BWD_CHANNELS forces a count that divides the group."""
+    still fill the GPU (8 × 2048 and 4 × 1536 on an H100's 132 SMs) or, behind the rows forward, are so few that L is
+    split (1 × 256), else 1 (1 × 1024: too few warps; 1 × 512 behind `fused`; BENCHMARKS.md); MBA_SCAN_BWD_CHANNELS
+    forces a count that divides the group."""
     from mamba_bio_audio.kernels.selective_scan.fused import bwd_channels
 
     cpu = torch.device("cpu")  # counted as 132 SMs
@@ -212,6 +213,9 @@ def test_backward_channels_per_program_follow_the_h100_measurements(monkeypatch)
     assert bwd_channels(8, 2048, 1, var, var, cpu) == 2
     assert bwd_channels(4, 1536, 1, var, var, cpu) == 2
     assert bwd_channels(1, 1024, 1, var, var, cpu) == 1
+    assert bwd_channels(1, 1024, 1, var, var, cpu, rows_forward=True) == 1  # 512 programs: L not split
+    assert bwd_channels(1, 256, 1, var, var, cpu, rows_forward=True) == 2
+    assert bwd_channels(1, 256, 1, var, var, cpu) == 1
     assert bwd_channels(8, 2048, 1, const, var, cpu) == 1
     assert bwd_channels(8, 2049, 1, var, var, cpu) == 1
     monkeypatch.setenv("MBA_SCAN_BWD_CHANNELS", "4")

@@ -306,21 +306,27 @@ BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
 
 
-def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Tensor, device: torch.device) -> int:
+def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Tensor, device: torch.device,
+                 rows_forward: bool = False) -> int:
     """Channels per program of the backward, all of one group: 2 (tiles of [2, 256 tokens] on one warp, each
     thread holding both channels' tokens, so that dB and dC are summed over the two in-thread before their atomic
-    adds) where B and C vary, the group's channels are even and the programs still number at least
-    BWD_NARROW_FROM_PER_SM per SM; else 1. MBA_SCAN_BWD_CHANNELS forces a count (halved until it divides the group).
+    adds) where B and C vary, the group's channels are even, and either the programs still number at least
+    BWD_NARROW_FROM_PER_SM per SM or, behind the rows forward (`rows_forward`), so few that the backward splits L
+    into chunks anyway; else 1. MBA_SCAN_BWD_CHANNELS forces a count (halved until it divides the group).
     On an H100 (BENCHMARKS.md) 2 channels took 7.5-10.5% off fwd+bwd at 8 × 2048 × 2048 and 8192 and 4 × 1536 × 2^16,
-    and were 19-26% slower at 1 × 1024 (512 programs of one warp: too few warps in flight)."""
+    and 14% at 1 × 256 × 2^20 (L split); they were 19-26% slower at 1 × 1024 (512 programs of one warp: too few warps
+    in flight). Not behind the `fused` forward where L is split (1 × 512 × 2^20): its saves every 256 tokens instead
+    of 512 made its forward 31% slower."""
     forced = os.environ.get("MBA_SCAN_BWD_CHANNELS")
     if forced:
         channels = int(forced)
         while channels > 1 and (dim // groups) % channels:
             channels //= 2
         return channels
-    many = batch * dim // 2 >= BWD_NARROW_FROM_PER_SM * sm_count(device)
-    return 2 if B.dim() > 2 and C.dim() > 2 and (dim // groups) % 2 == 0 and many else 1
+    programs = batch * dim // 2
+    many = programs >= BWD_NARROW_FROM_PER_SM * sm_count(device)
+    split = rows_forward and programs < SPLIT_BELOW_PER_SM * sm_count(device)
+    return 2 if B.dim() > 2 and C.dim() > 2 and (dim // groups) % 2 == 0 and (many or split) else 1
 
 
 def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device, channels: int = 1):
@@ -421,9 +427,10 @@ class _FusedScan(torch.autograd.Function):
         bias32 = cast(delta_bias, torch.float32) if delta_bias is not None else None
         h0 = cast(initial_state, torch.float32) if initial_state is not None else None
         # either forward saves the state at the backward's tiles, whose channels per program are chosen here
-        channels = bwd_channels(batch, dim, groups, B, C, u.device)
+        rows = forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows"
+        channels = bwd_channels(batch, dim, groups, B, C, u.device, rows)
         save_t = _plan("bwd", batch, dim, L, u.device, channels)[0]
-        if forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows":
+        if rows:
             out, pre, h_start = rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, save_t)
         else:
             out, pre, h_start = _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus, save_pre, groups, save_t)
