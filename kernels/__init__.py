@@ -64,7 +64,8 @@ def active_backend(device: torch.device | str = "cpu") -> str:
     forced = os.environ.get(BACKEND_ENV, "").strip().lower()
     if forced:
         if forced not in KNOWN_BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a scan backend; choose one of {', '.join(KNOWN_BACKENDS)}")
+            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a scan backend; "
+                             f"choose one of {', '.join(KNOWN_BACKENDS)}")
         if forced not in _SCAN:
             raise RuntimeError(f"{BACKEND_ENV}={forced!r}: that backend is not available in this installation "
                                f"(available: {', '.join(available_backends())})")
@@ -144,5 +145,7 @@ def sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, no
                                                        nonfinite, temperature, top_p)
 
 
-__all__ = ["add_rmsnorm", "mamba_block_step", "mamba_block_step_naive", "sample_step", "sample_step_naive", "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend", "available_backends",
-           "selective_scan_naive", "selective_scan_chunked", "selective_scan_numba", "selective_state_update_naive"]
+__all__ = ["add_rmsnorm", "mamba_block_step", "mamba_block_step_naive", "sample_step", "sample_step_naive",
+           "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_state_update", "active_backend",
+           "available_backends", "selective_scan_naive", "selective_scan_chunked", "selective_scan_numba",
+           "selective_state_update_naive"]

@@ -298,8 +298,8 @@ def context_scaling() -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path,
-                        default=Path(__file__).resolve().parents[1].parent / "shared/reference/h100_selective_scan_reference.json")
+    reference = Path(__file__).resolve().parents[1].parent / "shared/reference/h100_selective_scan_reference.json"
+    parser.add_argument("--reference", type=Path, default=reference)
     parser.add_argument("--torch-max-len", type=int, default=2 ** 15)
     parser.add_argument("--only-models", action="store_true", help="skip the scan table")
     parser.add_argument("--only-host", action="store_true", help="only the host time per call")

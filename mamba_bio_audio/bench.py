@@ -14,7 +14,8 @@ GEN_VARIANTS = "default; stages=1; warps=4 tile=4096; rows=2; dtype=bf16; dtype=
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", default="128x8,192x4,256x2,64x4",
-                        help="comma-separated d_model x n_layer list (default: about 1M-parameter models and the demo's)")
+                        help="comma-separated d_model x n_layer list "
+                             "(default: about 1M-parameter models and the demo's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per size (after 1 warm-up step)")
@@ -177,8 +178,8 @@ def block_step_table(device, batches: list[int], calls: int = 100) -> None:
                             for _ in range(calls):
                                 fn(hidden, residual, *weights, *states)
                         times.append(_median_seconds(graph.replay, device, 5) / calls * 1e6)
-                print(f"{d_model:>8}{str(dtype).removeprefix('torch.'):>10}{batch:>7}{times[0]:>10.1f}{times[1]:>13.1f}",
-                      flush=True)
+                name = str(dtype).removeprefix("torch.")
+                print(f"{d_model:>8}{name:>10}{batch:>7}{times[0]:>10.1f}{times[1]:>13.1f}", flush=True)
 
 
 def scan_table(device, shape: list[int], repeats: int) -> None:
@@ -189,8 +190,10 @@ def scan_table(device, shape: list[int], repeats: int) -> None:
 
     batch, dim, n_state, length = shape
     g = torch.Generator().manual_seed(0)
-    inputs = dict(u=torch.randn(batch, dim, length, generator=g), delta=torch.randn(batch, dim, length, generator=g),
-                  A=-torch.rand(dim, n_state, generator=g) * n_state, B=torch.randn(batch, n_state, length, generator=g),
+    inputs = dict(u=torch.randn(batch, dim, length, generator=g),
+                  delta=torch.randn(batch, dim, length, generator=g),
+                  A=-torch.rand(dim, n_state, generator=g) * n_state,
+                  B=torch.randn(batch, n_state, length, generator=g),
                   C=torch.randn(batch, n_state, length, generator=g), D=torch.ones(dim),
                   z=torch.randn(batch, dim, length, generator=g), delta_bias=torch.full((dim,), -4.0))
     inputs = {k: v.to(device).requires_grad_() for k, v in inputs.items()}

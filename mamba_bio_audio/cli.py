@@ -39,8 +39,10 @@ COMMANDS: list[Command] = [
     Command("demo", "mamba_bio_audio.demo", "train a small Mamba LM on a real genome on the CPU and sample from it"),
     Command("bench", "mamba_bio_audio.bench", "measure training throughput (tokens/s) of Mamba LMs on this machine"),
     Command("data", "mamba_bio_audio.data_recipes.cli", "prepare data: index a FASTA, genome recipes"),
-    Command("dna", "mamba_bio_audio.pipelines.cli", "DNA pipelines: pretrain, evaluate, generate, context-sweep, species, finetune, classify, embed"),
-    Command("audio", "mamba_bio_audio.pipelines.audio_cli", "audio pipelines: train, generate, context-sweep, train-classifier, train-diffusion, evaluate"),
+    Command("dna", "mamba_bio_audio.pipelines.cli",
+            "DNA pipelines: pretrain, evaluate, generate, context-sweep, species, finetune, classify, embed"),
+    Command("audio", "mamba_bio_audio.pipelines.audio_cli",
+            "audio pipelines: train, generate, context-sweep, train-classifier, train-diffusion, evaluate"),
 ]
 
 # Errors that mean "bad input" rather than "bug": reported as one line, without a traceback.
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         ("mamba_bio_audio", mamba_bio_audio.__version__),
         ("python", f"{platform.python_version()} ({sys.executable})"),
-        ("torch", f"{torch.__version__} (CUDA build: {cuda_build})" if cuda_build else f"{torch.__version__} (CPU build)"),
+        ("torch", f"{torch.__version__} (CUDA build: {cuda_build})" if cuda_build
+         else f"{torch.__version__} (CPU build)"),
     ]
     rows += [(name, _package_line(name, args.imports)) for name in OPTIONAL_PACKAGES]
     devices = _device_lines(torch)

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: record {name!r} ({len(ids)} bases) is too short for --seq-len {args.seq_len} "
                          f"with --holdout {args.holdout}")
     train_ids, heldout_ids = ids[:split], ids[split:]
-    print(f"{name}: {len(ids):,} bases from {path.name}; training on [0, {split:,}), held out [{split:,}, {len(ids):,})")
+    print(f"{name}: {len(ids):,} bases from {path.name}; "
+          f"training on [0, {split:,}), held out [{split:,}, {len(ids):,})")
 
     config = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=tokenizer.vocab_size)
     model = MambaLMHeadModel(config)
@@ -123,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     budget = args.minutes * 60
     start, step, tokens = time.time(), 0, 0
-    bar = tqdm(total=100, desc="training", unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]",
+    bar = tqdm(total=100, desc="training", unit="%",
+               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]",
                mininterval=1.0 if sys.stderr.isatty() else 15.0)  # a log file gets a line every 15 s
     while True:
         progress = max(step / args.max_steps, (time.time() - start) / budget)
@@ -170,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     gc = (text.count("G") + text.count("C")) / max(1, len(text))
     real = tokenizer.decode(heldout_ids)
     real_gc = (real.count("G") + real.count("C")) / len(real)
-    print(f"\n{args.generate} bases sampled after a 64-base held-out prompt (GC {gc:.1%}; held-out region GC {real_gc:.1%}):")
+    print(f"\n{args.generate} bases sampled after a 64-base held-out prompt "
+          f"(GC {gc:.1%}; held-out region GC {real_gc:.1%}):")
     for i in range(0, len(text), 60):
         print("  " + text[i:i + 60])
     model.config.extra = {"tokenizer": "DNATokenizer", "trained_on": f"{path.name}:{name}[0:{split}]"}

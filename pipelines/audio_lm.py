@@ -185,8 +185,8 @@ class LongAudioData(L.LightningDataModule):
         hp = self.hparams
         epoch, skip = resume_point(self.trainer, self.batch_size)
         dataset = Crops(self._tracks["train"], hp.sample_len, hp.samples_per_epoch, seed=hp.seed * 100_003 + epoch)
-        return _loader(dataset, self.batch_size,
-                       EpochSampler(len(dataset), hp.seed, epoch, False, skip, **data_rank(self.trainer)), hp.num_workers)
+        sampler = EpochSampler(len(dataset), hp.seed, epoch, False, skip, **data_rank(self.trainer))
+        return _loader(dataset, self.batch_size, sampler, hp.num_workers)
 
     def _eval_loader(self, split: str):
         dataset = Crops(self._tracks[split], self.hparams.sample_len, tile=True)

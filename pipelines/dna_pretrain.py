@@ -52,8 +52,9 @@ class DNAPretrainData(LengthScheduledData):
     length and batch per epoch (the Trainer must reload dataloaders every epoch). `max_eval_windows` caps the
     valid/test windows (evenly spaced) to keep evaluation short. `eval_scored_len` scores only the last
     eval_scored_len targets of each valid/test window, the windows ending at the same places whatever seq_len is
-    (see `tile`): runs at different lengths are then compared on the same bases. `soft_mask` adds each batch's lowercase-base mask
-    (`soft_mask`, bool) for losses or analyses that weigh repeats differently; the LM itself ignores it."""
+    (see `tile`): runs at different lengths are then compared on the same bases. `soft_mask` adds each batch's
+    lowercase-base mask (`soft_mask`, bool) for losses or analyses that weigh repeats differently; the LM itself
+    ignores it."""
 
     def __init__(self, fasta: str, seq_len: int = 1024, batch_size: int = 16, bed: str | None = None,
                  split_names: dict[str, list[str]] | None = None,

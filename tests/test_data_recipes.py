@@ -152,7 +152,8 @@ def speech_commands_archive(path, digits_only_lists=False):
 
     from mamba_bio_audio.data_recipes.sc09 import DIGITS
 
-    members = {f"./{w}/spk{i}_nohash_0.wav": b"RIFF" + bytes([i]) * 40 for w in DIGITS + ("bed", "yes") for i in range(3)}
+    members = {f"./{w}/spk{i}_nohash_0.wav": b"RIFF" + bytes([i]) * 40
+               for w in DIGITS + ("bed", "yes") for i in range(3)}
     members["./_background_noise_/white.wav"] = b"RIFF noise"
     members["./validation_list.txt"] = "".join(f"{w}/spk0_nohash_0.wav\n" for w in DIGITS + ("bed",)).encode()
     members["./testing_list.txt"] = "".join(f"{w}/spk1_nohash_0.wav\n" for w in ("yes",) + DIGITS).encode()

@@ -110,7 +110,8 @@ def test_bimamba_sees_both_directions_and_ties_projections():
     assert bi.reverse_mixer.conv1d is not bi.forward_mixer.conv1d
     untied = BiMamba(16, weight_tie=False)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(untied) - count(bi) == bi.forward_mixer.in_proj.weight.numel() + bi.forward_mixer.out_proj.weight.numel()
+    shared = bi.forward_mixer.in_proj.weight.numel() + bi.forward_mixer.out_proj.weight.numel()
+    assert count(untied) - count(bi) == shared
     mul = BiMamba(16, strategy="mul")
     expected = mul.forward_mixer(x) * mul.reverse_mixer(x.flip(1)).flip(1)
     assert torch.allclose(mul(x), expected)

@@ -27,7 +27,8 @@ def reference_state(seed=0) -> dict[str, torch.Tensor]:
         state |= {p + "norm.weight": 1 + rand(D_MODEL), p + "mixer.in_proj.weight": rand(2 * E, D_MODEL),
                   p + "mixer.conv1d.weight": rand(E, 1, W), p + "mixer.conv1d.bias": rand(E),
                   p + "mixer.x_proj.weight": rand(R + 2 * N, E), p + "mixer.dt_proj.weight": rand(E, R),
-                  p + "mixer.dt_proj.bias": rand(E) - 3, p + "mixer.A_log": torch.log(torch.rand(E, N, generator=g) * 4 + 0.5),
+                  p + "mixer.dt_proj.bias": rand(E) - 3,
+                  p + "mixer.A_log": torch.log(torch.rand(E, N, generator=g) * 4 + 0.5),
                   p + "mixer.D": rand(E, scale=1.0), p + "mixer.out_proj.weight": rand(D_MODEL, E)}
     state["lm_head.weight"] = state["backbone.embedding.weight"]  # tied, and saved twice in a .bin
     return state
@@ -106,7 +107,8 @@ def test_mismatched_or_unsupported_reference_checkpoints_are_refused_by_name(tmp
                             ({"rms_norm": False}, "rms_norm is false"),
                             ({"d_intermediate": 128}, "d_intermediate is 128"),
                             ({"attn_layer_idx": [1]}, r"attn_layer_idx is \[1\]"),
-                            ({"ssm_cfg": {"headdim": 64}}, r"ssm_cfg has options this toolkit does not know: \['headdim'\]")]:
+                            ({"ssm_cfg": {"headdim": 64}},
+                             r"ssm_cfg has options this toolkit does not know: \['headdim'\]")]:
         folder = write_reference(tmp_path / message[:8].replace(" ", "_"), state, reference_config(**change))
         with pytest.raises(ValueError, match=f"config.json: {message}"):
             MambaLMHeadModel.from_pretrained(folder)

@@ -1,4 +1,5 @@
-"""The fused Triton scan (real and complex A) against the token-by-token loop in float64: output, last state, every gradient.
+"""The fused Triton scan (real and complex A) against the token-by-token loop in float64: output, last state, every
+gradient.
 
 Without a GPU this runs in Triton's interpreter (set up in conftest), at small shapes. Reuses the case generator
 and comparison of test_selective_scan."""

@@ -93,7 +93,8 @@ def test_single_step_formula():
     """One step against the documented formula, written out explicitly."""
     seq = make_sequence(batch=2, dim=3, n=4, length=1, complex_a=True)
     x, dt, z = seq["u"][..., 0], seq["delta"][..., 0], seq["z"][..., 0]
-    A, B, C, D, bias, h = seq["A"], seq["B"][..., 0], seq["C"][..., 0], seq["D"], seq["delta_bias"], seq["initial_state"]
+    A, B, C, D = seq["A"], seq["B"][..., 0], seq["C"][..., 0], seq["D"]
+    bias, h = seq["delta_bias"], seq["initial_state"]
     delta = F.softplus(dt + bias)[..., None]
     h_new = torch.exp(delta * A) * h + delta * x[..., None] * B[:, None]
     y = 2 * (h_new * C[:, None]).sum(-1).real

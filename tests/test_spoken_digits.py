@@ -40,7 +40,8 @@ def test_spoken_digits_have_the_sc09_layout_and_a_rerun_keeps_the_clips(tmp_path
         wave, rate = sf.read(path)
         assert rate == 16_000 and wave.shape == (16_000,) and 0.25 < np.abs(wave).max() <= 1.0
         assert np.abs(wave).mean() > 0.005  # speech, not silence
-    listed = (tmp_path / "validation_list.txt").read_text().split() + (tmp_path / "testing_list.txt").read_text().split()
+    listed = ((tmp_path / "validation_list.txt").read_text().split()
+              + (tmp_path / "testing_list.txt").read_text().split())
     assert len(listed) == counts["valid"] + counts["test"] and all((tmp_path / name).is_file() for name in listed)
     speakers = {p.name.split("_")[0] for p in clips}
     assert all(sum(p.name.startswith(s) for p in clips) == 10 for s in speakers)  # each speaker says every digit

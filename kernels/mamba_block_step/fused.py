@@ -228,7 +228,8 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
                 "x_proj_weight": (x_proj_weight, (n_proj, d_inner)),
                 "dt_proj_weight": (dt_proj_weight, (d_inner, dt_rank)),
                 "out_proj_weight": (out_proj_weight, (d_model, d_inner)),
-                "conv_state": (conv_state, (batch, d_inner, d_conv)), "ssm_state": (ssm_state, (batch, d_inner, d_state)),
+                "conv_state": (conv_state, (batch, d_inner, d_conv)),
+                "ssm_state": (ssm_state, (batch, d_inner, d_state)),
                 "A_log": (A_log, (d_inner, d_state))}
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:

@@ -11,8 +11,9 @@ goes to memory: it carries the scan between tiles and is all the backward keeps 
 Sequence parallelism as in `fused`: when batch·dim programs cannot fill the GPU (`triton_tiles.split_tiles`), L is
 split into chunks. A summary pass gives each chunk's end state from a zero start, s_c = Σ_t exp(A·(S_end − S_t))·x_t,
 and its ΣΔ; each chunk then folds the summaries before it, H ← exp(A·ΣΔ_c)·H + s_c, and runs the full pass from its
-start. The backward's summaries are the carries at the chunk starts from a zero carry, Σ_t conj(exp(A·S_t))·conj(C_t)·g_t
-(S from the chunk start, inclusive), folded from the last chunk down with conj(exp(A·ΣΔ_c)).
+start. The backward's summaries are the carries at the chunk starts from a zero carry,
+Σ_t conj(exp(A·S_t))·conj(C_t)·g_t (S from the chunk start, inclusive), folded from the last chunk down with
+conj(exp(A·ΣΔ_c)).
 
 Backward, per tile from last to first and per state: h_t from the saved tile start (the forward's scan again),
 a_t·h_{t−1} = h_t − x_t, and the adjoint μ_t = conj(C_t)·g_t + conj(a_{t+1})·μ_{t+1} (g = 2·∂y) by the blocked reverse

@@ -59,8 +59,9 @@ def selective_state_update_fused(state, x, dt, A, B, C, D=None, z=None, dt_bias=
     batch, dim = x.shape
     n_state = A.shape[1]
     if dt.shape != (batch, dim) or A.shape != (dim, n_state) or state.shape[1:] != (dim, n_state):
-        raise ValueError(f"selective_state_update: expected state (cache, dim, N), x and dt (batch, dim), A (dim, N); "
-                         f"got state {tuple(state.shape)}, x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}")
+        raise ValueError(f"selective_state_update: expected state (cache, dim, N), x and dt (batch, dim), "
+                         f"A (dim, N); got state {tuple(state.shape)}, x {tuple(x.shape)}, dt {tuple(dt.shape)}, "
+                         f"A {tuple(A.shape)}")
     if state_batch_indices is None and state.shape[0] != batch:
         raise ValueError(f"selective_state_update: state has {state.shape[0]} rows for a batch of {batch}")
     groups = 1 if B.dim() == 2 else B.shape[1]

@@ -24,8 +24,9 @@ def selective_state_update_naive(state, x, dt, A, B, C, D=None, z=None, dt_bias=
         return out
     batch, dim, n_state = state.shape
     if x.shape != (batch, dim) or dt.shape != (batch, dim) or A.shape != (dim, n_state):
-        raise ValueError(f"selective_state_update: expected state (batch, dim, N), x and dt (batch, dim), A (dim, N); "
-                         f"got state {tuple(state.shape)}, x {tuple(x.shape)}, dt {tuple(dt.shape)}, A {tuple(A.shape)}")
+        raise ValueError(f"selective_state_update: expected state (batch, dim, N), x and dt (batch, dim), "
+                         f"A (dim, N); got state {tuple(state.shape)}, x {tuple(x.shape)}, dt {tuple(dt.shape)}, "
+                         f"A {tuple(A.shape)}")
     dtype = state.real.dtype if state.is_complex() else state.dtype
     delta = discretize_delta(dt[..., None], dt_bias, dt_softplus, dtype)  # (batch, dim, 1)
 

@@ -39,7 +39,8 @@ class MambaForSequenceClassification(nn.Module, PretrainedMixin):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if config.rc_equivariant and pooling not in ("mean", "max"):
-            raise ValueError(f"an rc_equivariant classifier pools by 'mean' or 'max' (strand-symmetric), not {pooling!r}")
+            raise ValueError(f"an rc_equivariant classifier pools by 'mean' or 'max' (strand-symmetric), "
+                             f"not {pooling!r}")
         self.config, self.num_classes, self.pooling = config, num_classes, pooling
         self.backbone = MambaBackbone(config)
         self.head = nn.Linear(config.d_model, num_classes)

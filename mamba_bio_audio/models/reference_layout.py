@@ -108,8 +108,8 @@ def load_reference_weights(model: torch.nn.Module, state: dict[str, torch.Tensor
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         expected = {k: v for k, v in expected.items() if k != "lm_head.weight"}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})" for k in sorted(set(state) & set(expected))
-             if state[k].shape != expected[k].shape]
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+             for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         parts = [f"missing {missing[:6]}{' …' if len(missing) > 6 else ''}" if missing else "",
                  f"unexpected {unexpected[:6]}{' …' if len(unexpected) > 6 else ''}" if unexpected else "",

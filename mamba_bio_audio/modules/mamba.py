@@ -36,7 +36,8 @@ class Mamba(nn.Module):
 
         # Δ: dt_proj's weight ~ U(±R^-1/2); its bias is softplus⁻¹ of a log-uniform dt in [dt_min, dt_max].
         nn.init.uniform_(self.dt_proj.weight, -R ** -0.5, R ** -0.5)
-        dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+        log_dt = torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
         self.dt_proj.bias._no_reinit = True

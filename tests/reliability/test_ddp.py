@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent('''
     from mamba_bio_audio.pipelines.common import SequenceLengthWarmup, TokenThroughput
     from mamba_bio_audio.pipelines.dna_pretrain import DNALanguageModel, DNAPretrainData
 
-    fasta, out, devices, batch_size, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    fasta, out = sys.argv[1], sys.argv[2]
+    devices, batch_size, max_steps = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     resume = sys.argv[6] if sys.argv[6] != "-" else None
     warmup_start = int(sys.argv[7])  # 0: no length warm-up
 

@@ -30,7 +30,8 @@ def poisoned(monkeypatch):
 def pretrain(tmp_path, *extra):
     genome = write_fasta(tmp_path / "g.fa", random_genome(3, lengths=(6000,)))
     return main(["dna", "pretrain", "--fasta", str(genome), "--seq-len", "64", "--batch-size", "4", "--out",
-                 str(tmp_path / "run"), "--model.config", '{"d_model": 16, "n_layer": 1, "vocab_size": 12, "d_state": 4}',
+                 str(tmp_path / "run"), "--model.config",
+                 '{"d_model": 16, "n_layer": 1, "vocab_size": 12, "d_state": 4}',
                  "--trainer.val_check_interval", "3", "--data.max_eval_windows", "4", "--trainer.enable_progress_bar",
                  "false", "--max-steps", "9", *extra])
 
