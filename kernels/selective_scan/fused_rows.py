@@ -14,11 +14,11 @@ the tile loop is software-pipelined (`num_stages`, B and C through shared memory
 memory at every tile (1.2–1.7× slower).
 
 Where it wins. Per program the work is serial over L, so a program has little to do in parallel; the kernel fills
-the GPU when batch·dim is large (batch 8 × 2048 channels: one chunk, 2.04 ms against 2.42 ms for `fused` at
-L = 8192), or by splitting L into chunks (the summary pass of `fused`, which costs a second exp per element), which
-pays only where `fused` itself splits (batch 1 × 256 channels at L = 2^20: 6.0 against 9.4 ms). Where neither holds
-(batch 1 × 1024 at L = 2^15, batch 4 × 1536 at 2^16) `fused` was 9–21% faster (H100, BENCHMARKS.md; timed with the
-experiment version of this loop, before the saved states were added); `use_rows` encodes that rule.
+the GPU when batch·dim is large (batch 8 × 2048 channels: one chunk, 1.49 ms against 2.16 ms for `fused` at
+L = 8192), or by splitting L into chunks (a summary pass, which costs a second exp per element and 54–76% of a full
+pass), which pays only where `fused` itself splits (batch 1 × 256 channels at L = 2^20: 5.06 against 9.81 ms). Where
+neither holds `fused` is faster: batch 1 × 1024 at L = 2^19 8.4 against 10.4 ms, batch 4 × 1536 at 2^16 6.7 against
+9.0 (7.1 with the best chunk count) (H100, `make bench`, BENCHMARKS.md); `use_rows` encodes that rule.
 
 It writes what the backward of `fused` reads: the state at every start of the backward's tiles (BLOCK_T tokens; the
 chunks of L are whole numbers of those tiles), the last state, and the output before the z gate.
