@@ -323,9 +323,9 @@ def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Te
         while channels > 1 and (dim // groups) % channels:
             channels //= 2
         return channels
-    programs = batch * dim // 2
-    many = programs >= BWD_NARROW_FROM_PER_SM * sm_count(device)
-    split = rows_forward and programs < SPLIT_BELOW_PER_SM * sm_count(device)
+    programs, sms = batch * dim // 2, sm_count(device)
+    many = programs >= BWD_NARROW_FROM_PER_SM * sms
+    split = rows_forward and programs < SPLIT_BELOW_PER_SM * sms
     return 2 if B.dim() > 2 and C.dim() > 2 and (dim // groups) % 2 == 0 and (many or split) else 1
 
 
