@@ -50,6 +50,15 @@ def _n_chunks(threads: int, n_units: int) -> int:
 
 
 @triton.jit
+def _column(X, cols, n: tl.constexpr, Q: tl.constexpr, X2):
+    """Column n of the state tiles (X holds states 0 … Q−1, X2 states Q … 2Q−1) as [BD, 1]."""
+    if n < Q:
+        return tl.sum(tl.where(cols == n, X, 0.0), axis=1)[:, None]
+    else:
+        return tl.sum(tl.where(cols == n - Q, X2, 0.0), axis=1)[:, None]
+
+
+@triton.jit
 def _set_column(X, X2, cols, n: tl.constexpr, Q: tl.constexpr, value):
     """The state tiles (X, X2) with column n set to value [BD, 1]."""
     if n < Q:
@@ -163,25 +172,31 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
     hi = mask_d & (cols + Q < N)
     bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0) if HAS_BIAS else 0.0
     Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0) if HAS_D else 0.0
-    A2s = ()  # A·log2 e per state, N entries [BD, 1]
-    Hs = ()   # the carried states, N entries [BD, 1]
-    for n in tl.static_range(N):
-        A2s = A2s + (tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E,)
-        if HAS_H0 and not SUMMARY:
-            Hs = Hs + (tl.load(h0_ptr + row * N + n, mask=mask_d, other=0.0),)
-        else:
-            Hs = Hs + (tl.zeros([BLOCK_D, 1], tl.float32),)
+    if HAS_H0 and not SUMMARY:
+        H = tl.load(h0_ptr + row * N + cols, mask=lo, other=0.0)                # states 0 … Q−1
+        H2 = tl.load(h0_ptr + row * N + Q + cols, mask=hi, other=0.0)           # states Q … 2Q−1
+    else:
+        H = tl.zeros([BLOCK_D, Q], tl.float32)
+        H2 = tl.zeros([BLOCK_D, Q], tl.float32)
     if not SUMMARY:  # fold the summaries of the chunks before this one: H ← exp(A·ΣΔ_c)·H + s_c
+        A2 = tl.load(A_ptr + d * N + cols, mask=lo, other=0.0) * LOG2E
+        A2h = tl.load(A_ptr + d * N + Q + cols, mask=hi, other=0.0) * LOG2E
         for j in range(0, chunk):
             S = tl.load(dtsum_ptr + row * n_chunks + j, mask=mask_d, other=0.0)
-            for n in tl.static_range(N):
-                s_n = tl.load(sum_ptr + (row * n_chunks + j) * N + n, mask=mask_d, other=0.0)
-                Hs = _replace(Hs, n, tl.exp2(A2s[n] * S) * Hs[n] + s_n)
+            s_ptr = sum_ptr + (row * n_chunks + j) * N + cols
+            H = tl.exp2(A2 * S) * H + tl.load(s_ptr, mask=lo, other=0.0)
+            H2 = tl.exp2(A2h * S) * H2 + tl.load(s_ptr + Q, mask=hi, other=0.0)
     k0 = chunk * tiles_per_chunk
     k1 = tl.minimum(k0 + tiles_per_chunk, n_tiles)
     if not SUMMARY and chunk == 0:
-        _store_states(hstart_ptr + row * n_saves * N, Hs, cols, lo, hi, Q)
+        tl.store(hstart_ptr + row * n_saves * N + cols, H, mask=lo)
+        tl.store(hstart_ptr + row * n_saves * N + Q + cols, H2, mask=hi)
     dt_sum = tl.zeros([BLOCK_D, 1], tl.float32)
+    Hs = ()   # the carried states, N entries [BD, 1]
+    A2s = ()  # A·log2 e per state, N entries [BD, 1]
+    for n in tl.static_range(N):
+        Hs = Hs + (_column(H, cols, n, Q, H2),)
+        A2s = A2s + (tl.load(A_ptr + d * N + n, mask=mask_d, other=0.0) * LOG2E,)
     slots = cols % SLOT                      # SUMMARY: slot j of each group of SLOT tokens sums state j (+ SLOT·k)
     P0 = tl.zeros([BLOCK_D, Q], tl.float32)  # states 0 … SLOT−1, SLOT … 2·SLOT−1, …
     P1 = tl.zeros([BLOCK_D, Q], tl.float32)
@@ -221,10 +236,10 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
                 e = (k + SAVE_EVERY) // SAVE_EVERY                                   # ⌈(k + 1) / SAVE_EVERY⌉
                 _store_states(hstart_ptr + (row * n_saves + e) * N, Hs, cols, lo, hi, Q)
     if SUMMARY:  # the chunk's end state: per state, the sum of its slot over the threads of a channel
-        totals = ()
         for n in tl.static_range(N):
-            totals = totals + (_slot_total(P0, P1, P2, P3, slots, n),)
-        _store_states(sum_ptr + (row * n_chunks + chunk) * N, totals, cols, lo, hi, Q)
+            H, H2 = _set_column(H, H2, cols, n, Q, _slot_total(P0, P1, P2, P3, slots, n))
+        tl.store(sum_ptr + (row * n_chunks + chunk) * N + cols, H, mask=lo)
+        tl.store(sum_ptr + (row * n_chunks + chunk) * N + Q + cols, H2, mask=hi)
         tl.store(dtsum_ptr + row * n_chunks + chunk + 0 * d, dt_sum, mask=mask_d)
 
 
