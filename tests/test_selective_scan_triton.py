@@ -187,8 +187,9 @@ def test_forward_states_per_scan_and_register_cap_follow_the_h100_measurements(m
 
 def test_chunks_of_l_stay_within_the_programs_per_sm_target(monkeypatch):
     """Below 3 programs per SM L is split into as many chunks as keep the programs within 16 per SM of an H100's 132
-    SMs (the backward's waves: 9 chunks of 256 programs ran in three, 8 in two; BENCHMARKS.md), into at most half the
-    tiles; MBA_SCAN_CHUNKS forces the count."""
+    SMs (the backward's waves: 9 chunks of 256 programs ran in three, 8 in two; BENCHMARKS.md), 32 for the backward
+    (4 waves), into at most half the tiles; MBA_SCAN_CHUNKS forces the count."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
     from mamba_bio_audio.kernels.selective_scan.triton_tiles import split_tiles
 
     cpu = torch.device("cpu")  # counted as 132 SMs
@@ -197,6 +198,10 @@ def test_chunks_of_l_stay_within_the_programs_per_sm_target(monkeypatch):
     assert split_tiles(128, 2048, cpu) == (128, 16)
     assert split_tiles(512, 2048, cpu) == (2048, 1)
     assert split_tiles(128, 10, cpu) == (2, 5)
+    # the backward's own target, 32 per SM (BWD_PROGRAMS_PER_SM): 33 chunks of 128 two-channel programs at 1 × 256
+    assert split_tiles(128, 4096, cpu, per_sm=32) == (125, 33)
+    assert fused_module._plan("bwd", 1, 256, 2 ** 20, cpu, channels=2)[3:] == (125, 33)
+    assert fused_module._plan("fwd", 1, 256, 2 ** 20, cpu)[3:] == (128, 8)
     monkeypatch.setenv("MBA_SCAN_CHUNKS", "9")
     assert split_tiles(256, 2048, cpu) == (228, 9)
 
@@ -280,13 +285,16 @@ def test_forward_choice_follows_the_h100_sweep(monkeypatch):
     monkeypatch.delenv("MBA_SCAN_ROWS", raising=False)
     cpu = torch.device("cpu")  # counted as an H100's 132 SMs
 
-    def kind(batch, dim, L, B_shape=None):
+    def kind(batch, dim, L, B_shape=None, backward=False):
         B = torch.empty(B_shape or (batch, 1, 16, 1))
-        return forward_kind(batch, dim, L, B, B, 16, cpu)
+        return forward_kind(batch, dim, L, B, B, 16, cpu, backward)
 
     assert kind(8, 2048, 8192) == "rows" and kind(1, 256, 2 ** 20) == "rows"
     assert kind(1, 1024, 2 ** 15) == "fused" and kind(4, 1536, 2 ** 16) == "fused"
     assert kind(8, 2048, 512) == "fused"                                       # shorter than a backward tile
+    # where only the backward of 2 channels per program splits L: rows when a backward follows
+    assert kind(1, 512, 2 ** 20) == "fused" and kind(1, 512, 2 ** 20, backward=True) == "rows"
+    assert kind(1, 1024, 2 ** 19, backward=True) == "fused" and kind(1, 511, 2 ** 20, backward=True) == "fused"
     assert kind(8, 2048, 8192, (8, 2, 16, 1)) == "fused"                      # two groups
     assert kind(8, 2048, 8192, (2048, 16)) == "fused"                         # constant B, C
     monkeypatch.setenv("MBA_SCAN_ROWS", "0")
@@ -466,8 +474,8 @@ for b_const, c_const, summary in itertools.product((False, True), repeat=3):
               SUMMARY=summary)
     kernels = [(fused._fwd_kernel, dict(on, HAS_H0=True, SAVE_PRE=True, BLOCK_T=64, SAVE_T=32, STATES=states,
                                         PER_THREAD=2, EVEN_L=False, STAGES=2 * states - 1)) for states in (1, 2)]
-    kernels += [(fused._bwd_kernel, dict(on, HAS_DHLAST=True, PTX=True, BLOCK_C=channels, BLOCK_T=32,
-                                         EVEN_L=channels == 1)) for channels in (1, 2)]
+    kernels += [(fused._bwd_kernel, dict(on, HAS_DHLAST=True, PTX=True, BLOCK_C=channels, BLOCK_T=32, PER_THREAD=1,
+                                         WARPS=1, EVEN_L=channels == 1)) for channels in (1, 2)]
     kernels += [(fused_complex._fwd_kernel_complex, dict(on, HAS_H0=True, BLOCK_T=32, PER_THREAD=1)),
                 (fused_complex._bwd_kernel_complex, dict(on, HAS_DHLAST=True, BLOCK_T=32))]
     if not b_const and not c_const:

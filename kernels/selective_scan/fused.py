@@ -27,8 +27,9 @@ H100); per-channel parameter gradients are written per (batch row, channel, chun
 are int64.
 
 Two forwards. Where `fused_rows.use_rows` says so (variable B/C of one group, and batch·dim either large enough to
-fill the GPU one program per 32 channels, or so small that this kernel splits L anyway), the forward is the
-channels-as-rows kernel of `fused_rows`, which writes the same tile-start states for this backward.
+fill the GPU one program per 32 channels, or so small that this kernel splits L anyway, or, when a backward
+follows, that the backward of 2 channels per program does: `forward_kind`), the forward is the channels-as-rows
+kernel of `fused_rows`, which writes the same tile-start states for this backward.
 """
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ from ..host import cast, cdiv, next_power_of_2
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
-from .triton_tiles import (LOG2E, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _channel, _chunk_tiles, _combine,
-                           _load_seq, _load_state_row, _mul_rn, _reverse_scan, _sigmoid, _store_output, _store_token,
-                           bc_grad_shape, grouped, launch_passes, plan_tiles, sm_count, sum_rows_chunks,
-                           summary_buffers, tokens_per_thread, zeroed)
+from .triton_tiles import (LOG2E, PROGRAMS_PER_SM, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _add_tokens, _channel,
+                           _chunk_tiles, _combine, _load_seq, _load_state_row, _mul_rn, _reverse_scan, _sigmoid,
+                           _store_output, _store_token, bc_grad_shape, grouped, launch_passes, plan_tiles, sm_count,
+                           sum_rows_chunks, summary_buffers, tokens_per_thread, zeroed)
 
 
 @triton.jit
@@ -155,13 +156,14 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 B_CONST: tl.constexpr, C_CONST: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DHLAST: tl.constexpr, SUMMARY: tl.constexpr,
                 PTX: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-                EVEN_L: tl.constexpr):
+                PER_THREAD: tl.constexpr, WARPS: tl.constexpr, EVEN_L: tl.constexpr):
     """One (batch row, BLOCK_C channels of one group, chunk of L), in [BLOCK_C, BLOCK_T] tiles (`bwd_channels`).
     SUMMARY: ν at the chunk start from a zero carry, and its ΣΔ. Otherwise: du, dΔ (raw delta), dz for the chunk's
     tokens; dA, dD, dbias (and dB, dC if constant) per (batch row, channel, chunk); dB, dC (variable) summed over the
     program's channels, then added atomically into fp32 buffers; ν at the chunk start in nu (the carry between tiles
     goes through it; chunk 0's is dh0). EVEN_L: BLOCK_T divides L, and no masks on B, C and the adds of dB, dC (on an
-    H100 fwd+bwd was 2% faster at 1 channel per program, 5-7% slower at 2, where it is not set)."""
+    H100 fwd+bwd was 2% faster at 1 channel per program, 5-7% slower at 2, where it is not set). PER_THREAD: the
+    consecutive tokens each thread holds (`tokens_per_thread`), WARPS: the launch's warps, for `_add_tokens`."""
     b = tl.program_id(0).to(tl.int64)
     d0 = tl.program_id(1) * BLOCK_C
     d = d0 + tl.arange(0, BLOCK_C)[:, None]                                         # [C, 1]
@@ -169,6 +171,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     row_bc = b * n_groups + d0 // dim_per_group                                     # the channels share a group
     chunk, n_chunks, k0, k1 = _chunk_tiles(tiles_per_chunk, n_tiles)
     offs_t = tl.arange(0, BLOCK_T)[None, :]
+    offs_seg = tl.arange(0, BLOCK_T // REVERSE_SEG)[None, :]                       # `_reverse_scan`'s segments
+    THREADS: tl.constexpr = min(BLOCK_T // PER_THREAD, 32 * WARPS)                 # those the tokens spread over
     offs_n = tl.arange(0, BLOCK_N)[None, :]
     mask_n = offs_n < n_state
     A2 = tl.load(A_ptr + d * n_state + offs_n, mask=mask_n, other=0.0) * LOG2E
@@ -228,7 +232,6 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
             C_next = _load_state_row(C_ptr, row_bc, d, 0, n_state, t, L, C_CONST, EVEN_L)
             h_starts = hstart_ptr + (row * (n_tiles + 1) + k) * n_state                # the tile's start states
             A_next, h_next, nu_next = tl.load(A_ptr + d * n_state), tl.load(h_starts), tl.load(nu_ptr + slot)
-            mask_add = None if EVEN_L else mask_t
             for n in range(n_state):
                 # state n's inputs were loaded a step ahead (on an H100, B and C: fwd+bwd 5-14% faster than loaded
                 # at use; A, the start state and ν: 1-5% more; BENCHMARKS.md). ν[n + 1] is read before this step
@@ -248,10 +251,14 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 # at the last token. Triton's own reverse scan sends every element through ~20 warp shuffles (391 per
                 # state for sm_90 against 97 here); fwd+bwd took 1.13-1.27× as long with it on the H100 (BENCHMARKS.md).
                 w = go * Cn + tl.where(offs_t == BLOCK_T - 1, nu_in, 0.0)
-                lam = _reverse_scan(a, w, REVERSE_SEG)
-                # ν at the first token, the previous tile's carry (storing it by `_store_token`, as the forward's
-                # saves are, made fwd+bwd up to 13% slower on an H100: BENCHMARKS.md)
-                tl.store(nu_ptr + slot + n + 0 * offs_t, a * lam, mask=offs_t == 0)
+                lam, rho = _reverse_scan(a, w, REVERSE_SEG)
+                # ν = a·λ at the first token, the previous tile's carry. On one warp: the reverse scan's ρ of the
+                # first segment, stored by the thread that holds it (a·λ went through shared memory and a barrier
+                # first; fwd+bwd 1-3% faster on an H100). On 2 warps that was 1.2x slower (BENCHMARKS.md)
+                if WARPS == 1:
+                    tl.store(nu_ptr + slot + n + 0 * offs_seg, rho, mask=offs_seg == 0)
+                else:
+                    tl.store(nu_ptr + slot + n + 0 * offs_t, a * lam, mask=offs_t == 0)
                 lam_B += lam * Bn
                 dP = lam * (h - x)                                                  # λ·a_t·h_{t−1} = ∂(Δ·A)
                 lam_AhA += dP * An
@@ -259,13 +266,13 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 if B_CONST:
                     _add_to(dB_ptr, slot, n, tl.sum(lam * dtu, axis=1)[:, None])
                 else:  # the program's channels summed in-thread first: one atomic add per token for all of them
-                    tl.atomic_add(dB_ptr + (row_bc * n_state + n) * L + t, tl.sum(lam * dtu, axis=0)[None, :],
-                                  mask=mask_add, sem="relaxed")
+                    _add_tokens(dB_ptr + (row_bc * n_state + n) * L, t0, L, tl.sum(lam * dtu, axis=0), PER_THREAD,
+                                THREADS, EVEN_L)
                 if C_CONST:
                     _add_to(dC_ptr, slot, n, tl.sum(h * go, axis=1)[:, None])
                 else:
-                    tl.atomic_add(dC_ptr + (row_bc * n_state + n) * L + t, tl.sum(h * go, axis=0)[None, :],
-                                  mask=mask_add, sem="relaxed")
+                    _add_tokens(dC_ptr + (row_bc * n_state + n) * L, t0, L, tl.sum(h * go, axis=0), PER_THREAD,
+                                THREADS, EVEN_L)
             u = tl.load(u_ptr + row * L + t, mask=mask_t, other=0.0).to(tl.float32)  # again: fewer live registers
             tl.store(du_ptr + row * L + t, (lam_B * dt + Dv * go).to(du_ptr.dtype.element_ty), mask=mask_t)
             ddt = lam_B * u + lam_AhA
@@ -304,6 +311,10 @@ SHAPES = {"fwd": (1024, 4), "bwd": (512, 1)}
 FWD_STAGES_HALF_TILES = 3
 BWD_SHAPE_FEW_PROGRAMS = (1024, 2)
 BWD_NARROW_FROM_PER_SM = 6
+# Where the backward splits L: about 32 programs per SM in all, 4 waves of the 8 that fit at a time (one warp, ~255
+# registers). On an H100 against 16 (two waves) fwd+bwd was 1.3% faster at 1 × 256 × 2^20 (2 channels, 33 chunks),
+# 1.3% at 1 × 512 × 2^20 (16 chunks; 32 chunks 2.5%), level at 1 × 128 × 2^20 (BENCHMARKS.md).
+BWD_PROGRAMS_PER_SM = 32
 
 
 def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Tensor, device: torch.device,
@@ -339,7 +350,8 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device, channel
         block_t //= channels
     elif kind == "bwd" and SPLIT_BELOW_PER_SM * sms <= programs < BWD_NARROW_FROM_PER_SM * sms:
         block_t, warps = BWD_SHAPE_FEW_PROGRAMS
-    return plan_tiles(block_t, warps, SHAPES, programs, L, device)
+    return plan_tiles(block_t, warps, SHAPES, programs, L, device, BWD_PROGRAMS_PER_SM if kind == "bwd" else
+                      PROGRAMS_PER_SM)
 
 
 def _fwd_shape(programs: int, n_state: int, device: torch.device) -> tuple[int, dict]:
@@ -369,11 +381,16 @@ def _fwd_shape(programs: int, n_state: int, device: torch.device) -> tuple[int, 
 
 
 def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor, n_state: int,
-                 device: torch.device) -> str:
+                 device: torch.device, backward: bool = False) -> str:
     """Which forward a real-A call runs: "rows" (`fused_rows`) or "fused" (`_fwd_kernel`); B, C as passed to the
-    kernels ((batch, G, N, L), or (dim, N) when constant)."""
-    fused_splits = batch * dim < SPLIT_BELOW_PER_SM * sm_count(device)
-    return "rows" if use_rows(batch, dim, L, B, C, n_state, fused_splits) else "fused"
+    kernels ((batch, G, N, L), or (dim, N) when constant). backward: a backward will follow. Then the rows forward
+    also where the backward of 2 channels per program splits L but `fused`'s forward does not: behind `fused`, whose
+    saves every 256 tokens slow it, the backward keeps 1 channel (`bwd_channels`). On an H100 at 1 × 512 × 2^20
+    fwd+bwd took 38.3 ms so against 41.2 (the forward alone 9.8 against 9.3; BENCHMARKS.md)."""
+    sms = sm_count(device)
+    splits = batch * dim < SPLIT_BELOW_PER_SM * sms or (backward and dim % 2 == 0
+                                                        and batch * dim // 2 < SPLIT_BELOW_PER_SM * sms)
+    return "rows" if use_rows(batch, dim, L, B, C, n_state, splits) else "fused"
 
 
 def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, groups: int, save_t: int):
@@ -414,7 +431,7 @@ def _forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: 
 class _FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus: bool, groups: int,
-                save_pre: bool, keep_last: bool):
+                needs_grad: bool, keep_last: bool):
         batch, dim, L = u.shape
         n_state = A.shape[1]
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to make and read
@@ -427,7 +444,8 @@ class _FusedScan(torch.autograd.Function):
         bias32 = cast(delta_bias, torch.float32) if delta_bias is not None else None
         h0 = cast(initial_state, torch.float32) if initial_state is not None else None
         # either forward saves the state at the backward's tiles, whose channels per program are chosen here
-        rows = forward_kind(batch, dim, L, B, C, n_state, u.device) == "rows"
+        rows = forward_kind(batch, dim, L, B, C, n_state, u.device, needs_grad) == "rows"
+        save_pre = z is not None and needs_grad  # the output before the z gate, for dz
         channels = bwd_channels(batch, dim, groups, B, C, u.device, rows)
         save_t = _plan("bwd", batch, dim, L, u.device, channels)[0]
         if rows:
@@ -473,6 +491,7 @@ class _FusedScan(torch.autograd.Function):
                      HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HAS_DHLAST=dh_last is not None,
                      PTX=os.environ.get("TRITON_INTERPRET", "0") != "1",
                      BLOCK_C=channels, BLOCK_N=next_power_of_2(n_state), BLOCK_T=block_t, num_warps=warps,
+                     PER_THREAD=tokens_per_thread(block_t, warps, u.element_size()), WARPS=warps,
                      EVEN_L=L % block_t == 0 and channels == 1)
         grid = (batch, dim // channels, n_chunks)
         launch_passes(_bwd_kernel, grid, args, flags)
@@ -492,9 +511,9 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     if A.is_complex():
         out, h_last = _FusedScanComplex.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus,
                                               groups)
-    else:  # the output before the z gate is kept only when a backward can follow
-        save_pre = z is not None and torch.is_grad_enabled() and any(
+    else:  # whether a backward can follow: it picks the forward, and whether it keeps the output before the gate
+        needs_grad = torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias, initial_state))
         out, h_last = _FusedScan.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, groups,
-                                       save_pre, return_last_state)
+                                       needs_grad, return_last_state)
     return (out, h_last) if return_last_state else out

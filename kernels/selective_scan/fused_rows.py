@@ -243,16 +243,17 @@ def _rows_fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
         tl.store(dtsum_ptr + row * n_chunks + chunk + 0 * d, dt_sum, mask=mask_d)
 
 
-def use_rows(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor, n_state: int, fused_splits: bool) -> bool:
-    """Whether the rows forward beats `fused` here (H100 sweep, BENCHMARKS.md): when batch·dim fills the GPU without
-    splitting L (a quarter of SPLIT_TARGET_THREADS), or when `fused` would split L itself (`fused_splits`). Only for
-    variable B and C of one group, N ≤ 2Q and L ≥ 1024. MBA_SCAN_ROWS=1 or 0 forces the choice."""
+def use_rows(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor, n_state: int, splits: bool) -> bool:
+    """Whether the rows forward beats `fused` here (H100 sweeps, BENCHMARKS.md): when batch·dim fills the GPU without
+    splitting L (a quarter of SPLIT_TARGET_THREADS), or where L is split anyway (`splits`: by `fused`'s forward, or
+    by the backward of 2 channels per program that the rows forward's saves allow). Only for variable B and C of one
+    group, N ≤ 2Q and L ≥ 1024. MBA_SCAN_ROWS=1 or 0 forces the choice."""
     if B.dim() != 4 or C.dim() != 4 or B.shape[1] != 1 or C.shape[1] != 1 or n_state > 2 * Q:
         return False
     forced = os.environ.get("MBA_SCAN_ROWS")
     if forced in ("0", "1"):
         return forced == "1"
-    return L >= 1024 and (batch * dim * (Q // 8) >= SPLIT_TARGET_THREADS // 4 or fused_splits)
+    return L >= 1024 and (batch * dim * (Q // 8) >= SPLIT_TARGET_THREADS // 4 or splits)
 
 
 def rows_forward(u, delta, z, A32, B, C, D32, bias32, h0, softplus: bool, save_pre: bool, block_t: int):

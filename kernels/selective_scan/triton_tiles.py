@@ -102,7 +102,9 @@ def _reverse_scan(a, w, SEG: tl.constexpr):
     T a multiple of SEG). Inside its thread each segment is scanned (flip, forward scan, flip) with
     `_combine_reverse_own`, which leaves every token t its (q_t, l_t): λ_t = l_t + q_t·ρ, ρ = a·λ at the next
     segment's first token. The segments' ρ-pairs (P, RHO) = (Π a, f·l), ρ_first = P·ρ_next + RHO, then go through
-    an exclusive reverse scan, which gives each segment the ρ after it.
+    an exclusive reverse scan, which gives each segment the ρ after it. Returns λ and, per segment, ρ at its first
+    token ([R, T // SEG]; column 0 is a_0·λ_0, the carry into the tile before): one FFMA per segment, where the
+    scan's inclusive output cost 20 more shuffles (sm_90, 2 × 256 tokens on one warp).
     Triton's own reverse scan moves every element through ~20 warp shuffles, even where the axis lies inside a thread.
     Compiled for sm_90 (Triton 3.6 and 3.8; BENCHMARKS.md), the blocked scan, then on (a_{t+1}, w), against Triton's:
     [16, 64] tile over 4 warps, 26 shuffles and 144 instructions against 168 and 280; [1, 1024] over 2 warps, 60 and
@@ -119,7 +121,7 @@ def _reverse_scan(a, w, SEG: tl.constexpr):
     RHO = f * tl.sum(tl.where(first, l_seg, 0.0), axis=2)
     _, _, _, rho_after = tl.associative_scan((P, RHO, tl.full(P.shape, 1.0, tl.float32), tl.zeros_like(P)),
                                              axis=1, combine_fn=_combine_with_tail, reverse=True)
-    return tl.reshape(l_seg + q_seg * rho_after[:, :, None], a.shape)
+    return tl.reshape(l_seg + q_seg * rho_after[:, :, None], a.shape), P * rho_after + RHO
 
 
 @triton.jit
@@ -183,8 +185,10 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def split_tiles(programs: int, n_tiles: int, device: torch.device) -> tuple[int, int]:
-    """(tiles per chunk, chunks) for `programs` (batch·dim) programs walking n_tiles tiles each."""
+def split_tiles(programs: int, n_tiles: int, device: torch.device,
+                per_sm: int = PROGRAMS_PER_SM) -> tuple[int, int]:
+    """(tiles per chunk, chunks) for `programs` (batch·dim) programs walking n_tiles tiles each, about per_sm
+    programs per SM in all when L is split."""
     forced = os.environ.get("MBA_SCAN_CHUNKS")
     sms = sm_count(device)
     if forced:
@@ -192,20 +196,20 @@ def split_tiles(programs: int, n_tiles: int, device: torch.device) -> tuple[int,
     elif programs >= SPLIT_BELOW_PER_SM * sms:
         n_chunks = 1
     else:
-        n_chunks = max(1, min(PROGRAMS_PER_SM * sms // programs, n_tiles // MIN_TILES_PER_CHUNK))
+        n_chunks = max(1, min(per_sm * sms // programs, n_tiles // MIN_TILES_PER_CHUNK))
     tiles_per_chunk = cdiv(n_tiles, n_chunks)
     return tiles_per_chunk, cdiv(n_tiles, tiles_per_chunk)
 
 
-def plan_tiles(block_t: int, warps: int, shapes: dict, programs: int, L: int,
-               device: torch.device) -> tuple[int, int, int, int, int]:
+def plan_tiles(block_t: int, warps: int, shapes: dict, programs: int, L: int, device: torch.device,
+               per_sm: int = PROGRAMS_PER_SM) -> tuple[int, int, int, int, int]:
     """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks of one pass of a scan whose passes' (tokens, warps) are
     `shapes`, with tiles of up to block_t tokens: the tile shortened to the sequence, but to no fewer tokens than
     threads of the widest pass (reductions over replicated short tiles went wrong on an H100), L split as
     `split_tiles` says for `programs` (batch·dim) programs."""
     block_t = min(block_t, max(32 * max(w for _, w in shapes.values()), next_power_of_2(L)))
     n_tiles = cdiv(L, block_t)
-    return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device)
+    return block_t, warps, n_tiles, *split_tiles(programs, n_tiles, device, per_sm)
 
 
 def tokens_per_thread(block_t: int, warps: int, itemsize: int) -> int:
@@ -325,6 +329,29 @@ def _add_to(ptr, slot, n, value):
     and selects in every state of every tile. On an H100 this made the real-A fwd+bwd 1-11% faster; the complex-A
     backward, which spills, was 0-1% slower with it and keeps its vectors (BENCHMARKS.md)."""
     tl.atomic_add(ptr + slot + n, value, sem="relaxed")
+
+
+@triton.jit
+def _add_tokens(ptr, t0, L, values, PER_THREAD: tl.constexpr, THREADS: tl.constexpr, WHOLE: tl.constexpr):
+    """ptr[t0 + t] += values[t] (fp32 [T], a tile's sum over its rows) where t0 + t < L (everywhere if WHOLE), by
+    vector atomics of G = min(PER_THREAD, 4) tokens, each from the thread that holds them: the tile's THREADS threads
+    hold PER_THREAD consecutive tokens each, the layout repeated R = T / (THREADS·PER_THREAD) times. Triton lays a
+    plain [T] atomic out as G tokens per thread over consecutive threads, and moved every value to another thread
+    first (8 warp shuffles per add for sm_90 at 256 tokens on a warp); offsets [R, PER_THREAD / G, THREADS, G] are
+    laid out as the tile is. Each add then covers half of each 32-byte sector it touches, not whole ones; on an H100
+    fwd+bwd was 0.5-2% faster all the same (BENCHMARKS.md)."""
+    T: tl.constexpr = values.shape[0]
+    G: tl.constexpr = min(PER_THREAD, 4)
+    R: tl.constexpr = T // (THREADS * PER_THREAD)
+    shape: tl.constexpr = [R, THREADS, PER_THREAD // G, G]
+    offs = ((tl.arange(0, R)[:, None, None, None] * THREADS + tl.arange(0, THREADS)[None, :, None, None]) * PER_THREAD
+            + tl.arange(0, PER_THREAD // G)[None, None, :, None] * G + tl.arange(0, G)[None, None, None, :])
+    offs = tl.permute(offs, (0, 2, 1, 3))
+    v = tl.permute(tl.reshape(values, shape), (0, 2, 1, 3))
+    if WHOLE:
+        tl.atomic_add(ptr + t0 + offs, v, sem="relaxed")
+    else:
+        tl.atomic_add(ptr + t0 + offs, v, mask=t0 + offs < L, sem="relaxed")
 
 
 @triton.jit
