@@ -18,7 +18,9 @@ the GPU when batch·dim is large (batch 8 × 2048 channels: one chunk, 1.49 ms a
 L = 8192), or by splitting L into chunks (a summary pass, which costs a second exp per element and 54–76% of a full
 pass), which pays only where `fused` itself splits (batch 1 × 256 channels at L = 2^20: 5.06 against 9.81 ms). Where
 neither holds `fused` is faster: batch 1 × 1024 at L = 2^19 8.4 against 10.4 ms, batch 4 × 1536 at 2^16 6.7 against
-9.0 (7.1 with the best chunk count) (H100, `make bench`, BENCHMARKS.md); `use_rows` encodes that rule.
+9.0 (7.1 with the best chunk count) (H100, `make bench`, BENCHMARKS.md); `use_rows` encodes that rule. When a
+backward follows, its 2-channel programs need the rows forward's saves, so it also runs where only that backward
+splits L (1 × 512 × 2^20: fwd+bwd 37.0 against 41.4 ms, though its forward alone is 3% slower).
 
 It writes what the backward of `fused` reads: the state at every start of the backward's tiles (BLOCK_T tokens; the
 chunks of L are whole numbers of those tiles), the last state, and the output before the z gate.
