@@ -317,6 +317,12 @@ BWD_NARROW_FROM_PER_SM = 6
 BWD_PROGRAMS_PER_SM = 32
 
 
+def pairs_split(batch: int, dim: int, device: torch.device) -> bool:
+    """Whether the backward of 2 channels per program (batch·dim / 2 programs) is too few to fill the GPU, and so
+    splits L into chunks (`triton_tiles.split_tiles`)."""
+    return batch * dim // 2 < SPLIT_BELOW_PER_SM * sm_count(device)
+
+
 def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Tensor, device: torch.device,
                  rows_forward: bool = False) -> int:
     """Channels per program of the backward, all of one group: 2 (tiles of [2, 256 tokens] on one warp, each
@@ -334,9 +340,8 @@ def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Te
         while channels > 1 and (dim // groups) % channels:
             channels //= 2
         return channels
-    programs, sms = batch * dim // 2, sm_count(device)
-    many = programs >= BWD_NARROW_FROM_PER_SM * sms
-    split = rows_forward and programs < SPLIT_BELOW_PER_SM * sms
+    many = batch * dim // 2 >= BWD_NARROW_FROM_PER_SM * sm_count(device)
+    split = rows_forward and pairs_split(batch, dim, device)
     return 2 if B.dim() > 2 and C.dim() > 2 and (dim // groups) % 2 == 0 and (many or split) else 1
 
 
@@ -387,9 +392,8 @@ def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor,
     also where the backward of 2 channels per program splits L but `fused`'s forward does not: behind `fused`, whose
     saves every 256 tokens slow it, the backward keeps 1 channel (`bwd_channels`). On an H100 at 1 × 512 × 2^20
     fwd+bwd took 38.3 ms so against 41.2 (the forward alone 9.8 against 9.3; BENCHMARKS.md)."""
-    sms = sm_count(device)
-    splits = batch * dim < SPLIT_BELOW_PER_SM * sms or (backward and dim % 2 == 0
-                                                        and batch * dim // 2 < SPLIT_BELOW_PER_SM * sms)
+    splits = (batch * dim < SPLIT_BELOW_PER_SM * sm_count(device)
+              or (backward and dim % 2 == 0 and pairs_split(batch, dim, device)))
     return "rows" if use_rows(batch, dim, L, B, C, n_state, splits) else "fused"
 
 
