@@ -163,6 +163,23 @@ def test_fused_forward_one_or_two_states_per_scan_matches_naive(monkeypatch, bc,
     check_against_naive(case, TOL[torch.float32], 16, fn=fused)
 
 
+@pytest.mark.parametrize("channels", ["1", "2"])
+def test_fused_summaries_carry_several_tiles_per_chunk(monkeypatch, channels):
+    """The summary passes (L split) over chunks of several tiles, each thread holding several tokens: the forward's
+    and the 2-channel backward's per-thread sums decay from tile to tile (`_carry_sums`), the 1-channel backward
+    updates its carry per tile. Forward tiles of 256 tokens on 2 warps, backward tiles of 256 (128 for 2 channels):
+    4 fp32 tokens per thread; L = 1100 in 2 chunks of 3 forward and 3 or 5 backward tiles; N = 3, so the summaries'
+    fourth state (BLOCK_N = 4) must not reach memory."""
+    from mamba_bio_audio.kernels.selective_scan import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SHAPES", {"fwd": (256, 2), "bwd": (256, 1)})
+    monkeypatch.setenv("MBA_SCAN_ROWS", "0")
+    monkeypatch.setenv("MBA_SCAN_BWD_CHANNELS", channels)
+    monkeypatch.setenv("MBA_SCAN_CHUNKS", "2")
+    case = make_case(length=1100, regime="small", bc="var", dtype=torch.float32, **full_extras())
+    check_against_naive(case, TOL[torch.float32], 16, fn=fused)
+
+
 def test_forward_states_per_scan_and_register_cap_follow_the_h100_measurements(monkeypatch):
     """2 states per scan capped at 128 registers wherever N is even (faster at every configuration timed on an
     H100); N odd: 1 state, uncapped up to 5 programs per SM, capped at 64 up to 8, at 80 beyond;
@@ -473,18 +490,19 @@ for b_const, c_const, summary in itertools.product((False, True), repeat=3):
     on = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_CONST=b_const, C_CONST=c_const, BLOCK_N=16,
               SUMMARY=summary)
     kernels = [(fused._fwd_kernel, dict(on, HAS_H0=True, SAVE_PRE=True, BLOCK_T=64, SAVE_T=32, STATES=states,
-                                        PER_THREAD=2, EVEN_L=False, STAGES=2 * states - 1)) for states in (1, 2)]
-    kernels += [(fused._bwd_kernel, dict(on, HAS_DHLAST=True, PTX=True, BLOCK_C=channels, BLOCK_T=32, PER_THREAD=1,
-                                         WARPS=1, EVEN_L=channels == 1)) for channels in (1, 2)]
-    kernels += [(fused_complex._fwd_kernel_complex, dict(on, HAS_H0=True, BLOCK_T=32, PER_THREAD=1)),
-                (fused_complex._bwd_kernel_complex, dict(on, HAS_DHLAST=True, BLOCK_T=32))]
+                                        PER_THREAD=2, EVEN_L=False, STAGES=2 * states - 1), 1) for states in (1, 2)]
+    kernels += [(fused._bwd_kernel, dict(on, HAS_DHLAST=True, PTX=True, BLOCK_C=channels, BLOCK_T=32 * warps,
+                                         PER_THREAD=1, WARPS=warps, EVEN_L=channels == 1), warps)
+                for channels, warps in ((1, 1), (2, 1), (1, 2))]
+    kernels += [(fused_complex._fwd_kernel_complex, dict(on, HAS_H0=True, BLOCK_T=32, PER_THREAD=1), 1),
+                (fused_complex._bwd_kernel_complex, dict(on, HAS_DHLAST=True, BLOCK_T=32), 1)]
     if not b_const and not c_const:
         kernels.append((fused_rows._rows_fwd_kernel, dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
                                                           SUMMARY=summary, HAS_H0=True, SAVE_PRE=True, N=16,
-                                                          BLOCK_D=32, Q=16, SAVE_EVERY=2, STAGES=3)))
-    for kernel, constexprs in kernels:
+                                                          BLOCK_D=32, Q=16, SAVE_EVERY=2, STAGES=3), 2))
+    for kernel, constexprs, warps in kernels:
         try:
-            compile_sm90(kernel, constexprs, 1, bf16)
+            compile_sm90(kernel, constexprs, warps, bf16)
         except Exception as error:
             sys.exit(f"{kernel.fn.__name__} {constexprs}: {error}")
 """
@@ -495,7 +513,7 @@ def test_scan_kernels_compile_for_sm90_at_every_option_set():
     `if` returning tiles of different shapes ran there and failed to compile on the H100 (`_load_state_row` with
     constant B or C and 2 channels per program). So every scan kernel is compiled for sm_90 here, in a process
     without the interpreter, at small tiles: constant or variable B and C, summary and full passes, 1 and 2 states or
-    channels, the rows forward, every option on."""
+    channels, the backward on 1 and 2 warps, the rows forward (on its 2 warps), every option on."""
     import os
     import subprocess
     import sys

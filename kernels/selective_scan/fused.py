@@ -12,8 +12,10 @@ keeps (O(L/BLOCK_T·N) per channel, nothing of size L·N). B and C are read by e
 
 Sequence parallelism. When batch·dim programs cannot fill the GPU, L is split into chunks run by different
 programs: a summary pass computes, per chunk, the end state from a zero start, s_c = Σ_t exp(A·(S_end − S_t))·x_t,
-and the chunk's ΣΔ (from within-tile cumulative sums: one exp per token and state, no scan, no output); then every
-chunk folds the summaries of the chunks before it, H ← exp(A·ΣΔ_c)·H + s_c, and runs the full pass from its start.
+and the chunk's ΣΔ (from within-tile cumulative sums: one exp per token and state, no scan, no output; each thread
+sums its own tokens per state, and the threads' sums are added once per chunk, `triton_tiles._carry_sums`); then
+every chunk folds the summaries of the chunks before it, H ← exp(A·ΣΔ_c)·H + s_c, and runs the full pass from its
+start.
 
 Backward, per tile from last to first: recompute h_t from the saved tile start (scan over (a_t, x_t)); the adjoint
 λ_t = go_t·C_t + a_{t+1}·λ_{t+1} by a blocked reverse scan (`triton_tiles._reverse_scan`) from each token's own a_t,
@@ -43,10 +45,11 @@ from ..host import cast, cdiv, next_power_of_2
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
-from .triton_tiles import (LOG2E, PROGRAMS_PER_SM, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _add_tokens, _channel,
-                           _chunk_tiles, _combine, _load_seq, _load_state_row, _mul_rn, _reverse_scan, _sigmoid,
-                           _store_output, _store_token, bc_grad_shape, grouped, launch_passes, plan_tiles, sm_count,
-                           sum_rows_chunks, summary_buffers, tokens_per_thread, zeroed)
+from .triton_tiles import (LOG2E, PROGRAMS_PER_SM, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _add_tokens, _carry_sums,
+                           _channel, _chunk_tiles, _combine, _element, _load_seq, _load_state_row, _mul_rn,
+                           _reverse_scan, _sigmoid, _store_output, _store_token, _sums_total, bc_grad_shape, grouped,
+                           launch_passes, plan_tiles, sm_count, sum_rows_chunks, summary_buffers, tokens_per_thread,
+                           zeroed)
 
 
 @triton.jit
@@ -62,12 +65,13 @@ def _fold_chunks(H, A2, sum_ptr, dtsum_ptr, row, offs_n, mask_n, n_state, n_chun
 
 @triton.jit
 def _carry_through_tile(H, E, S_tile, w, A_ptr, d, n, n_state, offs_n):
-    """Carry state n of H through one tile without a scan (the summary passes): H_n ← exp2(A2·S_tile)·H_n +
-    Σ_t exp2(A2·E_t)·w_t, with A2 = A[d, n]·log2 e. One channel (H [BLOCK_N], E and w [BLOCK_T], d and S_tile
-    scalars) or several (H [C, BLOCK_N], E and w [C, BLOCK_T], d and S_tile [C, 1]); offs_n along H's last axis."""
+    """Carry state n of H [BLOCK_N] through one tile of one channel without a scan (the backward's summary pass at one
+    channel per program): H_n ← exp2(A2·S_tile)·H_n + Σ_t exp2(A2·E_t)·w_t, A2 = A[d, n]·log2 e; E, w [BLOCK_T]. A
+    warp reduction and an update of H per state and tile, where `_carry_sums` keeps each thread's sums: with 16 tokens
+    per thread those took 146-168 registers against 95, and fwd+bwd was 2-14% slower on an H100 (BENCHMARKS.md)."""
     A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
-    inside = tl.sum(tl.exp2(E * A2n) * w, axis=-1, keep_dims=True)
-    H_n = tl.sum(tl.where(offs_n == n, H, 0.0), axis=-1, keep_dims=True)
+    inside = tl.sum(tl.exp2(E * A2n) * w, axis=0)
+    H_n = tl.sum(tl.where(offs_n == n, H, 0.0), axis=0)
     return tl.where(offs_n == n, tl.exp2(A2n * S_tile) * H_n + inside, H)
 
 
@@ -102,6 +106,12 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
         tl.store(hstart_ptr + (row * n_saves + k0 * R) * n_state + offs_n, H, mask=mask_n)
         tl.debug_barrier()
     dt_acc = tl.zeros([BLOCK_T], tl.float32)
+    if SUMMARY:  # per state: A·log2 e, and each thread's own sum (`_carry_sums`)
+        A2s = ()
+        sums = ()
+        for n in tl.static_range(BLOCK_N):
+            A2s = A2s + (_element(A2, offs_n, n),)
+            sums = sums + (tl.zeros([BLOCK_T // PER_THREAD], tl.float32),)
     for k in range(k0, k1):
         t0 = k * BLOCK_T
         t = t0 + offs_t
@@ -111,9 +121,9 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
             S_tile = tl.sum(dt, axis=0)
             rest = tl.maximum(S_tile - tl.cumsum(dt, axis=0), 0.0)
             dt_acc += dt
-            for n in range(n_state):
-                Bn = _load_state_row(B_ptr, row_bc, d, n, n_state, t, L, B_CONST)
-                H = _carry_through_tile(H, rest, S_tile, dtu * Bn, A_ptr, d, n, n_state, offs_n)
+            for n in tl.static_range(BLOCK_N):  # states from n_state on are never stored
+                Bn = _load_state_row(B_ptr, row_bc, d, tl.minimum(n, n_state - 1), n_state, t, L, B_CONST)
+                sums = _carry_sums(sums, n, A2s[n], rest, S_tile, dtu * Bn, PER_THREAD)
         else:
             y_states = tl.zeros([STATES, BLOCK_T], tl.float32)  # Σ C·h per slot of the scan: an FFMA per element
             offs_s = tl.arange(0, STATES)[:, None]   # states scanned together, [STATES, 1]
@@ -145,6 +155,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
             _store_output(out_ptr, pre_ptr, z_ptr, row * L + t, y, t < L, HAS_Z, SAVE_PRE)
             tl.debug_barrier()  # the next tile reads the start states written above by other threads
     if SUMMARY:
+        H = _sums_total(H, sums, offs_n)
         tl.store(sum_ptr + (row * n_chunks + chunk) * n_state + offs_n, H, mask=mask_n)
         tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=0))
 
@@ -192,6 +203,12 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     dt_acc = tl.zeros([BLOCK_C, BLOCK_T], tl.float32)
     dD_acc = tl.sum(dt_acc, axis=1)
     dbias_acc = tl.sum(dt_acc, axis=1)
+    if SUMMARY and BLOCK_C > 1:  # per state: A·log2 e [C, 1], and each thread's own sums (`_carry_sums`)
+        A2s = ()
+        sums = ()
+        for n in tl.static_range(BLOCK_N):
+            A2s = A2s + (tl.load(A_ptr + d * n_state + tl.minimum(n, n_state - 1)) * LOG2E,)
+            sums = sums + (tl.zeros([BLOCK_C, BLOCK_T // PER_THREAD], tl.float32),)
     for j in range(0, k1 - k0):
         k = k1 - 1 - j
         t0 = k * BLOCK_T
@@ -212,7 +229,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
             go = dout
         if SUMMARY:  # ν_{t0} = Σ_t exp(A·Σ_{r≤t} Δ_r)·go_t·C_t + exp(A·ΣΔ)·ν_{t1}
             dt_acc += dt
-            if BLOCK_C == 1:  # 1-D tiles and a scalar channel: the [1, T] form took 124 registers, not 94
+            if BLOCK_C == 1:  # 1-D tiles, H_n updated per tile (`_carry_through_tile`; BENCHMARKS.md)
                 dt1, go1, offs_n1 = tl.reshape(dt, [BLOCK_T]), tl.reshape(go, [BLOCK_T]), tl.arange(0, BLOCK_N)
                 S, S_tile, NU1 = tl.cumsum(dt1, axis=0), tl.sum(dt1, axis=0), tl.reshape(NU, [BLOCK_N])
                 for n in range(n_state):
@@ -221,9 +238,9 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
                 NU = tl.reshape(NU1, [1, BLOCK_N])
             else:
                 S, S_tile = tl.cumsum(dt, axis=1), tl.sum(dt, axis=1)[:, None]
-                for n in range(n_state):
-                    Cn = _load_state_row(C_ptr, row_bc, d, n, n_state, t, L, C_CONST)
-                    NU = _carry_through_tile(NU, S, S_tile, go * Cn, A_ptr, d, n, n_state, offs_n)
+                for n in tl.static_range(BLOCK_N):  # states from n_state on are never stored
+                    Cn = _load_state_row(C_ptr, row_bc, d, tl.minimum(n, n_state - 1), n_state, t, L, C_CONST)
+                    sums = _carry_sums(sums, n, A2s[n], S, S_tile, go * Cn, PER_THREAD)
         else:
             dtu = dt * u
             lam_B = tl.zeros([BLOCK_C, BLOCK_T], tl.float32)
@@ -285,6 +302,8 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
             dbias_acc += tl.sum(ddt, axis=1)
             tl.debug_barrier()  # the previous tile reads the carries written above by other threads
     if SUMMARY:
+        if BLOCK_C > 1:
+            NU = _sums_total(NU, sums, offs_n)
         tl.store(sum_ptr + chunk_offs, NU, mask=mask_n)
         tl.store(dtsum_ptr + row * n_chunks + chunk, tl.sum(dt_acc, axis=1)[:, None])
     else:

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from ..host import cast, cdiv
-from .triton_tiles import LOG2E, _combine, _delta, _store_output, launch_passes, summary_buffers
+from .triton_tiles import LOG2E, _combine, _delta, _replace, _store_output, launch_passes, summary_buffers
 
 Q = 16          # forward: tokens per tile, 8 per thread, 2 threads per channel
 SLOT = tl.constexpr(8)  # a thread's tokens (2-byte inputs): the halves of `_scan_from`, the summary's sums
@@ -68,12 +68,6 @@ def _set_column(X, X2, cols, n: tl.constexpr, Q: tl.constexpr, value):
     else:
         X2 = tl.where(cols == n - Q, value, X2)
     return X, X2
-
-
-@triton.jit
-def _replace(T, n: tl.constexpr, value):
-    """The tuple T with entry n replaced by value."""
-    return T[:n] + (value,) + T[n + 1:]
 
 
 @triton.jit

@@ -370,6 +370,42 @@ def _store_token(ptr, X, token, mask, ROWS: tl.constexpr, PER_THREAD: tl.constex
 
 
 @triton.jit
+def _replace(T, n: tl.constexpr, value):
+    """The tuple T with entry n replaced by value."""
+    return T[:n] + (value,) + T[n + 1:]
+
+
+@triton.jit
+def _thread_sums(x, PER_THREAD: tl.constexpr):
+    """x [T] or [C, T] summed over each run of PER_THREAD consecutive tokens, those one thread holds (so that no value
+    moves between threads): [T / PER_THREAD] or [C, T / PER_THREAD]."""
+    T: tl.constexpr = x.shape[-1]
+    if len(x.shape) == 1:
+        return tl.sum(tl.reshape(x, [T // PER_THREAD, PER_THREAD]), axis=1)
+    else:
+        return tl.sum(tl.reshape(x, [x.shape[0], T // PER_THREAD, PER_THREAD]), axis=2)
+
+
+@triton.jit
+def _carry_sums(sums, n: tl.constexpr, A2n, E, S_tile, w, PER_THREAD: tl.constexpr):
+    """The summary passes' carry of state n through one tile, without a scan and without moving data between threads:
+    sums[n] ← exp2(A2n·S_tile)·sums[n] + Σ over each thread's tokens of exp2(A2n·E_t)·w_t. sums: a tuple of one entry
+    per state, each a thread's own sum ([T / PER_THREAD], or [C, T / PER_THREAD] for C channels); E, w [T] or [C, T];
+    A2n and S_tile scalars or [C, 1]. The threads' sums of a state decay by the same factor tile after tile, so they
+    are added together once, at the chunk's end (`_sums_total`)."""
+    part = _thread_sums(tl.exp2(E * A2n) * w, PER_THREAD)
+    return _replace(sums, n, tl.exp2(A2n * S_tile) * sums[n] + part)
+
+
+@triton.jit
+def _sums_total(X, sums, offs_n):
+    """X ([BLOCK_N] or [C, BLOCK_N]) with element n set to the total of `_carry_sums`' sums[n] over the threads."""
+    for n in tl.static_range(len(sums)):
+        X = tl.where(offs_n == n, tl.sum(sums[n], axis=-1, keep_dims=True), X)
+    return X
+
+
+@triton.jit
 def _update(X, offs_n, n, value):
     """X [BLOCK_N] with element n replaced by the scalar value."""
     return tl.where(offs_n == n, value, X)
