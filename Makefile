@@ -61,7 +61,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 RUN_PY ?= $(BIN)/python
 
 bench:
-	$(RUN_PY) -m mamba_bio_audio.kernels.bench
+	$(RUN_PY) -m mamba_bio_audio.kernels.bench --write BENCHMARKS.md
 
 bench-tiles:
 	$(RUN_PY) benchmarks/scan_tile_sweep.py

@@ -11,14 +11,24 @@ in the same run) and exp floor (batch·dim·L·N exps over the exp2 rate measure
 scan at the sizes of COMPLEX_CONFIGS, FlashAttention-2 through torch SDPA (causal, 16 heads of 64, bf16) at the
 same lengths as above, and the model-level figures. Between the scan table and those: the host's time per call at
 the two short configurations, with and without the Triton launches (`--only-host` prints only that table).
+
+`--write BENCHMARKS.md` (what `make bench` passes) also puts everything printed into that file, between the markers
+BEGIN and END, with the command, the date and the commit: the block is replaced by each run (inserted before the
+file's second `## ` section the first time), and the file is replaced whole, never left half-written. The other
+sections of BENCHMARKS.md are the curated history, written by hand.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import functools
+import io
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -27,6 +37,68 @@ CONFIGS = [(1, 1024, 16, 2 ** 11, False), (1, 1024, 16, 2 ** 13, False), (1, 102
            (1, 1024, 16, 2 ** 17, False), (1, 1024, 16, 2 ** 19, False), (8, 2048, 16, 2048, True),
            (8, 2048, 16, 8192, True), (4, 1536, 16, 2 ** 16, True), (1, 256, 16, 2 ** 20, True),
            (1, 512, 16, 2 ** 20, True)]
+
+
+BEGIN = "<!-- make bench: begin (written by `python -m mamba_bio_audio.kernels.bench --write`; each run replaces it) -->"
+END = "<!-- make bench: end -->"
+
+
+class _Tee(io.TextIOBase):
+    """A text stream writing to several streams at once."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def commit_label(root: Path) -> str:
+    """The checkout's short commit, "+ local changes" when its tracked files differ from it; "unknown" outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} + local changes" if dirty else head
+
+
+def results_block(printed: str, command: str, commit: str, when: datetime.datetime) -> str:
+    """The block `--write` puts into BENCHMARKS.md: a section with the command, date and commit, then `printed` (the
+    run's tables, whose first line names the GPU and torch)."""
+    return (f"{BEGIN}\n## Latest `make bench` run ({when:%Y-%m-%d %H:%M} UTC, commit {commit})\n\n"
+            f"Command: `{command}`. Written by the benchmark itself; the sections below are the curated history.\n\n"
+            f"{printed.strip()}\n{END}\n")
+
+
+def with_results(text: str, block: str) -> str:
+    """text (a BENCHMARKS.md) with its make-bench block replaced by block; where it has none, block goes before its
+    second `## ` section (after the digest), or at its end."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start >= 0 and end > start:
+        return text[:start] + block + "\n" + text[end + len(END):].lstrip("\n")
+    if start >= 0 or end >= 0:
+        raise ValueError(f"BENCHMARKS.md has one make-bench marker without the other ({BEGIN!r} … {END!r})")
+    sections = [match.start() for match in re.finditer(r"^## ", text, re.MULTILINE)]
+    if len(sections) < 2:
+        return text.rstrip("\n") + ("\n\n" if text.strip() else "") + block
+    return text[:sections[1]] + block + "\n" + text[sections[1]:]
+
+
+def write_results(path: Path, block: str) -> None:
+    """Put block into the file at path (`with_results`), replacing the file whole: a new file renamed over it."""
+    text = path.read_text() if path.exists() else ""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(with_results(text, block))
+    os.replace(tmp, path)
 
 
 def copy_bandwidth() -> float:
@@ -303,7 +375,26 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-max-len", type=int, default=2 ** 15)
     parser.add_argument("--only-models", action="store_true", help="skip the scan table")
     parser.add_argument("--only-host", action="store_true", help="only the host time per call")
+    parser.add_argument("--write", type=Path, metavar="BENCHMARKS.md",
+                        help="also put this run's tables into that file (its make-bench block)")
+    parser.add_argument("--commit", help="the code's commit for --write (default: asked of git)")
     args = parser.parse_args(argv)
+    if args.write is None:
+        return run(args)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
+        status = run(args)
+    root = Path(__file__).resolve().parents[1]
+    command = "python -m mamba_bio_audio.kernels.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    block = results_block(printed.getvalue(), command, args.commit or commit_label(root),
+                          datetime.datetime.now(datetime.timezone.utc))
+    write_results(args.write, block)
+    print(f"wrote the results into {args.write}")
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark's tables, printed (`main`'s options)."""
     if args.only_models:
         model_level()
         return 0

@@ -58,3 +58,42 @@ def test_limited_sweep_stops_the_command_at_the_limit_and_records_each_call(tmp_
     calls = [line for line in (tmp_path / "status.txt").read_text().splitlines() if " exit " in line]
     assert [line.split(" exit ")[1].split()[0] for line in calls] == ["124", "0"]
     assert (tmp_path / "sweep.log").read_text() == "done\n"
+
+
+def without_block(text: str) -> str:
+    """A BENCHMARKS.md with its make-bench block (and the blank line after it) taken out."""
+    from mamba_bio_audio.kernels import bench
+
+    start, end = text.index(bench.BEGIN), text.index(bench.END) + len(bench.END)
+    assert text[end:end + 2] == "\n\n"
+    return text[:start] + text[end + 2:]
+
+
+def test_make_bench_writes_its_block_into_benchmarks_md_and_replaces_it_on_the_next_run(tmp_path, monkeypatch):
+    """`python -m mamba_bio_audio.kernels.bench --write FILE` (make bench): what it prints goes into FILE between its
+    markers, after the digest section, with the command, date and commit; a second run replaces that block and
+    nothing else; the file is replaced whole (no temporary file left); a file with one marker is refused as it is."""
+    import pytest
+
+    from mamba_bio_audio.kernels import bench
+
+    target = tmp_path / "BENCHMARKS.md"
+    curated = "# Benchmarks\n\nintro\n\n## Where we stand\n\ndigest\n\n## Older run\n\nkept by hand\n"
+    target.write_text(curated)
+    tables = iter(["| gpu | run 1 |", "| gpu | run 2 |"])
+    monkeypatch.setattr(bench, "run", lambda args: print(next(tables)) or 0)
+    assert bench.main(["--write", str(target), "--commit", "abc1234"]) == 0
+    first = target.read_text()
+    assert first.index("digest") < first.index(bench.BEGIN) < first.index("| gpu | run 1 |") < first.index(bench.END)
+    assert first.index(bench.END) < first.index("## Older run")
+    assert f"--write {target}" in first and "commit abc1234" in first
+    assert without_block(first) == curated
+    assert bench.main(["--write", str(target), "--commit", "def5678"]) == 0
+    second = target.read_text()
+    assert "run 1" not in second and "| gpu | run 2 |" in second and "commit def5678" in second
+    assert second.count(bench.BEGIN) == second.count(bench.END) == 1 and without_block(second) == curated
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["BENCHMARKS.md"]
+    broken = curated + bench.BEGIN + "\n"
+    with pytest.raises(ValueError, match="one make-bench marker"):
+        bench.with_results(broken, bench.results_block("x", "cmd", "abc", bench.datetime.datetime.now()))
+    assert bench.with_results("", "BLOCK\n") == "BLOCK\n"
