@@ -39,7 +39,8 @@ CONFIGS = [(1, 1024, 16, 2 ** 11, False), (1, 1024, 16, 2 ** 13, False), (1, 102
            (1, 512, 16, 2 ** 20, True)]
 
 
-BEGIN = "<!-- make bench: begin (written by `python -m mamba_bio_audio.kernels.bench --write`; each run replaces it) -->"
+BEGIN = ("<!-- make bench: begin (written by `python -m mamba_bio_audio.kernels.bench --write`; each run replaces it)"
+         " -->")
 END = "<!-- make bench: end -->"
 
 
@@ -75,7 +76,7 @@ def results_block(printed: str, command: str, commit: str, when: datetime.dateti
     """The block `--write` puts into BENCHMARKS.md: a section with the command, date and commit, then `printed` (the
     run's tables, whose first line names the GPU and torch)."""
     return (f"{BEGIN}\n## Latest `make bench` run ({when:%Y-%m-%d %H:%M} UTC, commit {commit})\n\n"
-            f"Command: `{command}`. Written by the benchmark itself; the sections below are the curated history.\n\n"
+            f"Command: `{command}`.\nWritten by the benchmark itself; the sections below are the curated history.\n\n"
             f"{printed.strip()}\n{END}\n")
 
 
@@ -411,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
                 reference[(row["B"], row["D"], row["N"], row["L"])] = row
     bandwidth, exps_per_s = copy_bandwidth(), exp_rate()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s, "
-          f"exp2 rate {exps_per_s / 1e12:.2f} T/s")
+          f"exp2 rate {exps_per_s / 1e12:.2f} T/s\n")
     print("| batch | dim | L | z | forward | triton fwd ms | fwd ms, CUDA graph | other forward's fwd ms "
           "| triton fwd+bwd ms | fwd+bwd ms, CUDA graph | torch fwd+bwd ms | ref fwd ms | ref fwd+bwd ms | fwd / ref "
           "| fwd+bwd / ref | hbm floor fwd ms | exp floor fwd ms | fwd / max floor |")
