@@ -30,9 +30,10 @@ import triton
 import triton.language as tl
 
 from ..host import cast, next_power_of_2
-from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _element, _load_seq,
-                           _load_state_row, _reverse_scan_complex, _sigmoid, _store_output, _store_token, _update,
-                           grouped, launch_passes, plan_tiles, sum_rows_chunks, summary_buffers, tokens_per_thread)
+from .triton_tiles import (LOG2E, REVERSE_SEG, _channel, _chunk_tiles, _combine_complex, _cos_sin, _element,
+                           _load_seq, _load_state_row, _reverse_scan_complex, _sigmoid, _store_output, _store_token,
+                           _update, grouped, launch_passes, plan_tiles, sum_rows_chunks, summary_buffers,
+                           tokens_per_thread)
 
 # (tokens per tile, warps) per pass; both passes use the same tile (the backward starts from the forward's
 # tile-start states). Chosen from sm_90 compiles (BENCHMARKS.md): the backward without spills.
@@ -43,8 +44,8 @@ SHAPES = {"fwd": (512, 4), "bwd": (512, 2)}
 def _decay(dt, Ar2n, Ain):
     """a = exp(Δ·A_n) for A_n = Ar + i·Ai (Ar2n = Ar·log2 e), as (real, imaginary) [BLOCK_T]."""
     mag = tl.exp2(dt * Ar2n)
-    angle = dt * Ain
-    return mag * tl.cos(angle), mag * tl.sin(angle)
+    cos, sin = _cos_sin(dt * Ain)
+    return mag * cos, mag * sin
 
 
 @triton.jit
