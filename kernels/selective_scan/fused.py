@@ -68,7 +68,7 @@ def _carry_through_tile(H, E, S_tile, w, A_ptr, d, n, n_state, offs_n):
     """Carry state n of H [BLOCK_N] through one tile of one channel without a scan (the backward's summary pass at one
     channel per program): H_n ← exp2(A2·S_tile)·H_n + Σ_t exp2(A2·E_t)·w_t, A2 = A[d, n]·log2 e; E, w [BLOCK_T]. A
     warp reduction and an update of H per state and tile, where `_carry_sums` keeps each thread's sums: with 16 tokens
-    per thread those took 146-168 registers against 95, and fwd+bwd was 2-14% slower on an H100 (BENCHMARKS.md)."""
+    per thread those took 146-168 registers against 95, and fwd+bwd was 1-14% slower on an H100 (BENCHMARKS.md)."""
     A2n = tl.load(A_ptr + d * n_state + n) * LOG2E
     inside = tl.sum(tl.exp2(E * A2n) * w, axis=0)
     H_n = tl.sum(tl.where(offs_n == n, H, 0.0), axis=0)

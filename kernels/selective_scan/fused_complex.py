@@ -42,7 +42,8 @@ SHAPES = {"fwd": (512, 4), "bwd": (512, 2)}
 
 @triton.jit
 def _decay(dt, Ar2n, Ain):
-    """a = exp(Δ·A_n) for A_n = Ar + i·Ai (Ar2n = Ar·log2 e), as (real, imaginary) [BLOCK_T]."""
+    """a = exp(Δ·A_n) for A_n = Ar + i·Ai (Ar2n = Ar·log2 e), as (real, imaginary) [BLOCK_T]; the rotation by
+    `_cos_sin` (libdevice's cos and sin made every complex kernel spill; 13-31% slower on an H100, BENCHMARKS.md)."""
     mag = tl.exp2(dt * Ar2n)
     cos, sin = _cos_sin(dt * Ain)
     return mag * cos, mag * sin
