@@ -95,11 +95,12 @@ def with_results(text: str, block: str) -> str:
 
 
 def write_results(path: Path, block: str) -> None:
-    """Put block into the file at path (`with_results`), replacing the file whole: a new file renamed over it."""
+    """Put block into the file at path (`with_results`), replacing the file whole (`atomic_path`)."""
+    from mamba_bio_audio.io import atomic_path
+
     text = path.read_text() if path.exists() else ""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(with_results(text, block))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(with_results(text, block))
 
 
 def copy_bandwidth() -> float:
