@@ -45,10 +45,10 @@ from ..host import cast, cdiv, next_power_of_2
 from .common import check_inputs
 from .fused_complex import _FusedScanComplex
 from .fused_rows import rows_forward, use_rows
-from .triton_tiles import (LOG2E, PROGRAMS_PER_SM, REVERSE_SEG, SPLIT_BELOW_PER_SM, _add_to, _add_tokens, _carry_sums,
-                           _channel, _chunk_tiles, _combine, _element, _load_seq, _load_state_row, _mul_rn,
-                           _reverse_scan, _sigmoid, _store_output, _store_token, _sums_total, bc_grad_shape, grouped,
-                           launch_passes, plan_tiles, sm_count, sum_rows_chunks, summary_buffers, tokens_per_thread,
+from .triton_tiles import (LOG2E, PROGRAMS_PER_SM, REVERSE_SEG, _add_to, _add_tokens, _carry_sums, _channel,
+                           _chunk_tiles, _combine, _load_seq, _load_state_row, _mul_rn, _reverse_scan, _sigmoid,
+                           _store_output, _store_token, _sums_start, _sums_total, bc_grad_shape, grouped, launch_passes,
+                           plan_tiles, sm_count, splits_l, sum_rows_chunks, summary_buffers, tokens_per_thread,
                            zeroed)
 
 
@@ -107,11 +107,7 @@ def _fwd_kernel(u_ptr, dt_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, h0_p
         tl.debug_barrier()
     dt_acc = tl.zeros([BLOCK_T], tl.float32)
     if SUMMARY:  # per state: A·log2 e, and each thread's own sum (`_carry_sums`)
-        A2s = ()
-        sums = ()
-        for n in tl.static_range(BLOCK_N):
-            A2s = A2s + (_element(A2, offs_n, n),)
-            sums = sums + (tl.zeros([BLOCK_T // PER_THREAD], tl.float32),)
+        A2s, sums = _sums_start(A_ptr, d, n_state, dt_acc, BLOCK_N, PER_THREAD)
     for k in range(k0, k1):
         t0 = k * BLOCK_T
         t = t0 + offs_t
@@ -204,11 +200,7 @@ def _bwd_kernel(u_ptr, dt_ptr, z_ptr, pre_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_
     dD_acc = tl.sum(dt_acc, axis=1)
     dbias_acc = tl.sum(dt_acc, axis=1)
     if SUMMARY and BLOCK_C > 1:  # per state: A·log2 e [C, 1], and each thread's own sums (`_carry_sums`)
-        A2s = ()
-        sums = ()
-        for n in tl.static_range(BLOCK_N):
-            A2s = A2s + (tl.load(A_ptr + d * n_state + tl.minimum(n, n_state - 1)) * LOG2E,)
-            sums = sums + (tl.zeros([BLOCK_C, BLOCK_T // PER_THREAD], tl.float32),)
+        A2s, sums = _sums_start(A_ptr, d, n_state, dt_acc, BLOCK_N, PER_THREAD)
     for j in range(0, k1 - k0):
         k = k1 - 1 - j
         t0 = k * BLOCK_T
@@ -339,7 +331,7 @@ BWD_PROGRAMS_PER_SM = 32
 def pairs_split(batch: int, dim: int, device: torch.device) -> bool:
     """Whether the backward of 2 channels per program (batch·dim / 2 programs) is too few to fill the GPU, and so
     splits L into chunks (`triton_tiles.split_tiles`)."""
-    return batch * dim // 2 < SPLIT_BELOW_PER_SM * sm_count(device)
+    return splits_l(batch * dim // 2, device)
 
 
 def bwd_channels(batch: int, dim: int, groups: int, B: torch.Tensor, C: torch.Tensor, device: torch.device,
@@ -368,11 +360,10 @@ def _plan(kind: str, batch: int, dim: int, L: int, device: torch.device, channel
     """BLOCK_T, warps, n_tiles, tiles_per_chunk, n_chunks for one pass; the backward's programs take `channels`
     channels each, in tiles of as many fewer tokens."""
     programs = batch * dim // channels
-    sms = sm_count(device)
     block_t, warps = SHAPES[kind]
     if kind == "bwd" and channels > 1:
         block_t //= channels
-    elif kind == "bwd" and SPLIT_BELOW_PER_SM * sms <= programs < BWD_NARROW_FROM_PER_SM * sms:
+    elif kind == "bwd" and not splits_l(programs, device) and programs < BWD_NARROW_FROM_PER_SM * sm_count(device):
         block_t, warps = BWD_SHAPE_FEW_PROGRAMS
     return plan_tiles(block_t, warps, SHAPES, programs, L, device, BWD_PROGRAMS_PER_SM if kind == "bwd" else
                       PROGRAMS_PER_SM)
@@ -411,8 +402,7 @@ def forward_kind(batch: int, dim: int, L: int, B: torch.Tensor, C: torch.Tensor,
     also where the backward of 2 channels per program splits L but `fused`'s forward does not: behind `fused`, whose
     saves every 256 tokens slow it, the backward keeps 1 channel (`bwd_channels`). On an H100 at 1 × 512 × 2^20
     fwd+bwd took 38.3 ms so against 41.2 (the forward alone 9.8 against 9.3; BENCHMARKS.md)."""
-    splits = (batch * dim < SPLIT_BELOW_PER_SM * sm_count(device)
-              or (backward and dim % 2 == 0 and pairs_split(batch, dim, device)))
+    splits = splits_l(batch * dim, device) or (backward and dim % 2 == 0 and pairs_split(batch, dim, device))
     return "rows" if use_rows(batch, dim, L, B, C, n_state, splits) else "fused"
 
 

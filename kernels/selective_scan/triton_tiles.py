@@ -205,6 +205,12 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
+def splits_l(programs: int, device: torch.device) -> bool:
+    """Whether `programs` programs are too few to fill the GPU (fewer than SPLIT_BELOW_PER_SM per SM), so that
+    `split_tiles` splits L into chunks (unless MBA_SCAN_CHUNKS forces a count)."""
+    return programs < SPLIT_BELOW_PER_SM * sm_count(device)
+
+
 def split_tiles(programs: int, n_tiles: int, device: torch.device,
                 per_sm: int = PROGRAMS_PER_SM) -> tuple[int, int]:
     """(tiles per chunk, chunks) for `programs` (batch·dim) programs walking n_tiles tiles each, about per_sm
@@ -213,7 +219,7 @@ def split_tiles(programs: int, n_tiles: int, device: torch.device,
     sms = sm_count(device)
     if forced:
         n_chunks = max(1, min(int(forced), n_tiles))
-    elif programs >= SPLIT_BELOW_PER_SM * sms:
+    elif not splits_l(programs, device):
         n_chunks = 1
     else:
         n_chunks = max(1, min(per_sm * sms // programs, n_tiles // MIN_TILES_PER_CHUNK))
@@ -404,6 +410,20 @@ def _thread_sums(x, PER_THREAD: tl.constexpr):
         return tl.sum(tl.reshape(x, [T // PER_THREAD, PER_THREAD]), axis=1)
     else:
         return tl.sum(tl.reshape(x, [x.shape[0], T // PER_THREAD, PER_THREAD]), axis=2)
+
+
+@triton.jit
+def _sums_start(A_ptr, d, n_state, zero_tile, BLOCK_N: tl.constexpr, PER_THREAD: tl.constexpr):
+    """What `_carry_sums` starts from, as tuples of BLOCK_N entries: A·log2 e per state (d a channel, or [C, 1]
+    channels; states from n_state on take the last one's and are never stored), and each thread's sums of zero_tile
+    (zeros, [T] or [C, T])."""
+    zero = _thread_sums(zero_tile, PER_THREAD)
+    A2s = ()
+    sums = ()
+    for n in tl.static_range(BLOCK_N):
+        A2s = A2s + (tl.load(A_ptr + d * n_state + tl.minimum(n, n_state - 1)) * LOG2E,)
+        sums = sums + (zero,)
+    return A2s, sums
 
 
 @triton.jit
