@@ -123,16 +123,18 @@ def add_rmsnorm(x, residual, weight, eps=1e-5, residual_in_fp32=True):
 
 def mamba_block_step(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                      dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias=None,
-                     out_proj_bias=None, residual_in_fp32=True):
-    """One token through a pre-norm residual Mamba block (real A): residual' = hidden + residual, then the mixer's
-    recurrent step on RMSNorm(residual'), with conv_state (b, E, W) and ssm_state (b, E, N) fp32 advanced in place.
-    hidden (b, d); residual (b, d) or None. Returns (mixer output (b, d) in hidden's dtype, residual' (b, d)).
+                     out_proj_bias=None, residual_in_fp32=True, A_imag=None):
+    """One token through a pre-norm residual Mamba block: residual' = hidden + residual, then the mixer's
+    recurrent step on RMSNorm(residual'), with conv_state (b, E, W) and ssm_state (b, E, N) fp32 advanced in place
+    (complex64 for a complex SSM, whose A_imag (E, N) is then given). hidden (b, d); residual (b, d) or None. Returns
+    (mixer output (b, d) in hidden's dtype, residual' (b, d)).
     The math and the weights' shapes: `mamba_block_step_naive`. On the GPU two Triton kernels (and above d_model
     128 one product for out_proj) do it for fp32/bf16/fp16 weights (`mamba_block_step.fused`); `Block` steps
     through it."""
     return _BLOCK_STEP[active_backend(hidden.device)](
         hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-        dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
+        dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32,
+        A_imag)
 
 
 def sample_step(logits, uniform, forced, forced_tokens, token, codes, loglik, nonfinite, temperature=1.0, top_p=1.0):

@@ -6,6 +6,7 @@ after warm-up and prints tokens/s per model size. These are the numbers quoted i
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 
@@ -64,9 +65,9 @@ def _median_seconds(fn, device, repeats: int) -> float:
 def generation_table(device, batches: list[int], seconds: float) -> None:
     """Samples per second (all rows together) to generate one clip of `seconds` per row from random weights, and the
     ratio to real time (16,000 samples/s): the SC09 Mamba U-Net (fp32 and bf16), the same-size flat Mamba and
-    Transformer++ (static KV cache) baselines; on the GPU each 16-sample chunk of steps and draws is one CUDA
-    graph for every model, and the bf16 U-Net runs with its coarse steps on side streams (the default) and on one
-    stream."""
+    Transformer++ (static KV cache) baselines, and the YouTubeMix U-Net (complex A); on the GPU each 16-sample
+    chunk of steps and draws (256 for the YouTubeMix U-Net, its pooling period) is one CUDA graph for every model,
+    and the bf16 SC09 U-Net runs with its coarse steps on side streams (the default) and on one stream."""
     import copy
 
     import torch
@@ -81,6 +82,7 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     unet = AudioUNet(audio_unet_config("sc09")).to(device).eval()
     flat = MambaLMHeadModel(MambaConfig(d_model=256, n_layer=14, vocab_size=256)).to(device).eval()
     transformer = TransformerLM(TransformerConfig(d_model=256, n_layer=8, n_head=4, vocab_size=256)).to(device).eval()
+    piano = AudioUNet(audio_unet_config("youtubemix")).to(device).eval()
     length = round(seconds * SAMPLE_RATE)
     cuda = device.type == "cuda"
     unet_bf16 = copy.deepcopy(unet).bfloat16()
@@ -89,9 +91,13 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
             ("Mamba U-Net (sc09), bf16, one stream", unet_bf16, cuda, batches if cuda else [], False, False),
             ("Mamba U-Net (sc09), persistent kernel", unet, False, batches if cuda else [], True, None),
             ("flat Mamba 14 x 256", flat, cuda, batches, False, None),
-            ("Transformer++ 8 x 256, KV cache", transformer, cuda, batches, False, None)]
+            ("Transformer++ 8 x 256, KV cache", transformer, cuda, batches, False, None),
+            ("Mamba U-Net (youtubemix, complex A)", piano, cuda, batches, False, None),
+            ("Mamba U-Net (youtubemix, complex A), bf16", copy.deepcopy(piano).bfloat16(), cuda,
+             batches if cuda else [], False, None)]
     sizes = ", ".join(f"{name} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
-                      for name, model in (("U-Net", unet), ("flat Mamba", flat), ("Transformer++", transformer)))
+                      for name, model in (("U-Net", unet), ("flat Mamba", flat), ("Transformer++", transformer),
+                                          ("YouTubeMix U-Net", piano)))
     print(f"generation of {seconds:g} s clips ({length} samples) on {device}; parameters: {sizes}")
     print(f"{'model':<46}{'batch':>7}{'seconds':>10}{'samples/s':>14}{'x real time':>13}")
     for name, model, graphs, row_batches, persistent, concurrent in rows:
@@ -147,9 +153,10 @@ def persistent_table(device, batches: list[int], seconds: float, variants: str) 
 
 
 def block_step_table(device, batches: list[int], calls: int = 100) -> None:
-    """Microseconds per token of one Mamba block's recurrent step (fp32 and bf16) at the SC09 U-Net's three widths:
-    the fused Triton kernel against the same step as separate PyTorch ops, each timed as a CUDA graph of `calls`
-    steps (`Block` steps through the kernels for fp32, bf16 and fp16 models alike)."""
+    """Microseconds per token of one Mamba block's recurrent step (fp32 and bf16; real A as in the SC09 U-Net,
+    complex A as in the YouTubeMix one) at the U-Nets' three widths: the fused Triton kernel against the same step as
+    separate PyTorch ops, each timed as a CUDA graph of `calls` steps (`Block` steps through the kernels for fp32,
+    bf16 and fp16 models alike)."""
     import torch
 
     from .kernels.mamba_block_step import mamba_block_step_naive
@@ -158,28 +165,31 @@ def block_step_table(device, batches: list[int], calls: int = 100) -> None:
     from .modules.mamba import Mamba
 
     print(f"one Mamba block step on {device}, µs per token (CUDA graph of {calls} steps)")
-    print(f"{'d_model':>8}{'dtype':>10}{'batch':>7}{'fused':>10}{'PyTorch ops':>13}")
-    for d_model in (64, 128, 256):
-        for dtype in (torch.float32, torch.bfloat16):
-            layer = Block(d_model, Mamba(d_model, layer_idx=0)).to(device=device, dtype=dtype).eval()
-            m = layer.mixer
-            weights = (layer.norm.weight, layer.norm.eps, m.in_proj.weight, m.conv1d.weight[:, 0], m.conv1d.bias,
-                       m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
-            for batch in batches:
-                states = m.allocate_inference_cache(batch)
-                hidden = torch.randn(batch, d_model, device=device, dtype=dtype)
-                residual = torch.randn(batch, d_model, device=device)
-                times = []
-                for fn in (mamba_block_step_kernel, mamba_block_step_naive):
-                    with torch.no_grad():
-                        fn(hidden, residual, *weights, *states)  # compiles
-                        graph = torch.cuda.CUDAGraph()
-                        with torch.cuda.graph(graph):
-                            for _ in range(calls):
-                                fn(hidden, residual, *weights, *states)
-                        times.append(_median_seconds(graph.replay, device, 5) / calls * 1e6)
-                name = str(dtype).removeprefix("torch.")
-                print(f"{d_model:>8}{name:>10}{batch:>7}{times[0]:>10.1f}{times[1]:>13.1f}", flush=True)
+    print(f"{'A':>8}{'d_model':>8}{'dtype':>10}{'batch':>7}{'fused':>10}{'PyTorch ops':>13}")
+    for complex_ssm, d_model, dtype in itertools.product((False, True), (64, 128, 256),
+                                                         (torch.float32, torch.bfloat16)):
+        layer = Block(d_model, Mamba(d_model, layer_idx=0, complex_ssm=complex_ssm)).to(device=device,
+                                                                                        dtype=dtype).eval()
+        m = layer.mixer
+        weights = (layer.norm.weight, layer.norm.eps, m.in_proj.weight, m.conv1d.weight[:, 0], m.conv1d.bias,
+                   m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
+        a_imag = dict(A_imag=m.A_imag) if complex_ssm else {}
+        for batch in batches:
+            states = m.allocate_inference_cache(batch)
+            hidden = torch.randn(batch, d_model, device=device, dtype=dtype)
+            residual = torch.randn(batch, d_model, device=device)
+            times = []
+            for fn in (mamba_block_step_kernel, mamba_block_step_naive):
+                with torch.no_grad():
+                    fn(hidden, residual, *weights, *states, **a_imag)  # compiles
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        for _ in range(calls):
+                            fn(hidden, residual, *weights, *states, **a_imag)
+                    times.append(_median_seconds(graph.replay, device, 5) / calls * 1e6)
+            name = str(dtype).removeprefix("torch.")
+            print(f"{'complex' if complex_ssm else 'real':>8}{d_model:>8}{name:>10}{batch:>7}{times[0]:>10.1f}"
+                  f"{times[1]:>13.1f}", flush=True)
 
 
 def scan_table(device, shape: list[int], repeats: int) -> None:

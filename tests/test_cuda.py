@@ -43,7 +43,7 @@ def test_model_on_cuda_matches_cpu_and_steps_match_parallel():
     assert (torch.cat(parts, 1) - gpu).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["unet", "mamba", "transformer"])
+@pytest.mark.parametrize("arch", ["unet", "complex-unet", "mamba", "transformer"])
 def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_forward(arch):
     """The same seed gives the same clips with and without graphs (a replay runs the same kernels on the same state
     and noise), and the sampled log-likelihood is the parallel forward's."""
@@ -52,18 +52,20 @@ def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_f
     from mamba_bio_audio.pipelines.audio_lm import build_audio_model
 
     torch.manual_seed(0)
-    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 2}, "mamba": {"d_model": 32, "n_layer": 2},
-              "transformer": {"d_model": 32, "n_layer": 2, "n_head": 2}}[arch]
-    model = build_audio_model(arch, None, config).cuda().eval()
+    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 2},
+              "complex-unet": {"d_model": 16, "pools": (4, 4), "n_layers": 2, "complex_ssm": True},
+              "mamba": {"d_model": 32, "n_layer": 2}, "transformer": {"d_model": 32, "n_layer": 2, "n_head": 2}}[arch]
+    unet = arch.endswith("unet")
+    model = build_audio_model("unet" if unet else arch, None, config).cuda().eval()
     prompt = torch.randint(0, 256, (3, 20))
     eager, eager_ll = sample_audio(model, 3, 96, prompt, seed=3, cuda_graphs=False, persistent=False)
     graphed, graphed_ll = sample_audio(model, 3, 96, prompt, seed=3, cuda_graphs=True, persistent=False)
     assert torch.equal(eager, graphed) and torch.equal(eager_ll, graphed_ll)
-    if arch == "unet":  # the coarse steps on side streams (the default here) or on one stream: the same clips
+    if unet:  # the coarse steps on side streams (the default here) or on one stream: the same clips
         one_stream, one_stream_ll = sample_audio(model, 3, 96, prompt, seed=3, persistent=False, concurrent=False)
         assert torch.equal(one_stream, graphed) and torch.equal(one_stream_ll, graphed_ll)
     runs = [(graphed, graphed_ll)]
-    if arch == "unet":  # and in the persistent kernel (its own noise stream)
+    if unet:  # and in the persistent kernel (its own noise stream)
         runs.append(sample_audio(model, 3, 96, prompt, seed=3, persistent=True))
     for codes, loglik in runs:
         assert torch.equal(codes[:, :20].cpu(), prompt)
@@ -120,34 +122,36 @@ def test_dna_generation_in_cuda_graphs_matches_eager_steps(settings):
 @pytest.mark.parametrize("d_model", [64, 128, 256])   # the SC09 U-Net's three widths
 @pytest.mark.parametrize("batch", [1, 37, 256])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_block_step_at_the_unets_sizes_matches_the_pytorch_step(d_model, batch, dtype):
+@pytest.mark.parametrize("complex_ssm", [False, True])  # SC09's real A, YouTubeMix's complex A
+def test_fused_block_step_at_the_unets_sizes_matches_the_pytorch_step(d_model, batch, dtype, complex_ssm):
     import copy
 
     from mamba_bio_audio.kernels import mamba_block_step_naive
     from mamba_bio_audio.kernels.mamba_block_step.fused import mamba_block_step_kernel
     from mamba_bio_audio.modules import Block
     from mamba_bio_audio.modules.mamba import Mamba
-    from test_mamba_block_step import step_args
+    from test_mamba_block_step import optional_args, relative_error, step_args, widened
 
     torch.manual_seed(d_model + batch)
-    layer = Block(d_model, Mamba(d_model, layer_idx=0)).cuda().to(dtype)
+    layer = Block(d_model, Mamba(d_model, layer_idx=0, complex_ssm=complex_ssm)).cuda().to(dtype)
     wide = copy.deepcopy(layer).double()
 
     conv_state, ssm_state = layer.mixer.allocate_inference_cache(batch)
     conv_state.normal_()
     ssm_state.normal_()
-    ref_conv, ref_ssm = conv_state.double(), ssm_state.double()
+    ref_conv, ref_ssm = conv_state.double(), widened(ssm_state)
     tolerance = 2e-2 if dtype == torch.bfloat16 else 2e-3  # bf16 rounding; fp32 products in tf32 where allowed
     with torch.no_grad():
         for _ in range(3):
             hidden, residual = torch.randn(batch, d_model, device="cuda", dtype=dtype), torch.randn(batch, d_model,
                                                                                                    device="cuda")
-            out, res = mamba_block_step_kernel(hidden, residual, *step_args(layer), conv_state, ssm_state)
+            out, res = mamba_block_step_kernel(hidden, residual, *step_args(layer), conv_state, ssm_state,
+                                               **optional_args(layer))
             ref, ref_res = mamba_block_step_naive(hidden.double(), residual.double(), *step_args(wide), ref_conv,
-                                                  ref_ssm, residual_in_fp32=False)
-            assert (out.double() - ref).norm() / ref.norm() < tolerance
+                                                  ref_ssm, residual_in_fp32=False, **optional_args(wide))
+            assert relative_error(out, ref) < tolerance
             assert torch.allclose(res.double(), ref_res, atol=1e-2)
-    assert (ssm_state.double() - ref_ssm).norm() / ref_ssm.norm() < tolerance
+    assert relative_error(ssm_state, ref_ssm) < tolerance
 
 
 def test_bench_times_the_scan_from_cuda_graphs():

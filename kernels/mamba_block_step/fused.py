@@ -1,5 +1,5 @@
-"""One token through a pre-norm residual Mamba block (real A): two Triton kernels, each spread over the inner width E
-so that a batch of any size keeps many SMs busy.
+"""One token through a pre-norm residual Mamba block (real or complex A): two Triton kernels, each spread over the
+inner width E so that a batch of any size keeps many SMs busy.
 
 Why: the models' recurrent step runs ≈ 10 small kernels per block (add+norm, in_proj, conv, x_proj, Δ, −exp(A_log),
 state update, out_proj and their split-K reductions), each far too small to fill the GPU, so generation is bound by
@@ -13,6 +13,8 @@ Here a program owns BLOCK_B rows × BLOCK_E channels of E, issues all of its loa
     _step_ssm: (dt_r, B, C) = Σ shares; Δ = softplus(dt_proj(dt_r) + bias); h = exp(Δ·A)·h + Δ·B·x (in place);
                y = (C·h + D·x)·silu(z)                                            (BLOCK_B, BLOCK_E)
                its share of out = out_proj(y); the row block's last program sums the shares   (BLOCK_B, d)
+A complex SSM (the YouTubeMix U-Net's) keeps h as (real, imaginary) tiles: exp(Δ·A) = exp(Δ·Re A)·(cos, sin)(Δ·Im A)
+(`_cos_sin`), B and C come from x_proj as (real, imaginary) halves, and y = 2·Re(C·h) + D·x.
 Intermediate values are rounded to the model's dtype where the unfused path rounds them (u, in_proj, conv and
 x_proj outputs, Δ before its bias, y), so a step matches the models' own; states and sums are fp32.
 """
@@ -31,7 +33,7 @@ except ImportError:
     gdc_launch_dependents = gdc_wait = None
 
 from ..host import cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _softplus
+from ..selective_scan.triton_tiles import _cos_sin, _softplus
 from .naive import mamba_block_step_naive
 
 
@@ -101,15 +103,17 @@ def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w
 
 
 @triton.jit
-def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_ptr, ssm_state_ptr, out_w_ptr, out_b_ptr,
-                     out_part_ptr, count_ptr, out_ptr, y_ptr, batch, d_model, d_inner, dt_rank, d_state, n_proj,
-                     n_e_tiles, FUSE_OUT: tl.constexpr, HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr,
-                     BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr,
-                     PRECISION: tl.constexpr, PDL: tl.constexpr):
+def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr, xc_ptr, z_ptr, ssm_state_ptr,
+                     out_w_ptr, out_b_ptr, out_part_ptr, count_ptr, out_ptr, y_ptr, batch, d_model, d_inner, dt_rank,
+                     d_state, n_proj, n_e_tiles, COMPLEX: tl.constexpr, FUSE_OUT: tl.constexpr,
+                     HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
     """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place), the gated y and
     this tile's share of out_proj(y), written to out_part (n_e_tiles, batch, d) fp32. The last program of a row
     block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in tile order (the result
-    does not depend on which program is last) and writes out (batch, d) in the model's dtype. With PDL it loads the
+    does not depend on which program is last) and writes out (batch, d) in the model's dtype. COMPLEX: ssm_state is
+    complex64 seen as (batch, E, N, 2) fp32, A_imag (E, N) is given, and the shares are (dt_r, Re B, Im B, Re C, Im C).
+    With PDL it loads the
     weights and its states while `_step_in_kernel` runs, and waits for that kernel before reading its outputs. It
     does not let the next kernel start early: on an H100 that made the batch-256 steps slower (BENCHMARKS.md)."""
     dtype = dt_w_ptr.dtype.element_ty
@@ -135,7 +139,12 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_p
     A = -tl.exp(tl.load(A_log_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en, other=0.0)
                 .to(tl.float32))                                                                         # (BE, N)
     Dv = tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
-    h = tl.load(ssm_state_ptr + h_offs, mask=mask_h, other=0.0)
+    if COMPLEX:  # (real, imaginary) interleaved
+        A_im = tl.load(A_imag_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en, other=0.0).to(tl.float32)
+        h = tl.load(ssm_state_ptr + 2 * h_offs, mask=mask_h, other=0.0)
+        h_im = tl.load(ssm_state_ptr + 2 * h_offs + 1, mask=mask_h, other=0.0)
+    else:
+        h = tl.load(ssm_state_ptr + h_offs, mask=mask_h, other=0.0)
     if PDL:  # the loads above are of tensors the previous kernel (this step's `_step_in_kernel`) does not write
         gdc_wait()
     xc = tl.load(xc_ptr + be, mask=mask_be, other=0.0).to(tl.float32)
@@ -143,20 +152,40 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_p
     dt_r = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
     B = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     C = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    B_im = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)  # complex A only
+    C_im = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    bc_width = 2 * d_state if COMPLEX else d_state
+    mask_bn = mask_b[:, None] & mask_n[None, :]
     for tile in range(n_e_tiles):
-        shares = part_ptr + (tile * batch + rows64[:, None]) * n_proj
-        dt_r += tl.load(shares + offs_r[None, :], mask=mask_b[:, None] & mask_r[None, :], other=0.0)
-        B += tl.load(shares + dt_rank + offs_n[None, :], mask=mask_b[:, None] & mask_n[None, :], other=0.0)
-        C += tl.load(shares + dt_rank + d_state + offs_n[None, :], mask=mask_b[:, None] & mask_n[None, :], other=0.0)
+        shares = part_ptr + (tile * batch + rows64[:, None]) * n_proj + offs_n[None, :]
+        dt_r += tl.load(part_ptr + (tile * batch + rows64[:, None]) * n_proj + offs_r[None, :],
+                        mask=mask_b[:, None] & mask_r[None, :], other=0.0)
+        B += tl.load(shares + dt_rank, mask=mask_bn, other=0.0)
+        C += tl.load(shares + dt_rank + bc_width, mask=mask_bn, other=0.0)
+        if COMPLEX:
+            B_im += tl.load(shares + dt_rank + d_state, mask=mask_bn, other=0.0)
+            C_im += tl.load(shares + dt_rank + bc_width + d_state, mask=mask_bn, other=0.0)
 
     B = B.to(xc_ptr.dtype.element_ty).to(tl.float32)
     C = C.to(xc_ptr.dtype.element_ty).to(tl.float32)
     dt = tl.dot(dt_r.to(xc_ptr.dtype.element_ty).to(dtype), w_dt, input_precision=PRECISION)             # (BB, BE)
     dt = _softplus(dt.to(xc_ptr.dtype.element_ty).to(tl.float32) + dt_b[None, :])
     # ssm_state (b, E, N) fp32: h = exp(Δ·A)·h + Δ·B·x; y = C·h + D·x, gated by silu(z)
-    h = h * tl.exp(dt[:, :, None] * A[None, :, :]) + (dt * xc)[:, :, None] * B[:, None, :]
-    tl.store(ssm_state_ptr + h_offs, h, mask=mask_h)
-    y = tl.sum(h * C[:, None, :], axis=2) + Dv[None, :] * xc
+    decay = tl.exp(dt[:, :, None] * A[None, :, :])                                                      # (BB, BE, N)
+    dtx = (dt * xc)[:, :, None]
+    if COMPLEX:  # h ← (decay·(cos, sin)(Δ·Im A))·h + Δ·x·B in complex arithmetic; y = 2·Re(C·h)
+        B_im = B_im.to(xc_ptr.dtype.element_ty).to(tl.float32)
+        C_im = C_im.to(xc_ptr.dtype.element_ty).to(tl.float32)
+        cos, sin = _cos_sin(dt[:, :, None] * A_im[None, :, :])
+        a_re, a_im = decay * cos, decay * sin
+        h, h_im = a_re * h - a_im * h_im + dtx * B[:, None, :], a_re * h_im + a_im * h + dtx * B_im[:, None, :]
+        tl.store(ssm_state_ptr + 2 * h_offs, h, mask=mask_h)
+        tl.store(ssm_state_ptr + 2 * h_offs + 1, h_im, mask=mask_h)
+        y = 2.0 * tl.sum(h * C[:, None, :] - h_im * C_im[:, None, :], axis=2) + Dv[None, :] * xc
+    else:
+        h = h * decay + dtx * B[:, None, :]
+        tl.store(ssm_state_ptr + h_offs, h, mask=mask_h)
+        y = tl.sum(h * C[:, None, :], axis=2) + Dv[None, :] * xc
     y = (y * z * tl.sigmoid(z)).to(out_ptr.dtype.element_ty)
     if not FUSE_OUT:
         tl.store(y_ptr + be, y, mask=mask_be)
@@ -179,19 +208,20 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, D_ptr, xc_ptr, z_p
 
 def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                            dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
-                           in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
-    """Same contract as `mamba_block_step_naive`: the Triton kernels for fp32/bf16/fp16 weights, the PyTorch step for
-    fp64, states that are not contiguous, and weights not in hidden's dtype."""
+                           in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True, A_imag=None):
+    """Same contract as `mamba_block_step_naive`: the Triton kernels for fp32/bf16/fp16 weights (real or complex A),
+    the PyTorch step for fp64, states that are not contiguous, and weights not in hidden's dtype."""
     weights = (in_proj_weight, conv_weight, x_proj_weight, dt_proj_weight, out_proj_weight)
-    if (hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or ssm_state.dtype != torch.float32
+    state_dtype = torch.float32 if A_imag is None else torch.complex64
+    if (hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16) or ssm_state.dtype != state_dtype
             or not ssm_state.is_contiguous() or not conv_state.is_contiguous() or conv_state.dtype != hidden.dtype
             or any(w.dtype != hidden.dtype for w in weights)):
         return mamba_block_step_naive(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias,
                                       x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight,
-                                      conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
+                                      conv_state, ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32, A_imag)
     return mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias,
                                    x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state,
-                                   ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32)
+                                   ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32, A_imag)
 
 
 # Rows per program: tl.dot's smallest tile (a batch of 1 runs masked rows). Channels of E per program: see `_block_e`.
@@ -217,13 +247,18 @@ def _block_e(block_dm: int, batch: int) -> int:
 
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                             dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
-                            in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
+                            in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True, A_imag=None):
     """The Triton kernels themselves, for any float dtype but fp64 (tests and benchmarks; `mamba_block_step_fused`
-    picks them where they apply). States must be contiguous, conv_state and the weights in hidden's dtype."""
+    picks them where they apply). States must be contiguous, conv_state and the weights in hidden's dtype; with
+    A_imag (a complex SSM) ssm_state is complex64."""
     batch, d_model = hidden.shape
     d_inner, d_conv = conv_weight.shape
     dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
-    n_proj = dt_rank + 2 * d_state
+    complex_ssm = A_imag is not None
+    n_proj = dt_rank + (4 if complex_ssm else 2) * d_state
+    if ssm_state.dtype != (torch.complex64 if complex_ssm else torch.float32):
+        raise ValueError(f"mamba_block_step: ssm_state is {ssm_state.dtype}; the kernels take "
+                         f"{'complex64 with A_imag' if complex_ssm else 'float32 without A_imag'}")
     expected = {"in_proj_weight": (in_proj_weight, (2 * d_inner, d_model)),
                 "x_proj_weight": (x_proj_weight, (n_proj, d_inner)),
                 "dt_proj_weight": (dt_proj_weight, (d_inner, dt_rank)),
@@ -231,6 +266,8 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
                 "conv_state": (conv_state, (batch, d_inner, d_conv)),
                 "ssm_state": (ssm_state, (batch, d_inner, d_state)),
                 "A_log": (A_log, (d_inner, d_state))}
+    if complex_ssm:
+        expected["A_imag"] = (A_imag, (d_inner, d_state))
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"mamba_block_step: {name} has shape {tuple(tensor.shape)}, expected {shape} "
@@ -263,10 +300,13 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         BLOCK_P=max(16, next_power_of_2(n_proj)), BLOCK_W=next_power_of_2(d_conv),
         PRECISION=precision, PDL=pdl, num_warps=8 if block_dm >= 512 else 4, **launch)
     _step_ssm_kernel[grid](
-        part, dt_proj_weight.contiguous(), dt_proj_bias, A_log.contiguous(), D, xc, z, ssm_state,
+        part, dt_proj_weight.contiguous(), dt_proj_bias, A_log.contiguous(),
+        A_imag.contiguous() if complex_ssm else dummy, D, xc, z,
+        torch.view_as_real(ssm_state) if complex_ssm else ssm_state,  # complex64 as (b, E, N, 2) fp32
         out_proj_weight.contiguous(), out_proj_bias if out_proj_bias is not None else dummy, out_part, count, out, y,
         batch, d_model, d_inner, dt_rank, d_state, n_proj,
-        grid[1], FUSE_OUT=fuse_out, HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=BLOCK_B, BLOCK_E=block_e,
+        grid[1], COMPLEX=complex_ssm, FUSE_OUT=fuse_out, HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=BLOCK_B,
+        BLOCK_E=block_e,
         BLOCK_R=max(16, next_power_of_2(dt_rank)), BLOCK_N=max(16, next_power_of_2(d_state)), BLOCK_DM=block_dm,
         PRECISION=precision, PDL=pdl, num_warps=8 if fuse_out else 4, **launch)
     return out if fuse_out else F.linear(y, out_proj_weight, out_proj_bias), residual_out

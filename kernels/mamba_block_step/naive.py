@@ -14,7 +14,7 @@ from ..selective_state_update import selective_state_update_naive
 
 def mamba_block_step_naive(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                            dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
-                           in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True):
+                           in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True, A_imag=None):
     """residual' = hidden + residual; u = RMSNorm(residual')·norm_weight; then Mamba's recurrent step on u:
 
         x, z = in_proj(u)                      (b, E) each
@@ -24,18 +24,26 @@ def mamba_block_step_naive(hidden, residual, norm_weight, eps, in_proj_weight, c
         h = exp(Δ·A)·h + Δ·B·x,  A = −exp(A_log)   ssm_state (b, E, N) fp32, in place
         y = (C·h + D·x)·silu(z);  out = out_proj(y)
 
+    Complex SSM (`A_imag` (E, N) given, ssm_state complex64): A = −exp(A_log) + i·A_imag; x_proj gives (b, R + 4N),
+    B and C as (real, imaginary) halves of 2N each; y = (2·Re(C·h) + D·x)·silu(z), as `Mamba.step` computes it.
+
     hidden (b, d) in the model's dtype; residual (b, d) or None (the first block); weights as nn.Linear/Conv1d hold
     them (in_proj (2E, d), conv (E, W), x_proj (R + 2N, E), dt_proj (E, R), out_proj (d, E)); A_log (E, N), D (E,).
-    Returns (out (b, d) in hidden's dtype, residual' (b, d), fp32 if `residual_in_fp32`). Real A only (a complex
-    SSM steps through Mamba.step)."""
-    if ssm_state.is_complex():
-        raise ValueError("mamba_block_step: real A only; a complex-SSM block steps through Mamba.step")
+    Returns (out (b, d) in hidden's dtype, residual' (b, d), fp32 if `residual_in_fp32`)."""
+    if ssm_state.is_complex() != (A_imag is not None):
+        raise ValueError(f"mamba_block_step: a {'complex' if ssm_state.is_complex() else 'real'} ssm_state "
+                         f"({ssm_state.dtype}) {'needs' if ssm_state.is_complex() else 'takes no'} A_imag")
     u, residual = add_rmsnorm_naive(hidden, residual, norm_weight, eps, residual_in_fp32)
     x, z = F.linear(u, in_proj_weight, in_proj_bias).chunk(2, dim=-1)
     x = causal_conv1d_update_naive(x, conv_state, conv_weight, conv_bias, activation="silu")
     dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
-    dt, B, C = torch.split(F.linear(x, x_proj_weight), [dt_rank, d_state, d_state], dim=-1)
-    y = selective_state_update_naive(ssm_state, x, F.linear(dt, dt_proj_weight), -torch.exp(A_log.to(ssm_state.dtype)),
-                                     B, C, D.to(ssm_state.dtype), z, dt_bias=dt_proj_bias.to(ssm_state.dtype),
-                                     dt_softplus=True)
+    real = ssm_state.real.dtype if ssm_state.is_complex() else ssm_state.dtype           # fp32 (fp64 for fp64)
+    bc_width = 2 * d_state if A_imag is not None else d_state
+    dt, B, C = torch.split(F.linear(x, x_proj_weight), [dt_rank, bc_width, bc_width], dim=-1)
+    A = -torch.exp(A_log.to(real))
+    if A_imag is not None:
+        A = torch.complex(A, A_imag.to(real))
+        B, C = (torch.complex(X[..., :d_state].to(real), X[..., d_state:].to(real)) for X in (B, C))
+    y = selective_state_update_naive(ssm_state, x, F.linear(dt, dt_proj_weight), A, B, C, D.to(real), z,
+                                     dt_bias=dt_proj_bias.to(real), dt_softplus=True)
     return F.linear(y, out_proj_weight, out_proj_bias), residual

@@ -25,19 +25,19 @@ class Block(nn.Module):
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None = None, cache=None):
         """hidden, residual: (b, L, d) -> (hidden, residual), both (b, L, d); residual fp32 if asked. A single
-        recurrent step of a real-A Mamba on the GPU goes through `mamba_block_step` (the add, the norm and the whole
-        mixer step in two Triton kernels, out_proj in them up to d_model 128) unless MBA_FUSED_BLOCK_STEP=0."""
+        recurrent step of a Mamba (real or complex A) on the GPU goes through `mamba_block_step` (the add, the norm
+        and the whole mixer step in two Triton kernels, out_proj in them up to d_model 128) unless
+        MBA_FUSED_BLOCK_STEP=0."""
         if cache is not None and cache.seqlen_offset > 0 and hidden.shape[1] == 1 and self._fused_step(hidden):
             m = self.mixer
             out, residual = mamba_block_step(
                 hidden[:, 0], None if residual is None else residual[:, 0], self.norm.weight, self.norm.eps,
                 m.in_proj.weight, m.conv1d.weight[:, 0], m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight,
                 m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight, *cache.states[m.layer_idx], m.in_proj.bias,
-                m.out_proj.bias, self.residual_in_fp32)
+                m.out_proj.bias, self.residual_in_fp32, m.A_imag if m.complex_ssm else None)
             return out[:, None], residual[:, None]
         hidden, residual = add_rmsnorm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
         return self.mixer(hidden, cache=cache), residual
 
     def _fused_step(self, hidden: torch.Tensor) -> bool:
-        return (hidden.is_cuda and isinstance(self.mixer, Mamba) and not self.mixer.complex_ssm
-                and os.environ.get("MBA_FUSED_BLOCK_STEP", "1") != "0")
+        return hidden.is_cuda and isinstance(self.mixer, Mamba) and os.environ.get("MBA_FUSED_BLOCK_STEP", "1") != "0"

@@ -64,8 +64,8 @@ class Mamba(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.bc_width, self.bc_width], dim=-1)
         if self.complex_ssm:
             N = self.d_state
-            B = torch.complex(B[..., :N].float(), B[..., N:].float())
-            C = torch.complex(C[..., :N].float(), C[..., N:].float())
+            B = torch.complex(_fp32_or_wider(B[..., :N]), _fp32_or_wider(B[..., N:]))
+            C = torch.complex(_fp32_or_wider(C[..., :N]), _fp32_or_wider(C[..., N:]))
         return dt, B, C
 
     def forward(self, hidden: torch.Tensor, cache=None) -> torch.Tensor:
