@@ -113,9 +113,9 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
     block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in tile order (the result
     does not depend on which program is last) and writes out (batch, d) in the model's dtype. COMPLEX: ssm_state is
     complex64 seen as (batch, E, N, 2) fp32, A_imag (E, N) is given, and the shares are (dt_r, Re B, Im B, Re C, Im C).
-    With PDL it loads the
-    weights and its states while `_step_in_kernel` runs, and waits for that kernel before reading its outputs. It
-    does not let the next kernel start early: on an H100 that made the batch-256 steps slower (BENCHMARKS.md)."""
+    With PDL it loads the weights and its states while `_step_in_kernel` runs, and waits for that kernel before
+    reading its outputs. It does not let the next kernel start early: on an H100 that made the batch-256 steps slower
+    (BENCHMARKS.md)."""
     dtype = dt_w_ptr.dtype.element_ty
     pid_b, pid_e = tl.program_id(0), tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -157,14 +157,13 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
     bc_width = 2 * d_state if COMPLEX else d_state
     mask_bn = mask_b[:, None] & mask_n[None, :]
     for tile in range(n_e_tiles):
-        shares = part_ptr + (tile * batch + rows64[:, None]) * n_proj + offs_n[None, :]
-        dt_r += tl.load(part_ptr + (tile * batch + rows64[:, None]) * n_proj + offs_r[None, :],
-                        mask=mask_b[:, None] & mask_r[None, :], other=0.0)
-        B += tl.load(shares + dt_rank, mask=mask_bn, other=0.0)
-        C += tl.load(shares + dt_rank + bc_width, mask=mask_bn, other=0.0)
+        shares = part_ptr + (tile * batch + rows64[:, None]) * n_proj
+        dt_r += tl.load(shares + offs_r[None, :], mask=mask_b[:, None] & mask_r[None, :], other=0.0)
+        B += tl.load(shares + dt_rank + offs_n[None, :], mask=mask_bn, other=0.0)
+        C += tl.load(shares + dt_rank + bc_width + offs_n[None, :], mask=mask_bn, other=0.0)
         if COMPLEX:
-            B_im += tl.load(shares + dt_rank + d_state, mask=mask_bn, other=0.0)
-            C_im += tl.load(shares + dt_rank + bc_width + d_state, mask=mask_bn, other=0.0)
+            B_im += tl.load(shares + dt_rank + d_state + offs_n[None, :], mask=mask_bn, other=0.0)
+            C_im += tl.load(shares + dt_rank + bc_width + d_state + offs_n[None, :], mask=mask_bn, other=0.0)
 
     B = B.to(xc_ptr.dtype.element_ty).to(tl.float32)
     C = C.to(xc_ptr.dtype.element_ty).to(tl.float32)
