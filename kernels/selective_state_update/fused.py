@@ -1,5 +1,7 @@
-"""One decoding step of the selective scan in Triton (real A): the state is read, advanced and written in place by
-one program per (batch row, block of channels); the output is gated in the same kernel."""
+"""One decoding step of the selective scan in Triton (real or complex A): the state is read, advanced and written in
+place by one program per (batch row, block of channels); the output is gated in the same kernel. A complex state,
+A, B and C are read as (real, imaginary) pairs (`torch.view_as_real`): exp(Δ·A) = exp(Δ·Re A)·(cos, sin)(Δ·Im A)
+by `_cos_sin`, and y = 2·Re(Σ_n C_n h_n)."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ..host import cast, cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _block_d, _sigmoid, _softplus
+from ..selective_scan.triton_tiles import _block_d, _cos_sin, _sigmoid, _softplus
 from .naive import selective_state_update_naive
 
 
@@ -15,7 +17,10 @@ from .naive import selective_state_update_naive
 def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr,
                          dim, n_state, n_groups, dim_per_group,
                          HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                         HAS_IDX: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+                         HAS_IDX: tl.constexpr, COMPLEX: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
+    """COMPLEX: state, A, B and C are complex64 tensors seen as fp32 (…, 2) pairs; the offsets below count complex
+    elements, so the real parts are at 2·offset and the imaginary parts at 2·offset + 1."""
     pid_b = tl.program_id(0).to(tl.int64)
     d0 = tl.program_id(1) * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -27,7 +32,15 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
     else:
         state_row = pid_b
     state_offs = (state_row * dim + offs_d)[:, None] * n_state + offs_n[None, :]
-    h = tl.load(state_ptr + state_offs, mask=mask_dn, other=0.0)
+    a_offs = offs_d[:, None] * n_state + offs_n[None, :]
+    if COMPLEX:
+        h = tl.load(state_ptr + 2 * state_offs, mask=mask_dn, other=0.0)
+        h_im = tl.load(state_ptr + 2 * state_offs + 1, mask=mask_dn, other=0.0)
+        A = tl.load(A_ptr + 2 * a_offs, mask=mask_dn, other=0.0)
+        A_im = tl.load(A_ptr + 2 * a_offs + 1, mask=mask_dn, other=0.0)
+    else:
+        h = tl.load(state_ptr + state_offs, mask=mask_dn, other=0.0)
+        A = tl.load(A_ptr + a_offs, mask=mask_dn, other=0.0)
     io = pid_b * dim + offs_d
     x = tl.load(x_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
@@ -35,13 +48,24 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
         dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     if SOFTPLUS:
         dt = _softplus(dt)
-    A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0)
     bc = (pid_b * n_groups + d0 // dim_per_group) * n_state + offs_n
-    B = tl.load(B_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
-    C = tl.load(C_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
-    h = h * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * B[None, :]
-    tl.store(state_ptr + state_offs, h, mask=mask_dn)
-    out = tl.sum(h * C[None, :], axis=1)
+    decay = tl.exp(dt[:, None] * A)
+    dtx = (dt * x)[:, None]
+    if COMPLEX:  # h ← exp(Δ·A)·h + Δ·x·B in complex arithmetic; out = 2·Re(Σ_n C_n h_n)
+        B, B_im = tl.load(B_ptr + 2 * bc, mask=mask_n, other=0.0), tl.load(B_ptr + 2 * bc + 1, mask=mask_n, other=0.0)
+        C, C_im = tl.load(C_ptr + 2 * bc, mask=mask_n, other=0.0), tl.load(C_ptr + 2 * bc + 1, mask=mask_n, other=0.0)
+        cos, sin = _cos_sin(dt[:, None] * A_im)
+        a_re, a_im = decay * cos, decay * sin
+        h, h_im = a_re * h - a_im * h_im + dtx * B[None, :], a_re * h_im + a_im * h + dtx * B_im[None, :]
+        tl.store(state_ptr + 2 * state_offs, h, mask=mask_dn)
+        tl.store(state_ptr + 2 * state_offs + 1, h_im, mask=mask_dn)
+        out = 2.0 * tl.sum(h * C[None, :] - h_im * C_im[None, :], axis=1)
+    else:
+        B = tl.load(B_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
+        C = tl.load(C_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
+        h = h * decay + dtx * B[None, :]
+        tl.store(state_ptr + state_offs, h, mask=mask_dn)
+        out = tl.sum(h * C[None, :], axis=1)
     if HAS_D:
         out += tl.load(D_ptr + offs_d, mask=mask_d, other=0.0) * x
     if HAS_Z:
@@ -52,9 +76,11 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
 
 def selective_state_update_fused(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                  state_batch_indices=None):
-    """Same contract as `selective_state_update_naive` (real A in Triton; complex A, or a state that is not a
-    contiguous fp32 tensor, goes to the PyTorch step)."""
-    if A.is_complex() or state.dtype != torch.float32 or not state.is_contiguous():
+    """Same contract as `selective_state_update_naive`: in Triton for a contiguous fp32 state (real A) or complex64
+    state (complex A, B and C); other states go to the PyTorch step."""
+    complex_a = A.is_complex()
+    if (state.dtype != (torch.complex64 if complex_a else torch.float32) or not state.is_contiguous()
+            or (complex_a and not (B.is_complex() and C.is_complex()))):
         return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
     batch, dim = x.shape
     n_state = A.shape[1]
@@ -68,14 +94,17 @@ def selective_state_update_fused(state, x, dt, A, B, C, D=None, z=None, dt_bias=
     out = torch.empty_like(x)
     block_d = _block_d(dim // groups, 16)
     block_n = next_power_of_2(n_state)
-    A32 = cast(A, torch.float32)
+    if complex_a:  # (real, imaginary) pairs of fp32
+        state_f, A32, B, C = (torch.view_as_real(cast(t, torch.complex64)) for t in (state, A, B, C))
+    else:
+        state_f, A32 = state, cast(A, torch.float32)
     dummy = A32
     _state_update_kernel[(batch, cdiv(dim, block_d))](
-        state, x.contiguous(), dt.contiguous(), A32, B.contiguous(), C.contiguous(),
+        state_f, x.contiguous(), dt.contiguous(), A32, B.contiguous(), C.contiguous(),
         cast(D, torch.float32) if D is not None else dummy, z.contiguous() if z is not None else x,
         cast(dt_bias, torch.float32) if dt_bias is not None else dummy, out,
         state_batch_indices if state_batch_indices is not None else x,
         dim, n_state, groups, dim // groups,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        HAS_IDX=state_batch_indices is not None, BLOCK_D=block_d, BLOCK_N=block_n)
+        HAS_IDX=state_batch_indices is not None, COMPLEX=complex_a, BLOCK_D=block_d, BLOCK_N=block_n)
     return out
