@@ -41,4 +41,5 @@ def test_bench_generation_prints_every_models_rate_on_the_cpu(capsys):
     """`mba bench --generation` on the CPU: each model's eager row (the GPU-only tables are skipped)."""
     assert main(["bench", "--generation", "--device", "cpu", "--gen-batches", "1", "--gen-seconds", "0.002"]) == 0
     names = [line.split(", eager")[0] for line in capsys.readouterr().out.splitlines() if ", eager" in line]
-    assert names == ["Mamba U-Net (sc09)", "flat Mamba 14 x 256", "Transformer++ 8 x 256, KV cache"]
+    assert names == ["Mamba U-Net (sc09)", "flat Mamba 14 x 256", "Transformer++ 8 x 256, KV cache",
+                     "Mamba U-Net (youtubemix, complex A)"]
