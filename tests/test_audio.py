@@ -224,6 +224,29 @@ def test_flat_baselines_sample_with_their_caches(arch):
     torch.testing.assert_close(loglik, logp, rtol=1e-9, atol=1e-9)  # the cached steps are the parallel forward
 
 
+@pytest.mark.parametrize("arch", ["unet", "mamba", "transformer"])
+def test_a_last_partial_chunk_replayed_whole_gives_the_eager_clips(arch, monkeypatch):
+    """With CUDA graphs, a last chunk shorter than the others replays the whole chunk's graph, its positions past the
+    clip forced and dropped. Simulated on the CPU (each replay runs the chunk's steps, as recording then replaying
+    does): the same codes and log-likelihood as the eager run, at lengths ending 6 and 15 positions into a chunk of
+    16, with a prompt; a Transformer's KV cache has room for the dropped positions."""
+    from mamba_bio_audio.audio import generate
+    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
+
+    torch.manual_seed(0)
+    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 1}, "mamba": {"d_model": 16, "n_layer": 2},
+              "transformer": {"d_model": 16, "n_layer": 2, "n_head": 2}}[arch]
+    model = build_audio_model(arch, None, config).double().eval()
+    prompt = torch.randint(0, 256, (2, 19))
+    for length in (38, 47):
+        eager = generate.sample_audio(model, 2, length, prompt=prompt, seed=1)
+        with monkeypatch.context() as patch:
+            patch.setattr(generate, "_replays_graphs", lambda cuda_graphs, device: cuda_graphs)
+            patch.setattr(generate, "replay_graph", lambda graphs, key, record: record())
+            replayed = generate.sample_audio(model, 2, length, prompt=prompt, seed=1)
+        assert torch.equal(eager[0], replayed[0]) and torch.equal(eager[1], replayed[1])
+
+
 def test_youtubemix_recipe_from_a_folder_or_an_archive(tmp_path, capsys):
     import tarfile
 

@@ -159,7 +159,7 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     watch = FiniteWatch(n, size, device, row="clip", unit="sample")
     chunk = _Chunk(stepper, n, size, temperature, top_p, device, watch)
     check_chunks = max(1, math.ceil(check_every / size))
-    use_graphs = cuda_graphs and device.type == "cuda"
+    use_graphs = _replays_graphs(cuda_graphs, device)
     codes = torch.empty(n, length, dtype=torch.int64, device=device)
     with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
         for index, start in enumerate(range(0, length, size)):
@@ -186,6 +186,11 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     if stats is not None:
         stats.update(state_max_abs=watch.max_abs, checks=watch.checks)
     return codes, chunk.loglik.clone()
+
+
+def _replays_graphs(cuda_graphs: bool, device: torch.device) -> bool:
+    """Whether the chunks after the first replay CUDA graphs: on CUDA, when asked (a test simulates them on the CPU)."""
+    return cuda_graphs and device.type == "cuda"
 
 
 def _sample_persistent(model, n: int, length: int, prompt: torch.Tensor, temperature: float, top_p: float,
