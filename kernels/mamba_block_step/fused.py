@@ -14,7 +14,7 @@ Here a program owns BLOCK_B rows × BLOCK_E channels of E, issues all of its loa
                y = (C·h + D·x)·silu(z)                                            (BLOCK_B, BLOCK_E)
                its share of out = out_proj(y); the row block's last program sums the shares   (BLOCK_B, d)
 A complex SSM (the YouTubeMix U-Net's) keeps h as (real, imaginary) tiles: exp(Δ·A) = exp(Δ·Re A)·(cos, sin)(Δ·Im A)
-(`_cos_sin`), B and C come from x_proj as (real, imaginary) halves, and y = 2·Re(C·h) + D·x.
+(`_complex_step`), B and C come from x_proj as (real, imaginary) halves, and y = 2·Re(C·h) + D·x.
 Intermediate values are rounded to the model's dtype where the unfused path rounds them (u, in_proj, conv and
 x_proj outputs, Δ before its bias, y), so a step matches the models' own; states and sums are fp32.
 """
@@ -33,7 +33,7 @@ except ImportError:
     gdc_launch_dependents = gdc_wait = None
 
 from ..host import cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _cos_sin, _softplus
+from ..selective_scan.triton_tiles import _complex_step, _softplus
 from .naive import mamba_block_step_naive
 
 
@@ -175,9 +175,8 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
     if COMPLEX:  # h ← (decay·(cos, sin)(Δ·Im A))·h + Δ·x·B in complex arithmetic; y = 2·Re(C·h)
         B_im = B_im.to(xc_ptr.dtype.element_ty).to(tl.float32)
         C_im = C_im.to(xc_ptr.dtype.element_ty).to(tl.float32)
-        cos, sin = _cos_sin(dt[:, :, None] * A_im[None, :, :])
-        a_re, a_im = decay * cos, decay * sin
-        h, h_im = a_re * h - a_im * h_im + dtx * B[:, None, :], a_re * h_im + a_im * h + dtx * B_im[:, None, :]
+        h, h_im = _complex_step(h, h_im, decay, dt[:, :, None] * A_im[None, :, :], dtx * B[:, None, :],
+                                dtx * B_im[:, None, :])
         tl.store(ssm_state_ptr + 2 * h_offs, h, mask=mask_h)
         tl.store(ssm_state_ptr + 2 * h_offs + 1, h_im, mask=mask_h)
         y = 2.0 * tl.sum(h * C[:, None, :] - h_im * C_im[:, None, :], axis=2) + Dv[None, :] * xc

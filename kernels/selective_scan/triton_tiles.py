@@ -166,6 +166,15 @@ def _cos_sin(x):
 
 
 @triton.jit
+def _complex_step(h, h_im, decay, angle, add, add_im):
+    """One token of a complex state, elementwise: (h, h_im) ← exp(Δ·A)·h + add in complex arithmetic, with
+    exp(Δ·A) = decay·(cos, sin)(angle), decay = exp(Δ·Re A) and angle = Δ·Im A (the decoding steps' update)."""
+    cos, sin = _cos_sin(angle)
+    a_re, a_im = decay * cos, decay * sin
+    return a_re * h - a_im * h_im + add, a_re * h_im + a_im * h + add_im
+
+
+@triton.jit
 def _delta(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Δ as fp32 from the raw delta loaded over a tile: + bias, softplus, 0 (the identity step) outside mask."""
     dt = raw.to(tl.float32)

@@ -1,7 +1,7 @@
 """One decoding step of the selective scan in Triton (real or complex A): the state is read, advanced and written in
 place by one program per (batch row, block of channels); the output is gated in the same kernel. A complex state,
 A, B and C are read as (real, imaginary) pairs (`torch.view_as_real`): exp(Δ·A) = exp(Δ·Re A)·(cos, sin)(Δ·Im A)
-by `_cos_sin`, and y = 2·Re(Σ_n C_n h_n)."""
+by `_complex_step`, and y = 2·Re(Σ_n C_n h_n)."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ..host import cast, cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _block_d, _cos_sin, _sigmoid, _softplus
+from ..selective_scan.triton_tiles import _block_d, _complex_step, _sigmoid, _softplus
 from .naive import selective_state_update_naive
 
 
@@ -54,9 +54,7 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
     if COMPLEX:  # h ← exp(Δ·A)·h + Δ·x·B in complex arithmetic; out = 2·Re(Σ_n C_n h_n)
         B, B_im = tl.load(B_ptr + 2 * bc, mask=mask_n, other=0.0), tl.load(B_ptr + 2 * bc + 1, mask=mask_n, other=0.0)
         C, C_im = tl.load(C_ptr + 2 * bc, mask=mask_n, other=0.0), tl.load(C_ptr + 2 * bc + 1, mask=mask_n, other=0.0)
-        cos, sin = _cos_sin(dt[:, None] * A_im)
-        a_re, a_im = decay * cos, decay * sin
-        h, h_im = a_re * h - a_im * h_im + dtx * B[None, :], a_re * h_im + a_im * h + dtx * B_im[None, :]
+        h, h_im = _complex_step(h, h_im, decay, dt[:, None] * A_im, dtx * B[None, :], dtx * B_im[None, :])
         tl.store(state_ptr + 2 * state_offs, h, mask=mask_dn)
         tl.store(state_ptr + 2 * state_offs + 1, h_im, mask=mask_dn)
         out = 2.0 * tl.sum(h * C[None, :] - h_im * C_im[None, :], axis=1)
