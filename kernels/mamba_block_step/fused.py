@@ -105,14 +105,15 @@ def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w
 @triton.jit
 def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr, xc_ptr, z_ptr, ssm_state_ptr,
                      out_w_ptr, out_b_ptr, out_part_ptr, count_ptr, out_ptr, y_ptr, batch, d_model, d_inner, dt_rank,
-                     d_state, n_proj, n_e_tiles, COMPLEX: tl.constexpr, FUSE_OUT: tl.constexpr,
-                     HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+                     d_state, n_proj, n_e_tiles, COMPLEX: tl.constexpr, PAIRS: tl.constexpr,
+                     FUSE_OUT: tl.constexpr, HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
     """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place), the gated y and
     this tile's share of out_proj(y), written to out_part (n_e_tiles, batch, d) fp32. The last program of a row
     block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in tile order (the result
     does not depend on which program is last) and writes out (batch, d) in the model's dtype. COMPLEX: ssm_state is
-    complex64 seen as (batch, E, N, 2) fp32, A_imag (E, N) is given, and the shares are (dt_r, Re B, Im B, Re C, Im C).
+    complex64 seen as (batch, E, N, 2) fp32, A_imag (E, N) is given, and the shares are (dt_r, Re B, Im B, Re C, Im C);
+    PAIRS (see `_complex_pairs`) loads and stores the state as 2N floats per channel instead of two strided tiles.
     With PDL it loads the weights and its states while `_step_in_kernel` runs, and waits for that kernel before
     reading its outputs. It does not let the next kernel start early: on an H100 that made the batch-256 steps slower
     (BENCHMARKS.md)."""
@@ -141,8 +142,16 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
     Dv = tl.load(D_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)
     if COMPLEX:  # (real, imaginary) interleaved
         A_im = tl.load(A_imag_ptr + offs_e[:, None] * d_state + offs_n[None, :], mask=mask_en, other=0.0).to(tl.float32)
-        h = tl.load(ssm_state_ptr + 2 * h_offs, mask=mask_h, other=0.0)
-        h_im = tl.load(ssm_state_ptr + 2 * h_offs + 1, mask=mask_h, other=0.0)
+        if PAIRS:  # each channel's N pairs as 2N floats in a row (wide accesses), then split
+            offs_2n = tl.arange(0, 2 * BLOCK_N)
+            pair_offs = ((rows64[:, None, None] * d_inner + offs_e[None, :, None]) * (2 * d_state)
+                         + offs_2n[None, None, :])
+            mask_pairs = mask_b[:, None, None] & mask_e[None, :, None] & (offs_2n < 2 * d_state)[None, None, :]
+            h, h_im = tl.split(tl.reshape(tl.load(ssm_state_ptr + pair_offs, mask=mask_pairs, other=0.0),
+                                          (BLOCK_B, BLOCK_E, BLOCK_N, 2)))
+        else:  # real and imaginary parts as two strided tiles
+            h = tl.load(ssm_state_ptr + 2 * h_offs, mask=mask_h, other=0.0)
+            h_im = tl.load(ssm_state_ptr + 2 * h_offs + 1, mask=mask_h, other=0.0)
     else:
         h = tl.load(ssm_state_ptr + h_offs, mask=mask_h, other=0.0)
     if PDL:  # the loads above are of tensors the previous kernel (this step's `_step_in_kernel`) does not write
@@ -177,8 +186,12 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
         C_im = C_im.to(xc_ptr.dtype.element_ty).to(tl.float32)
         h, h_im = _complex_step(h, h_im, decay, dt[:, :, None] * A_im[None, :, :], dtx * B[:, None, :],
                                 dtx * B_im[:, None, :])
-        tl.store(ssm_state_ptr + 2 * h_offs, h, mask=mask_h)
-        tl.store(ssm_state_ptr + 2 * h_offs + 1, h_im, mask=mask_h)
+        if PAIRS:
+            tl.store(ssm_state_ptr + pair_offs, tl.reshape(tl.join(h, h_im), (BLOCK_B, BLOCK_E, 2 * BLOCK_N)),
+                     mask=mask_pairs)
+        else:
+            tl.store(ssm_state_ptr + 2 * h_offs, h, mask=mask_h)
+            tl.store(ssm_state_ptr + 2 * h_offs + 1, h_im, mask=mask_h)
         y = 2.0 * tl.sum(h * C[:, None, :] - h_im * C_im[:, None, :], axis=2) + Dv[None, :] * xc
     else:
         h = h * decay + dtx * B[:, None, :]
@@ -243,6 +256,15 @@ def _block_e(block_dm: int, batch: int) -> int:
     return 16 if block_dm <= 128 or (block_dm >= 256 and batch <= BLOCK_B) else 32
 
 
+def _complex_pairs(batch: int) -> bool:
+    """A complex state read and written as each channel's 2N floats in a row, split into (real, imaginary) tiles in
+    registers, when the batch spans more than one block of rows; at one block, two stride-2 tiles. On an H100
+    (BENCHMARKS.md, 2026-11-25) pairs took the bf16 step at batch 256 from 31.7 to 10.9 µs (d_model 64), 60.5 to 20.7
+    (128) and 106.7 to 68.4 (256), and YouTubeMix generation at batch 256 from 894,134 to 1,704,764 samples/s; at
+    batch 1 they were slower in bf16 (7.4 → 9.0 µs at d_model 64, 9.2 → 16.3 at 128; generation 9,254 → 8,735)."""
+    return batch > BLOCK_B
+
+
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
                             dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, conv_state, ssm_state,
                             in_proj_bias=None, out_proj_bias=None, residual_in_fp32=True, A_imag=None):
@@ -303,8 +325,8 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         torch.view_as_real(ssm_state) if complex_ssm else ssm_state,  # complex64 as (b, E, N, 2) fp32
         out_proj_weight.contiguous(), out_proj_bias if out_proj_bias is not None else dummy, out_part, count, out, y,
         batch, d_model, d_inner, dt_rank, d_state, n_proj,
-        grid[1], COMPLEX=complex_ssm, FUSE_OUT=fuse_out, HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=BLOCK_B,
-        BLOCK_E=block_e,
+        grid[1], COMPLEX=complex_ssm, PAIRS=complex_ssm and _complex_pairs(batch), FUSE_OUT=fuse_out,
+        HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=BLOCK_B, BLOCK_E=block_e,
         BLOCK_R=max(16, next_power_of_2(dt_rank)), BLOCK_N=max(16, next_power_of_2(d_state)), BLOCK_DM=block_dm,
         PRECISION=precision, PDL=pdl, num_warps=8 if fuse_out else 4, **launch)
     return out if fuse_out else F.linear(y, out_proj_weight, out_proj_bias), residual_out
