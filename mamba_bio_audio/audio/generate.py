@@ -144,8 +144,8 @@ def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tens
     `cuda_graphs` (on CUDA): after one position on scratch states (`_Chunk.warm_up`, compiling the kernels), every
     chunk is a replay of one graph (a Transformer: one per attention span, a power of two), a last partial chunk
     included (the positions past the clip are run and dropped). Eager, the first chunk of a YouTubeMix U-Net (a
-    256-sample pooling period) took 0.39 s of host work on an H100. Memory is that of the states plus the (n, length) codes, whatever the
-    length.
+    256-sample pooling period) took 0.39 s of host work on an H100. Memory is that of the states plus the (n, length)
+    codes, whatever the length.
 
     Every position's logits are checked for NaN/inf on the device, and every `check_every` samples (and at the end)
     the recurrent state too, with one host sync: a non-finite value raises GenerationDiverged naming the first such
