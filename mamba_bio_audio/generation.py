@@ -26,8 +26,8 @@ class InferenceCache:
     """Per-layer recurrent state. states[layer_idx] = (conv_state (b, E, W), ssm_state (b, E, N)).
 
     seqlen_offset counts the tokens already consumed. A forward of several tokens runs the parallel path from the
-    cached states (a prefill at offset 0, or the next chunk of a long sequence); a single token after the first
-    goes through the recurrent step."""
+    cached states (a prefill at offset 0, or the next chunk of a long sequence); a single token goes through the
+    recurrent step."""
     batch_size: int
     states: dict = field(default_factory=dict)
     seqlen_offset: int = 0

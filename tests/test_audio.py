@@ -226,10 +226,11 @@ def test_flat_baselines_sample_with_their_caches(arch):
 
 @pytest.mark.parametrize("arch", ["unet", "mamba", "transformer"])
 def test_a_last_partial_chunk_replayed_whole_gives_the_eager_clips(arch, monkeypatch):
-    """With CUDA graphs, a last chunk shorter than the others replays the whole chunk's graph, its positions past the
-    clip forced and dropped. Simulated on the CPU (each replay runs the chunk's steps, as recording then replaying
-    does): the same codes and log-likelihood as the eager run, at lengths ending 6 and 15 positions into a chunk of
-    16, with a prompt; a Transformer's KV cache has room for the dropped positions."""
+    """With CUDA graphs every chunk replays the chunk's graph (the first after a warm-up on scratch states), and a
+    last chunk shorter than the others replays it whole, its positions past the clip forced and dropped. Simulated on
+    the CPU (each replay runs the chunk's steps, as recording then replaying does): the same codes and
+    log-likelihood as the eager run, at lengths ending 6 and 15 positions into a chunk of 16, with a prompt; a
+    Transformer's KV cache has room for the dropped positions."""
     from mamba_bio_audio.audio import generate
     from mamba_bio_audio.pipelines.audio_lm import build_audio_model
 
@@ -245,6 +246,22 @@ def test_a_last_partial_chunk_replayed_whole_gives_the_eager_clips(arch, monkeyp
             patch.setattr(generate, "replay_graph", lambda graphs, key, record: record())
             replayed = generate.sample_audio(model, 2, length, prompt=prompt, seed=1)
         assert torch.equal(eager[0], replayed[0]) and torch.equal(eager[1], replayed[1])
+
+
+def test_the_graph_warm_up_steps_every_level_of_a_unet_on_a_scratch_state():
+    """`_Chunk.warm_up` steps a scratch Stepper once before the first graph is recorded: for a U-Net its levels start
+    at the last phase of their period, so that one step runs every level (every kernel compiled outside the
+    recording); the generation's own state is not touched."""
+    from mamba_bio_audio.audio.generate import Stepper
+
+    model = AudioUNet(AudioUNetConfig(d_model=16, pools=(4, 4), n_layers=1)).eval()
+    stepper = Stepper(model, 2, 64)
+    scratch = stepper.scratch()
+    with torch.no_grad():
+        scratch.step(torch.full((2,), 128))
+    levels = [*scratch.state.down, *scratch.state.up, scratch.state.centre]
+    assert [cache.seqlen_offset for cache in levels] == [1] * 5
+    assert [cache.seqlen_offset for cache in [*stepper.state.down, *stepper.state.up, stepper.state.centre]] == [0] * 5
 
 
 def test_youtubemix_recipe_from_a_folder_or_an_archive(tmp_path, capsys):

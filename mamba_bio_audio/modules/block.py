@@ -28,7 +28,7 @@ class Block(nn.Module):
         recurrent step of a Mamba (real or complex A) on the GPU goes through `mamba_block_step` (the add, the norm
         and the whole mixer step in two Triton kernels, out_proj in them up to d_model 128) unless
         MBA_FUSED_BLOCK_STEP=0."""
-        if cache is not None and cache.seqlen_offset > 0 and hidden.shape[1] == 1 and self._fused_step(hidden):
+        if cache is not None and hidden.shape[1] == 1 and self._fused_step(hidden):
             m = self.mixer
             out, residual = mamba_block_step(
                 hidden[:, 0], None if residual is None else residual[:, 0], self.norm.weight, self.norm.eps,

@@ -72,9 +72,11 @@ class Mamba(nn.Module):
         """hidden: (b, L, d) -> (b, L, d). With an inference cache the layer continues from the cached states and
         leaves its states after the last token there: a chunk of several tokens runs the parallel path (the conv
         over the cached last inputs + the chunk, the scan from the cached state), so a long sequence can be fed in
-        chunks with the same result as in one pass; a single token after the first goes through `step`."""
+        chunks with the same result as in one pass; a single token goes through `step` (the first one too: from the
+        zero states a fresh cache holds, the step is the parallel path's result, and every position of a generation
+        then runs the same kernels, which lets one CUDA graph serve them all)."""
         batch, length, _ = hidden.shape
-        if cache is not None and cache.seqlen_offset > 0 and length == 1:
+        if cache is not None and length == 1:
             conv_state, ssm_state = cache.states[self.layer_idx]
             return self.step(hidden[:, 0], conv_state, ssm_state)[:, None]
 
