@@ -161,7 +161,12 @@ class FiniteWatch:
     def __init__(self, n: int, size: int, device, row: str = "sequence", unit: str = "position"):
         self.n, self.row, self.unit = n, row, unit
         self.flags = torch.zeros(n, size, dtype=torch.bool, device=device)
-        self.first = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.first = torch.empty(n, dtype=torch.int64, device=device)               # set by reset
+        self.reset()
+
+    def reset(self) -> None:
+        """For a new generation on the same buffers: no position marked, nothing checked."""
+        self.first.fill_(-1)
         self.max_abs, self.checks, self.checked_to = 0.0, 0, None
 
     def mark(self, i: int, logits: torch.Tensor) -> None:

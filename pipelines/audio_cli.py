@@ -149,7 +149,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     from mamba_bio_audio.audio import SAMPLE_RATE
     from mamba_bio_audio.audio.codec import dequantize, load_audio, quantize
-    from mamba_bio_audio.audio.generate import sample_audio, spectrogram_grid, write_wavs
+    from mamba_bio_audio.audio.generate import (AudioSampler, sample_audio, spectrogram_grid, takes_persistent,
+                                                write_wavs)
     from mamba_bio_audio.io import atomic_path
 
     from .audio_lm import AudioLM
@@ -181,13 +182,19 @@ def _generate(args: argparse.Namespace) -> int:
         if args.prompt:
             prompt = quantize(load_audio(args.prompt), scheme)[:round(args.prompt_seconds * SAMPLE_RATE)]
         codes, loglik, state_max = [], [], None
-        # --persistent asks for the persistent kernel, --no-cuda-graphs for eager steps; else sample_audio's default
-        persistent = True if args.persistent else False if args.no_cuda_graphs else None
+        # --persistent asks for the persistent kernel, --no-cuda-graphs for eager steps; else takes_persistent's default
+        persistent = takes_persistent(model, True if args.persistent else False if args.no_cuda_graphs else None)
+        samplers = {}  # rows → AudioSampler: its CUDA graphs are recorded once for the batches of that size
         for first in range(0, args.n, batch):
-            stats = {}
-            c, ll = sample_audio(model, min(batch, args.n - first), length, prompt, args.temperature, args.top_p,
-                                 seed=args.seed + first, cuda_graphs=not args.no_cuda_graphs, progress=True,
-                                 stats=stats, persistent=persistent)
+            stats, rows, seed = {}, min(batch, args.n - first), args.seed + first
+            if persistent:
+                c, ll = sample_audio(model, rows, length, prompt, args.temperature, args.top_p, seed=seed,
+                                     progress=True, stats=stats, persistent=True)
+            else:
+                if rows not in samplers:
+                    samplers[rows] = AudioSampler(model, rows, args.temperature, args.top_p,
+                                                  cuda_graphs=not args.no_cuda_graphs)
+                c, ll = samplers[rows](length, prompt, seed, progress=True, stats=stats)
             codes.append(c.cpu())
             loglik.append(ll.cpu())
             if stats["state_max_abs"] is not None:  # None: a Transformer's KV cache, no recurrent state

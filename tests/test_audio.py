@@ -248,6 +248,47 @@ def test_a_last_partial_chunk_replayed_whole_gives_the_eager_clips(arch, monkeyp
         assert torch.equal(eager[0], replayed[0]) and torch.equal(eager[1], replayed[1])
 
 
+@pytest.mark.parametrize("arch", ["unet", "mamba", "transformer"])
+@pytest.mark.parametrize("graphs", [False, True])
+def test_an_audio_sampler_called_again_gives_a_fresh_samplers_clips(arch, graphs, monkeypatch):
+    """An AudioSampler keeps its states, buffers and graphs between calls and empties the states at each call: calls
+    with other seeds, lengths and prompts give the clips of a sampler made for that call alone (eager, and with
+    CUDA graph replays simulated on the CPU). It starts afresh where the weights are other tensors (the model
+    cast) or a Transformer's KV cache is too short, and after a call that failed."""
+    from mamba_bio_audio.audio import generate
+    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
+
+    if graphs:
+        monkeypatch.setattr(generate, "_replays_graphs", lambda cuda_graphs, device: cuda_graphs)
+        monkeypatch.setattr(generate, "replay_graph", lambda graphs, key, record: record())
+    torch.manual_seed(0)
+    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 1}, "mamba": {"d_model": 16, "n_layer": 2},
+              "transformer": {"d_model": 16, "n_layer": 2, "n_head": 2}}[arch]
+    model = build_audio_model(arch, None, config).double().eval()
+    sampler = generate.AudioSampler(model, 2, temperature=0.9)
+    prompt = torch.randint(0, 256, (2, 19))
+    calls = [dict(length=38, seed=1), dict(length=21, seed=2, prompt=prompt[:, :5]), dict(length=38, seed=1),
+             dict(length=70, seed=3, prompt=prompt)]
+    chunks = []
+    for call in calls:
+        clips = sampler(**call)
+        chunks.append(sampler._chunk)
+        fresh = generate.AudioSampler(model, 2, temperature=0.9)(**call)
+        assert torch.equal(clips[0], fresh[0]) and torch.equal(clips[1], fresh[1])
+    longer = arch == "transformer"  # the last call needs a longer KV cache
+    assert chunks[1] is chunks[0] and chunks[2] is chunks[0] and (chunks[3] is chunks[0]) != longer
+    model.float()
+    assert torch.equal(sampler(38, seed=1)[0], generate.AudioSampler(model, 2, temperature=0.9)(38, seed=1)[0])
+    assert sampler._chunk is not chunks[-1]
+    with pytest.raises(ValueError, match="prompt"):
+        sampler(10, prompt=prompt)
+    with monkeypatch.context() as patch:
+        patch.setattr(generate.FiniteWatch, "check", lambda *args: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            sampler(38, seed=1)
+    assert sampler._chunk is None
+
+
 def test_the_graph_warm_up_steps_every_level_of_a_unet_on_a_scratch_state():
     """`_Chunk.warm_up` steps a scratch Stepper once before the first graph is recorded: for a U-Net its levels start
     at the last phase of their period, so that one step runs every level (every kernel compiled outside the

@@ -46,9 +46,10 @@ def test_model_on_cuda_matches_cpu_and_steps_match_parallel():
 @pytest.mark.parametrize("arch", ["unet", "complex-unet", "mamba", "transformer"])
 def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_forward(arch):
     """The same seed gives the same clips with and without graphs (a replay runs the same kernels on the same state
-    and noise), and the sampled log-likelihood is the parallel forward's."""
+    and noise), also from a sampler's graphs recorded in an earlier call, and the sampled log-likelihood is the
+    parallel forward's."""
     from mamba_bio_audio.audio.codec import shift_right
-    from mamba_bio_audio.audio.generate import sample_audio
+    from mamba_bio_audio.audio.generate import AudioSampler, sample_audio
     from mamba_bio_audio.pipelines.audio_lm import build_audio_model
 
     torch.manual_seed(0)
@@ -58,9 +59,10 @@ def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_f
     unet = arch.endswith("unet")
     model = build_audio_model("unet" if unet else arch, None, config).cuda().eval()
     prompt = torch.randint(0, 256, (3, 20))
+    sampler = AudioSampler(model, 3)  # the graphs recorded by its first call serve the second
     for length in (90, 96):  # 90: the last chunk of 16 partial, replayed whole with its last 6 positions dropped
         eager, eager_ll = sample_audio(model, 3, length, prompt, seed=3, cuda_graphs=False, persistent=False)
-        graphed, graphed_ll = sample_audio(model, 3, length, prompt, seed=3, cuda_graphs=True, persistent=False)
+        graphed, graphed_ll = sampler(length, prompt, seed=3)
         assert torch.equal(eager, graphed) and torch.equal(eager_ll, graphed_ll)
     if unet:  # the coarse steps on side streams (the default here) or on one stream: the same clips
         one_stream, one_stream_ll = sample_audio(model, 3, 96, prompt, seed=3, persistent=False, concurrent=False)

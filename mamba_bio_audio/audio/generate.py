@@ -2,13 +2,14 @@
 
     Stepper         one-sample steps of a causal model (AudioUNet, a flat MambaLMHeadModel, or a TransformerLM with its
                     KV cache) over a batch.
-    sample_audio    (n, length) codes and each row's log-likelihood: an optional prompt fed first, then sampling with
-                    temperature and top-p. Positions go in chunks (a multiple of the U-Net's pooling period); on CUDA a
-                    recurrent model replays one CUDA graph per chunk: the steps, the draws and the bookkeeping of a
-                    whole chunk, with no host work in between; or, when asked, a Mamba U-Net runs in one persistent
-                    kernel instead (`kernels/unet_generate`: every position of thousands in one launch). Non-finite
-                    logits or states stop it with GenerationDiverged (naming the sample position and the clip)
-                    instead of producing noise.
+    AudioSampler    (n, length) codes and each row's log-likelihood, as often as called: an optional prompt fed
+                    first, then sampling with temperature and top-p. Positions go in chunks (a multiple of the
+                    U-Net's pooling period); on CUDA each chunk is a replay of one CUDA graph: the steps, the draws
+                    and the bookkeeping of a whole chunk, with no host work in between, recorded by the first call
+                    and kept. Non-finite logits or states stop it with GenerationDiverged (naming the sample position
+                    and the clip) instead of producing noise.
+    sample_audio    one AudioSampler call; or, when asked (`takes_persistent`), a Mamba U-Net's generation in one
+                    persistent kernel (`kernels/unet_generate`: every position of thousands in one launch).
     write_wavs      waveforms → 16 kHz 16-bit WAV files (written under temporary names, then renamed).
     spectrogram_grid  a PNG of log-mel spectrograms of up to 64 clips.
 """
@@ -58,6 +59,22 @@ class Stepper:
             self.state = model.allocate_inference_cache(batch_size)
         else:
             raise ValueError(f"{type(model).__name__} has no recurrent state to generate with")
+        self.capacity = max_len if self.transformer else math.inf                # positions the state can hold
+
+    def reset(self) -> None:
+        """Back to empty states, in place on the same buffers (CUDA graphs recorded on them stay valid)."""
+        state = self.state
+        if self.unet:
+            tensors, caches = state.tensors(), [*state.down, *state.up, state.centre]
+            state.phase = [0] * len(state.phase)
+        elif self.transformer:
+            tensors, caches = [*state.keys, *state.values, state.position], [state]
+        else:
+            tensors, caches = state.tensors(), [state]
+        for tensor in tensors:
+            tensor.zero_()
+        for cache in caches:
+            cache.seqlen_offset = 0
 
     def attend(self, start: int, steps: int) -> int | None:
         """Before the steps of positions [start, start + steps): a Transformer attends to the first
@@ -113,6 +130,13 @@ class _Chunk:
                         self.codes[:, i], self.loglik, self.watch.flags[:, i], self.temperature, self.top_p)
         self.stepper.finish()
 
+    def reset(self) -> None:
+        """Empty states, the start token and no log-likelihood, for a new generation on the same buffers."""
+        self.stepper.reset()
+        self.watch.reset()
+        self.token.fill_(START_TOKEN)
+        self.loglik.zero_()
+
     def warm_up(self) -> None:
         """Before the first chunk's CUDA graph is recorded: one position on a scratch Stepper and copies of the
         buffers (same shapes and strides), so that every kernel a chunk launches is compiled, and every library
@@ -132,84 +156,147 @@ class _Chunk:
         replay_graph(self.graphs, key, lambda: self.run(self.size))
 
 
-@torch.inference_mode()
 def sample_audio(model: torch.nn.Module, n: int, length: int, prompt: torch.Tensor | None = None,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None, cuda_graphs: bool = True,
                  progress: bool = False, check_every: int = 8192, stats: dict | None = None,
                  persistent: bool | None = None, concurrent: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate `n` clips of `length` codes. prompt: (n, T) or (T,) int64 codes (T < length) continued by every row.
-    Returns codes (n, length) int64 (the prompt first) and the log-likelihood in nats (n,) float64 of the generated
-    part under the model (temperature 1, no top-p). The draws come from uniform noise of a generator seeded with
-    `seed`, one chunk at a time, so the same seed gives the same clips with and without CUDA graphs.
-    `cuda_graphs` (on CUDA): after one position on scratch states (`_Chunk.warm_up`, compiling the kernels), every
-    chunk is a replay of one graph (a Transformer: one per attention span, a power of two), a last partial chunk
-    included (the positions past the clip are run and dropped). Eager, the first chunk of a YouTubeMix U-Net (a
-    256-sample pooling period) took 0.39 s of host work on an H100. Memory is that of the states plus the (n, length)
-    codes, whatever the length.
-
-    Every position's logits are checked for NaN/inf on the device, and every `check_every` samples (and at the end)
-    the recurrent state too, with one host sync: a non-finite value raises GenerationDiverged naming the first such
-    sample position and the clips. `stats`, if given, receives "state_max_abs" (the largest |state| entry at the last
-    check) and "checks".
+    """Generate `n` clips of `length` codes: `AudioSampler(model, n, ...)(length, ...)` (see there), made for this one
+    call. To generate again with the same model and batch, keep an AudioSampler: its CUDA graphs are recorded once.
 
     `persistent` (default: on CUDA with MBA_PERSISTENT_GENERATION=1, for the U-Nets `kernels.unet_generate` takes;
     opt-in: on an H100 level with the stepping path at batch 1, slower at 64 and 256): generate with the persistent
     kernel instead, every position of `check_every` samples in one launch (fp32 arithmetic; weight matrices read in
     the model's dtype). Its draws come from Triton's Philox stream seeded by `seed`: the same seed gives the same
-    clips however the positions are split into launches, but not the clips of the stepping path.
-
-    `concurrent` (U-Nets on the stepping path): each coarse step on a side stream (`AudioUNet.allocate_step_state`;
-    None: its default). The clips are the same either way."""
-    from tqdm import tqdm
-
+    clips however the positions are split into launches, but not the clips of the stepping path."""
     device = next(model.parameters()).device
+    if takes_persistent(model, persistent):
+        with torch.inference_mode():
+            return _sample_persistent(model, n, length, _prompt_rows(prompt, n, length, device), temperature, top_p,
+                                      _generator(device, seed), progress, check_every, stats)
+    sampler = AudioSampler(model, n, temperature, top_p, cuda_graphs, concurrent)
+    return sampler(length, prompt, seed, progress, check_every, stats)
+
+
+def takes_persistent(model: torch.nn.Module, persistent: bool | None) -> bool:
+    """Whether `sample_audio(model, ..., persistent=persistent)` runs the persistent kernel: if asked, or by default
+    on CUDA with MBA_PERSISTENT_GENERATION=1 for a model the kernel takes."""
+    if persistent is not None:
+        return persistent
+    if next(model.parameters()).device.type != "cuda" or os.environ.get("MBA_PERSISTENT_GENERATION", "0") != "1":
+        return False
+    from ..kernels.unet_generate.fused import unsupported
+
+    return unsupported(model) is None
+
+
+class AudioSampler:
+    """Generation of `n` clips at a time from a causal audio model (AudioUNet, flat Mamba LM or TransformerLM),
+    called as often as wanted: sampler(length, prompt, seed) → codes (n, length) int64 (the prompt first) and the
+    log-likelihood in nats (n,) float64 of the generated part under the model (temperature 1, no top-p).
+
+    Positions go in chunks (a multiple of the U-Net's pooling period). With `cuda_graphs` on CUDA, every chunk is a
+    replay of one CUDA graph (a Transformer: one per attention span, a power of two): the steps, the draws and the
+    bookkeeping of a whole chunk, with no host work in between; a last partial chunk replays it too (the positions
+    past the clip are run and dropped). The graphs are recorded by the first call, after one position on scratch
+    states (`_Chunk.warm_up`, compiling the kernels), and kept with the states and buffers they use: a later call
+    only empties the states and replays. They are recorded again when the model's weights are no longer the
+    tensors they read (moved, cast or replaced; in-place updates are seen), or when a Transformer needs a longer KV
+    cache. On an H100 (BENCHMARKS.md) a 1 s clip of the YouTubeMix U-Net at batch 1 took ~1.0 s of per-call work
+    before: an eager first chunk of 256 samples (0.39 s of host work), the recording (0.37 s) and an eager tail.
+
+    The draws come from uniform noise of a generator seeded with `seed`, one chunk at a time, so the same seed gives
+    the same clips with and without CUDA graphs, in any call. Every position's logits are checked for NaN/inf on the
+    device, and every `check_every` samples (and at the end) the recurrent state too, with one host sync: a
+    non-finite value raises GenerationDiverged naming the first such sample position and the clips. `stats`, if
+    given, receives "state_max_abs" (the largest |state| entry at the last check) and "checks". Memory is that of
+    the states plus the (n, length) codes, whatever the length. `concurrent` (U-Nets): each coarse step on a side
+    stream (`AudioUNet.allocate_step_state`; None: its default); the clips are the same either way."""
+
+    def __init__(self, model: torch.nn.Module, n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 cuda_graphs: bool = True, concurrent: bool | None = None):
+        self.model, self.n, self.temperature, self.top_p, self.concurrent = model, n, temperature, top_p, concurrent
+        self.device = next(model.parameters()).device
+        self.use_graphs = _replays_graphs(cuda_graphs, self.device)
+        self._chunk: _Chunk | None = None
+        self._weights: list | None = None                                      # what the chunk's graphs read
+
+    @torch.inference_mode()
+    def __call__(self, length: int, prompt: torch.Tensor | None = None, seed: int | None = None,
+                 progress: bool = False, check_every: int = 8192, stats: dict | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompt: (n, T) or (T,) int64 codes (T < length), continued by every row."""
+        from tqdm import tqdm
+
+        device, n = self.device, self.n
+        generator = _generator(device, seed)
+        prompt = _prompt_rows(prompt, n, length, device)
+        chunk = self._chunk_for(length)
+        stepper, size, watch = chunk.stepper, chunk.size, chunk.watch
+        check_chunks = max(1, math.ceil(check_every / size))
+        codes = torch.empty(n, length, dtype=torch.int64, device=device)
+        try:
+            with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
+                for index, start in enumerate(range(0, length, size)):
+                    steps = min(size, length - start)
+                    torch.rand(chunk.noise.shape, generator=generator, device=device, out=chunk.noise)
+                    forced = min(max(prompt.shape[1] - start, 0), steps)          # prompt positions in this chunk
+                    # a last, partial chunk replays the whole chunk's graph too: its positions past the clip are
+                    # forced (no draw, no log-likelihood) and dropped
+                    position = torch.arange(size, device=device)
+                    chunk.forced.copy_((position < forced) | (position >= steps))
+                    chunk.forced_tokens[:forced] = prompt[:, start:start + forced].t()
+                    key = stepper.attend(start, size)
+                    if self.use_graphs:
+                        chunk.replay(key)
+                    else:
+                        chunk.run(steps)
+                    watch.end_chunk(start, steps)
+                    codes[:, start:start + steps] = chunk.codes[:, :steps]
+                    bar.update(steps)
+                    if (index + 1) % check_chunks == 0:
+                        watch.check(stepper.state, start + steps)
+            if watch.checked_to != length:
+                watch.check(stepper.state, length)
+        except BaseException:  # states, buffers or a graph left mid-way: the next call starts afresh
+            self._chunk = None
+            raise
+        if stats is not None:
+            stats.update(state_max_abs=watch.max_abs, checks=watch.checks)
+        return codes, chunk.loglik.clone()
+
+    def _chunk_for(self, length: int) -> _Chunk:
+        """The chunk (with its Stepper, watch and graphs) of the calls before, emptied; or a new one where there
+        is none, where the weights are not the tensors its graphs read, or where a Transformer's KV cache is too
+        short (it gets room for the clip and a last whole chunk)."""
+        weights = [(t.data_ptr(), t.dtype) for t in (*self.model.parameters(), *self.model.buffers())]
+        chunk = self._chunk
+        if chunk is not None and weights == self._weights and chunk.stepper.capacity >= length + CHUNK_POSITIONS:
+            chunk.reset()
+            return chunk
+        self._chunk = None  # the old chunk's states and graphs are freed before the new ones are allocated
+        stepper = Stepper(self.model, self.n, length + CHUNK_POSITIONS, self.concurrent)
+        size = stepper.period * math.ceil(CHUNK_POSITIONS / stepper.period)
+        watch = FiniteWatch(self.n, size, self.device, row="clip", unit="sample")
+        chunk = _Chunk(stepper, self.n, size, self.temperature, self.top_p, self.device, watch)
+        if self.use_graphs:
+            chunk.warm_up()
+        self._chunk, self._weights = chunk, weights
+        return chunk
+
+
+def _generator(device: torch.device, seed: int | None) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed) if seed is not None else generator.seed()
+    return generator
+
+
+def _prompt_rows(prompt: torch.Tensor | None, n: int, length: int, device: torch.device) -> torch.Tensor:
+    """prompt None, (T,) or (n, T) int64 → (n, T) on `device` (T = 0 for None); T must be < length."""
     prompt = torch.empty(n, 0, dtype=torch.int64) if prompt is None else prompt.expand(n, -1) if prompt.dim() == 1 \
         else prompt
     if prompt.shape[0] != n or prompt.shape[1] >= length:
         raise ValueError(f"prompt of shape {tuple(prompt.shape)} for {n} clips of {length} samples")
-    prompt = prompt.to(device)
-    if persistent is None and device.type == "cuda" and os.environ.get("MBA_PERSISTENT_GENERATION", "0") == "1":
-        from ..kernels.unet_generate.fused import unsupported
-
-        persistent = unsupported(model) is None
-    if persistent:
-        return _sample_persistent(model, n, length, prompt, temperature, top_p, generator, progress, check_every, stats)
-    stepper = Stepper(model, n, length + CHUNK_POSITIONS, concurrent)  # a KV cache with room for a last whole chunk
-    size = stepper.period * math.ceil(CHUNK_POSITIONS / stepper.period)
-    watch = FiniteWatch(n, size, device, row="clip", unit="sample")
-    chunk = _Chunk(stepper, n, size, temperature, top_p, device, watch)
-    check_chunks = max(1, math.ceil(check_every / size))
-    use_graphs = _replays_graphs(cuda_graphs, device)
-    if use_graphs:
-        chunk.warm_up()
-    codes = torch.empty(n, length, dtype=torch.int64, device=device)
-    with tqdm(total=length, desc="samples", unit="sample", disable=not progress, mininterval=1.0) as bar:
-        for index, start in enumerate(range(0, length, size)):
-            steps = min(size, length - start)
-            torch.rand(chunk.noise.shape, generator=generator, device=device, out=chunk.noise)
-            forced = min(max(prompt.shape[1] - start, 0), steps)                  # prompt positions in this chunk
-            # a last, partial chunk replays the whole chunk's graph too: its positions past the clip are forced (no
-            # draw, no log-likelihood) and dropped (eager, such a chunk took 0.27 s of a 1 s YouTubeMix clip on an H100)
-            position = torch.arange(size, device=device)
-            chunk.forced.copy_((position < forced) | (position >= steps))
-            chunk.forced_tokens[:forced] = prompt[:, start:start + forced].t()
-            key = stepper.attend(start, size)
-            if use_graphs:
-                chunk.replay(key)
-            else:
-                chunk.run(steps)
-            watch.end_chunk(start, steps)
-            codes[:, start:start + steps] = chunk.codes[:, :steps]
-            bar.update(steps)
-            if (index + 1) % check_chunks == 0:
-                watch.check(stepper.state, start + steps)
-    if watch.checked_to != length:
-        watch.check(stepper.state, length)
-    if stats is not None:
-        stats.update(state_max_abs=watch.max_abs, checks=watch.checks)
-    return codes, chunk.loglik.clone()
+    return prompt.to(device)
 
 
 def _replays_graphs(cuda_graphs: bool, device: torch.device) -> bool:
