@@ -6,7 +6,8 @@ state update, out_proj and their split-K reductions), each far too small to fill
 their count and latency (BENCHMARKS.md: 201 kernels per sample of the SC09 U-Net at batch 1). A first version ran
 the whole block in one program per 16 rows; walking E in sequence, each chunk waiting on its loads, it took 30–140 µs.
 
-Here a program owns BLOCK_B rows × BLOCK_E channels of E, issues all of its loads before any arithmetic, and does:
+Here a program owns BLOCK_B rows (16, its products on the tensor cores; 1 at a batch of 1) × BLOCK_E channels of
+E, issues all of its loads before any arithmetic, and does:
     _step_in:  residual' = hidden + residual; u = RMSNorm(residual')·w            (BLOCK_B, d)
                x, z = in_proj(u) on its channels; x enters conv_state; x = silu(conv)   (BLOCK_B, BLOCK_E)
                its share of x_proj(x) = (dt_r, B, C), summed over the E tiles by the next kernel
@@ -35,6 +36,15 @@ except ImportError:
 from ..host import cdiv, next_power_of_2
 from ..selective_scan.triton_tiles import _complex_step, _softplus
 from .naive import mamba_block_step_naive
+
+
+@triton.jit
+def _rows_dot(x, w, PRECISION: tl.constexpr):
+    """x (BLOCK_B, K) times w (K, N) → (BLOCK_B, N) fp32: on the tensor cores (tl.dot) for 16 rows or more; for
+    fewer (a batch of 1), a broadcast product summed over K in fp32, without the masked rows of a 16-row tile."""
+    if x.shape[0] >= 16:
+        return tl.dot(x, w, input_precision=PRECISION)
+    return tl.sum(x.to(tl.float32)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
 
 
 @triton.jit
@@ -81,8 +91,8 @@ def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w
         tl.store(count_ptr + tl.program_id(0), 0)
     rstd = 1.0 / tl.sqrt(tl.sum(res * res, axis=1) / d_model + eps)
     u = (res * rstd[:, None] * norm_w[None, :]).to(hidden_ptr.dtype.element_ty).to(dtype)               # (BB, d)
-    x = tl.dot(u, w_x, input_precision=PRECISION)                                                        # (BB, BE)
-    z = tl.dot(u, w_z, input_precision=PRECISION)
+    x = _rows_dot(u, w_x, PRECISION)                                                                     # (BB, BE)
+    z = _rows_dot(u, w_z, PRECISION)
     if HAS_IN_BIAS:
         x += tl.load(in_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
         z += tl.load(in_b_ptr + d_inner + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
@@ -97,7 +107,7 @@ def _step_in_kernel(hidden_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, in_w
         xc += tl.load(conv_b_ptr + offs_e, mask=mask_e, other=0.0).to(tl.float32)[None, :]
     xc = (xc * tl.sigmoid(xc)).to(xc_ptr.dtype.element_ty)
     tl.store(xc_ptr + be, xc, mask=mask_be)
-    part = tl.dot(xc.to(dtype), w_proj, input_precision=PRECISION)                                       # (BB, P)
+    part = _rows_dot(xc.to(dtype), w_proj, PRECISION)                                                    # (BB, P)
     tl.store(part_ptr + (pid_e * batch + rows64[:, None]) * n_proj + offs_p[None, :], part,
              mask=mask_b[:, None] & mask_p[None, :])
 
@@ -107,7 +117,8 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
                      out_w_ptr, out_b_ptr, out_part_ptr, count_ptr, out_ptr, y_ptr, batch, d_model, d_inner, dt_rank,
                      d_state, n_proj, n_e_tiles, COMPLEX: tl.constexpr, PAIRS: tl.constexpr,
                      FUSE_OUT: tl.constexpr, HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+                     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr, PRECISION: tl.constexpr,
+                     PDL: tl.constexpr):
     """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place), the gated y and
     this tile's share of out_proj(y), written to out_part (n_e_tiles, batch, d) fp32. The last program of a row
     block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in tile order (the result
@@ -176,7 +187,7 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
 
     B = B.to(xc_ptr.dtype.element_ty).to(tl.float32)
     C = C.to(xc_ptr.dtype.element_ty).to(tl.float32)
-    dt = tl.dot(dt_r.to(xc_ptr.dtype.element_ty).to(dtype), w_dt, input_precision=PRECISION)             # (BB, BE)
+    dt = _rows_dot(dt_r.to(xc_ptr.dtype.element_ty).to(dtype), w_dt, PRECISION)                         # (BB, BE)
     dt = _softplus(dt.to(xc_ptr.dtype.element_ty).to(tl.float32) + dt_b[None, :])
     # ssm_state (b, E, N) fp32: h = exp(Δ·A)·h + Δ·B·x; y = C·h + D·x, gated by silu(z)
     decay = tl.exp(dt[:, :, None] * A[None, :, :])                                                      # (BB, BE, N)
@@ -203,8 +214,7 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
     else:
         mask_bd = mask_b[:, None] & mask_dm[None, :]
         bd = rows64[:, None] * d_model + offs_dm[None, :]
-        tl.store(out_part_ptr + pid_e * batch * d_model + bd, tl.dot(y.to(dtype), w_out, input_precision=PRECISION),
-                 mask=mask_bd)
+        tl.store(out_part_ptr + pid_e * batch * d_model + bd, _rows_dot(y.to(dtype), w_out, PRECISION), mask=mask_bd)
         # the shares are written before the count (the barrier orders every thread's stores before the release)
         tl.debug_barrier()
         if tl.atomic_add(count_ptr + pid_b, 1, sem="acq_rel") == n_e_tiles - 1:
@@ -235,8 +245,16 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
                                    ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32, A_imag)
 
 
-# Rows per program: tl.dot's smallest tile (a batch of 1 runs masked rows). Channels of E per program: see `_block_e`.
+# Rows per program: tl.dot's smallest tile, but 1 for a batch of 1 (`_block_b`). Channels of E per program: `_block_e`.
 BLOCK_B = 16
+
+
+def _block_b(batch: int) -> int:
+    """Rows per program: BLOCK_B (products on the tensor cores), or 1 for a batch of 1 (broadcast products in fp32,
+    no masked rows). On an H100 (BENCHMARKS.md, 2026-11-25), batch 1, µs per step against 16-row programs: fp32 6.2
+    against 9.5 (d_model 64), 7.0 against 14.2 (128), 9.7 against 19.1 (256); bf16 6.1 / 8.2 / 9.7 against 6.4 / 8.1
+    / 13.7; fp32 SC09 U-Net generation 5,112 → 7,980 samples/s, bf16 level."""
+    return 1 if batch == 1 else BLOCK_B
 
 
 def _fuse_out(block_dm: int) -> bool:
@@ -258,11 +276,12 @@ def _block_e(block_dm: int, batch: int) -> int:
 
 def _complex_pairs(batch: int) -> bool:
     """A complex state read and written as each channel's 2N floats in a row, split into (real, imaginary) tiles in
-    registers, when the batch spans more than one block of rows; at one block, two stride-2 tiles. On an H100
-    (BENCHMARKS.md, 2026-11-25) pairs took the bf16 step at batch 256 from 31.7 to 10.9 µs (d_model 64), 60.5 to 20.7
-    (128) and 106.7 to 68.4 (256), and YouTubeMix generation at batch 256 from 894,134 to 1,704,764 samples/s; at
-    batch 1 they were slower in bf16 (7.4 → 9.0 µs at d_model 64, 9.2 → 16.3 at 128; generation 9,254 → 8,735)."""
-    return batch > BLOCK_B
+    registers; two stride-2 tiles instead when the batch is one partly masked block of 16 rows (2 to 16 rows). On an
+    H100 (BENCHMARKS.md, 2026-11-25) pairs took the bf16 step at batch 256 from 31.7 to 10.9 µs (d_model 64), 60.5 to
+    20.7 (128) and 106.7 to 68.4 (256), and YouTubeMix generation at batch 256 from 894,134 to 1,704,764 samples/s.
+    In 16-row programs at batch 1 they were slower in bf16 (7.4 → 9.0 µs at d_model 64, 9.2 → 16.3 at 128); in
+    1-row programs (`_block_b`) faster (bf16 7.3 → 6.0 and 15.2 → 9.2 µs; YouTubeMix generation 15,665 → 18,246)."""
+    return _block_b(batch) == 1 or batch > BLOCK_B
 
 
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -302,7 +321,8 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     fuse_out = _fuse_out(block_dm)
     y = out if fuse_out else torch.empty(batch, d_inner, device=device, dtype=dtype)  # gated output, before out_proj
     block_e = _block_e(block_dm, batch)
-    grid = (cdiv(batch, BLOCK_B), cdiv(d_inner, block_e))
+    block_b = _block_b(batch)
+    grid = (cdiv(batch, block_b), cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
     count = torch.empty(grid[0], device=device, dtype=torch.int32)  # finished E tiles per row block
     precision = _dot_precision(dtype)
@@ -316,7 +336,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         conv_bias if conv_bias is not None else dummy, x_proj_weight.contiguous(), conv_state, xc, z, part, count,
         batch, d_model, d_inner, n_proj, eps,
         HAS_RESIDUAL=residual is not None, HAS_IN_BIAS=in_proj_bias is not None, HAS_CONV_BIAS=conv_bias is not None,
-        D_CONV=d_conv, BLOCK_B=BLOCK_B, BLOCK_DM=block_dm, BLOCK_E=block_e,
+        D_CONV=d_conv, BLOCK_B=block_b, BLOCK_DM=block_dm, BLOCK_E=block_e,
         BLOCK_P=max(16, next_power_of_2(n_proj)), BLOCK_W=next_power_of_2(d_conv),
         PRECISION=precision, PDL=pdl, num_warps=8 if block_dm >= 512 else 4, **launch)
     _step_ssm_kernel[grid](
@@ -326,7 +346,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         out_proj_weight.contiguous(), out_proj_bias if out_proj_bias is not None else dummy, out_part, count, out, y,
         batch, d_model, d_inner, dt_rank, d_state, n_proj,
         grid[1], COMPLEX=complex_ssm, PAIRS=complex_ssm and _complex_pairs(batch), FUSE_OUT=fuse_out,
-        HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=BLOCK_B, BLOCK_E=block_e,
+        HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=block_b, BLOCK_E=block_e,
         BLOCK_R=max(16, next_power_of_2(dt_rank)), BLOCK_N=max(16, next_power_of_2(d_state)), BLOCK_DM=block_dm,
         PRECISION=precision, PDL=pdl, num_warps=8 if fuse_out else 4, **launch)
     return out if fuse_out else F.linear(y, out_proj_weight, out_proj_bias), residual_out
