@@ -32,6 +32,8 @@ N_CODES = 256
 # steps in flight on side streams must finish before the next replay starts. 64 gave the same steady rate on an H100
 # (SC09 U-Net) and was 5-12% slower on 0.5 s clips (a longer eager first chunk; BENCHMARKS.md).
 CHUNK_POSITIONS = 16
+# A Transformer's shortest attention span (cache slots; spans are powers of two from it, one CUDA graph each).
+MIN_ATTEND = 1024
 
 
 class Stepper:
@@ -78,17 +80,19 @@ class Stepper:
 
     def attend(self, start: int, steps: int) -> int | None:
         """Before the steps of positions [start, start + steps): a Transformer attends to the first
-        min(max_len, next power of two ≥ start + steps, at least 1024) cache slots; returns that count (the key of
+        min(max_len, next power of two ≥ start + steps, at least MIN_ATTEND) cache slots; returns that count (the key of
         the chunk's CUDA graph), or None for recurrent models (one graph for every chunk)."""
         if not self.transformer:
             return None
-        self.state.attend_len = min(self.state.cos.shape[0], max(1024, 1 << (start + steps - 1).bit_length()))
+        self.state.attend_len = min(self.state.cos.shape[0], max(MIN_ATTEND, 1 << (start + steps - 1).bit_length()))
         return self.state.attend_len
 
     def scratch(self) -> Stepper:
         """A Stepper of the same model and batch on new, empty states; a U-Net's levels each at the last phase of
-        their period, so that its next step runs every level's step."""
-        scratch = Stepper(self.model, *self.arguments)
+        their period, so that its next step runs every level's step; a Transformer's KV cache of at most the first
+        attention span (MIN_ATTEND slots), not a second cache of the whole clip."""
+        batch_size, max_len, concurrent = self.arguments
+        scratch = Stepper(self.model, batch_size, min(max_len, MIN_ATTEND), concurrent)
         if self.unet:
             scratch.state.phase = [pool - 1 for pool in self.model.config.pools]
         return scratch
