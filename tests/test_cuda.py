@@ -77,6 +77,23 @@ def test_generation_replaying_cuda_graphs_matches_eager_steps_and_the_parallel_f
         torch.testing.assert_close(loglik, logp[:, 20:].sum(-1), rtol=1e-3, atol=1e-2)
 
 
+def test_an_audio_sampler_follows_its_model_to_another_device():
+    """A sampler made while its model was on the GPU generates where the model is after a move (CPU, then the GPU
+    again), each time with a fresh sampler's clips: its states and graphs are rebuilt on the new device."""
+    from mamba_bio_audio.audio.generate import AudioSampler
+    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
+
+    torch.manual_seed(0)
+    model = build_audio_model("unet", None, {"d_model": 16, "pools": (4, 4), "n_layers": 1}).cuda().eval()
+    sampler = AudioSampler(model, 2)
+    for device in ("cuda", "cpu", "cuda"):
+        model.to(device)
+        codes, loglik = sampler(40, seed=1)
+        fresh_codes, fresh_loglik = AudioSampler(model, 2)(40, seed=1)
+        assert codes.device.type == device
+        assert torch.equal(codes, fresh_codes) and torch.equal(loglik, fresh_loglik)
+
+
 def test_unet_coarse_steps_on_side_streams_give_the_one_stream_logits():
     """The coarser levels' steps on side streams (the default on CUDA) give the logits of the one-stream step, bit for
     bit, eagerly and replayed from a CUDA graph of whole pooling periods (whose side streams rejoin it)."""

@@ -218,9 +218,8 @@ class AudioSampler:
 
     def __init__(self, model: torch.nn.Module, n: int, temperature: float = 1.0, top_p: float = 1.0,
                  cuda_graphs: bool = True, concurrent: bool | None = None):
-        self.model, self.n, self.temperature, self.top_p, self.concurrent = model, n, temperature, top_p, concurrent
-        self.device = next(model.parameters()).device
-        self.use_graphs = _replays_graphs(cuda_graphs, self.device)
+        self.model, self.n, self.temperature, self.top_p = model, n, temperature, top_p
+        self.cuda_graphs, self.concurrent = cuda_graphs, concurrent
         self._chunk: _Chunk | None = None
         self._weights: list | None = None                                      # what the chunk's graphs read
 
@@ -231,10 +230,11 @@ class AudioSampler:
         """prompt: (n, T) or (T,) int64 codes (T < length), continued by every row."""
         from tqdm import tqdm
 
-        device, n = self.device, self.n
+        device, n = next(self.model.parameters()).device, self.n                 # the model may have moved
+        use_graphs = _replays_graphs(self.cuda_graphs, device)
         generator = _generator(device, seed)
         prompt = _prompt_rows(prompt, n, length, device)
-        chunk = self._chunk_for(length)
+        chunk = self._chunk_for(length, device, use_graphs)
         stepper, size, watch = chunk.stepper, chunk.size, chunk.watch
         check_chunks = max(1, math.ceil(check_every / size))
         codes = torch.empty(n, length, dtype=torch.int64, device=device)
@@ -250,7 +250,7 @@ class AudioSampler:
                     chunk.forced.copy_((position < forced) | (position >= steps))
                     chunk.forced_tokens[:forced] = prompt[:, start:start + forced].t()
                     key = stepper.attend(start, size)
-                    if self.use_graphs:
+                    if use_graphs:
                         chunk.replay(key)
                     else:
                         chunk.run(steps)
@@ -268,11 +268,11 @@ class AudioSampler:
             stats.update(state_max_abs=watch.max_abs, checks=watch.checks)
         return codes, chunk.loglik.clone()
 
-    def _chunk_for(self, length: int) -> _Chunk:
+    def _chunk_for(self, length: int, device: torch.device, use_graphs: bool) -> _Chunk:
         """The chunk (with its Stepper, watch and graphs) of the calls before, emptied; or a new one where there
-        is none, where the weights are not the tensors its graphs read, or where a Transformer's KV cache is too
-        short (it gets room for the clip and a last whole chunk)."""
-        weights = [(t.data_ptr(), t.dtype) for t in (*self.model.parameters(), *self.model.buffers())]
+        is none, where the weights are not the tensors its graphs read (moved, cast or replaced), or where a
+        Transformer's KV cache is too short (it gets room for the clip and a last whole chunk)."""
+        weights = [(t.device, t.data_ptr(), t.dtype) for t in (*self.model.parameters(), *self.model.buffers())]
         chunk = self._chunk
         if chunk is not None and weights == self._weights and chunk.stepper.capacity >= length + CHUNK_POSITIONS:
             chunk.reset()
@@ -280,9 +280,9 @@ class AudioSampler:
         self._chunk = None  # the old chunk's states and graphs are freed before the new ones are allocated
         stepper = Stepper(self.model, self.n, length + CHUNK_POSITIONS, self.concurrent)
         size = stepper.period * math.ceil(CHUNK_POSITIONS / stepper.period)
-        watch = FiniteWatch(self.n, size, self.device, row="clip", unit="sample")
-        chunk = _Chunk(stepper, self.n, size, self.temperature, self.top_p, self.device, watch)
-        if self.use_graphs:
+        watch = FiniteWatch(self.n, size, device, row="clip", unit="sample")
+        chunk = _Chunk(stepper, self.n, size, self.temperature, self.top_p, device, watch)
+        if use_graphs:
             chunk.warm_up()
         self._chunk, self._weights = chunk, weights
         return chunk
