@@ -114,3 +114,4 @@ def test_readme_python_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "torch.Size([2, 8, 100]) torch.Size([2, 8, 16])" in result.stdout
     assert (tmp_path / "runs" / "tiny" / "model.safetensors").is_file()
+    assert sorted(path.name for path in (tmp_path / "runs" / "clips").iterdir()) == ["sample_000.wav", "sample_001.wav"]
