@@ -224,6 +224,25 @@ def test_flat_baselines_sample_with_their_caches(arch):
     torch.testing.assert_close(loglik, logp, rtol=1e-9, atol=1e-9)  # the cached steps are the parallel forward
 
 
+def _tiny_audio_model(arch: str) -> torch.nn.Module:
+    """A float64 U-Net, flat Mamba or Transformer of width 16 with random weights (seed 0), for generation tests."""
+    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
+
+    torch.manual_seed(0)
+    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 1}, "mamba": {"d_model": 16, "n_layer": 2},
+              "transformer": {"d_model": 16, "n_layer": 2, "n_head": 2}}[arch]
+    return build_audio_model(arch, None, config).double().eval()
+
+
+def _simulate_graph_replays(patch) -> None:
+    """Generation on the CPU as with CUDA graphs: each replay runs the chunk's steps, as recording then replaying
+    does (`patch`: pytest's monkeypatch or one of its contexts)."""
+    from mamba_bio_audio.audio import generate
+
+    patch.setattr(generate, "_replays_graphs", lambda cuda_graphs, device: cuda_graphs)
+    patch.setattr(generate, "replay_graph", lambda graphs, key, record: record())
+
+
 @pytest.mark.parametrize("arch", ["unet", "mamba", "transformer"])
 def test_a_last_partial_chunk_replayed_whole_gives_the_eager_clips(arch, monkeypatch):
     """With CUDA graphs every chunk replays the chunk's graph (the first after a warm-up on scratch states), and a
@@ -232,18 +251,13 @@ def test_a_last_partial_chunk_replayed_whole_gives_the_eager_clips(arch, monkeyp
     log-likelihood as the eager run, at lengths ending 6 and 15 positions into a chunk of 16, with a prompt; a
     Transformer's KV cache has room for the dropped positions."""
     from mamba_bio_audio.audio import generate
-    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
 
-    torch.manual_seed(0)
-    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 1}, "mamba": {"d_model": 16, "n_layer": 2},
-              "transformer": {"d_model": 16, "n_layer": 2, "n_head": 2}}[arch]
-    model = build_audio_model(arch, None, config).double().eval()
+    model = _tiny_audio_model(arch)
     prompt = torch.randint(0, 256, (2, 19))
     for length in (38, 47):
         eager = generate.sample_audio(model, 2, length, prompt=prompt, seed=1)
         with monkeypatch.context() as patch:
-            patch.setattr(generate, "_replays_graphs", lambda cuda_graphs, device: cuda_graphs)
-            patch.setattr(generate, "replay_graph", lambda graphs, key, record: record())
+            _simulate_graph_replays(patch)
             replayed = generate.sample_audio(model, 2, length, prompt=prompt, seed=1)
         assert torch.equal(eager[0], replayed[0]) and torch.equal(eager[1], replayed[1])
 
@@ -256,15 +270,10 @@ def test_an_audio_sampler_called_again_gives_a_fresh_samplers_clips(arch, graphs
     CUDA graph replays simulated on the CPU). It starts afresh where the weights are other tensors (the model
     cast) or a Transformer's KV cache is too short, and after a call that failed."""
     from mamba_bio_audio.audio import generate
-    from mamba_bio_audio.pipelines.audio_lm import build_audio_model
 
     if graphs:
-        monkeypatch.setattr(generate, "_replays_graphs", lambda cuda_graphs, device: cuda_graphs)
-        monkeypatch.setattr(generate, "replay_graph", lambda graphs, key, record: record())
-    torch.manual_seed(0)
-    config = {"unet": {"d_model": 16, "pools": (4, 4), "n_layers": 1}, "mamba": {"d_model": 16, "n_layer": 2},
-              "transformer": {"d_model": 16, "n_layer": 2, "n_head": 2}}[arch]
-    model = build_audio_model(arch, None, config).double().eval()
+        _simulate_graph_replays(monkeypatch)
+    model = _tiny_audio_model(arch)
     sampler = generate.AudioSampler(model, 2, temperature=0.9)
     prompt = torch.randint(0, 256, (2, 19))
     calls = [dict(length=38, seed=1), dict(length=21, seed=2, prompt=prompt[:, :5]), dict(length=38, seed=1),
