@@ -6,6 +6,7 @@ after warm-up and prints tokens/s per model size. These are the numbers quoted i
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import time
 
@@ -105,16 +106,13 @@ def generation_table(device, batches: list[int], seconds: float) -> None:
     for name, model, graphs, row_batches, persistent, concurrent in rows:
         name += "" if persistent else ", graphs" if graphs else ", eager"
         for batch in row_batches:
-            if persistent:
-                run = dict(seed=0, persistent=True)
-                sample_audio(model, batch, min(length, 2 * 256), **run)  # compiles
-                first = _median_seconds(lambda: sample_audio(model, batch, length, **run), device, 0)
-                seconds_taken = _median_seconds(lambda: sample_audio(model, batch, length, **run), device, 0)
-            else:
-                AudioSampler(model, batch, cuda_graphs=graphs, concurrent=concurrent)(min(length, 2 * 256), seed=0)
-                sampler = AudioSampler(model, batch, cuda_graphs=graphs, concurrent=concurrent)
-                first = _median_seconds(lambda: sampler(length, seed=0), device, 0)
-                seconds_taken = _median_seconds(lambda: sampler(length, seed=0), device, 0)
+            if persistent:  # nothing is kept between calls: one call compiles
+                generate = warm_up = functools.partial(sample_audio, model, batch, persistent=True)
+            else:  # another sampler compiles, so that this one's first call includes its recording
+                generate, warm_up = (AudioSampler(model, batch, cuda_graphs=graphs, concurrent=concurrent)
+                                     for _ in range(2))
+            warm_up(min(length, 2 * 256), seed=0)
+            first, seconds_taken = (_median_seconds(lambda: generate(length, seed=0), device, 0) for _ in range(2))
             rate = batch * length / seconds_taken
             print(f"{name:<46}{batch:>7}{first:>14.2f}{seconds_taken:>10.2f}{rate:>14,.0f}{rate / SAMPLE_RATE:>13.2f}",
                   flush=True)

@@ -123,6 +123,7 @@ class _Chunk:
         self.forced = torch.zeros(size, dtype=torch.bool, device=device)
         self.forced_tokens = torch.zeros(size, n, dtype=torch.int64, device=device)
         self.codes = torch.empty(n, size, dtype=torch.int64, device=device)
+        self.positions = torch.arange(size, device=device)
         self.loglik = torch.zeros(n, dtype=torch.float64, device=device)
         self.watch = watch
         self.graphs = {}                                                         # Stepper.attend key → CUDA graph
@@ -246,8 +247,7 @@ class AudioSampler:
                     forced = min(max(prompt.shape[1] - start, 0), steps)          # prompt positions in this chunk
                     # a last, partial chunk replays the whole chunk's graph too: its positions past the clip are
                     # forced (no draw, no log-likelihood) and dropped
-                    position = torch.arange(size, device=device)
-                    chunk.forced.copy_((position < forced) | (position >= steps))
+                    chunk.forced.copy_((chunk.positions < forced) | (chunk.positions >= steps))
                     chunk.forced_tokens[:forced] = prompt[:, start:start + forced].t()
                     key = stepper.attend(start, size)
                     if use_graphs:
