@@ -97,11 +97,13 @@ triton_only = pytest.mark.skipif(not triton_available(), reason="needs triton (a
     (1, 16, 5, False, False, False),   # a batch of 1: one row per program; dt_rank 1, N padded to 16; one E tile
     (3, 16, 16, True, True, False),    # projection biases; the first block of a stage (no residual in)
     (19, 32, 4, False, False, False),  # two row blocks, the second mostly masked; d_inner 64 = two E tiles of shares
-    (2, 24, 7, True, False, False),    # d_model not a power of two (masked columns), d_inner 48: a partial E tile
+    (2, 24, 7, True, False, False),    # fp32 at a batch of 2: two rows per program; d_model not a power of two
+                                       # (masked columns), d_inner 48: a partial E tile
     (17, 40, 3, True, False, False),   # out_proj fused over 3 E tiles, in two row blocks, with a bias
     (17, 136, 4, True, False, False),  # d_model > 128: out_proj as a product after the kernels (`_fuse_out`); E tiles
     (3, 16, 5, True, False, True),     # complex A: (Re, Im) halves of B and C in x_proj, N padded to 16
     (1, 24, 6, True, False, True),     # complex A at a batch of 1 (one row per program), d_inner 48: partial E tile
+    (2, 16, 4, False, True, True),     # complex A at a batch of 2 (two rows per program, strided state)
     (19, 32, 4, False, True, True),    # complex A over two row blocks and two E tiles of shares
     (17, 136, 3, True, False, True),   # complex A with out_proj after the kernels
 ])

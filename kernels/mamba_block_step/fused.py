@@ -245,16 +245,19 @@ def mamba_block_step_fused(hidden, residual, norm_weight, eps, in_proj_weight, c
                                    ssm_state, in_proj_bias, out_proj_bias, residual_in_fp32, A_imag)
 
 
-# Rows per program: tl.dot's smallest tile, but 1 for a batch of 1 (`_block_b`). Channels of E per program: `_block_e`.
+# Rows per program: tl.dot's smallest tile, but the whole batch for a batch of 1 or 2 (`_block_b`). Channels of E
+# per program: `_block_e`.
 BLOCK_B = 16
 
 
-def _block_b(batch: int) -> int:
-    """Rows per program: BLOCK_B (products on the tensor cores), or 1 for a batch of 1 (broadcast products in fp32,
-    no masked rows). On an H100 (BENCHMARKS.md, 2026-11-25), batch 1, µs per step against 16-row programs: fp32 6.2
-    against 9.5 (d_model 64), 7.0 against 14.2 (128), 9.7 against 19.1 (256); bf16 6.1 / 8.2 / 9.7 against 6.4 / 8.1
-    / 13.7; fp32 SC09 U-Net generation 5,112 → 7,980 samples/s, bf16 level."""
-    return 1 if batch == 1 else BLOCK_B
+def _block_b(batch: int, dtype: torch.dtype) -> int:
+    """Rows per program: BLOCK_B (products on the tensor cores), or the whole batch, in broadcast products in fp32
+    without masked rows, for a batch of 1, and of 2 with fp32 weights (whose tl.dot is not on the tensor cores). On
+    an H100 (BENCHMARKS.md, 2026-11-25), µs per step against 16-row programs: batch 1, fp32 6.2 against 9.5
+    (d_model 64), 7.0 against 14.2 (128), 9.7 against 19.1 (256); bf16 6.1 / 8.2 / 9.7 against 6.4 / 8.1 / 13.7.
+    Batch 2: fp32 6.7 / 10.2 / 19.4 against 9.4 / 15.5 / 22.0, but bf16 7.8 / 10.8 / 10.8 against 6.0 / 8.3 / 14.7;
+    fp32 generation at batch 2, samples/s: SC09 U-Net 9,894 → 13,183, YouTubeMix U-Net 22,616 → 32,392."""
+    return batch if batch == 1 or (batch == 2 and dtype == torch.float32) else BLOCK_B
 
 
 def _fuse_out(block_dm: int) -> bool:
@@ -274,14 +277,15 @@ def _block_e(block_dm: int, batch: int) -> int:
     return 16 if block_dm <= 128 or (block_dm >= 256 and batch <= BLOCK_B) else 32
 
 
-def _complex_pairs(batch: int) -> bool:
+def _complex_pairs(batch: int, block_b: int) -> bool:
     """A complex state read and written as each channel's 2N floats in a row, split into (real, imaginary) tiles in
-    registers; two stride-2 tiles instead when the batch is one partly masked block of 16 rows (2 to 16 rows). On an
+    registers (`block_b` rows per program); two stride-2 tiles instead for 2 to 16 rows (one partly masked block of 16,
+    or a 2-row program of fp32 weights, where pairs were slower: 7.9 → 9.6 µs at d_model 64, 10.4 → 14.1 at 128). On an
     H100 (BENCHMARKS.md, 2026-11-25) pairs took the bf16 step at batch 256 from 31.7 to 10.9 µs (d_model 64), 60.5 to
     20.7 (128) and 106.7 to 68.4 (256), and YouTubeMix generation at batch 256 from 894,134 to 1,704,764 samples/s.
     In 16-row programs at batch 1 they were slower in bf16 (7.4 → 9.0 µs at d_model 64, 9.2 → 16.3 at 128); in
     1-row programs (`_block_b`) faster (bf16 7.3 → 6.0 and 15.2 → 9.2 µs; YouTubeMix generation 15,665 → 18,246)."""
-    return _block_b(batch) == 1 or batch > BLOCK_B
+    return block_b == 1 or batch > BLOCK_B
 
 
 def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, conv_weight, conv_bias, x_proj_weight,
@@ -321,7 +325,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     fuse_out = _fuse_out(block_dm)
     y = out if fuse_out else torch.empty(batch, d_inner, device=device, dtype=dtype)  # gated output, before out_proj
     block_e = _block_e(block_dm, batch)
-    block_b = _block_b(batch)
+    block_b = _block_b(batch, dtype)
     grid = (cdiv(batch, block_b), cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
     count = torch.empty(grid[0], device=device, dtype=torch.int32)  # finished E tiles per row block
@@ -345,7 +349,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         torch.view_as_real(ssm_state) if complex_ssm else ssm_state,  # complex64 as (b, E, N, 2) fp32
         out_proj_weight.contiguous(), out_proj_bias if out_proj_bias is not None else dummy, out_part, count, out, y,
         batch, d_model, d_inner, dt_rank, d_state, n_proj,
-        grid[1], COMPLEX=complex_ssm, PAIRS=complex_ssm and _complex_pairs(batch), FUSE_OUT=fuse_out,
+        grid[1], COMPLEX=complex_ssm, PAIRS=complex_ssm and _complex_pairs(batch, block_b), FUSE_OUT=fuse_out,
         HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=block_b, BLOCK_E=block_e,
         BLOCK_R=max(16, next_power_of_2(dt_rank)), BLOCK_N=max(16, next_power_of_2(d_state)), BLOCK_DM=block_dm,
         PRECISION=precision, PDL=pdl, num_warps=8 if fuse_out else 4, **launch)
