@@ -132,14 +132,25 @@ def test_fused_step_matches_the_definition_in_float64(batch, d_model, d_state, b
     assert relative_error(ssm_state, ref_ssm) < 2e-5
 
 
+def test_the_e_tile_keeps_the_second_kernel_to_one_program_per_sm():
+    """Up to d_model 128, tiles of 16 channels while row blocks × tiles ≤ SMs, else 32; above, 32 past one row block."""
+    from mamba_bio_audio.kernels.mamba_block_step.fused import _block_e
+
+    assert _block_e(64, 256, 128, 132) == 16    # 16 row blocks × 8 tiles = 128 programs
+    assert _block_e(128, 128, 256, 132) == 16   # 8 × 16 = 128
+    assert _block_e(128, 256, 256, 132) == 32   # 16 × 16 = 256 would be two waves
+    assert _block_e(128, 256, 256, 264) == 16   # a GPU with twice the SMs
+    assert _block_e(256, 16, 512, 132) == 16 and _block_e(256, 17, 512, 132) == 32
+
+
 @triton_only
 def test_a_16_bit_step_in_tiles_of_32_channels_matches_the_definition(monkeypatch):
-    """fp16 weights in E tiles of 32 (`_block_e` takes them above d_model 128 for more than one block of rows; forced
-    here at d_model 32) round where the model does: within 0.2% of the same weights' step in float64 over 3 tokens,
-    the states too."""
+    """fp16 weights in E tiles of 32 (`_block_e` takes them for more than one block of rows above d_model 128, and up
+    to it where tiles of 16 need more programs than SMs; forced here at d_model 32) round where the model does: within
+    0.2% of the same weights' step in float64 over 3 tokens, the states too."""
     from mamba_bio_audio.kernels.mamba_block_step import fused
 
-    monkeypatch.setattr(fused, "_block_e", lambda block_dm, batch: 32)
+    monkeypatch.setattr(fused, "_block_e", lambda block_dm, batch, d_inner, sms: 32)
     torch.manual_seed(5)
     layer = block(d_model=32, d_state=16, bias=True)
     half, wide = copy.deepcopy(layer).half(), copy.deepcopy(layer).half().double()

@@ -34,7 +34,7 @@ except ImportError:
     gdc_launch_dependents = gdc_wait = None
 
 from ..host import cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _complex_step, _softplus
+from ..selective_scan.triton_tiles import _complex_step, _softplus, sm_count
 from .naive import mamba_block_step_naive
 
 
@@ -268,13 +268,18 @@ def _fuse_out(block_dm: int) -> bool:
     return block_dm <= 128
 
 
-def _block_e(block_dm: int, batch: int) -> int:
-    """Channels of E per program: 16 up to d_model 128, and at d_model ≥ 256 when the batch fits one block of rows;
-    else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation, 0.5 s clips: 16 at d_model ≤ 128 took fp32
-    at batch 256 from 506,620 to 595,369 samples/s, and later bf16 (with out_proj inside and PDL) by 2.2%, 14.8%
-    and 2.6% at batch 1, 64 and 256; a d_model-256 fp32 step took 29.6 µs at batch 1 with 32 channels and 21.7 µs
-    with 16, but at batch 256, 16 channels were slower (fp32 64.0 → 69.6 µs, bf16 19.4 → 32.2 µs)."""
-    return 16 if block_dm <= 128 or (block_dm >= 256 and batch <= BLOCK_B) else 32
+def _block_e(block_dm: int, batch: int, d_inner: int, sms: int) -> int:
+    """Channels of E per program: up to d_model 128, 16 while the grid (row blocks × E tiles) fits in one wave of
+    programs, one per SM (the second kernel's 8 warps fill an SM's registers), else 32; above, 16 when the batch fits
+    one block of rows, else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation: 16 at d_model ≤ 128
+    took fp32 at batch 256 from 506,620 to 595,369 samples/s, and later bf16 (with out_proj inside and PDL) by 2.2%,
+    14.8% and 2.6% at batch 1, 64 and 256; then 32 where 16 needs two waves (d_model 128 at batch 256: 256 programs)
+    took its bf16 step from 12.8 to 11.1 µs and bf16 generation at batch 256 from 1,122,750 to 1,229,979 (fp32
+    690,221 → 700,737). A d_model-256 fp32 step took 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16, but at
+    batch 256, 16 channels were slower (fp32 64.0 → 69.6 µs, bf16 19.4 → 32.2 µs)."""
+    if block_dm <= 128:
+        return 16 if cdiv(batch, BLOCK_B) * cdiv(d_inner, 16) <= sms else 32
+    return 16 if batch <= BLOCK_B else 32
 
 
 def _complex_pairs(batch: int, block_b: int) -> bool:
@@ -324,7 +329,7 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
     block_dm = max(16, next_power_of_2(d_model))
     fuse_out = _fuse_out(block_dm)
     y = out if fuse_out else torch.empty(batch, d_inner, device=device, dtype=dtype)  # gated output, before out_proj
-    block_e = _block_e(block_dm, batch)
+    block_e = _block_e(block_dm, batch, d_inner, sm_count(device))
     block_b = _block_b(batch, dtype)
     grid = (cdiv(batch, block_b), cdiv(d_inner, block_e))
     part = torch.empty(grid[1], batch, n_proj, device=device, dtype=torch.float32)  # x_proj's shares per E tile
