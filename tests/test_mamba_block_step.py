@@ -104,6 +104,8 @@ triton_only = pytest.mark.skipif(not triton_available(), reason="needs triton (a
     (3, 16, 5, True, False, True),     # complex A: (Re, Im) halves of B and C in x_proj, N padded to 16
     (1, 24, 6, True, False, True),     # complex A at a batch of 1 (one row per program), d_inner 48: partial E tile
     (2, 16, 4, False, True, True),     # complex A at a batch of 2 (two rows per program, strided state)
+    (1, 128, 4, False, False, True),   # complex A at a batch of 1 over 16 E tiles: shares read at once
+    (1, 136, 3, True, False, False),   # a batch of 1 over 17 E tiles (of 32 loaded, masked), out_proj after the kernels
     (19, 32, 4, False, True, True),    # complex A over two row blocks and two E tiles of shares
     (17, 136, 3, True, False, True),   # complex A with out_proj after the kernels
 ])

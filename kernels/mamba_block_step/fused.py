@@ -118,13 +118,14 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
                      d_state, n_proj, n_e_tiles, COMPLEX: tl.constexpr, PAIRS: tl.constexpr,
                      FUSE_OUT: tl.constexpr, HAS_OUT_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_E: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DM: tl.constexpr, PRECISION: tl.constexpr,
-                     PDL: tl.constexpr):
+                     PDL: tl.constexpr, BLOCK_T: tl.constexpr):
     """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place), the gated y and
     this tile's share of out_proj(y), written to out_part (n_e_tiles, batch, d) fp32. The last program of a row
     block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in tile order (the result
     does not depend on which program is last) and writes out (batch, d) in the model's dtype. COMPLEX: ssm_state is
     complex64 seen as (batch, E, N, 2) fp32, A_imag (E, N) is given, and the shares are (dt_r, Re B, Im B, Re C, Im C);
     PAIRS (see `_complex_pairs`) loads and stores the state as 2N floats per channel instead of two strided tiles.
+    BLOCK_T > 0 (a power of two ≥ n_e_tiles; see `_tiles_at_once`) reads every tile's shares in one load, else a loop.
     With PDL it loads the weights and its states while `_step_in_kernel` runs, and waits for that kernel before
     reading its outputs. It does not let the next kernel start early: on an H100 that made the batch-256 steps slower
     (BENCHMARKS.md)."""
@@ -169,21 +170,34 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
         gdc_wait()
     xc = tl.load(xc_ptr + be, mask=mask_be, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + be, mask=mask_be, other=0.0).to(tl.float32)
-    dt_r = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
-    B = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    C = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    bc_width = 2 * d_state if COMPLEX else d_state
     B_im = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)  # complex A only
     C_im = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    bc_width = 2 * d_state if COMPLEX else d_state
-    mask_bn = mask_b[:, None] & mask_n[None, :]
-    for tile in range(n_e_tiles):
-        shares = part_ptr + (tile * batch + rows64[:, None]) * n_proj
-        dt_r += tl.load(shares + offs_r[None, :], mask=mask_b[:, None] & mask_r[None, :], other=0.0)
-        B += tl.load(shares + dt_rank + offs_n[None, :], mask=mask_bn, other=0.0)
-        C += tl.load(shares + dt_rank + bc_width + offs_n[None, :], mask=mask_bn, other=0.0)
+    if BLOCK_T > 0:  # every tile's share in one load each (T, rows, ·), summed over the tiles
+        offs_t = tl.arange(0, BLOCK_T)
+        shares = part_ptr + (offs_t[:, None, None] * batch + rows64[None, :, None]) * n_proj
+        mask_tb = (offs_t < n_e_tiles)[:, None, None] & mask_b[None, :, None]
+        mask_tn = mask_tb & mask_n[None, None, :]
+        dt_r = tl.sum(tl.load(shares + offs_r[None, None, :], mask=mask_tb & mask_r[None, None, :], other=0.0), 0)
+        B = tl.sum(tl.load(shares + dt_rank + offs_n[None, None, :], mask=mask_tn, other=0.0), 0)
+        C = tl.sum(tl.load(shares + dt_rank + bc_width + offs_n[None, None, :], mask=mask_tn, other=0.0), 0)
         if COMPLEX:
-            B_im += tl.load(shares + dt_rank + d_state + offs_n[None, :], mask=mask_bn, other=0.0)
-            C_im += tl.load(shares + dt_rank + bc_width + d_state + offs_n[None, :], mask=mask_bn, other=0.0)
+            B_im = tl.sum(tl.load(shares + dt_rank + d_state + offs_n[None, None, :], mask=mask_tn, other=0.0), 0)
+            C_im = tl.sum(tl.load(shares + dt_rank + bc_width + d_state + offs_n[None, None, :], mask=mask_tn,
+                                  other=0.0), 0)
+    else:
+        dt_r = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
+        B = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+        C = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+        mask_bn = mask_b[:, None] & mask_n[None, :]
+        for tile in range(n_e_tiles):
+            shares = part_ptr + (tile * batch + rows64[:, None]) * n_proj
+            dt_r += tl.load(shares + offs_r[None, :], mask=mask_b[:, None] & mask_r[None, :], other=0.0)
+            B += tl.load(shares + dt_rank + offs_n[None, :], mask=mask_bn, other=0.0)
+            C += tl.load(shares + dt_rank + bc_width + offs_n[None, :], mask=mask_bn, other=0.0)
+            if COMPLEX:
+                B_im += tl.load(shares + dt_rank + d_state + offs_n[None, :], mask=mask_bn, other=0.0)
+                C_im += tl.load(shares + dt_rank + bc_width + d_state + offs_n[None, :], mask=mask_bn, other=0.0)
 
     B = B.to(xc_ptr.dtype.element_ty).to(tl.float32)
     C = C.to(xc_ptr.dtype.element_ty).to(tl.float32)
@@ -218,10 +232,16 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
         # the shares are written before the count (the barrier orders every thread's stores before the release)
         tl.debug_barrier()
         if tl.atomic_add(count_ptr + pid_b, 1, sem="acq_rel") == n_e_tiles - 1:
-            out = tl.zeros((BLOCK_B, BLOCK_DM), dtype=tl.float32)
-            for tile in range(n_e_tiles):
-                out += tl.load(out_part_ptr + tile * batch * d_model + bd, mask=mask_bd, other=0.0,
-                               cache_modifier=".cg")
+            if BLOCK_T > 0:
+                offs_t = tl.arange(0, BLOCK_T)
+                out = tl.sum(tl.load(out_part_ptr + offs_t[:, None, None] * batch * d_model + bd[None, :, :],
+                                     mask=(offs_t < n_e_tiles)[:, None, None] & mask_bd[None, :, :], other=0.0,
+                                     cache_modifier=".cg"), 0)
+            else:
+                out = tl.zeros((BLOCK_B, BLOCK_DM), dtype=tl.float32)
+                for tile in range(n_e_tiles):
+                    out += tl.load(out_part_ptr + tile * batch * d_model + bd, mask=mask_bd, other=0.0,
+                                   cache_modifier=".cg")
             if HAS_OUT_BIAS:
                 out += tl.load(out_b_ptr + offs_dm, mask=mask_dm, other=0.0).to(tl.float32)[None, :]
             tl.store(out_ptr + bd, out.to(out_ptr.dtype.element_ty), mask=mask_bd)
@@ -280,6 +300,16 @@ def _block_e(block_dm: int, batch: int, d_inner: int, sms: int) -> int:
     if block_dm <= 128:
         return 16 if cdiv(batch, BLOCK_B) * cdiv(d_inner, 16) <= sms else 32
     return 16 if batch <= BLOCK_B else 32
+
+
+def _tiles_at_once(block_b: int, n_e_tiles: int) -> bool:
+    """Whether `_step_ssm_kernel` reads the E tiles' shares (of x_proj, and the last program those of out_proj) in
+    one load each, (tiles, rows, ·), instead of one tile after the other: in 1-row programs with 16 tiles or more.
+    On an H100 (BENCHMARKS.md, 2026-11-25), µs per step at batch 1, one load against the loop: real A, bf16, 8.0 →
+    7.2 at d_model 128 (16 tiles) and 10.3 → 7.9 at 256 (32); complex A 9.2 → 7.9 and 12.2 → 8.9; at d_model 64 (8
+    tiles) 5.6 → 5.4 (real) but 6.1 → 6.3 (complex). With 16 rows the (tiles, rows, ·) tiles cost more than the
+    loop: 7.9 → 13.5 µs at d_model 64 and batch 256."""
+    return block_b == 1 and n_e_tiles >= 16
 
 
 def _complex_pairs(batch: int, block_b: int) -> bool:
@@ -357,7 +387,8 @@ def mamba_block_step_kernel(hidden, residual, norm_weight, eps, in_proj_weight, 
         grid[1], COMPLEX=complex_ssm, PAIRS=complex_ssm and _complex_pairs(batch, block_b), FUSE_OUT=fuse_out,
         HAS_OUT_BIAS=out_proj_bias is not None, BLOCK_B=block_b, BLOCK_E=block_e,
         BLOCK_R=max(16, next_power_of_2(dt_rank)), BLOCK_N=max(16, next_power_of_2(d_state)), BLOCK_DM=block_dm,
-        PRECISION=precision, PDL=pdl, num_warps=8 if fuse_out else 4, **launch)
+        PRECISION=precision, PDL=pdl, num_warps=8 if fuse_out else 4,
+        BLOCK_T=next_power_of_2(grid[1]) if _tiles_at_once(block_b, grid[1]) else 0, **launch)
     return out if fuse_out else F.linear(y, out_proj_weight, out_proj_bias), residual_out
 
 
