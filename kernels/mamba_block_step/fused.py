@@ -121,7 +121,7 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
                      PDL: tl.constexpr, BLOCK_T: tl.constexpr):
     """Rows × a tile of E: x_proj's output from the shares in part, Δ, the state update (in place), the gated y and
     this tile's share of out_proj(y), written to out_part (n_e_tiles, batch, d) fp32. The last program of a row
-    block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in tile order (the result
+    block to finish (counted in count_ptr, zeroed by `_step_in_kernel`) sums the shares in a fixed order (the result
     does not depend on which program is last) and writes out (batch, d) in the model's dtype. COMPLEX: ssm_state is
     complex64 seen as (batch, E, N, 2) fp32, A_imag (E, N) is given, and the shares are (dt_r, Re B, Im B, Re C, Im C);
     PAIRS (see `_complex_pairs`) loads and stores the state as 2N floats per channel instead of two strided tiles.
