@@ -14,13 +14,19 @@ from .naive import selective_state_update_naive
 
 
 @triton.jit
+def _pairs(x):
+    """x (R, 2·BLOCK_N) of (real, imaginary) pairs in a row → its real and imaginary parts, each (R, BLOCK_N)."""
+    return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
+
+
+@triton.jit
 def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, idx_ptr,
                          dim, n_state, n_groups, dim_per_group,
                          HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                          HAS_IDX: tl.constexpr, COMPLEX: tl.constexpr, BLOCK_D: tl.constexpr,
                          BLOCK_N: tl.constexpr):
-    """COMPLEX: state, A, B and C are complex64 tensors seen as fp32 (…, 2) pairs; the offsets below count complex
-    elements, so the real parts are at 2·offset and the imaginary parts at 2·offset + 1."""
+    """COMPLEX: state, A, B and C are complex64 tensors seen as fp32 (…, 2) pairs, each row's N pairs loaded as 2N
+    floats in a row (wide accesses) and split into (real, imaginary) tiles in registers."""
     pid_b = tl.program_id(0).to(tl.int64)
     d0 = tl.program_id(1) * BLOCK_D
     offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -33,11 +39,14 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
         state_row = pid_b
     state_offs = (state_row * dim + offs_d)[:, None] * n_state + offs_n[None, :]
     a_offs = offs_d[:, None] * n_state + offs_n[None, :]
-    if COMPLEX:
-        h = tl.load(state_ptr + 2 * state_offs, mask=mask_dn, other=0.0)
-        h_im = tl.load(state_ptr + 2 * state_offs + 1, mask=mask_dn, other=0.0)
-        A = tl.load(A_ptr + 2 * a_offs, mask=mask_dn, other=0.0)
-        A_im = tl.load(A_ptr + 2 * a_offs + 1, mask=mask_dn, other=0.0)
+    if COMPLEX:  # pair offsets: 2·(complex offset) + (0 real, 1 imaginary), as 2·BLOCK_N floats per row
+        offs_2n = tl.arange(0, 2 * BLOCK_N)
+        mask_2n = offs_2n < 2 * n_state
+        mask_pairs = mask_d[:, None] & mask_2n[None, :]
+        state_pairs = (state_row * dim + offs_d)[:, None] * (2 * n_state) + offs_2n[None, :]
+        h, h_im = _pairs(tl.load(state_ptr + state_pairs, mask=mask_pairs, other=0.0))
+        A, A_im = _pairs(tl.load(A_ptr + offs_d[:, None] * (2 * n_state) + offs_2n[None, :], mask=mask_pairs,
+                                 other=0.0))
     else:
         h = tl.load(state_ptr + state_offs, mask=mask_dn, other=0.0)
         A = tl.load(A_ptr + a_offs, mask=mask_dn, other=0.0)
@@ -48,16 +57,16 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
         dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     if SOFTPLUS:
         dt = _softplus(dt)
-    bc = (pid_b * n_groups + d0 // dim_per_group) * n_state + offs_n
+    bc_row = (pid_b * n_groups + d0 // dim_per_group) * n_state
+    bc = bc_row + offs_n
     decay = tl.exp(dt[:, None] * A)
     dtx = (dt * x)[:, None]
     if COMPLEX:  # h ← exp(Δ·A)·h + Δ·x·B in complex arithmetic; out = 2·Re(Σ_n C_n h_n)
-        B, B_im = tl.load(B_ptr + 2 * bc, mask=mask_n, other=0.0), tl.load(B_ptr + 2 * bc + 1, mask=mask_n, other=0.0)
-        C, C_im = tl.load(C_ptr + 2 * bc, mask=mask_n, other=0.0), tl.load(C_ptr + 2 * bc + 1, mask=mask_n, other=0.0)
-        h, h_im = _complex_step(h, h_im, decay, dt[:, None] * A_im, dtx * B[None, :], dtx * B_im[None, :])
-        tl.store(state_ptr + 2 * state_offs, h, mask=mask_dn)
-        tl.store(state_ptr + 2 * state_offs + 1, h_im, mask=mask_dn)
-        out = 2.0 * tl.sum(h * C[None, :] - h_im * C_im[None, :], axis=1)
+        B, B_im = _pairs(tl.load(B_ptr + 2 * bc_row + offs_2n[None, :], mask=mask_2n[None, :], other=0.0))
+        C, C_im = _pairs(tl.load(C_ptr + 2 * bc_row + offs_2n[None, :], mask=mask_2n[None, :], other=0.0))
+        h, h_im = _complex_step(h, h_im, decay, dt[:, None] * A_im, dtx * B, dtx * B_im)
+        tl.store(state_ptr + state_pairs, tl.reshape(tl.join(h, h_im), (BLOCK_D, 2 * BLOCK_N)), mask=mask_pairs)
+        out = 2.0 * tl.sum(h * C - h_im * C_im, axis=1)
     else:
         B = tl.load(B_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
         C = tl.load(C_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
