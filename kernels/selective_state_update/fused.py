@@ -37,8 +37,6 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
         state_row = tl.load(idx_ptr + pid_b).to(tl.int64)
     else:
         state_row = pid_b
-    state_offs = (state_row * dim + offs_d)[:, None] * n_state + offs_n[None, :]
-    a_offs = offs_d[:, None] * n_state + offs_n[None, :]
     if COMPLEX:  # pair offsets: 2·(complex offset) + (0 real, 1 imaginary), as 2·BLOCK_N floats per row
         offs_2n = tl.arange(0, 2 * BLOCK_N)
         mask_2n = offs_2n < 2 * n_state
@@ -48,8 +46,9 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
         A, A_im = _pairs(tl.load(A_ptr + offs_d[:, None] * (2 * n_state) + offs_2n[None, :], mask=mask_pairs,
                                  other=0.0))
     else:
+        state_offs = (state_row * dim + offs_d)[:, None] * n_state + offs_n[None, :]
         h = tl.load(state_ptr + state_offs, mask=mask_dn, other=0.0)
-        A = tl.load(A_ptr + a_offs, mask=mask_dn, other=0.0)
+        A = tl.load(A_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0)
     io = pid_b * dim + offs_d
     x = tl.load(x_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + io, mask=mask_d, other=0.0).to(tl.float32)
