@@ -9,7 +9,9 @@ options (z, D, Δ-bias, softplus), N = 16; pointer and length arguments marked d
 real shapes; L a multiple of the tile (`EVEN_L`), except for the backward of two channels, which never takes it.
 Also the persistent generation kernel (`kernels/unet_generate`) for the SC09 U-Net in bf16, with the arguments
 `UNetGenerator.run` passes: at its two default launch shapes (batch 1; more programs than SMs) and at 16 rows per
-program (its products on the tensor cores).
+program (its products on the tensor cores); and the fused block step's two kernels (`kernels/mamba_block_step`) as
+launched for the SC09 U-Net's bf16 blocks (d_model 64 at batch 1 and 256, d_model 128 at batch 256), PDL on: whether
+a fine and a coarse program fit on one SM side by side is a matter of their registers.
 Then reads the cubin with the `cuobjdump` that ships with Triton and prints, per kernel: registers per thread, bytes
 of stack, spill instructions (STL/LDL), warp shuffles (SHFL), barriers (BAR), multi-function-unit ops (MUFU: exp2,
 log2, reciprocal) and all instructions. The counts are of the code, not of its execution: a loop body counts once.
@@ -111,7 +113,63 @@ def main() -> int:
         row = counts(compile_generation_sm90(rows, warps, tile))
         print(f"| generation, SC09 U-Net bf16, {rows} row(s) per program, {warps} warps, tile {tile} | "
               + " | ".join(str(v) for v in row.values()) + " |", flush=True)
+    for d_model, batch in ((64, 1), (64, 256), (128, 256)):
+        for name, compiled in compile_block_step_sm90(d_model, batch):
+            row = counts(compiled)
+            print(f"| block step `{name}`, d_model {d_model}, batch {batch}, bf16 | "
+                  + " | ".join(str(v) for v in row.values()) + " |", flush=True)
     return 0
+
+
+def _compile_caught(kernel, args: tuple, kwargs: dict, **overrides):
+    """A Triton kernel compiled for sm_90 with the arguments of a launch caught on the CPU (see `_catching`): the
+    constexprs as launched (with `overrides`), the other arguments' types from their values."""
+    import torch
+
+    kinds = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64", torch.int64: "*i64",
+             torch.int32: "*i32"}
+    constexprs = {k: v for k, v in kwargs.items() if k not in ("num_warps", "launch_pdl")} | overrides
+    runtime = [p.name for p in kernel.params if p.name not in constexprs]
+    types = {name: kinds[value.dtype] if isinstance(value, torch.Tensor) else "fp32" if isinstance(value, float)
+             else "i32" for name, value in zip(runtime, args)}
+    return compile_sm90(kernel, constexprs, kwargs["num_warps"], types=types)
+
+
+class _Catching:
+    """Stands in for a Triton kernel: `kernel[grid](*args, **kwargs)` records the launch instead of running it."""
+
+    def __init__(self):
+        self.args, self.kwargs = (), {}
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+        return launch
+
+
+def compile_block_step_sm90(d_model: int, batch: int) -> list:
+    """The fused block step's two kernels (`kernels/mamba_block_step`) compiled for sm_90 as they are launched for a
+    bf16 block of the SC09 U-Net's shapes (real A) at `batch` rows on an H100: launches caught on the CPU, PDL on."""
+    from unittest import mock
+
+    import torch
+
+    from mamba_bio_audio.kernels.mamba_block_step import fused as step
+    from mamba_bio_audio.modules import Block
+    from mamba_bio_audio.modules.mamba import Mamba
+
+    block = Block(d_model, Mamba(d_model, layer_idx=0)).bfloat16()
+    mixer = block.mixer
+    conv_state, ssm_state = mixer.allocate_inference_cache(batch)
+    caught = {"_step_in_kernel": _Catching(), "_step_ssm_kernel": _Catching()}
+    with mock.patch.multiple(step, **caught):
+        step.mamba_block_step_kernel(
+            torch.zeros(batch, d_model, dtype=torch.bfloat16), torch.zeros(batch, d_model), block.norm.weight,
+            block.norm.eps, mixer.in_proj.weight, mixer.conv1d.weight[:, 0], mixer.conv1d.bias, mixer.x_proj.weight,
+            mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A_log, mixer.D, mixer.out_proj.weight, conv_state,
+            ssm_state)
+    return [(name, _compile_caught(getattr(step, name), launch.args, launch.kwargs, PDL=True))
+            for name, launch in caught.items()]
 
 
 def compile_generation_sm90(rows: int, warps: int, tile: int):
@@ -125,24 +183,13 @@ def compile_generation_sm90(rows: int, warps: int, tile: int):
 
     from mamba_bio_audio.models.audio_unet import AudioUNet, audio_unet_config
 
-    caught = {}
-
-    class Catch:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: caught.update(args=args, kwargs=kwargs)
-
     model = AudioUNet(audio_unet_config("sc09")).bfloat16().eval()
     with mock.patch.dict(os.environ, TRITON_INTERPRET="1"):  # the constructor's check for a CPU model
         generator = unet_fused.UNetGenerator(model, 256, 128, block_rows=rows, num_warps=warps, tile_elements=tile)
-    with mock.patch.object(unet_fused, "_unet_generate_kernel", Catch()):
+    caught = _Catching()
+    with mock.patch.object(unet_fused, "_unet_generate_kernel", caught):
         generator.run(16, torch.zeros(256, 16, dtype=torch.int64))
-    kernel = unet_fused._unet_generate_kernel
-    kinds = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64", torch.int64: "*i64"}
-    constexprs = {k: v for k, v in caught["kwargs"].items() if k != "num_warps"}
-    runtime = [p.name for p in kernel.params if p.name not in constexprs]
-    types = {name: kinds[value.dtype] if isinstance(value, torch.Tensor) else "fp32" if isinstance(value, float)
-             else "i32" for name, value in zip(runtime, caught["args"])}
-    return compile_sm90(kernel, constexprs, caught["kwargs"]["num_warps"], types=types)
+    return _compile_caught(unet_fused._unet_generate_kernel, caught.args, caught.kwargs)
 
 
 if __name__ == "__main__":

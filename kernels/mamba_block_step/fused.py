@@ -290,7 +290,7 @@ def _fuse_out(block_dm: int) -> bool:
 
 def _block_e(block_dm: int, batch: int, d_inner: int, sms: int) -> int:
     """Channels of E per program: up to d_model 128, 16 while the grid (row blocks × E tiles) fits in one wave of
-    programs, one per SM (the second kernel's 8 warps fill an SM's registers), else 32; above, 16 when the batch fits
+    programs, one per SM (the second kernel's 8 warps take most of an SM's registers), else 32; above, 16 when the batch fits
     one block of rows, else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation: 16 at d_model ≤ 128
     took fp32 at batch 256 from 506,620 to 595,369 samples/s, and later bf16 (with out_proj inside and PDL) by 2.2%,
     14.8% and 2.6% at batch 1, 64 and 256; then 32 where 16 needs two waves (d_model 128 at batch 256: 256 programs)
