@@ -290,8 +290,8 @@ def _fuse_out(block_dm: int) -> bool:
 
 def _block_e(block_dm: int, batch: int, d_inner: int, sms: int) -> int:
     """Channels of E per program: up to d_model 128, 16 while the grid (row blocks × E tiles) fits in one wave of
-    programs, one per SM (the second kernel's 8 warps take most of an SM's registers), else 32; above, 16 when the batch fits
-    one block of rows, else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation: 16 at d_model ≤ 128
+    programs, one per SM (the second kernel's 8 warps take most of an SM's registers), else 32; above, 16 when the
+    batch fits one block of rows, else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation: 16 at d_model ≤ 128
     took fp32 at batch 256 from 506,620 to 595,369 samples/s, and later bf16 (with out_proj inside and PDL) by 2.2%,
     14.8% and 2.6% at batch 1, 64 and 256; then 32 where 16 needs two waves (d_model 128 at batch 256: 256 programs)
     took its bf16 step from 12.8 to 11.1 µs and bf16 generation at batch 256 from 1,122,750 to 1,229,979 (fp32
