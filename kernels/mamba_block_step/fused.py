@@ -290,13 +290,13 @@ def _fuse_out(block_dm: int) -> bool:
 
 def _block_e(block_dm: int, batch: int, d_inner: int, sms: int) -> int:
     """Channels of E per program: up to d_model 128, 16 while the grid (row blocks × E tiles) fits in one wave of
-    programs, one per SM (the second kernel's 8 warps take most of an SM's registers), else 32; above, 16 when the
-    batch fits one block of rows, else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation: 16 at d_model ≤ 128
+    programs, one per SM (the second kernel's 8 warps take most of an SM's registers), else 32; above, 16 when the batch
+    fits one block of rows, else 32. Measured on an H100 (BENCHMARKS.md), SC09 U-Net generation: 16 at d_model ≤ 128
     took fp32 at batch 256 from 506,620 to 595,369 samples/s, and later bf16 (with out_proj inside and PDL) by 2.2%,
     14.8% and 2.6% at batch 1, 64 and 256; then 32 where 16 needs two waves (d_model 128 at batch 256: 256 programs)
-    took its bf16 step from 12.8 to 11.1 µs and bf16 generation at batch 256 from 1,122,750 to 1,229,979 (fp32
-    690,221 → 700,737). A d_model-256 fp32 step took 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16, but at
-    batch 256, 16 channels were slower (fp32 64.0 → 69.6 µs, bf16 19.4 → 32.2 µs)."""
+    took its bf16 step from 12.8 to 11.1 µs and bf16 generation at batch 256 from 1,122,750 to 1,229,979 (fp32 690,221 →
+    700,737). A d_model-256 fp32 step took 29.6 µs at batch 1 with 32 channels and 21.7 µs with 16, but at batch 256, 16
+    channels were slower (fp32 64.0 → 69.6 µs, bf16 19.4 → 32.2 µs)."""
     if block_dm <= 128:
         return 16 if cdiv(batch, BLOCK_B) * cdiv(d_inner, 16) <= sms else 32
     return 16 if batch <= BLOCK_B else 32
