@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -q -n 2 tests/
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test bench bench-tiles bench-variants sass-counts bench-ddp bench-longgen bench-gen bench-species bench-piano test-gpu clean
+.PHONY: help demo test bench bench-tiles bench-variants sass-counts bench-ddp bench-longgen bench-gen gen-profile bench-species bench-piano test-gpu clean
 
 help:  ## list the targets
 	@echo "make demo    train a small Mamba LM on yeast chromosome I on the CPU (a few minutes), then sample from it"
@@ -26,6 +26,7 @@ help:  ## list the targets
 	@echo "make bench-ddp      2 GPUs: DNA pretraining tokens/s on 1 and 2 GPUs at L = 2^16, 2^20 (benchmarks/)"
 	@echo "make bench-longgen  GPU: 1 Mb of DNA and 4 x 60 s of audio generated, checked finite (benchmarks/)"
 	@echo "make bench-gen      GPU: the persistent U-Net generation kernel's tests and speed, every launch shape"
+	@echo "make gen-profile    GPU (or CPU): where a generated position's time goes, kernel by kernel (benchmarks/)"
 	@echo "make bench-species  GPU: species accuracy at 2^18 bases, resumable (run again after a time limit)"
 	@echo "make bench-piano PIANO=DIR  GPU: piano bits per sample against window length, resumable"
 	@echo "make clean   remove build artifacts and caches (keeps $(VENV))"
@@ -80,6 +81,9 @@ bench-longgen:
 
 bench-gen:
 	bash benchmarks/generation_gpu.sh
+
+gen-profile:
+	$(RUN_PY) benchmarks/generation_profile.py $(PROFILE_ARGS)
 
 bench-species:
 	bash benchmarks/species_long.sh

@@ -97,3 +97,18 @@ def test_make_bench_writes_its_block_into_benchmarks_md_and_replaces_it_on_the_n
     with pytest.raises(ValueError, match="one make-bench marker"):
         bench.with_results(broken, bench.results_block("x", "cmd", "abc", bench.datetime.datetime.now()))
     assert bench.with_results("", "BLOCK\n") == "BLOCK\n"
+
+
+def test_generation_profile_times_a_kept_sampler_and_lists_where_a_position_goes(capsys):
+    """benchmarks/generation_profile.py on the CPU (the PyTorch ops by self time), as on a GPU (the kernels)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generation_profile
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert generation_profile.main(["--device", "cpu", "--dtype", "fp32", "--batch", "1", "--positions", "16",
+                                    "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "sc09 U-Net, fp32, batch 1 on cpu:" in out and "µs per position" in out
+    table = [line for line in out.splitlines() if line.startswith("| `")]
+    assert len(table) == 3 and "aten::" in table[0]
