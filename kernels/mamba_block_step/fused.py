@@ -34,7 +34,7 @@ except ImportError:
     gdc_launch_dependents = gdc_wait = None
 
 from ..host import cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _complex_step, _softplus, sm_count
+from ..selective_scan.triton_tiles import _complex_step, _join_pairs, _softplus, _split_pairs, sm_count
 from .naive import mamba_block_step_naive
 
 
@@ -159,8 +159,7 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
             pair_offs = ((rows64[:, None, None] * d_inner + offs_e[None, :, None]) * (2 * d_state)
                          + offs_2n[None, None, :])
             mask_pairs = mask_b[:, None, None] & mask_e[None, :, None] & (offs_2n < 2 * d_state)[None, None, :]
-            h, h_im = tl.split(tl.reshape(tl.load(ssm_state_ptr + pair_offs, mask=mask_pairs, other=0.0),
-                                          (BLOCK_B, BLOCK_E, BLOCK_N, 2)))
+            h, h_im = _split_pairs(tl.load(ssm_state_ptr + pair_offs, mask=mask_pairs, other=0.0))
         else:  # real and imaginary parts as two strided tiles
             h = tl.load(ssm_state_ptr + 2 * h_offs, mask=mask_h, other=0.0)
             h_im = tl.load(ssm_state_ptr + 2 * h_offs + 1, mask=mask_h, other=0.0)
@@ -212,8 +211,7 @@ def _step_ssm_kernel(part_ptr, dt_w_ptr, dt_b_ptr, A_log_ptr, A_imag_ptr, D_ptr,
         h, h_im = _complex_step(h, h_im, decay, dt[:, :, None] * A_im[None, :, :], dtx * B[:, None, :],
                                 dtx * B_im[:, None, :])
         if PAIRS:
-            tl.store(ssm_state_ptr + pair_offs, tl.reshape(tl.join(h, h_im), (BLOCK_B, BLOCK_E, 2 * BLOCK_N)),
-                     mask=mask_pairs)
+            tl.store(ssm_state_ptr + pair_offs, _join_pairs(h, h_im), mask=mask_pairs)
         else:
             tl.store(ssm_state_ptr + 2 * h_offs, h, mask=mask_h)
             tl.store(ssm_state_ptr + 2 * h_offs + 1, h_im, mask=mask_h)

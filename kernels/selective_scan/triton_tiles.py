@@ -166,6 +166,21 @@ def _cos_sin(x):
 
 
 @triton.jit
+def _split_pairs(x):
+    """x (..., 2K) of (real, imaginary) pairs along its last axis (a complex64 tensor's floats) → its real and
+    imaginary parts, each (..., K): loaded in a row (wide accesses), split in registers."""
+    # the shape as a list in both Triton's compiler and its interpreter (their shapes and literals differ in kind)
+    return tl.split(tl.reshape(x, list(x.shape[:-1]) + list((x.shape[-1] // 2, 2))))
+
+
+@triton.jit
+def _join_pairs(re, im):
+    """The inverse of `_split_pairs`: re and im (..., K) → (..., 2K) interleaved, to store in a row (the shape built
+    as there)."""
+    return tl.reshape(tl.join(re, im), list(re.shape[:-1]) + list((2 * re.shape[-1],)))
+
+
+@triton.jit
 def _complex_step(h, h_im, decay, angle, add, add_im):
     """One token of a complex state, elementwise: (h, h_im) ← exp(Δ·A)·h + add in complex arithmetic, with
     exp(Δ·A) = decay·(cos, sin)(angle), decay = exp(Δ·Re A) and angle = Δ·Im A (the decoding steps' update)."""

@@ -9,14 +9,8 @@ import triton
 import triton.language as tl
 
 from ..host import cast, cdiv, next_power_of_2
-from ..selective_scan.triton_tiles import _block_d, _complex_step, _sigmoid, _softplus
+from ..selective_scan.triton_tiles import _block_d, _complex_step, _join_pairs, _sigmoid, _softplus, _split_pairs
 from .naive import selective_state_update_naive
-
-
-@triton.jit
-def _pairs(x):
-    """x (R, 2·BLOCK_N) of (real, imaginary) pairs in a row → its real and imaginary parts, each (R, BLOCK_N)."""
-    return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
 
 
 @triton.jit
@@ -42,8 +36,8 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
         mask_2n = offs_2n < 2 * n_state
         mask_pairs = mask_d[:, None] & mask_2n[None, :]
         state_pairs = (state_row * dim + offs_d)[:, None] * (2 * n_state) + offs_2n[None, :]
-        h, h_im = _pairs(tl.load(state_ptr + state_pairs, mask=mask_pairs, other=0.0))
-        A, A_im = _pairs(tl.load(A_ptr + offs_d[:, None] * (2 * n_state) + offs_2n[None, :], mask=mask_pairs,
+        h, h_im = _split_pairs(tl.load(state_ptr + state_pairs, mask=mask_pairs, other=0.0))
+        A, A_im = _split_pairs(tl.load(A_ptr + offs_d[:, None] * (2 * n_state) + offs_2n[None, :], mask=mask_pairs,
                                  other=0.0))
     else:
         state_offs = (state_row * dim + offs_d)[:, None] * n_state + offs_n[None, :]
@@ -61,10 +55,10 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
     decay = tl.exp(dt[:, None] * A)
     dtx = (dt * x)[:, None]
     if COMPLEX:  # h ← exp(Δ·A)·h + Δ·x·B in complex arithmetic; out = 2·Re(Σ_n C_n h_n)
-        B, B_im = _pairs(tl.load(B_ptr + 2 * bc_row + offs_2n[None, :], mask=mask_2n[None, :], other=0.0))
-        C, C_im = _pairs(tl.load(C_ptr + 2 * bc_row + offs_2n[None, :], mask=mask_2n[None, :], other=0.0))
+        B, B_im = _split_pairs(tl.load(B_ptr + 2 * bc_row + offs_2n[None, :], mask=mask_2n[None, :], other=0.0))
+        C, C_im = _split_pairs(tl.load(C_ptr + 2 * bc_row + offs_2n[None, :], mask=mask_2n[None, :], other=0.0))
         h, h_im = _complex_step(h, h_im, decay, dt[:, None] * A_im, dtx * B, dtx * B_im)
-        tl.store(state_ptr + state_pairs, tl.reshape(tl.join(h, h_im), (BLOCK_D, 2 * BLOCK_N)), mask=mask_pairs)
+        tl.store(state_ptr + state_pairs, _join_pairs(h, h_im), mask=mask_pairs)
         out = 2.0 * tl.sum(h * C - h_im * C_im, axis=1)
     else:
         B = tl.load(B_ptr + bc, mask=mask_n, other=0.0).to(tl.float32)
